@@ -1,0 +1,3 @@
+"""seqarena: Mamba vs Transformer++, reproduced end to end."""
+
+__version__ = "0.1.0"

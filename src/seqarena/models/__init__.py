@@ -1,0 +1,96 @@
+"""Transformer++ and Mamba language models, the size registry, and checkpoint loading."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from seqarena.models.base import CONFIG_NAME, WEIGHTS_NAME, LanguageModel
+from seqarena.models.mamba import Mamba, MambaConfig
+from seqarena.models.sizes import SIZES, build_model, model_config, model_ids, parse_model_id
+from seqarena.models.transformer import Transformer, TransformerConfig
+
+# state-spaces/mamba-* (and mamba_ssm's save_pretrained) write PyTorch pickles.
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+
+__all__ = [
+    "SIZES",
+    "LanguageModel",
+    "Mamba",
+    "MambaConfig",
+    "Transformer",
+    "TransformerConfig",
+    "build_model",
+    "config_from_dict",
+    "from_pretrained",
+    "model_config",
+    "model_ids",
+    "parse_model_id",
+]
+
+
+def config_from_dict(data: dict, source: str = "config") -> MambaConfig | TransformerConfig:
+    """Tell the architecture from a config.json: ours says ``arch``; mamba_ssm's has ``ssm_cfg``."""
+    try:
+        if data.get("arch") == "transformer":
+            return TransformerConfig.from_dict(data)
+        if "ssm_cfg" in data:
+            return MambaConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from e
+    raise ValueError(f"{source}: neither a seqarena Transformer nor a Mamba (mamba_ssm) config")
+
+
+def _checkpoint_files(name_or_path: str) -> tuple[Path, Path]:
+    """(config.json, weights file) of a local folder or, with network, a hub repository."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        for weights in (WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
+            if (path / weights).is_file():
+                if not (path / CONFIG_NAME).is_file():
+                    raise FileNotFoundError(f"{path / CONFIG_NAME} is missing beside {weights}")
+                return path / CONFIG_NAME, path / weights
+        raise FileNotFoundError(f"{path} holds neither {WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+    if path.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
+        raise FileNotFoundError(f"no checkpoint folder at {name_or_path!r} (and it is no hub id)")
+    return _hub_files(name_or_path)
+
+
+def _hub_files(repo_id: str) -> tuple[Path, Path]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config = hf_hub_download(repo_id, CONFIG_NAME)
+        for weights in (WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
+            try:
+                return Path(config), Path(hf_hub_download(repo_id, weights))
+            except EntryNotFoundError:
+                continue
+    except Exception as e:
+        raise RuntimeError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
+            "without network, download it elsewhere and pass the local folder instead"
+        ) from e
+    raise FileNotFoundError(f"hub repository {repo_id!r} has neither {WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+
+
+def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None = None) -> LanguageModel:
+    """Load a checkpoint: a seqarena folder, a state-spaces/mamba-* style folder
+    (config.json + pytorch_model.bin), or a hub id such as ``state-spaces/mamba-130m``."""
+    config_file, weights_file = _checkpoint_files(str(name_or_path))
+    config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    model = (Mamba if isinstance(config, MambaConfig) else Transformer)(config)
+    if weights_file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(weights_file)
+    else:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if config.tie_embeddings and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state[next(k for k in state if k.endswith("embedding.weight"))]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{weights_file} does not fit {config_file}: {e}") from e
+    return model.to(device=device, dtype=dtype)

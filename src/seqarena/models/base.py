@@ -1,0 +1,117 @@
+"""What both architectures share: checkpoint writing, parameter counting, generation.
+
+A model implements ``forward(input_ids, cache=None) -> logits``, ``allocate_cache(batch,
+max_seqlen)`` and ``step(tokens, cache) -> logits``; ``forward`` with a cache fills it
+(prefill), ``step`` consumes one token per sequence and advances it.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def pad_vocab(vocab_size: int, multiple: int) -> int:
+    """The embedding rows: vocab_size rounded up to a multiple (mamba_ssm pads to 8)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename onto ``path``: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LanguageModel(nn.Module):
+    config: object
+
+    def config_dict(self) -> dict:
+        """The contents of config.json."""
+        return asdict(self.config)
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        """Distinct parameters (tied weights counted once)."""
+        seen, total = set(), 0
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) in seen or (exclude_embedding and "embedding" in name):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json``, each atomically.
+
+        Every state-dict key is written, tied ``lm_head.weight`` included, because
+        mamba_ssm's ``load_state_dict`` expects the full key set.
+        """
+        directory = Path(directory)
+        tensors, seen = {}, set()
+        for key, value in self.state_dict().items():
+            value = value.detach().cpu().contiguous()
+            if value.data_ptr() in seen:  # a tied weight: safetensors refuses shared storage
+                value = value.clone()
+            seen.add(value.data_ptr())
+            tensors[key] = value
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
+        text = json.dumps(self.config_dict(), indent=2) + "\n"
+        atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        return directory
+
+    def allocate_cache(self, batch_size: int, max_seqlen: int):
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prompt (batch, L) -> (batch, L + max_new_tokens), decoding with the model's cache.
+
+        ``temperature`` 0 is greedy; otherwise sample from the softmax at that temperature,
+        restricted to the ``top_k`` most likely tokens if given. Padding rows of the
+        embedding (ids >= vocab_size) are never produced.
+        """
+        batch, length = input_ids.shape
+        cache = self.allocate_cache(batch, length + max_new_tokens)
+        logits = self(input_ids, cache=cache)[:, -1]
+        tokens = [input_ids]
+        for i in range(max_new_tokens):
+            next_token = self._pick(logits, temperature, top_k, generator)
+            tokens.append(next_token[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.step(next_token, cache)
+        return torch.cat(tokens, dim=1)
+
+    def _pick(self, logits, temperature, top_k, generator) -> torch.Tensor:
+        logits = logits[:, : self.config.vocab_size].float()
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1, None]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -1,0 +1,162 @@
+"""Transformer++: the strong attention baseline of the Mamba paper (the LLaMA recipe).
+
+Decoder-only, pre-norm RMSNorm, rotary position embeddings, SwiGLU MLP, no biases, tied
+input and output embeddings. Attention goes through ``scaled_dot_product_attention``, so
+PyTorch picks FlashAttention on a GPU. Decoding keeps a key/value cache.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqarena.models.base import LanguageModel, pad_vocab
+
+
+def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
+    """SwiGLU width: 8/3 d_model (same parameters as a 4x GELU MLP), rounded up."""
+    return -(-(8 * d_model // 3) // multiple) * multiple
+
+
+@dataclass
+class TransformerConfig:
+    d_model: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    vocab_size: int = 50277
+    d_ff: int = 0  # 0: swiglu_hidden(d_model)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+    arch: str = "transformer"  # marks our config.json apart from mamba_ssm's
+
+    def __post_init__(self):
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(
+                f"d_model={self.d_model} must split into n_head={self.n_head} heads of even size"
+            )
+        if self.d_ff == 0:
+            self.d_ff = swiglu_hidden(self.d_model)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TransformerConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown Transformer config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class KVCache:
+    keys: torch.Tensor  # (n_layer, batch, n_head, max_seqlen, head_dim)
+    values: torch.Tensor
+    seqlen: int = 0
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, GPT-NeoX/LLaMA layout (the two halves of each head are the pairs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.d_model // config.n_head
+        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x, cos, sin, layer_cache=None, offset=0):
+        """x (batch, L, d_model); layer_cache (keys, values) receives this chunk at ``offset``."""
+        batch, length, _ = x.shape
+        q, k, v = self.qkv_proj(x).view(batch, length, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if layer_cache is not None:
+            keys, values = layer_cache
+            keys[:, :, offset : offset + length] = k
+            values[:, :, offset : offset + length] = v
+            k, v = keys[:, :, : offset + length], values[:, :, : offset + length]
+        if offset == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query i sits at position offset + i and sees keys 0 .. offset + i
+            mask = torch.ones(length, offset + length, dtype=torch.bool, device=x.device).tril(offset)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, layer_cache=None, offset=0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, layer_cache, offset)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(LanguageModel):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(
+            pad_vocab(config.vocab_size, config.pad_vocab_size_multiple), config.d_model
+        )
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, self.embedding.num_embeddings, bias=False)
+        head_dim = config.d_model // config.n_head
+        inv_freq = config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+    def _init_weights(self, module):
+        """GPT-2 style: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layer)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, (Attention, MLP)):
+            last = module.out_proj if isinstance(module, Attention) else module.down_proj
+            nn.init.normal_(last.weight, std=0.02 / math.sqrt(2 * self.config.n_layer))
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """input_ids (batch, L) -> logits (batch, L, padded vocab); a cache is filled and advanced."""
+        length = input_ids.shape[1]
+        offset = cache.seqlen if cache is not None else 0
+        positions = torch.arange(offset, offset + length, device=input_ids.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq)
+        cos, sin = angles.cos(), angles.sin()
+        x = self.embedding(input_ids)
+        for i, layer in enumerate(self.layers):
+            layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
+            x = layer(x, cos, sin, layer_cache, offset)
+        if cache is not None:
+            cache.seqlen += length
+        return self.lm_head(self.norm_f(x))
+
+    def allocate_cache(self, batch_size: int, max_seqlen: int) -> KVCache:
+        c = self.config
+        shape = (c.n_layer, batch_size, c.n_head, max_seqlen, c.d_model // c.n_head)
+        w = self.embedding.weight
+        return KVCache(keys=w.new_zeros(shape), values=w.new_zeros(shape))
+
+    def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tokens (batch,) -> logits (batch, padded vocab); appends to the cache."""
+        return self(tokens[:, None], cache)[:, -1]

@@ -1,0 +1,272 @@
+"""Models: decoding equals the full forward, checkpoints match mamba_ssm, sizes, init, learning."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqarena.models import (
+    SIZES,
+    Mamba,
+    MambaConfig,
+    Transformer,
+    build_model,
+    from_pretrained,
+    model_config,
+    parse_model_id,
+)
+
+VOCAB = 61  # not a multiple of 8: the embedding pads to 64
+
+
+def tiny(arch, dtype=torch.float64, **overrides):
+    return build_model(f"{arch}-tiny", vocab_size=VOCAB, **overrides).to(dtype).eval()
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_cached_decoding_equals_full_forward(arch):
+    model = tiny(arch)
+    ids = torch.randint(0, VOCAB, (3, 17))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.allocate_cache(3, 17)
+        prefix = model(ids[:, :5], cache=cache)  # prefill, then one token at a time
+        steps = [model.step(ids[:, t], cache) for t in range(5, 17)]
+    torch.testing.assert_close(prefix, full[:, :5], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:], rtol=1e-10, atol=1e-10)
+    assert cache.seqlen == 17
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_chunked_prefill_equals_full_forward(arch):
+    model = tiny(arch)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        cache = model.allocate_cache(2, 12)
+        chunks = [
+            model(ids[:, :4], cache=cache),
+            model(ids[:, 4:9], cache=cache),
+            model(ids[:, 9:], cache=cache),
+        ]
+        torch.testing.assert_close(torch.cat(chunks, 1), model(ids), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_greedy_generate_equals_argmax_of_full_forward(arch):
+    model = tiny(arch, dtype=torch.float32)
+    prompt = torch.randint(0, VOCAB, (2, 6))
+    out = model.generate(prompt, max_new_tokens=8)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(ids)[:, -1, :VOCAB]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+
+
+def test_sampling_is_seeded_and_never_emits_padding_ids():
+    model = tiny("mamba", dtype=torch.float32)
+    prompt = torch.randint(0, VOCAB, (4, 3))
+    a = model.generate(prompt, 20, temperature=5.0, generator=torch.Generator().manual_seed(1))
+    b = model.generate(prompt, 20, temperature=5.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert int(a.max()) < VOCAB
+    top1 = model.generate(prompt, 5, temperature=1.0, top_k=1)
+    assert torch.equal(top1, model.generate(prompt, 5))
+
+
+def expected_mamba_shapes(d_model, n_layer, vocab, d_state=16, d_conv=4, expand=2):
+    """mamba_ssm MambaLMHeadModel's state dict, written out from its module tree."""
+    d_inner, dt_rank = expand * d_model, math.ceil(d_model / 16)
+    padded = -(-vocab // 8) * 8
+    shapes = {
+        "backbone.embedding.weight": (padded, d_model),
+        "backbone.norm_f.weight": (d_model,),
+        "lm_head.weight": (padded, d_model),
+    }
+    for i in range(n_layer):
+        p = f"backbone.layers.{i}."
+        shapes |= {
+            p + "norm.weight": (d_model,),
+            p + "mixer.in_proj.weight": (2 * d_inner, d_model),
+            p + "mixer.conv1d.weight": (d_inner, 1, d_conv),
+            p + "mixer.conv1d.bias": (d_inner,),
+            p + "mixer.x_proj.weight": (dt_rank + 2 * d_state, d_inner),
+            p + "mixer.dt_proj.weight": (d_inner, dt_rank),
+            p + "mixer.dt_proj.bias": (d_inner,),
+            p + "mixer.A_log": (d_inner, d_state),
+            p + "mixer.D": (d_inner,),
+            p + "mixer.out_proj.weight": (d_model, d_inner),
+        }
+    return shapes
+
+
+def test_saved_mamba_checkpoint_is_mamba_ssm_layout(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny("mamba", dtype=torch.float32)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    want = expected_mamba_shapes(64, 4, VOCAB)
+    assert {k: tuple(v.shape) for k, v in state.items()} == want
+    config = json.loads((tmp_path / "config.json").read_text())
+    # exactly mamba_ssm's MambaConfig fields, so MambaConfig(**config) accepts the file
+    assert set(config) == {
+        "d_model",
+        "n_layer",
+        "vocab_size",
+        "ssm_cfg",
+        "rms_norm",
+        "residual_in_fp32",
+        "fused_add_norm",
+        "pad_vocab_size_multiple",
+        "tie_embeddings",
+    }
+    assert config["vocab_size"] == VOCAB and config["d_model"] == 64 and config["n_layer"] == 4
+    assert torch.equal(state["lm_head.weight"], state["backbone.embedding.weight"])
+    assert not list(tmp_path.glob(".*tmp")), "temporary files left behind"
+
+
+def test_mamba_130m_key_set_and_vocab_padding():
+    with torch.device("meta"):
+        model = build_model("mamba-130m")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == expected_mamba_shapes(768, 24, 50277)
+    assert shapes["backbone.embedding.weight"] == (50280, 768)
+
+
+def test_state_spaces_layout_loads_with_identical_outputs(tmp_path):
+    """A folder as published on the hub: mamba_ssm's config.json and pytorch_model.bin."""
+    source = tiny("mamba", dtype=torch.float32)
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "d_model": 64,
+                "n_layer": 4,
+                "vocab_size": VOCAB,
+                "ssm_cfg": {},
+                "rms_norm": True,
+                "residual_in_fp32": True,
+                "fused_add_norm": True,
+                "pad_vocab_size_multiple": 8,
+            }
+        )
+    )
+    torch.save(source.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, Mamba)
+    assert loaded.lm_head.weight is loaded.backbone.embedding.weight
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), source(ids))
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_save_load_round_trip(arch, tmp_path):
+    model = tiny(arch, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = from_pretrained(tmp_path / "ckpt").eval()
+    assert type(loaded) is type(model) and loaded.config == model.config
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+def test_loading_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        from_pretrained(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+        from_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="could not fetch 'state-spaces/mamba-nonexistent'.*local folder"):
+        from_pretrained("state-spaces/mamba-nonexistent")  # HF_HUB_OFFLINE=1 in conftest
+    tiny("mamba").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    with pytest.raises(ValueError, match="does not fit"):
+        from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "ssm_cfg": {"d_stat": 8}}))
+    with pytest.raises(ValueError, match="unknown ssm_cfg keys.*d_stat"):
+        from_pretrained(tmp_path)
+
+
+def test_parse_model_id_errors():
+    assert parse_model_id("mamba-1.4b") == ("mamba", "1.4b")
+    with pytest.raises(ValueError, match="unknown architecture 'rwkv'"):
+        parse_model_id("rwkv-tiny")
+    with pytest.raises(ValueError, match="unknown transformer size '130m'"):
+        parse_model_id("transformer-130m")
+
+
+@pytest.mark.parametrize(
+    "model_id", [f"{a}-{s}" for a, sizes in SIZES.items() for s, spec in sizes.items() if spec.nominal_params]
+)
+def test_paper_sizes_within_ten_percent_of_nominal(model_id):
+    arch, size = parse_model_id(model_id)
+    with torch.device("meta"):
+        model = build_model(model_id)
+    nominal = SIZES[arch][size].nominal_params
+    assert abs(model.num_parameters() - nominal) / nominal < 0.10, model.num_parameters()
+
+
+def test_paper_shapes():
+    assert [model_config(f"mamba-{s}").d_model for s in ["130m", "370m", "790m", "1.4b", "2.8b"]] == [
+        768,
+        1024,
+        1536,
+        2048,
+        2560,
+    ]
+    assert [model_config(f"transformer-{s}").n_head for s in ["125m", "350m", "760m", "1.3b", "2.7b"]] == [
+        12,
+        16,
+        16,
+        32,
+        32,
+    ]
+
+
+def test_mamba_initialisation_matches_mamba_ssm():
+    torch.manual_seed(0)
+    config = MambaConfig(d_model=256, n_layer=4, vocab_size=1000)
+    model = Mamba(config)
+    mixer = model.backbone.layers[0].mixer
+    torch.testing.assert_close(torch.exp(mixer.A_log), torch.arange(1.0, 17.0).repeat(512, 1))
+    assert torch.equal(mixer.D, torch.ones(512))
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    # log-uniform: the median of dt sits near the geometric mean of dt_min and dt_max
+    assert 0.005 < dt.median() < 0.02
+    bound = 16**-0.5  # dt_rank = 256 / 16
+    assert mixer.dt_proj.weight.abs().max() <= bound and mixer.dt_proj.weight.abs().max() > 0.9 * bound
+    # out_proj: kaiming-uniform bound 1/sqrt(fan_in), divided by sqrt(n_layer)
+    out_bound = 1 / math.sqrt(512) / math.sqrt(4)
+    assert 0.95 * out_bound < mixer.out_proj.weight.abs().max() <= out_bound
+    assert abs(model.backbone.embedding.weight.std().item() - 0.02) < 0.001
+    assert model.lm_head.weight is model.backbone.embedding.weight
+
+
+def test_transformer_has_no_biases_and_ties_embeddings():
+    model = build_model("transformer-tiny", vocab_size=VOCAB)
+    assert isinstance(model, Transformer)
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    assert model.lm_head.weight is model.embedding.weight
+    assert model.embedding.num_embeddings == 64
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_tiny_model_overfits_one_batch(arch):
+    torch.manual_seed(0)
+    model = build_model(f"{arch}-tiny", vocab_size=VOCAB)
+    ids = torch.randint(0, VOCAB, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        logits = model(ids[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])

@@ -1,0 +1,201 @@
+"""The torch selective scan and causal conv against recurrences written out here, in float64."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqarena.ops import (
+    ScanBackend,
+    available_backends,
+    causal_conv1d,
+    causal_conv1d_update,
+    register_backend,
+    resolve_backend,
+    selective_scan,
+    selective_state_update,
+)
+from seqarena.ops import scan as scan_module
+
+f64 = torch.float64
+
+
+def naive_scan(u, delta, A, B, C, D, z, delta_bias, softplus, groups_of):
+    """Scalar-by-scalar recurrence: for each (b, d) a state vector over N, one t at a time.
+
+    ``groups_of(BC, b, d, t)`` returns the (N,) input of channel d at time t.
+    """
+    batch, dim, length = u.shape
+    outs, lasts = [], []
+    for b in range(batch):
+        for d in range(dim):
+            x = torch.zeros(A.shape[1], dtype=f64)
+            ys = []
+            for t in range(length):
+                dt = delta[b, d, t] + (delta_bias[d] if delta_bias is not None else 0)
+                if softplus:
+                    dt = torch.log1p(torch.exp(dt))
+                x = torch.exp(dt * A[d]) * x + dt * groups_of(B, b, d, t) * u[b, d, t]
+                y = (x * groups_of(C, b, d, t)).sum()
+                if D is not None:
+                    y = y + D[d] * u[b, d, t]
+                if z is not None:
+                    y = y * z[b, d, t] * torch.sigmoid(z[b, d, t])
+                ys.append(y)
+            outs.append(torch.stack(ys))
+            lasts.append(x)
+    out = torch.stack(outs).view(batch, dim, length)
+    last = torch.stack(lasts).view(batch, dim, -1)
+    return out, last
+
+
+def pick(BC, b, d, t):
+    if BC.dim() == 2:
+        return BC[d]
+    if BC.dim() == 3:
+        return BC[b, :, t]
+    per_group = 6 // BC.shape[1]  # dim is 6 in these tests
+    return BC[b, d // per_group, :, t]
+
+
+def make_inputs(batch=2, dim=6, length=7, N=4, bc="variable", groups=2):
+    shapes = {"invariant": (dim, N), "variable": (batch, N, length), "grouped": (batch, groups, N, length)}
+    return dict(
+        u=torch.randn(batch, dim, length, dtype=f64),
+        delta=torch.rand(batch, dim, length, dtype=f64) * 0.5,
+        A=-torch.rand(dim, N, dtype=f64) - 0.2,
+        B=torch.randn(*shapes[bc], dtype=f64),
+        C=torch.randn(*shapes[bc], dtype=f64),
+        D=torch.randn(dim, dtype=f64),
+        z=torch.randn(batch, dim, length, dtype=f64),
+        delta_bias=torch.randn(dim, dtype=f64) * 0.3,
+    )
+
+
+OPTIONS = [
+    dict(D=True, z=True, delta_bias=True, softplus=True),
+    dict(D=False, z=False, delta_bias=False, softplus=False),
+    dict(D=True, z=False, delta_bias=True, softplus=False),
+    dict(D=False, z=True, delta_bias=False, softplus=True),
+]
+
+
+@pytest.mark.parametrize("bc", ["variable", "invariant", "grouped"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(k for k, v in o.items() if v) or "plain")
+@pytest.mark.parametrize("length", [1, 13])
+def test_scan_matches_naive_recurrence(bc, opts, length):
+    x = make_inputs(length=length, bc=bc)
+    D = x["D"] if opts["D"] else None
+    z = x["z"] if opts["z"] else None
+    bias = x["delta_bias"] if opts["delta_bias"] else None
+    out, last = selective_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"], return_last_state=True
+    )
+    want_out, want_last = naive_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"], pick
+    )
+    torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last, want_last, rtol=1e-12, atol=1e-12)
+    assert torch.equal(
+        selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"]), out
+    )
+
+
+@pytest.mark.parametrize("bc", ["variable", "grouped"])
+def test_scan_gradients_match_naive_and_gradcheck(bc):
+    x = make_inputs(batch=2, dim=6, length=5, N=3, bc=bc)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    order = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+    def ours(*args):
+        return selective_scan(*args, delta_softplus=True)
+
+    def naive(*args):
+        return naive_scan(*args, True, pick)[0]
+
+    args = [leaves[k] for k in order]
+    weights = torch.randn_like(x["u"])
+    got = torch.autograd.grad((ours(*args) * weights).sum(), args)
+    want = torch.autograd.grad((naive(*args) * weights).sum(), args)
+    for name, g, w in zip(order, got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+    assert torch.autograd.gradcheck(ours, args, eps=1e-6, atol=1e-8)
+
+
+def test_state_update_steps_equal_full_scan():
+    x = make_inputs(batch=3, dim=6, length=9, N=5)
+    full = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    state = torch.zeros(3, 6, 5, dtype=f64)
+    steps = [
+        selective_state_update(
+            state,
+            x["u"][..., t],
+            x["delta"][..., t],
+            x["A"],
+            x["B"][..., t],
+            x["C"][..., t],
+            x["D"],
+            x["z"][..., t],
+            x["delta_bias"],
+            True,
+        )
+        for t in range(9)
+    ]
+    torch.testing.assert_close(torch.stack(steps, -1), full, rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_inputs_are_scanned_in_float32():
+    x = {k: v.bfloat16() for k, v in make_inputs(length=64).items()}
+    out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
+    want = selective_scan(*(x[k].double() for k in ["u", "delta", "A", "B", "C", "D", "z"]))
+    assert out.dtype == torch.bfloat16
+    # one bf16 rounding of the output, not 64 steps of bf16 accumulation
+    torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_causal_conv_matches_direct_sum_and_its_step():
+    batch, dim, length, width = 2, 5, 11, 4
+    x = torch.randn(batch, dim, length, dtype=f64)
+    w = torch.randn(dim, width, dtype=f64)
+    bias = torch.randn(dim, dtype=f64)
+    want = torch.zeros(batch, dim, length, dtype=f64)
+    for t in range(length):
+        for k in range(width):  # tap k multiplies the input k steps back from the newest
+            if t - k >= 0:
+                want[:, :, t] += w[:, width - 1 - k] * x[:, :, t - k]
+    want = F.silu(want + bias[:, None])
+    torch.testing.assert_close(causal_conv1d(x, w, bias, "silu"), want)
+    state = torch.zeros(batch, dim, width, dtype=f64)
+    steps = [causal_conv1d_update(x[..., t], state, w, bias, "silu") for t in range(length)]
+    torch.testing.assert_close(torch.stack(steps, -1), want)
+    with pytest.raises(ValueError, match="activation"):
+        causal_conv1d(x, w, bias, "gelu")
+
+
+@pytest.fixture
+def gpu_only_backend(monkeypatch):
+    """A backend that, like mamba_ssm's, runs on CUDA tensors only."""
+    monkeypatch.setattr(scan_module, "_BACKENDS", dict(scan_module._BACKENDS))
+    register_backend(
+        ScanBackend(
+            "gpu-only",
+            scan_module.selective_scan_torch,
+            priority=10,
+            why_not=lambda u: None if u.is_cuda else "needs CUDA tensors",
+        )
+    )
+
+
+def test_backend_choice(gpu_only_backend, monkeypatch):
+    u = torch.zeros(1, 2, 3)
+    assert "torch" in available_backends(u) and "gpu-only" not in available_backends(u)
+    assert resolve_backend(u) == available_backends(u)[0]
+    assert resolve_backend(u, "torch") == "torch"
+    with pytest.raises(RuntimeError, match="'gpu-only'.*needs CUDA tensors"):
+        resolve_backend(u, "gpu-only")
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'nope'"):
+        resolve_backend(u, "nope")
+    monkeypatch.setenv("SEQARENA_SCAN_BACKEND", "gpu-only")
+    with pytest.raises(RuntimeError, match="SEQARENA_SCAN_BACKEND"):
+        resolve_backend(u)
+    monkeypatch.setenv("SEQARENA_SCAN_BACKEND", "torch")
+    assert resolve_backend(u) == "torch"
