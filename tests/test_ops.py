@@ -1,20 +1,20 @@
-"""The torch selective scan and causal conv against recurrences written out here, in float64."""
+"""The selective scan (every CPU backend) and causal conv against recurrences written out here."""
+
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from seqarena.ops import (
-    ScanBackend,
     available_backends,
+    backend_names,
     causal_conv1d,
     causal_conv1d_update,
-    register_backend,
     resolve_backend,
     selective_scan,
     selective_state_update,
 )
-from seqarena.ops import scan as scan_module
 
 f64 = torch.float64
 
@@ -79,35 +79,37 @@ OPTIONS = [
 ]
 
 
+CPU_BACKENDS = ["torch", "cpp"]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("bc", ["variable", "invariant", "grouped"])
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(k for k, v in o.items() if v) or "plain")
 @pytest.mark.parametrize("length", [1, 13])
-def test_scan_matches_naive_recurrence(bc, opts, length):
+def test_scan_matches_naive_recurrence(backend, bc, opts, length):
     x = make_inputs(length=length, bc=bc)
     D = x["D"] if opts["D"] else None
     z = x["z"] if opts["z"] else None
     bias = x["delta_bias"] if opts["delta_bias"] else None
-    out, last = selective_scan(
-        x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"], return_last_state=True
-    )
+    scan = functools.partial(selective_scan, backend=backend)
+    out, last = scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"], True)
     want_out, want_last = naive_scan(
         x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"], pick
     )
     torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, want_last, rtol=1e-12, atol=1e-12)
-    assert torch.equal(
-        selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"]), out
-    )
+    assert torch.equal(scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D, z, bias, opts["softplus"]), out)
 
 
-@pytest.mark.parametrize("bc", ["variable", "grouped"])
-def test_scan_gradients_match_naive_and_gradcheck(bc):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("bc", ["variable", "invariant", "grouped"])
+def test_scan_gradients_match_naive_and_gradcheck(backend, bc):
     x = make_inputs(batch=2, dim=6, length=5, N=3, bc=bc)
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
     order = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
     def ours(*args):
-        return selective_scan(*args, delta_softplus=True)
+        return selective_scan(*args, delta_softplus=True, backend=backend)
 
     def naive(*args):
         return naive_scan(*args, True, pick)[0]
@@ -121,9 +123,12 @@ def test_scan_gradients_match_naive_and_gradcheck(bc):
     assert torch.autograd.gradcheck(ours, args, eps=1e-6, atol=1e-8)
 
 
-def test_state_update_steps_equal_full_scan():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_state_update_steps_equal_full_scan(backend):
     x = make_inputs(batch=3, dim=6, length=9, N=5)
-    full = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    full = selective_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, backend="torch"
+    )
     state = torch.zeros(3, 6, 5, dtype=f64)
     steps = [
         selective_state_update(
@@ -137,15 +142,17 @@ def test_state_update_steps_equal_full_scan():
             x["z"][..., t],
             x["delta_bias"],
             True,
+            backend=backend,
         )
         for t in range(9)
     ]
     torch.testing.assert_close(torch.stack(steps, -1), full, rtol=1e-12, atol=1e-12)
 
 
-def test_bfloat16_inputs_are_scanned_in_float32():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bfloat16_inputs_are_scanned_in_float32(backend):
     x = {k: v.bfloat16() for k, v in make_inputs(length=64).items()}
-    out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"])
+    out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], backend=backend)
     want = selective_scan(*(x[k].double() for k in ["u", "delta", "A", "B", "C", "D", "z"]))
     assert out.dtype == torch.bfloat16
     # one bf16 rounding of the output, not 64 steps of bf16 accumulation
@@ -171,31 +178,18 @@ def test_causal_conv_matches_direct_sum_and_its_step():
         causal_conv1d(x, w, bias, "gelu")
 
 
-@pytest.fixture
-def gpu_only_backend(monkeypatch):
-    """A backend that, like mamba_ssm's, runs on CUDA tensors only."""
-    monkeypatch.setattr(scan_module, "_BACKENDS", dict(scan_module._BACKENDS))
-    register_backend(
-        ScanBackend(
-            "gpu-only",
-            scan_module.selective_scan_torch,
-            priority=10,
-            why_not=lambda u: None if u.is_cuda else "needs CUDA tensors",
-        )
-    )
-
-
-def test_backend_choice(gpu_only_backend, monkeypatch):
+def test_backend_choice_on_cpu(monkeypatch):
     u = torch.zeros(1, 2, 3)
-    assert "torch" in available_backends(u) and "gpu-only" not in available_backends(u)
-    assert resolve_backend(u) == available_backends(u)[0]
+    assert backend_names() == ["cuda", "cpp", "torch"]
+    assert available_backends(u) == ["cpp", "torch"]  # CI has a compiler: cpp must build
+    assert resolve_backend(u) == "cpp"
     assert resolve_backend(u, "torch") == "torch"
-    with pytest.raises(RuntimeError, match="'gpu-only'.*needs CUDA tensors"):
-        resolve_backend(u, "gpu-only")
+    with pytest.raises(RuntimeError, match="'cuda' .*unavailable: it runs on CUDA tensors"):
+        resolve_backend(u, "cuda")
     with pytest.raises(ValueError, match="unknown selective-scan backend 'nope'"):
         resolve_backend(u, "nope")
-    monkeypatch.setenv("SEQARENA_SCAN_BACKEND", "gpu-only")
-    with pytest.raises(RuntimeError, match="SEQARENA_SCAN_BACKEND"):
+    monkeypatch.setenv("SEQARENA_SCAN_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="environment variable SEQARENA_SCAN_BACKEND"):
         resolve_backend(u)
     monkeypatch.setenv("SEQARENA_SCAN_BACKEND", "torch")
     assert resolve_backend(u) == "torch"

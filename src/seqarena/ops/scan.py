@@ -25,14 +25,15 @@ BACKEND_ENV_VAR = "SEQARENA_SCAN_BACKEND"
 
 @dataclass(frozen=True)
 class ScanBackend:
-    """One implementation of ``selective_scan``.
+    """One implementation of ``selective_scan`` and of its single-step decoding update.
 
-    ``priority`` orders automatic choice (higher first); ``supports(u)`` says whether the
-    backend can run on these tensors here (device, build), and ``why_not(u)`` says why not.
+    ``priority`` orders automatic choice (higher first); ``why_not(u)`` is None when the
+    backend can run on tensors like ``u`` here (device, build), else the reason it cannot.
     """
 
     name: str
-    fn: Callable
+    scan: Callable
+    step: Callable
     priority: int
     why_not: Callable[[torch.Tensor], str | None]
 
@@ -93,7 +94,18 @@ def selective_scan(
 ):
     """Run the selective scan on the chosen backend (see the module docstring)."""
     name = resolve_backend(u, backend)
-    return _BACKENDS[name].fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return _BACKENDS[name].scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend: str | None = None
+):
+    """One step of the recurrence for decoding: updates ``state`` in place, returns y.
+
+    state (batch, dim, N); x, dt, z (batch, dim); B, C (batch, N); A (dim, N).
+    """
+    name = resolve_backend(x, backend)
+    return _BACKENDS[name].step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
 def _state_input(BC: torch.Tensor, t: int, dim: int) -> torch.Tensor:
@@ -143,11 +155,8 @@ def selective_scan_torch(
     return (y, state) if return_last_state else y
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One step of the recurrence for decoding: updates ``state`` in place, returns y.
-
-    state (batch, dim, N); x, dt, z (batch, dim); B, C (batch, N); A (dim, N).
-    """
+def selective_state_update_torch(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """The reference single step (see ``selective_state_update``)."""
     compute = state.dtype
     dt = dt.to(compute)
     if dt_bias is not None:
@@ -166,4 +175,4 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     return y.to(x.dtype)
 
 
-register_backend(ScanBackend(name="torch", fn=selective_scan_torch, priority=0, why_not=lambda u: None))
+register_backend(ScanBackend("torch", selective_scan_torch, selective_state_update_torch, 0, lambda u: None))

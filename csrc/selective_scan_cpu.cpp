@@ -1,0 +1,366 @@
+// Selective scan on the CPU: forward, backward and the single-step decode update, with
+// mamba_ssm's semantics (see src/seqarena/ops/scan.py for the recurrence).
+//
+// Layout: u, delta, z are (batch, dim, L); A is (dim, N); B and C arrive either as
+// (batch, groups, L, N), so that the N values of one time step are contiguous (the inner,
+// vectorised loop runs over N), or time-invariant as (dim, N). Work is split over
+// batch x dim with at::parallel_for.
+//
+// Memory: no (batch, dim, L, N) tensor is ever made. The forward keeps the state only at
+// the start of every CHUNK steps; the backward walks the chunks in reverse, recomputes
+// the states of one chunk into a small per-thread buffer, and runs the adjoint
+// recurrence over it. Gradients of B and C (shared by the channels of a group) go to
+// per-thread buffers that are summed at the end, so no two threads write one address.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t CHUNK = 64;
+
+template <typename T>
+inline T softplus(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));  // torch's threshold
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// dt = softplus(delta + bias) (or without softplus) for n consecutive steps, in one
+// vectorised pass; dpre, if given, receives d(dt)/d(delta). Scalar transcendentals inside
+// the time loop would cost more than the scan itself.
+template <typename T>
+void discretise(const T* delta, T bias, bool use_softplus, int64_t n, T* dt, T* dpre) {
+  if (!use_softplus) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) dt[k] = delta[k] + bias;
+    if (dpre) std::fill(dpre, dpre + n, T(1));
+    return;
+  }
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    const T pre = delta[k] + bias;
+    dt[k] = pre > T(20) ? pre : std::log1p(std::exp(pre));
+    if (dpre) dpre[k] = T(1) / (T(1) + std::exp(-pre));
+  }
+}
+
+// Pointers and sizes shared by the forward and the backward.
+template <typename T>
+struct Scan {
+  const T *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
+  int64_t batch, dim, L, N, groups;
+  int64_t bc_batch_stride, bc_group_stride, bc_time_stride;  // 0 where B, C do not vary
+  bool softplus;
+
+  int64_t row(int64_t b, int64_t d) const { return (b * dim + d) * L; }
+  // Offset of channel d's B (or C) at time 0; time t is t * bc_time_stride further.
+  int64_t bc(int64_t b, int64_t d) const {
+    return b * bc_batch_stride + d / (dim / groups) * bc_group_stride;
+  }
+  T bias(int64_t d) const { return delta_bias ? delta_bias[d] : T(0); }
+};
+
+template <typename T>
+void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
+  const int64_t N = s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
+  at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> x(N), dA(N), dts(s.L);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
+      const T* A = s.A + d * N;
+      const T* B = s.B + s.bc(b, d);
+      const T* C = s.C + s.bc(b, d);
+      const T Dd = s.D ? s.D[d] : T(0);
+      std::fill(x.begin(), x.end(), T(0));
+      discretise(s.delta + r, s.bias(d), s.softplus, s.L, dts.data(), static_cast<T*>(nullptr));
+      for (int64_t t = 0; t < s.L; ++t) {
+        if (t % CHUNK == 0) std::copy(x.begin(), x.end(), checkpoints + (i * nchunks + t / CHUNK) * N);
+        const T dt = dts[t], du = dt * s.u[r + t];
+        const T* Bt = B + t * s.bc_time_stride;
+        const T* Ct = C + t * s.bc_time_stride;
+        T* xs = x.data();
+        T* as = dA.data();
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) as[n] = std::exp(dt * A[n]);
+        T y = 0;
+#pragma omp simd reduction(+ : y)
+        for (int64_t n = 0; n < N; ++n) {
+          xs[n] = as[n] * xs[n] + du * Bt[n];
+          y += xs[n] * Ct[n];
+        }
+        out[r + t] = y + Dd * s.u[r + t];
+      }
+      if (s.z) {
+        T* o = out + r;
+        const T* zr = s.z + r;
+#pragma omp simd
+        for (int64_t t = 0; t < s.L; ++t) o[t] *= zr[t] / (T(1) + std::exp(-zr[t]));
+      }
+      if (last_state) std::copy(x.begin(), x.end(), last_state + i * N);
+    }
+  });
+}
+
+// Gradients; per-(b, d) partial sums of dA, dD, d(delta_bias) are reduced over b by the caller.
+template <typename T>
+struct Grads {
+  T *du, *ddelta, *dz;          // (batch, dim, L)
+  T *dA, *dD, *dbias;           // (batch, dim, N), (batch, dim), (batch, dim)
+  T *dB, *dC;                   // (threads, *B.shape): one private copy per thread
+  int64_t per_thread;           // elements of one thread's dB / dC
+};
+
+template <typename T>
+void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* checkpoints, Grads<T> g) {
+  const int64_t N = s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
+  at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    std::vector<T> h(N), x(N), prev(CHUNK * N), decay(CHUNK * N), dts(CHUNK), dpre(CHUNK), sz(CHUNK);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
+      const int64_t bc_offset = s.bc(b, d), bt = s.bc_time_stride;
+      const T* A = s.A + d * N;
+      const T* B = s.B + bc_offset;
+      const T* C = s.C + bc_offset;
+      T* dB = g.dB + tid * g.per_thread + bc_offset;
+      T* dC = g.dC + tid * g.per_thread + bc_offset;
+      T* dA = g.dA + i * N;
+      const T Dd = s.D ? s.D[d] : T(0);
+      T dD = 0, dbias = 0;
+      if (glast) std::copy(glast + i * N, glast + (i + 1) * N, h.begin());
+      else std::fill(h.begin(), h.end(), T(0));
+      for (int64_t c = nchunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * CHUNK, t1 = std::min(s.L, t0 + CHUNK);
+        // Recompute the chunk: prev[t] is the state before step t, decay[t] = exp(dt_t A).
+        std::copy(checkpoints + (i * nchunks + c) * N, checkpoints + (i * nchunks + c + 1) * N, x.begin());
+        discretise(s.delta + r + t0, s.bias(d), s.softplus, t1 - t0, dts.data(), dpre.data());
+        if (s.z) {
+          const T* zc = s.z + r + t0;
+          T* szp = sz.data();
+#pragma omp simd
+          for (int64_t k = 0; k < t1 - t0; ++k) szp[k] = T(1) / (T(1) + std::exp(-zc[k]));
+        }
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t k = t - t0;
+          const T dt = dts[k], du = dt * s.u[r + t];
+          const T* Bt = B + t * bt;
+          T* pk = prev.data() + k * N;
+          T* ak = decay.data() + k * N;
+          T* xs = x.data();
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) {
+            pk[n] = xs[n];
+            ak[n] = std::exp(dt * A[n]);
+            xs[n] = ak[n] * xs[n] + du * Bt[n];
+          }
+        }
+        // Adjoint, t1-1 down to t0; x holds the state after the step being undone.
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t k = t - t0;
+          const T ut = s.u[r + t], dt = dts[k];
+          const T* Bt = B + t * bt;
+          const T* Ct = C + t * bt;
+          const T* pk = prev.data() + k * N;
+          const T* ak = decay.data() + k * N;
+          T* xs = x.data();
+          T* hs = h.data();
+          T* dBt = dB + t * bt;
+          T* dCt = dC + t * bt;
+          T gy = gout[r + t];
+          if (s.z) {
+            T y = Dd * ut;
+#pragma omp simd reduction(+ : y)
+            for (int64_t n = 0; n < N; ++n) y += xs[n] * Ct[n];
+            const T zt = s.z[r + t], sig = sz[k];
+            g.dz[r + t] = gy * y * sig * (T(1) + zt * (T(1) - sig));
+            gy *= zt * sig;
+          }
+          dD += gy * ut;
+          T du = gy * Dd, ddt = 0;
+#pragma omp simd reduction(+ : du, ddt)
+          for (int64_t n = 0; n < N; ++n) {
+            hs[n] += gy * Ct[n];
+            dCt[n] += gy * xs[n];
+            const T ga = hs[n] * pk[n] * ak[n];  // d/d(dt*A[n]) through the decay
+            ddt += ga * A[n] + hs[n] * ut * Bt[n];
+            dA[n] += ga * dt;
+            dBt[n] += hs[n] * dt * ut;
+            du += hs[n] * dt * Bt[n];
+            hs[n] *= ak[n];  // on to the previous state
+            xs[n] = pk[n];
+          }
+          g.du[r + t] = du;
+          const T dpre_t = ddt * dpre[k];
+          g.ddelta[r + t] = dpre_t;
+          dbias += dpre_t;
+        }
+      }
+      g.dD[i] = dD;
+      g.dbias[i] = dbias;
+    }
+  });
+}
+
+template <typename T>
+Scan<T> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                  const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                  const c10::optional<at::Tensor>& delta_bias, bool delta_softplus) {
+  const bool invariant = B.dim() == 2;  // (dim, N): one group per channel, no batch or time axis
+  const int64_t N = A.size(1);
+  return Scan<T>{u.data_ptr<T>(),
+                 delta.data_ptr<T>(),
+                 A.data_ptr<T>(),
+                 B.data_ptr<T>(),
+                 C.data_ptr<T>(),
+                 D ? D->data_ptr<T>() : nullptr,
+                 z ? z->data_ptr<T>() : nullptr,
+                 delta_bias ? delta_bias->data_ptr<T>() : nullptr,
+                 u.size(0),
+                 u.size(1),
+                 u.size(2),
+                 N,
+                 invariant ? u.size(1) : B.size(1),
+                 invariant ? 0 : B.size(1) * B.size(2) * N,
+                 invariant ? N : B.size(2) * N,
+                 invariant ? 0 : N,
+                 delta_softplus};
+}
+
+void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                  const at::Tensor& C) {
+  TORCH_CHECK(u.dim() == 3 && u.sizes() == delta.sizes(), "u and delta must be (batch, dim, L) alike");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1), "A must be (dim, N)");
+  TORCH_CHECK(B.sizes() == C.sizes(), "B and C must have one shape");
+  if (B.dim() == 2) {
+    TORCH_CHECK(B.sizes() == A.sizes(), "time-invariant B and C must be (dim, N) like A");
+  } else {
+    TORCH_CHECK(B.dim() == 4 && B.size(0) == u.size(0) && B.size(2) == u.size(2) && B.size(3) == A.size(1),
+                "B and C must be (batch, groups, L, N) matching u's batch and length and A's N");
+    TORCH_CHECK(u.size(1) % B.size(1) == 0, "dim must be a multiple of the number of groups");
+  }
+  for (const auto* t : {&u, &delta, &A, &B, &C}) {
+    TORCH_CHECK(t->is_contiguous() && !t->is_cuda() && t->scalar_type() == u.scalar_type(),
+                "selective_scan_cpu takes contiguous CPU tensors of one dtype");
+  }
+}
+
+}  // namespace
+
+// Returns (out, checkpoints, last_state); checkpoints feed the backward.
+std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                            const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                            const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& delta_bias,
+                            bool delta_softplus) {
+  check_inputs(u, delta, A, B, C);
+  const int64_t nchunks = (u.size(2) + CHUNK - 1) / CHUNK;
+  auto out = at::empty_like(u);
+  auto checkpoints = at::empty({u.size(0), u.size(1), nchunks, A.size(1)}, u.options());
+  auto last_state = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
+    auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    forward_kernel<scalar_t>(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(),
+                             last_state.data_ptr<scalar_t>());
+  });
+  return {out, checkpoints, last_state};
+}
+
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); undefined where the input was absent.
+std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                            const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                            const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& delta_bias,
+                            bool delta_softplus, const at::Tensor& checkpoints, const at::Tensor& gout,
+                            const c10::optional<at::Tensor>& glast) {
+  check_inputs(u, delta, A, B, C);
+  TORCH_CHECK(gout.sizes() == u.sizes() && gout.is_contiguous(), "gout must be contiguous like u");
+  const int64_t batch = u.size(0), dim = u.size(1), N = A.size(1), threads = at::get_num_threads();
+  auto du = at::empty_like(u), ddelta = at::empty_like(u);
+  auto dz = z ? at::empty_like(u) : at::Tensor();
+  auto dA = at::zeros({batch, dim, N}, u.options());
+  auto dD = at::empty({batch, dim}, u.options()), dbias = at::empty({batch, dim}, u.options());
+  std::vector<int64_t> per_thread_shape{threads};
+  per_thread_shape.insert(per_thread_shape.end(), B.sizes().begin(), B.sizes().end());
+  auto dB = at::zeros(per_thread_shape, u.options());
+  auto dC = at::zeros_like(dB);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
+    auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    Grads<scalar_t> g{du.data_ptr<scalar_t>(),    ddelta.data_ptr<scalar_t>(),
+                      z ? dz.data_ptr<scalar_t>() : nullptr,
+                      dA.data_ptr<scalar_t>(),    dD.data_ptr<scalar_t>(),
+                      dbias.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
+                      dC.data_ptr<scalar_t>(),    B.numel()};
+    backward_kernel<scalar_t>(s, gout.data_ptr<scalar_t>(),
+                              glast ? glast->contiguous().data_ptr<scalar_t>() : nullptr,
+                              checkpoints.data_ptr<scalar_t>(), g);
+  });
+  return {du,
+          ddelta,
+          dA.sum(0),
+          dB.sum(0),
+          dC.sum(0),
+          D ? dD.sum(0) : at::Tensor(),
+          dz,
+          delta_bias ? dbias.sum(0) : at::Tensor()};
+}
+
+namespace {
+
+template <typename T>
+void step_kernel(T* state, const T* x, const T* dt, const T* A, const T* B, const T* C, const T* D, const T* z,
+                 const T* dt_bias, bool dt_softplus, T* y, int64_t batch, int64_t dim, int64_t N) {
+  at::parallel_for(0, batch * dim, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / dim, d = i % dim;
+      const T pre = dt[i] + (dt_bias ? dt_bias[d] : T(0));
+      const T dtv = dt_softplus ? softplus(pre) : pre, du = dtv * x[i];
+      const T* An = A + d * N;
+      const T* Bn = B + b * N;
+      const T* Cn = C + b * N;
+      T* sn = state + i * N;
+      T out = 0;
+#pragma omp simd reduction(+ : out)
+      for (int64_t n = 0; n < N; ++n) {
+        sn[n] = std::exp(dtv * An[n]) * sn[n] + du * Bn[n];
+        out += sn[n] * Cn[n];
+      }
+      if (D) out += D[d] * x[i];
+      if (z) out *= z[i] * sigmoid(z[i]);
+      y[i] = out;
+    }
+  });
+}
+
+}  // namespace
+
+// One decoding step: state (batch, dim, N) is updated in place; returns y (batch, dim).
+at::Tensor step(at::Tensor state, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+  TORCH_CHECK(state.is_contiguous() && state.dim() == 3 && !state.is_cuda(),
+              "state must be a contiguous (batch, dim, N) CPU tensor");
+  const auto as_state = [&](const at::Tensor& t) { return t.to(state.scalar_type()).contiguous(); };
+  const auto opt = [&](const c10::optional<at::Tensor>& t) { return t ? as_state(*t) : at::Tensor(); };
+  auto xc = as_state(x), dtc = as_state(dt), Ac = as_state(A), Bc = as_state(B), Cc = as_state(C);
+  auto Dc = opt(D), zc = opt(z), biasc = opt(dt_bias);
+  auto y = at::empty({state.size(0), state.size(1)}, state.options());
+  AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "selective_scan_cpu_step", [&] {
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    step_kernel<scalar_t>(state.data_ptr<scalar_t>(), ptr(xc), ptr(dtc), ptr(Ac), ptr(Bc), ptr(Cc), ptr(Dc),
+                          ptr(zc), ptr(biasc), dt_softplus, y.data_ptr<scalar_t>(), state.size(0), state.size(1),
+                          state.size(2));
+  });
+  return y.to(x.scalar_type());
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fwd", &fwd, "selective scan forward (CPU)");
+  m.def("bwd", &bwd, "selective scan backward (CPU)");
+  m.def("step", &step, "selective scan single decoding step (CPU)");
+}

@@ -1,0 +1,166 @@
+"""The cpp backend (csrc/selective_scan_cpu.cpp) against the torch reference on fresh inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqarena.models import build_model
+from seqarena.ops import available_backends, cpp, selective_scan, selective_state_update
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def inputs(batch, dim, length, N, dtype, bc="variable", groups=1):
+    g = torch.Generator().manual_seed(hash((batch, dim, length, N, bc)) % 2**31)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    bc_shape = {"variable": (batch, N, length), "grouped": (batch, groups, N, length), "invariant": (dim, N)}[
+        bc
+    ]
+    return {
+        "u": randn(batch, dim, length),
+        "delta": randn(batch, dim, length) * 2,  # softplus sees negative and large inputs
+        "A": -torch.rand(dim, N, generator=g, dtype=dtype) * 2 - 0.1,
+        "B": randn(*bc_shape),
+        "C": randn(*bc_shape),
+        "D": randn(dim),
+        "z": randn(batch, dim, length),
+        "delta_bias": randn(dim) * 0.5,
+    }
+
+
+def run(x, backend, last_state_weight=None):
+    """Output, final state and the gradient of every input under a random linear loss."""
+    leaves = [x[k].clone().requires_grad_() for k in NAMES]
+    out, last = selective_scan(*leaves, delta_softplus=True, return_last_state=True, backend=backend)
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    if last_state_weight is not None:
+        loss = loss + (last * last_state_weight).sum()
+    return out, last, torch.autograd.grad(loss, leaves)
+
+
+def assert_matches_reference(x, rtol, last_state_weight=None):
+    out, last, grads = run(x, "cpp", last_state_weight)
+    want_out, want_last, want_grads = run(x, "torch", last_state_weight)
+    torch.testing.assert_close(out, want_out, rtol=rtol, atol=rtol * want_out.abs().max().item())
+    torch.testing.assert_close(last, want_last, rtol=rtol, atol=rtol * want_last.abs().max().item())
+    for name, got, want in zip(NAMES, grads, want_grads, strict=True):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * scale, msg=f"gradient of {name}")
+
+
+SHAPES = [  # (batch, dim, length, N): L = 1, primes, beyond one 64-step chunk; B*D odd
+    (1, 1, 1, 1),
+    (2, 3, 7, 4),
+    (3, 7, 67, 16),
+    (1, 5, 131, 4),
+    (2, 9, 200, 1),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float64_matches_reference(shape):
+    assert_matches_reference(inputs(*shape, torch.float64), rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float32_matches_reference(shape):
+    assert_matches_reference(inputs(*shape, torch.float32), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bc", ["grouped", "invariant"])
+def test_other_bc_layouts_match_reference(bc):
+    assert_matches_reference(inputs(2, 6, 70, 4, torch.float64, bc=bc, groups=3), rtol=1e-9)
+
+
+def test_gradient_through_the_last_state():
+    x = inputs(2, 3, 90, 4, torch.float64)
+    assert_matches_reference(x, rtol=1e-9, last_state_weight=torch.randn(2, 3, 4, dtype=torch.float64))
+
+
+def test_bfloat16_in_float32_accumulate():
+    x = {k: v.bfloat16() for k, v in inputs(2, 8, 100, 16, torch.float32).items()}
+    out = selective_scan(*x.values(), delta_softplus=True, backend="cpp")
+    want = selective_scan(*(v.float() for v in x.values()), delta_softplus=True, backend="torch")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want.to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2)
+
+
+def test_threads_do_not_change_results():
+    x = inputs(3, 7, 150, 16, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(x, "cpp")
+        torch.set_num_threads(max(2, threads))
+        many = run(x, "cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], many[0])
+    for a, b in zip(one[2], many[2], strict=True):  # dB, dC, dA are summed in another order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_single_step_update_equals_full_scan(dtype):
+    x = inputs(2, 5, 40, 16, dtype)
+    full = selective_scan(*x.values(), delta_softplus=True, backend="torch")
+    state = torch.zeros(2, 5, 16, dtype=dtype)
+    steps = [
+        selective_state_update(
+            state,
+            x["u"][..., t],
+            x["delta"][..., t],
+            x["A"],
+            x["B"][..., t],
+            x["C"][..., t],
+            x["D"],
+            x["z"][..., t],
+            x["delta_bias"],
+            True,
+            backend="cpp",
+        )  # fmt: skip
+        for t in range(40)
+    ]
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(torch.stack(steps, -1), full, rtol=rtol, atol=rtol)
+
+
+def test_tiny_mamba_trains_identically_on_cpp_and_torch(monkeypatch):
+    def losses(backend):
+        monkeypatch.setenv("SEQARENA_SCAN_BACKEND", backend)
+        torch.manual_seed(0)
+        model = build_model("mamba-tiny", vocab_size=50).double()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ids = torch.randint(0, 50, (4, 70), generator=torch.Generator().manual_seed(0))
+        out = []
+        for _ in range(5):
+            loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    cpp_losses, torch_losses = losses("cpp"), losses("torch")
+    assert cpp_losses[-1] < cpp_losses[0]
+    assert cpp_losses == pytest.approx(torch_losses, rel=1e-9)
+
+
+def test_missing_compiler_is_reported_and_torch_is_chosen(monkeypatch, tmp_path):
+    """A machine without a C++ compiler: a clear warning and reason, automatic choice uses torch."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SEQARENA_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    cpp._load.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="cpp scan backend is unavailable: no C\\+\\+ compiler"):
+            reason = cpp._why_not(torch.zeros(1, 1, 1))
+        assert "no-such-compiler" in reason
+        assert available_backends(torch.zeros(1, 1, 1)) == ["torch"]
+        with pytest.raises(RuntimeError, match="'cpp' .*unavailable: no C\\+\\+ compiler"):
+            selective_scan(*inputs(1, 2, 3, 4, torch.float32).values(), backend="cpp")
+    finally:
+        cpp._load.cache_clear()
