@@ -52,6 +52,20 @@ void discretise(const T* delta, T bias, bool use_softplus, int64_t n, T* dt, T* 
   }
 }
 
+// decay[k * N + n] = exp(dt[k] * A[n]) for n_steps steps: all exponentials of a chunk in
+// one flat vectorised loop, so the recurrence that follows makes no calls (a vector math
+// call clobbers every vector register, which would spill the state at every step).
+template <typename T, int64_t NC>
+void decays(const T* dt, const T* A, int64_t n_steps, int64_t N_runtime, T* decay) {
+  const int64_t N = NC ? NC : N_runtime;
+  for (int64_t k = 0; k < n_steps; ++k) {
+    T* out = decay + k * N;
+    const T dtk = dt[k];
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n) out[n] = std::exp(dtk * A[n]);
+  }
+}
+
 // Pointers and sizes shared by the forward and the backward.
 template <typename T>
 struct Scan {
@@ -68,28 +82,31 @@ struct Scan {
   T bias(int64_t d) const { return delta_bias ? delta_bias[d] : T(0); }
 };
 
-template <typename T>
+// NC is N when known at compile time (the state then stays in registers), else 0.
+template <typename T, int64_t NC>
 void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
-  const int64_t N = s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
+  const int64_t N = NC ? NC : s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> x(N), dA(N), dts(s.L);
+    std::vector<T> x_heap(NC ? 0 : N), dts(s.L), decay(CHUNK * N);
+    alignas(64) T x_fixed[NC ? NC : 1];
+    T* xs = NC ? x_fixed : x_heap.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
       const T* A = s.A + d * N;
       const T* B = s.B + s.bc(b, d);
       const T* C = s.C + s.bc(b, d);
       const T Dd = s.D ? s.D[d] : T(0);
-      std::fill(x.begin(), x.end(), T(0));
+      std::fill(xs, xs + N, T(0));
       discretise(s.delta + r, s.bias(d), s.softplus, s.L, dts.data(), static_cast<T*>(nullptr));
       for (int64_t t = 0; t < s.L; ++t) {
-        if (t % CHUNK == 0) std::copy(x.begin(), x.end(), checkpoints + (i * nchunks + t / CHUNK) * N);
-        const T dt = dts[t], du = dt * s.u[r + t];
+        if (t % CHUNK == 0) {
+          std::copy(xs, xs + N, checkpoints + (i * nchunks + t / CHUNK) * N);
+          decays<T, NC>(dts.data() + t, A, std::min(CHUNK, s.L - t), N, decay.data());
+        }
+        const T du = dts[t] * s.u[r + t];
         const T* Bt = B + t * s.bc_time_stride;
         const T* Ct = C + t * s.bc_time_stride;
-        T* xs = x.data();
-        T* as = dA.data();
-#pragma omp simd
-        for (int64_t n = 0; n < N; ++n) as[n] = std::exp(dt * A[n]);
+        const T* as = decay.data() + (t % CHUNK) * N;
         T y = 0;
 #pragma omp simd reduction(+ : y)
         for (int64_t n = 0; n < N; ++n) {
@@ -104,7 +121,7 @@ void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
 #pragma omp simd
         for (int64_t t = 0; t < s.L; ++t) o[t] *= zr[t] / (T(1) + std::exp(-zr[t]));
       }
-      if (last_state) std::copy(x.begin(), x.end(), last_state + i * N);
+      if (last_state) std::copy(xs, xs + N, last_state + i * N);
     }
   });
 }
@@ -118,12 +135,17 @@ struct Grads {
   int64_t per_thread;           // elements of one thread's dB / dC
 };
 
-template <typename T>
+template <typename T, int64_t NC>
 void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* checkpoints, Grads<T> g) {
-  const int64_t N = s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
+  const int64_t N = NC ? NC : s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
-    std::vector<T> h(N), x(N), prev(CHUNK * N), decay(CHUNK * N), dts(CHUNK), dpre(CHUNK), sz(CHUNK);
+    std::vector<T> h_heap(NC ? 0 : N), x_heap(NC ? 0 : N), dA_heap(NC ? 0 : N);
+    alignas(64) T h_fixed[NC ? NC : 1], x_fixed[NC ? NC : 1], dA_fixed[NC ? NC : 1];
+    T* hs = NC ? h_fixed : h_heap.data();
+    T* xs = NC ? x_fixed : x_heap.data();
+    T* dA = NC ? dA_fixed : dA_heap.data();
+    std::vector<T> prev(CHUNK * N), decay(CHUNK * N), dts(CHUNK), dpre(CHUNK), sz(CHUNK);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
       const int64_t bc_offset = s.bc(b, d), bt = s.bc_time_stride;
@@ -132,16 +154,17 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
       const T* C = s.C + bc_offset;
       T* dB = g.dB + tid * g.per_thread + bc_offset;
       T* dC = g.dC + tid * g.per_thread + bc_offset;
-      T* dA = g.dA + i * N;
       const T Dd = s.D ? s.D[d] : T(0);
       T dD = 0, dbias = 0;
-      if (glast) std::copy(glast + i * N, glast + (i + 1) * N, h.begin());
-      else std::fill(h.begin(), h.end(), T(0));
+      if (glast) std::copy(glast + i * N, glast + (i + 1) * N, hs);
+      else std::fill(hs, hs + N, T(0));
+      std::fill(dA, dA + N, T(0));
       for (int64_t c = nchunks - 1; c >= 0; --c) {
         const int64_t t0 = c * CHUNK, t1 = std::min(s.L, t0 + CHUNK);
         // Recompute the chunk: prev[t] is the state before step t, decay[t] = exp(dt_t A).
-        std::copy(checkpoints + (i * nchunks + c) * N, checkpoints + (i * nchunks + c + 1) * N, x.begin());
+        std::copy(checkpoints + (i * nchunks + c) * N, checkpoints + (i * nchunks + c + 1) * N, xs);
         discretise(s.delta + r + t0, s.bias(d), s.softplus, t1 - t0, dts.data(), dpre.data());
+        decays<T, NC>(dts.data(), A, t1 - t0, N, decay.data());
         if (s.z) {
           const T* zc = s.z + r + t0;
           T* szp = sz.data();
@@ -152,13 +175,11 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
           const int64_t k = t - t0;
           const T dt = dts[k], du = dt * s.u[r + t];
           const T* Bt = B + t * bt;
+          const T* ak = decay.data() + k * N;
           T* pk = prev.data() + k * N;
-          T* ak = decay.data() + k * N;
-          T* xs = x.data();
 #pragma omp simd
           for (int64_t n = 0; n < N; ++n) {
             pk[n] = xs[n];
-            ak[n] = std::exp(dt * A[n]);
             xs[n] = ak[n] * xs[n] + du * Bt[n];
           }
         }
@@ -170,8 +191,6 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
           const T* Ct = C + t * bt;
           const T* pk = prev.data() + k * N;
           const T* ak = decay.data() + k * N;
-          T* xs = x.data();
-          T* hs = h.data();
           T* dBt = dB + t * bt;
           T* dCt = dC + t * bt;
           T gy = gout[r + t];
@@ -203,6 +222,7 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
           dbias += dpre_t;
         }
       }
+      std::copy(dA, dA + N, g.dA + i * N);
       g.dD[i] = dD;
       g.dbias[i] = dbias;
     }
@@ -266,8 +286,8 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
   auto last_state = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
-    forward_kernel<scalar_t>(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(),
-                             last_state.data_ptr<scalar_t>());
+    auto kernel = s.N == 16 ? forward_kernel<scalar_t, 16> : forward_kernel<scalar_t, 0>;
+    kernel(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>());
   });
   return {out, checkpoints, last_state};
 }
@@ -283,7 +303,7 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
   const int64_t batch = u.size(0), dim = u.size(1), N = A.size(1), threads = at::get_num_threads();
   auto du = at::empty_like(u), ddelta = at::empty_like(u);
   auto dz = z ? at::empty_like(u) : at::Tensor();
-  auto dA = at::zeros({batch, dim, N}, u.options());
+  auto dA = at::empty({batch, dim, N}, u.options());
   auto dD = at::empty({batch, dim}, u.options()), dbias = at::empty({batch, dim}, u.options());
   std::vector<int64_t> per_thread_shape{threads};
   per_thread_shape.insert(per_thread_shape.end(), B.sizes().begin(), B.sizes().end());
@@ -296,7 +316,8 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
                       dA.data_ptr<scalar_t>(),    dD.data_ptr<scalar_t>(),
                       dbias.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
                       dC.data_ptr<scalar_t>(),    B.numel()};
-    backward_kernel<scalar_t>(s, gout.data_ptr<scalar_t>(),
+    auto kernel = s.N == 16 ? backward_kernel<scalar_t, 16> : backward_kernel<scalar_t, 0>;
+    kernel(s, gout.data_ptr<scalar_t>(),
                               glast ? glast->contiguous().data_ptr<scalar_t>() : nullptr,
                               checkpoints.data_ptr<scalar_t>(), g);
   });

@@ -1,0 +1,110 @@
+"""One training step (forward, backward, AdamW) on the CPU, side by side, in tokens/s.
+
+    python benchmarks/train_step_cpu.py             # d_model 256, 4 Mamba layers, vocab 4096, B=8, L=256
+
+Rows: seqarena's Mamba with each CPU scan backend; Hugging Face ``transformers``'
+``MambaForCausalLM`` at the same shape with mambapy's parallel scan (``use_mambapy=True``,
+its CPU training path) if transformers and mambapy are installed; seqarena's
+Transformer++ at the same width with the layer count that matches the Mamba's
+parameter count (the paper's pairing: two Mamba blocks per attention+MLP block).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from seqarena.models import Mamba, MambaConfig, Transformer, TransformerConfig
+from seqarena.ops import BACKEND_ENV_VAR
+
+
+def timed_steps(model, forward, batch, length, vocab, steps):
+    """Median seconds per training step after two warm-up steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, vocab, (batch, length + 1), generator=torch.Generator().manual_seed(0))
+    times = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        logits = forward(model, ids[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ours(model, ids):
+    return model(ids)
+
+
+def hf(model, ids):
+    return model(input_ids=ids).logits
+
+
+def hf_mamba(d_model, n_layer, vocab):
+    from transformers import MambaConfig as HFMambaConfig
+    from transformers import MambaForCausalLM
+
+    config = HFMambaConfig(
+        vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layer, state_size=16, expand=2,
+        conv_kernel=4, use_mambapy=True,
+    )  # fmt: skip
+    return MambaForCausalLM(config).train()
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--n-layer", type=int, default=4, help="Mamba layers (the Transformer gets half)")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    d, n, vocab, b, L = args.d_model, args.n_layer, args.vocab, args.batch, args.length
+
+    mamba_config = MambaConfig(d_model=d, n_layer=n, vocab_size=vocab)
+    transformer_config = TransformerConfig(
+        d_model=d, n_layer=max(1, n // 2), n_head=max(1, d // 64), vocab_size=vocab
+    )
+    rows = [  # (name, build, forward, scan backend)
+        ("seqarena Mamba (cpp scan)", lambda: Mamba(mamba_config), ours, "cpp"),
+        ("seqarena Mamba (torch scan)", lambda: Mamba(mamba_config), ours, "torch"),
+    ]
+    try:
+        import mambapy  # noqa: F401
+        import transformers  # noqa: F401
+
+        rows.append(("transformers MambaForCausalLM + mambapy", lambda: hf_mamba(d, n, vocab), hf, None))
+    except ImportError as e:
+        print(f"transformers+mambapy row left out ({e}); pip install transformers mambapy")
+    rows.append(("seqarena Transformer++", lambda: Transformer(transformer_config), ours, None))
+
+    print(f"d_model={d}, Mamba {n} layers, Transformer++ {transformer_config.n_layer} layers, vocab={vocab}, "
+          f"B={b}, L={L}, {torch.get_num_threads()} threads, median of {args.steps} steps\n")  # fmt: skip
+    results = []
+    for name, build, forward, backend in rows:
+        os.environ.pop(BACKEND_ENV_VAR, None)
+        if backend:
+            os.environ[BACKEND_ENV_VAR] = backend
+        torch.manual_seed(0)
+        model = build().train()
+        results.append((name, model.num_parameters(), timed_steps(model, forward, b, L, vocab, args.steps)))
+
+    ours_tps = b * L / results[0][2]
+    print("| model | parameters | ms/step | tokens/s | seqarena Mamba (cpp) speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, params, seconds in results:
+        tps = b * L / seconds
+        print(f"| {name} | {params / 1e6:.2f}M | {seconds * 1e3:.0f} | {tps:.0f} | {ours_tps / tps:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
