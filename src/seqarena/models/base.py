@@ -54,6 +54,14 @@ class LanguageModel(nn.Module):
             total += p.numel()
         return total
 
+    def training_flops_per_token(self, seq_len: int) -> float:
+        """Forward+backward FLOPs per token: 6 per parameter (matmuls, lm_head included),
+        plus what the sequence mixer adds beyond its weights (see the subclasses)."""
+        return 6.0 * self.num_parameters() + self.mixer_flops_per_token(seq_len)
+
+    def mixer_flops_per_token(self, seq_len: int) -> float:
+        raise NotImplementedError
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json``, each atomically.
 

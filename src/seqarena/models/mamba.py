@@ -152,6 +152,7 @@ class MambaMixer(nn.Module):
         # S4D-real: A = -(1..N) for every channel.
         self.A_log.copy_(torch.log(torch.arange(1.0, self.d_state + 1)).repeat(self.d_inner, 1))
         self.D.fill_(1.0)
+        self.A_log._no_weight_decay = self.D._no_weight_decay = True  # as mamba_ssm marks them
 
     def _conv_weight(self) -> torch.Tensor:
         return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
@@ -285,6 +286,12 @@ class Mamba(LanguageModel):
         if cache is not None:
             cache.seqlen += input_ids.shape[1]
         return self.lm_head(hidden)
+
+    def mixer_flops_per_token(self, seq_len: int) -> float:
+        """The selective scan: about 9 FLOPs per channel and state forward (the paper's 9BLDN),
+        three times that with the backward; it does not grow with seq_len."""
+        mixer = self.backbone.layers[0].mixer
+        return 3 * 9.0 * self.config.n_layer * mixer.d_inner * mixer.d_state
 
     def allocate_cache(self, batch_size: int, max_seqlen: int) -> MambaCache:
         """The recurrent state is fixed-size: max_seqlen does not matter."""

@@ -3,6 +3,7 @@
 Paper sizes follow the Mamba paper (Gu & Dao 2023, Table 12 and §4.2): Mamba uses twice
 the layers of the Transformer++ at the same width, since one Mamba block holds about
 half the parameters of an attention+MLP block. Tiny sizes train on a laptop CPU in minutes.
+``lr`` is the peak learning rate of the paper's "++" recipe: GPT-3's rate for that size x5.
 """
 
 from dataclasses import dataclass
@@ -18,29 +19,30 @@ ARCHITECTURES = {"mamba": (Mamba, MambaConfig), "transformer": (Transformer, Tra
 @dataclass(frozen=True)
 class Size:
     dims: dict
+    lr: float
     nominal_params: int | None = None  # the paper's name for it; None for CPU sizes
 
 
 SIZES: dict[str, dict[str, Size]] = {
     "mamba": {
-        "tiny": Size(dict(d_model=64, n_layer=4)),
-        "mini": Size(dict(d_model=128, n_layer=4)),
-        "small": Size(dict(d_model=256, n_layer=8)),
-        "130m": Size(dict(d_model=768, n_layer=24), 130_000_000),
-        "370m": Size(dict(d_model=1024, n_layer=48), 370_000_000),
-        "790m": Size(dict(d_model=1536, n_layer=48), 790_000_000),
-        "1.4b": Size(dict(d_model=2048, n_layer=48), 1_400_000_000),
-        "2.8b": Size(dict(d_model=2560, n_layer=64), 2_800_000_000),
+        "tiny": Size(dict(d_model=64, n_layer=4), 3e-3),
+        "mini": Size(dict(d_model=128, n_layer=4), 3e-3),
+        "small": Size(dict(d_model=256, n_layer=8), 2e-3),
+        "130m": Size(dict(d_model=768, n_layer=24), 3e-3, 130_000_000),
+        "370m": Size(dict(d_model=1024, n_layer=48), 1.5e-3, 370_000_000),
+        "790m": Size(dict(d_model=1536, n_layer=48), 1.25e-3, 790_000_000),
+        "1.4b": Size(dict(d_model=2048, n_layer=48), 1e-3, 1_400_000_000),
+        "2.8b": Size(dict(d_model=2560, n_layer=64), 8e-4, 2_800_000_000),
     },
     "transformer": {
-        "tiny": Size(dict(d_model=64, n_layer=2, n_head=4)),
-        "mini": Size(dict(d_model=128, n_layer=2, n_head=4)),
-        "small": Size(dict(d_model=256, n_layer=4, n_head=8)),
-        "125m": Size(dict(d_model=768, n_layer=12, n_head=12), 125_000_000),
-        "350m": Size(dict(d_model=1024, n_layer=24, n_head=16), 350_000_000),
-        "760m": Size(dict(d_model=1536, n_layer=24, n_head=16), 760_000_000),
-        "1.3b": Size(dict(d_model=2048, n_layer=24, n_head=32), 1_300_000_000),
-        "2.7b": Size(dict(d_model=2560, n_layer=32, n_head=32), 2_700_000_000),
+        "tiny": Size(dict(d_model=64, n_layer=2, n_head=4), 3e-3),
+        "mini": Size(dict(d_model=128, n_layer=2, n_head=4), 3e-3),
+        "small": Size(dict(d_model=256, n_layer=4, n_head=8), 2e-3),
+        "125m": Size(dict(d_model=768, n_layer=12, n_head=12), 3e-3, 125_000_000),
+        "350m": Size(dict(d_model=1024, n_layer=24, n_head=16), 1.5e-3, 350_000_000),
+        "760m": Size(dict(d_model=1536, n_layer=24, n_head=16), 1.25e-3, 760_000_000),
+        "1.3b": Size(dict(d_model=2048, n_layer=24, n_head=32), 1e-3, 1_300_000_000),
+        "2.7b": Size(dict(d_model=2560, n_layer=32, n_head=32), 8e-4, 2_700_000_000),
     },
 }
 

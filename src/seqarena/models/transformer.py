@@ -151,6 +151,10 @@ class Transformer(LanguageModel):
             cache.seqlen += length
         return self.lm_head(self.norm_f(x))
 
+    def mixer_flops_per_token(self, seq_len: int) -> float:
+        """Attention scores and values, forward+backward (PaLM's 12 * n_layer * d_model * T)."""
+        return 12.0 * self.config.n_layer * self.config.d_model * seq_len
+
     def allocate_cache(self, batch_size: int, max_seqlen: int) -> KVCache:
         c = self.config
         shape = (c.n_layer, batch_size, c.n_head, max_seqlen, c.d_model // c.n_head)

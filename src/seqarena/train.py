@@ -1,0 +1,523 @@
+"""One training loop for both architectures: resumable, deterministic, DDP/FSDP-ready.
+
+AdamW (betas 0.9/0.95, weight decay on matrices and embeddings only), linear warmup then
+cosine decay to a floor, gradient clipping, gradient accumulation to a global token batch,
+random contiguous windows drawn from the token memmap, periodic validation on fixed
+windows, bf16 autocast on CUDA, optional torch.compile.
+
+Determinism and resume: the windows of step s are a pure function of (seed, s, window
+index), the learning rate a pure function of s, and a checkpoint holds the model, the
+optimizer, the step and the RNG states. Checkpoints are written to a temporary file and
+renamed, so a job killed at any moment restarts from the newest complete one and ends
+with the same weights and metrics as a run never killed.
+"""
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from seqarena.data import load_tokens
+from seqarena.models import SIZES, build_model, parse_model_id
+from seqarena.models.base import atomic_write
+
+# bf16 dense peak of the GPUs we know, for MFU; elsewhere pass --peak-tflops.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    model: str  # model id, e.g. mamba-tiny
+    data: str  # folder with train.bin, val.bin, meta.json
+    out: str  # results/train/{model}
+    steps: int = 0  # optimizer steps; 0: from `tokens`
+    tokens: int = 0  # token budget; with steps 0 as well: 20 tokens per parameter (Chinchilla)
+    batch_tokens: int = 8192  # global tokens per optimizer step
+    micro_batch: int = 8  # sequences per forward pass and process
+    seq_len: int = 128
+    lr: float = 0.0  # peak learning rate; 0: the size registry's (the paper recipe)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    warmup: float = 0.1  # fraction of the steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    eval_windows: int = 32
+    ckpt_interval: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    compile: bool = False
+    parallel: str = "ddp"  # with several processes: ddp or fsdp
+    scan_backend: str = ""  # force a selective-scan backend (cuda, cpp, torch); "" chooses
+    tracking_uri: str = ""  # "": sqlite:///<out>/../../mlflow.db; "none" disables MLflow
+    experiment: str = "seqarena"
+    dataset: str = ""  # a name for tags; "" uses the data folder's name
+    peak_tflops: float = 0.0  # for MFU where the device is not in PEAK_TFLOPS
+
+    def __post_init__(self):
+        parse_model_id(self.model)
+        positive = (
+            "batch_tokens",
+            "micro_batch",
+            "seq_len",
+            "eval_interval",
+            "eval_windows",
+            "ckpt_interval",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train config: {name} must be positive, not {getattr(self, name)}")
+        if self.steps < 0 or self.tokens < 0 or self.lr < 0:
+            raise ValueError("train config: steps, tokens and lr must not be negative")
+        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("train config: warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train config: parallel must be ddp or fsdp, not {self.parallel!r}")
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig, peak: float) -> float:
+    """Linear warmup to peak, then cosine to peak * min_lr_ratio at the last step."""
+    warmup = int(cfg.warmup * total)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    floor = peak * cfg.min_lr_ratio
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay weight matrices and embeddings; not norms, biases, A_log or D."""
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def windows(tokens: np.ndarray, seed: int, step: int, index: int, batch: int, seq_len: int):
+    """Micro-batch `index` of step `step`: `batch` random windows, (inputs, targets)."""
+    g = torch.Generator().manual_seed(hash((seed, step, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+    starts = torch.randint(0, len(tokens) - seq_len - 1, (batch,), generator=g).tolist()
+    chunk = torch.from_numpy(np.stack([tokens[s : s + seq_len + 1].astype(np.int64) for s in starts]))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def val_windows(tokens: np.ndarray, count: int, seq_len: int):
+    """Fixed, evenly spaced validation windows."""
+    if len(tokens) < seq_len + 1:
+        raise ValueError(
+            f"the validation split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
+        )
+    starts = np.linspace(0, len(tokens) - seq_len - 1, count).astype(np.int64)
+    chunk = torch.from_numpy(np.stack([tokens[s : s + seq_len + 1].astype(np.int64) for s in starts]))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+class Distributed:
+    """World size, rank and device from torchrun's environment (one process: no-ops)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(value, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
+            if self.device.type != "cuda":  # gloo has no AVG
+                value /= self.world
+        return value
+
+    def barrier(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _wrap(model, cfg: TrainConfig, dist_: Distributed):
+    """DDP or FSDP2 around the model when there are several processes."""
+    if dist_.world == 1:
+        return model
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        layers = model.backbone.layers if hasattr(model, "backbone") else model.layers
+        for layer in layers:
+            fully_shard(layer)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None
+    )
+
+
+def _state_dicts(model, optimizer, cfg: TrainConfig):
+    """Full (unsharded) model and optimizer state, for checkpoints and the final weights.
+
+    ``model`` is the unwrapped module (DDP's wrapper would prefix every key with
+    ``module.``); FSDP2 shards that same module in place.
+    """
+    if cfg.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    return model.state_dict(), optimizer.state_dict()
+
+
+def _load_state_dicts(model, optimizer, model_state, optim_state, cfg: TrainConfig):
+    if cfg.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        set_state_dict(
+            model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=options
+        )
+    else:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+
+
+def newest_checkpoint(ckpt_dir: Path):
+    """The newest checkpoint that loads; a damaged file (it cannot be, but disks fail) is skipped."""
+    for path in sorted(ckpt_dir.glob("step_*.pt"), reverse=True):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            print(f"skipping unreadable checkpoint {path}: {e}")
+    return None, None
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return None
+
+
+def _read_metrics(path: Path, until_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= until_step]
+
+
+def _loss_curve(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["tokens"] for r in rows], [r["loss"] for r in rows], label="train")
+    val = [r for r in rows if "val_loss" in r]
+    ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    ax.set(xlabel="tokens", ylabel="loss (nats/token)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) one model; write its weights, metrics.jsonl and summary.json."""
+    dist_ = Distributed()
+    try:
+        return _train(cfg, dist_)
+    finally:
+        dist_.close()
+
+
+def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
+    if cfg.scan_backend:
+        os.environ["SEQARENA_SCAN_BACKEND"] = cfg.scan_backend
+    out, data_dir = Path(cfg.out), Path(cfg.data)
+    meta_file = data_dir / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file} not found: tokenize the data first (seqarena data tokenize)")
+    meta = json.loads(meta_file.read_text())
+    arch, size = parse_model_id(cfg.model)
+    peak_lr = cfg.lr or SIZES[arch][size].lr
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, vocab_size=meta["vocab_size"]).to(dist_.device)
+    n_params = model.num_parameters()
+    per_step = cfg.micro_batch * cfg.seq_len * dist_.world
+    if cfg.batch_tokens % per_step:
+        raise ValueError(
+            f"train config: batch_tokens={cfg.batch_tokens} is not a multiple of "
+            f"micro_batch * seq_len * processes = {per_step}"
+        )
+    accum = cfg.batch_tokens // per_step
+    steps = cfg.steps or math.ceil((cfg.tokens or 20 * n_params) / cfg.batch_tokens)
+    train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
+    if len(train_tokens) < cfg.seq_len + 2:
+        raise ValueError(
+            f"{data_dir}/train.bin has {len(train_tokens)} tokens, too few for seq_len {cfg.seq_len}"
+        )
+    val_x, val_y = val_windows(val_tokens, cfg.eval_windows, cfg.seq_len)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2), foreach=True
+    )
+    ckpt_dir = out / "ckpt"
+    ckpt_path, ckpt = newest_checkpoint(ckpt_dir)
+    wrapped = _wrap(model, cfg, dist_)
+    start_step, train_seconds = 0, 0.0
+    if ckpt is not None:
+        _load_state_dicts(model, optimizer, ckpt["model"], ckpt["optimizer"], cfg)
+        torch.set_rng_state(ckpt["rng"])
+        start_step, train_seconds = ckpt["step"], ckpt["train_seconds"]
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dist_.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    from seqarena.ops import resolve_backend
+
+    probe = torch.zeros(1, 1, 1, device=dist_.device)
+    scan_backend = resolve_backend(probe) if arch == "mamba" else None
+    flops_per_token = model.training_flops_per_token(cfg.seq_len)
+
+    run = None
+    metrics_file = out / "metrics.jsonl"
+    history = _read_metrics(metrics_file, start_step) if ckpt is not None else []
+    if dist_.main:
+        out.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(r) + "\n" for r in history)  # forget steps after the checkpoint
+        atomic_write(metrics_file, lambda tmp: Path(tmp).write_text(text))
+        run = _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend)
+    logged_until = run.last_step("train/loss") if run else -1
+    pending: list[tuple[str, float, int]] = []
+
+    def evaluate() -> float:
+        wrapped.eval()
+        total = 0.0
+        with torch.no_grad(), autocast:
+            for i in range(0, len(val_x), cfg.micro_batch):
+                x, y = val_x[i : i + cfg.micro_batch].to(dist_.device), val_y[i : i + cfg.micro_batch]
+                logits = forward(x).float()
+                total += F.cross_entropy(
+                    logits.flatten(0, 1), y.to(dist_.device).flatten(), reduction="sum"
+                ).item()
+        wrapped.train()
+        return total / val_y.numel()
+
+    wrapped.train()
+    bar = tqdm(
+        range(start_step, steps), initial=start_step, total=steps, desc=cfg.model, disable=not dist_.main
+    )
+    for step in bar:
+        started = time.perf_counter()
+        lr = lr_at(step, steps, cfg, peak_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=dist_.device)
+        for micro in range(accum):
+            x, y = windows(
+                train_tokens, cfg.seed, step, dist_.rank * accum + micro, cfg.micro_batch, cfg.seq_len
+            )
+            sync = micro == accum - 1 or dist_.world == 1 or cfg.parallel == "fsdp"
+            with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
+                logits = forward(x.to(dist_.device))
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(dist_.device).flatten()) / accum
+                loss.backward()
+            loss_sum += loss.detach()
+        loss_value = dist_.mean(loss_sum).item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"{cfg.model}: loss is {loss_value} at step {step + 1}; stopped. The last good checkpoint "
+                f"is {newest_checkpoint(ckpt_dir)[0] or 'none'}; lower lr or raise warmup and rerun."
+            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        train_seconds += elapsed
+        row = {
+            "step": step + 1,
+            "tokens": (step + 1) * cfg.batch_tokens,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": cfg.batch_tokens / elapsed,
+        }
+        if (step + 1) % cfg.eval_interval == 0 or step + 1 == steps:
+            row["val_loss"] = evaluate()
+        if dist_.main:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            history.append(row)
+            if step + 1 > logged_until:
+                pending += [
+                    (f"train/{k}", v, step + 1) for k, v in row.items() if k not in ("step", "val_loss")
+                ]
+                if "val_loss" in row:
+                    pending.append(("val/loss", row["val_loss"], step + 1))
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        if (step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps:
+            model_state, optim_state = _state_dicts(model, optimizer, cfg)
+            if dist_.main:
+                _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg)
+                if run:
+                    run.log_metrics(pending)
+                pending = []
+            dist_.barrier()
+
+    model_state, _ = _state_dicts(model, optimizer, cfg)
+    if not dist_.main:
+        return {}
+    if dist_.world > 1 and cfg.parallel == "fsdp":  # FSDP sharded the model: an unsharded copy to save
+        model = build_model(cfg.model, vocab_size=meta["vocab_size"])
+        model.load_state_dict(model_state)
+    return _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds,
+                   flops_per_token, dist_, scan_backend)  # fmt: skip
+
+
+def _save_checkpoint(
+    ckpt_dir: Path, step: int, model_state, optim_state, train_seconds: float, cfg: TrainConfig
+):
+    state = {
+        "model": model_state,
+        "optimizer": optim_state,
+        "step": step,
+        "rng": torch.get_rng_state(),
+        "train_seconds": train_seconds,
+        "config": asdict(cfg),
+    }
+    atomic_write(ckpt_dir / f"step_{step:08d}.pt", lambda tmp: torch.save(state, tmp))
+    for old in sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]:
+        old.unlink()
+
+
+def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend):
+    if cfg.tracking_uri == "none":
+        return None
+    from seqarena.tracking import ModelRun, default_uri
+
+    uri = cfg.tracking_uri or default_uri(out.resolve().parent.parent)
+    tags = {
+        "seqarena.arch": arch,
+        "seqarena.size": size,
+        "seqarena.dataset": cfg.dataset or data_dir.name,
+        "seqarena.scan_backend": scan_backend or "n/a",
+        "seqarena.tracking": "server" if uri.startswith("http") else "sqlite",
+    }
+    params = {
+        "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri")},
+        "resolved": {"steps": steps, "grad_accum": accum, "lr": peak_lr, "parameters": n_params},
+    }
+    return ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params)
+
+
+def _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds, flops_per_token,
+            dist_, scan_backend) -> dict:  # fmt: skip
+    """Final weights, tokenizer, loss curve, summary.json (written last: Snakemake's target)."""
+    model.save_pretrained(out)
+    if (data_dir / "tokenizer.json").is_file():
+        shutil.copyfile(data_dir / "tokenizer.json", out / "tokenizer.json")
+    _loss_curve(history, out / "loss_curve.png", cfg.model)
+    val_loss = history[-1]["val_loss"]
+    tokens_seen = steps * cfg.batch_tokens
+    tokens_per_s = tokens_seen / train_seconds
+    peak = _peak_tflops(cfg, dist_.device)
+    achieved = flops_per_token * tokens_per_s / 1e12
+    summary = {
+        "model": cfg.model,
+        "parameters": n_params,
+        "steps": steps,
+        "tokens": tokens_seen,
+        "final_val_loss": val_loss,
+        "final_val_perplexity": math.exp(val_loss),
+        "final_train_loss": history[-1]["loss"],
+        "wall_seconds": train_seconds,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops_per_token,
+        "achieved_tflops": achieved,
+        "mfu": achieved / peak if peak else None,
+        "peak_memory_bytes": _peak_memory(dist_.device),
+        "device": torch.cuda.get_device_name(dist_.device) if dist_.device.type == "cuda" else "cpu",
+        "processes": dist_.world,
+        "scan_backend": scan_backend,
+        "mlflow_run_id": run.run_id if run else None,
+    }
+    if run:
+        run.log_metrics(
+            pending + [("final/val_loss", val_loss, steps), ("final/tokens_per_s", tokens_per_s, steps)]
+        )
+        for name in ("config.json", "tokenizer.json", "loss_curve.png"):
+            if (out / name).is_file():
+                run.log_artifact(out / name)
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+    if run:
+        run.log_artifact(out / "summary.json")
+        run.finish()
+    return summary
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def add_arguments(parser) -> None:
+    """One flag per TrainConfig field (the dataclass is the single source of truth)."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is MISSING:
+            parser.add_argument(flag, required=True, dest=f.name)
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", dest=f.name)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, dest=f.name)
