@@ -7,6 +7,7 @@ none, and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` (flat token ids,
 separated by EOS) and ``meta.json``. Same inputs give byte-identical files.
 """
 
+import glob
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -44,16 +45,17 @@ class Source:
 
 
 def _local_files(pattern: str) -> list[str]:
+    """The files of a local source (a file, a glob or a folder), all present and not all empty."""
     path = Path(pattern)
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*") if p.is_file())
     else:
-        files = (
-            sorted(str(p) for p in Path().glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        )
+        files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
     missing = [f for f in files if not Path(f).is_file()]
     if not files or missing:
         raise FileNotFoundError(f"local data source {pattern!r}: no such file(s): {missing or pattern}")
+    if all(Path(f).stat().st_size == 0 for f in files):
+        raise ValueError(f"local data source {pattern!r} has no training records: {files} are empty")
     return files
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -356,8 +357,9 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
 
     wrapped.train()
     bar = tqdm(
-        range(start_step, steps), initial=start_step, total=steps, desc=cfg.model, disable=not dist_.main
-    )
+        range(start_step, steps), initial=start_step, total=steps, desc=cfg.model, disable=not dist_.main,
+        mininterval=1 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s
+    )  # fmt: skip
     for step in bar:
         started = time.perf_counter()
         lr = lr_at(step, steps, cfg, peak_lr)

@@ -1,0 +1,131 @@
+"""Data stage: real `datasets` loading from local files, tokenizers, deterministic memmaps."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from seqarena.data import Source, download, load_tokens, token_dtype, tokenize
+
+
+def make_corpus(path, docs=300, seed=0):
+    """Paragraphs of generated English-like text (blank-line separated, as in a book)."""
+    rng = random.Random(seed)
+    words = "the a model state scan token attention mamba layer learns copies recalls fast slow".split()
+    paragraphs = [
+        " ".join(rng.choice(words) for _ in range(rng.randint(5, 40))).capitalize() + "." for _ in range(docs)
+    ]
+    path.write_text("\n\n".join(paragraphs) + "\n")
+    return path.read_text().split("\n\n")  # the records: paragraphs as the file holds them
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    paragraphs = make_corpus(tmp_path / "book.txt")
+    raw = download(Source(kind="local", path=str(tmp_path / "book.txt")), tmp_path / "raw")
+    return paragraphs, raw
+
+
+def decode_docs(data_dir, split):
+    tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
+    eos = json.loads((data_dir / "meta.json").read_text())["eos_id"]
+    ids = load_tokens(data_dir, split).tolist()
+    docs, current = [], []
+    for i in ids:
+        if i == eos:
+            docs.append(tokenizer.decode(current))
+            current = []
+        else:
+            current.append(i)
+    assert current == [], "the token stream must end with EOS"
+    return docs
+
+
+def test_bpe_round_trip_and_meta(corpus, tmp_path):
+    paragraphs, raw = corpus
+    meta = tokenize(raw, tmp_path / "bpe", "bpe", vocab_size=300, val_fraction=0.1)
+    train, val = decode_docs(tmp_path / "bpe", "train"), decode_docs(tmp_path / "bpe", "val")
+    assert train + val == paragraphs  # every document, in order, decoded exactly
+    assert len(val) == 30 and meta["validation"].startswith("last 10%")
+    assert meta["vocab_size"] == 300 and meta["dtype"] == "uint16" and meta["eos_id"] == 0
+    assert meta["train_tokens"] == load_tokens(tmp_path / "bpe", "train").size
+    assert meta["train_tokens"] < sum(len(p) for p in paragraphs[:270])  # BPE merged something
+    assert meta["source"]["path"].endswith("book.txt")
+
+
+def test_tokenize_is_byte_identical_when_rerun(corpus, tmp_path):
+    _, raw = corpus
+    tokenize(raw, tmp_path / "a", "bpe", vocab_size=300)
+    tokenize(raw, tmp_path / "b", "bpe", vocab_size=300)
+    for name in ["tokenizer.json", "train.bin", "val.bin", "meta.json"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_byte_tokenizer_is_the_bytes(tmp_path):
+    text = "Naïve café — ünïcödé\n\nSecond paragraph, plain."
+    (tmp_path / "t.txt").write_text(text)
+    raw = download(Source(kind="local", path=str(tmp_path / "t.txt")), tmp_path / "raw")
+    meta = tokenize(raw, tmp_path / "byte", "byte", val_fraction=0.5)
+    assert meta["vocab_size"] == 257 and meta["eos_id"] == 256
+    first = text.split("\n\n")[0].encode()
+    assert load_tokens(tmp_path / "byte", "train").tolist() == [*first, 256]
+    assert decode_docs(tmp_path / "byte", "val") == ["Second paragraph, plain."]
+
+
+def test_gpt_neox_tokenizer_from_shared_file(shared_data, corpus, tmp_path):
+    _, raw = corpus
+    meta = tokenize(raw, tmp_path / "hf", "hf", tokenizer_name=str(shared_data / "20B_tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    assert tokenizer.encode("Hello world!").ids == [12092, 1533, 2]
+    assert meta["vocab_size"] == 50277 and meta["eos_id"] == 0 and meta["dtype"] == "uint16"
+
+
+def test_jsonl_source_with_text_field_and_own_validation_split(tmp_path):
+    rows = [{"body": f"record number {i} " * 3, "id": i} for i in range(50)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = download(
+        Source(kind="local", path=str(tmp_path / "*.jsonl"), format="jsonl", text_field="body"),
+        tmp_path / "r",
+    )
+    meta = tokenize(raw, tmp_path / "out", "byte", val_fraction=0.2)
+    assert decode_docs(tmp_path / "out", "train") == [r["body"] for r in rows[:40]]
+    assert meta["train_documents"] == 40 and meta["val_documents"] == 10
+
+
+def test_bad_sources_fail_clearly_and_write_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        download(Source(kind="local", path=str(tmp_path / "missing.txt")), tmp_path / "raw")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="no training records"):
+        download(Source(kind="local", path=str(tmp_path / "empty.txt")), tmp_path / "raw")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match="no text field 'text'.*body"):
+        download(Source(kind="local", path=str(tmp_path / "d.jsonl"), format="jsonl"), tmp_path / "raw")
+    with pytest.raises(RuntimeError, match="could not fetch dataset 'Salesforce/wikitext'.*local files"):
+        download(Source(kind="hf", path="Salesforce/wikitext", name="wikitext-2-raw-v1"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() and not list(tmp_path.glob("raw*"))
+    with pytest.raises(FileNotFoundError, match="run the download first"):
+        tokenize(tmp_path / "raw", tmp_path / "out", "byte")
+    assert not (tmp_path / "out").exists()
+
+
+def test_whitespace_only_corpus_is_refused_before_any_output(tmp_path):
+    (tmp_path / "blank.txt").write_text("   \n\n  \n\n\t\n")
+    raw = download(Source(kind="local", path=str(tmp_path / "blank.txt"), sample_by="line"), tmp_path / "raw")
+    with pytest.raises(ValueError, match="no non-empty text"):
+        tokenize(raw, tmp_path / "out", "byte")
+    assert not (tmp_path / "out").exists()
+
+
+def test_token_dtype_widens_past_uint16():
+    assert token_dtype(65536) is np.uint16 and token_dtype(65537) is np.uint32
+
+
+def test_tiny_shakespeare(shared_data, tmp_path):
+    raw = download(Source(kind="local", path=str(shared_data / "tinyshakespeare.txt")), tmp_path / "raw")
+    meta = tokenize(raw, tmp_path / "out", "byte")
+    # byte-level: every character but the paragraph breaks becomes one token
+    assert 1_000_000 < meta["train_tokens"] + meta["val_tokens"] < 1_115_394
+    assert decode_docs(tmp_path / "out", "train")[0].startswith("First Citizen:\nBefore we proceed")

@@ -1,0 +1,232 @@
+"""Training: learning, exact resume after SIGKILL, DDP on CPU, MLflow under concurrency and over HTTP."""
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from seqarena.data import Source, download, tokenize
+from seqarena.models import build_model, from_pretrained
+from seqarena.train import TrainConfig, TrainingDiverged, lr_at, param_groups, train
+
+DETERMINISTIC = ("step", "tokens", "loss", "lr", "grad_norm", "val_loss")
+
+
+@pytest.fixture(scope="module")
+def shakespeare(tmp_path_factory):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (the repo's ../shared/data)")
+    root = tmp_path_factory.mktemp("data")
+    raw = download(Source(kind="local", path=str(SHARED_DATA / "tinyshakespeare.txt")), root / "raw")
+    tokenize(raw, root / "shakespeare", "bpe", vocab_size=512)
+    return root / "shakespeare"
+
+
+def config(data, out, **overrides) -> TrainConfig:
+    base = dict(
+        model="mamba-tiny", data=str(data), out=str(out), steps=30, batch_tokens=1024, micro_batch=8,
+        seq_len=64, eval_interval=10, eval_windows=16, ckpt_interval=10, tracking_uri="none",
+    )  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    args = []
+    for key, value in vars(cfg).items():
+        if isinstance(value, bool):
+            args += [f"--{key.replace('_', '-')}"] if value else []
+        elif value not in ("", None):
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def seqarena(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "seqarena.cli", *args], **popen)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("model", ["mamba-tiny", "transformer-tiny"])
+def test_tiny_models_learn_shakespeare(shakespeare, tmp_path, model):
+    summary = train(config(shakespeare, tmp_path / model, model=model, steps=60, eval_interval=20))
+    vals = [r["val_loss"] for r in metrics(tmp_path / model) if "val_loss" in r]
+    assert len(vals) == 3 and vals[0] > vals[-1]
+    assert summary["final_val_loss"] == vals[-1] < math.log(512) - 1.2  # well below uniform guessing
+    assert summary["tokens"] == 60 * 1024 and summary["steps"] == 60
+    assert summary["scan_backend"] == ("cpp" if model.startswith("mamba") else None)
+    loaded = from_pretrained(tmp_path / model)
+    assert loaded.config.vocab_size == 512 and loaded.num_parameters() == summary["parameters"]
+    assert (tmp_path / model / "tokenizer.json").read_bytes() == (shakespeare / "tokenizer.json").read_bytes()
+    assert (tmp_path / model / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    def cfg(name):
+        uri = f"sqlite:///{tmp_path / name}.db"
+        return config(
+            shakespeare, tmp_path / name, steps=24, ckpt_interval=5, eval_interval=8, tracking_uri=uri
+        )
+
+    reference = seqarena("train", *cli_args(cfg("reference")), stderr=subprocess.DEVNULL)
+    assert reference.wait(timeout=300) == 0
+    out = tmp_path / "killed"
+    kill_after = random.Random().randint(6, 21)  # past the first checkpoint, before the end
+    job = seqarena("train", *cli_args(cfg("killed")), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= kill_after):
+        assert job.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL
+    assert not (out / "summary.json").exists() and not (out / "model.safetensors").exists()
+    assert seqarena("train", *cli_args(cfg("killed")), stderr=subprocess.DEVNULL).wait(timeout=300) == 0
+
+    ref_dir = tmp_path / "reference"
+    assert (out / "model.safetensors").read_bytes() == (ref_dir / "model.safetensors").read_bytes()
+    strip = [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(out)]
+    assert strip == [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(ref_dir)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_val_loss"] == json.loads((ref_dir / "summary.json").read_text())["final_val_loss"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'killed'}.db")
+    runs = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # the resume continued the run
+    steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, 25))  # every step once: none lost, none twice
+
+
+def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path):
+    common = dict(steps=6, batch_tokens=512, micro_batch=4, eval_interval=3, ckpt_interval=100)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = seqarena("train", *cli_args(config(shakespeare, tmp_path / "one", **common)), env=env,
+                      stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+    assert single.wait(timeout=300) == 0
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "seqarena.cli", "train", *cli_args(config(shakespeare, tmp_path / "two", **common))],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+
+
+def test_six_concurrent_writers_on_a_fresh_sqlite_db(shakespeare, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    models = [f"{arch}-{size}" for arch in ("mamba", "transformer") for size in ("tiny", "mini", "small")]
+    jobs = [
+        seqarena("train", *cli_args(config(shakespeare, tmp_path / m, model=m, steps=6, batch_tokens=64,
+                                           micro_batch=2, seq_len=32, eval_interval=3, eval_windows=2,
+                                           ckpt_interval=100, tracking_uri=uri)),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for m in models
+    ]  # fmt: skip
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert sorted(r.data.tags["seqarena.model_id"] for r in runs) == sorted(models)
+    for run in runs:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/loss")) == [3, 6]
+        assert run.data.params["resolved.steps"] == "6"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        summary = train(config(shakespeare, tmp_path / "out", steps=4, eval_interval=2, tracking_uri=uri))
+        client = MlflowClient(uri)
+        run = client.get_run(summary["mlflow_run_id"])
+        assert run.data.tags["seqarena.model_id"] == "mamba-tiny"
+        assert run.data.tags["seqarena.tracking"] == "server"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "loss_curve.png"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_divergence_stops_clearly_and_keeps_the_last_good_checkpoint(shakespeare, tmp_path):
+    cfg = config(shakespeare, tmp_path, model="transformer-tiny", steps=40, lr=1e5, warmup=0, ckpt_interval=1)
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step \d+.*last good checkpoint"):
+        train(cfg)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "model.safetensors").exists()
+    assert list((tmp_path / "ckpt").glob("step_*.pt"))
+
+
+def test_bad_config_is_refused_naming_the_key(shakespeare, tmp_path):
+    with pytest.raises(ValueError, match="batch_tokens=1000 is not a multiple"):
+        train(config(shakespeare, tmp_path, batch_tokens=1000))
+    with pytest.raises(ValueError, match="steps, tokens and lr must not be negative"):
+        config(shakespeare, tmp_path, steps=-1)
+    with pytest.raises(ValueError, match="unknown architecture 'gpt'"):
+        config(shakespeare, tmp_path, model="gpt-tiny")
+    with pytest.raises(FileNotFoundError, match="meta.json not found"):
+        train(config(tmp_path / "nowhere", tmp_path))
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_schedule_and_weight_decay_groups(tmp_path):
+    cfg = config(tmp_path, tmp_path, warmup=0.1, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 100, cfg, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over 10 steps
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # then only down
+    assert lrs[-1] == pytest.approx(0.1)  # to the floor
+    model = build_model("mamba-tiny", vocab_size=64)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].split(".")[-1] for p in no_decay["params"]} == {"weight", "bias", "A_log", "D"}
+    assert all(p.dim() == 1 or names[id(p)].endswith("A_log") for p in no_decay["params"])
+    assert model.backbone.embedding.weight in [p for p in decay["params"]]
+    assert all(p.dim() >= 2 for p in decay["params"]) and torch.is_tensor(decay["params"][0])
