@@ -108,15 +108,17 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_pat
     assert sorted(steps) == list(range(1, 25))  # every step once: none lost, none twice
 
 
-def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path):
-    common = dict(steps=6, batch_tokens=512, micro_batch=4, eval_interval=3, ckpt_interval=100)
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path, parallel):
+    common = dict(steps=6, batch_tokens=512, micro_batch=4, eval_interval=3, ckpt_interval=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = seqarena("train", *cli_args(config(shakespeare, tmp_path / "one", **common)), env=env,
                       stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
     assert single.wait(timeout=300) == 0
+    two_cfg = config(shakespeare, tmp_path / "two", parallel=parallel, **common)
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "seqarena.cli", "train", *cli_args(config(shakespeare, tmp_path / "two", **common))],
+         "-m", "seqarena.cli", "train", *cli_args(two_cfg)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -126,6 +128,13 @@ def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    # the checkpoint at step 4 holds full (gathered) state: it loads into one process
+    state = torch.load(tmp_path / "two" / "ckpt" / "step_00000004.pt", weights_only=False)["model"]
+    assert state.keys() == build_model("mamba-tiny", vocab_size=512).state_dict().keys()
+    assert (
+        from_pretrained(tmp_path / "two").num_parameters()
+        == from_pretrained(tmp_path / "one").num_parameters()
+    )
 
 
 def test_six_concurrent_writers_on_a_fresh_sqlite_db(shakespeare, tmp_path):

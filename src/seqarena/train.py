@@ -308,12 +308,12 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         )
     val_x, val_y = val_windows(val_tokens, cfg.eval_windows, cfg.seq_len)
 
+    wrapped = _wrap(model, cfg, dist_)  # before the optimizer: FSDP replaces the parameters
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2), foreach=True
     )
     ckpt_dir = out / "ckpt"
-    ckpt_path, ckpt = newest_checkpoint(ckpt_dir)
-    wrapped = _wrap(model, cfg, dist_)
+    _, ckpt = newest_checkpoint(ckpt_dir)
     start_step, train_seconds = 0, 0.0
     if ckpt is not None:
         _load_state_dicts(model, optimizer, ckpt["model"], ckpt["optimizer"], cfg)
