@@ -21,21 +21,26 @@ from seqarena.models import Mamba, MambaConfig, Transformer, TransformerConfig
 from seqarena.ops import BACKEND_ENV_VAR
 
 
-def timed_steps(model, forward, batch, length, vocab, steps):
-    """Median seconds per training step after two warm-up steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(0, vocab, (batch, length + 1), generator=torch.Generator().manual_seed(0))
-    times = []
-    for i in range(steps + 2):
+class Trainee:
+    """One model with its optimizer and fixed batch; ``step()`` times one training step."""
+
+    def __init__(self, model, forward, backend, batch, length, vocab):
+        self.model, self.forward, self.backend = model.train(), forward, backend
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.ids = torch.randint(0, vocab, (batch, length + 1), generator=torch.Generator().manual_seed(0))
+        self.times = []
+
+    def step(self):
+        os.environ.pop(BACKEND_ENV_VAR, None)
+        if self.backend:
+            os.environ[BACKEND_ENV_VAR] = self.backend
         start = time.perf_counter()
-        logits = forward(model, ids[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
+        logits = self.forward(self.model, self.ids[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), self.ids[:, 1:].flatten())
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.optimizer.step()
+        self.times.append(time.perf_counter() - start)
 
 
 def ours(model, ids):
@@ -75,8 +80,8 @@ def main():
         d_model=d, n_layer=max(1, n // 2), n_head=max(1, d // 64), vocab_size=vocab
     )
     rows = [  # (name, build, forward, scan backend)
-        ("seqarena Mamba (cpp scan)", lambda: Mamba(mamba_config), ours, "cpp"),
-        ("seqarena Mamba (torch scan)", lambda: Mamba(mamba_config), ours, "torch"),
+        ("seqarena Mamba (cpp kernels)", lambda: Mamba(mamba_config), ours, "cpp"),
+        ("seqarena Mamba (torch kernels)", lambda: Mamba(mamba_config), ours, "torch"),
     ]
     try:
         import mambapy  # noqa: F401
@@ -88,15 +93,16 @@ def main():
     rows.append(("seqarena Transformer++", lambda: Transformer(transformer_config), ours, None))
 
     print(f"d_model={d}, Mamba {n} layers, Transformer++ {transformer_config.n_layer} layers, vocab={vocab}, "
-          f"B={b}, L={L}, {torch.get_num_threads()} threads, median of {args.steps} steps\n")  # fmt: skip
-    results = []
+          f"B={b}, L={L}, {torch.get_num_threads()} threads, "
+          f"median of {args.steps} steps taken in turn\n")  # fmt: skip
+    trainees = []
     for name, build, forward, backend in rows:
-        os.environ.pop(BACKEND_ENV_VAR, None)
-        if backend:
-            os.environ[BACKEND_ENV_VAR] = backend
         torch.manual_seed(0)
-        model = build().train()
-        results.append((name, model.num_parameters(), timed_steps(model, forward, b, L, vocab, args.steps)))
+        trainees.append((name, Trainee(build(), forward, backend, b, L, vocab)))
+    for _ in range(args.steps + 2):  # round-robin: machine noise hits every row alike
+        for _name, trainee in trainees:
+            trainee.step()
+    results = [(name, t.model.num_parameters(), statistics.median(t.times[2:])) for name, t in trainees]
 
     ours_tps = b * L / results[0][2]
     print("| model | parameters | ms/step | tokens/s | seqarena Mamba (cpp) speed-up |")

@@ -72,6 +72,9 @@ struct Scan {
   const T *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
   int64_t batch, dim, L, N, groups;
   int64_t bc_batch_stride, bc_group_stride, bc_time_stride;  // 0 where B, C do not vary
+  // u, delta and z rows may sit anywhere (a slice of a bigger tensor): (batch, channel)
+  // strides; time is contiguous. Outputs and gradients are contiguous: row(b, d).
+  int64_t u_sb, u_sd, delta_sb, delta_sd, z_sb, z_sd;
   bool softplus;
 
   int64_t row(int64_t b, int64_t d) const { return (b * dim + d) * L; }
@@ -92,18 +95,21 @@ void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
     T* xs = NC ? x_fixed : x_heap.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
+      const T* u = s.u + b * s.u_sb + d * s.u_sd;
+      const T* zr = s.z ? s.z + b * s.z_sb + d * s.z_sd : nullptr;
       const T* A = s.A + d * N;
       const T* B = s.B + s.bc(b, d);
       const T* C = s.C + s.bc(b, d);
       const T Dd = s.D ? s.D[d] : T(0);
       std::fill(xs, xs + N, T(0));
-      discretise(s.delta + r, s.bias(d), s.softplus, s.L, dts.data(), static_cast<T*>(nullptr));
+      discretise(s.delta + b * s.delta_sb + d * s.delta_sd, s.bias(d), s.softplus, s.L, dts.data(),
+                 static_cast<T*>(nullptr));
       for (int64_t t = 0; t < s.L; ++t) {
         if (t % CHUNK == 0) {
           std::copy(xs, xs + N, checkpoints + (i * nchunks + t / CHUNK) * N);
           decays<T, NC>(dts.data() + t, A, std::min(CHUNK, s.L - t), N, decay.data());
         }
-        const T du = dts[t] * s.u[r + t];
+        const T du = dts[t] * u[t];
         const T* Bt = B + t * s.bc_time_stride;
         const T* Ct = C + t * s.bc_time_stride;
         const T* as = decay.data() + (t % CHUNK) * N;
@@ -113,11 +119,10 @@ void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
           xs[n] = as[n] * xs[n] + du * Bt[n];
           y += xs[n] * Ct[n];
         }
-        out[r + t] = y + Dd * s.u[r + t];
+        out[r + t] = y + Dd * u[t];
       }
-      if (s.z) {
+      if (zr) {
         T* o = out + r;
-        const T* zr = s.z + r;
 #pragma omp simd
         for (int64_t t = 0; t < s.L; ++t) o[t] *= zr[t] / (T(1) + std::exp(-zr[t]));
       }
@@ -148,6 +153,9 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
     std::vector<T> prev(CHUNK * N), decay(CHUNK * N), dts(CHUNK), dpre(CHUNK), sz(CHUNK);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
+      const T* u = s.u + b * s.u_sb + d * s.u_sd;
+      const T* delta = s.delta + b * s.delta_sb + d * s.delta_sd;
+      const T* zr = s.z ? s.z + b * s.z_sb + d * s.z_sd : nullptr;
       const int64_t bc_offset = s.bc(b, d), bt = s.bc_time_stride;
       const T* A = s.A + d * N;
       const T* B = s.B + bc_offset;
@@ -163,17 +171,17 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
         const int64_t t0 = c * CHUNK, t1 = std::min(s.L, t0 + CHUNK);
         // Recompute the chunk: prev[t] is the state before step t, decay[t] = exp(dt_t A).
         std::copy(checkpoints + (i * nchunks + c) * N, checkpoints + (i * nchunks + c + 1) * N, xs);
-        discretise(s.delta + r + t0, s.bias(d), s.softplus, t1 - t0, dts.data(), dpre.data());
+        discretise(delta + t0, s.bias(d), s.softplus, t1 - t0, dts.data(), dpre.data());
         decays<T, NC>(dts.data(), A, t1 - t0, N, decay.data());
         if (s.z) {
-          const T* zc = s.z + r + t0;
+          const T* zc = zr + t0;
           T* szp = sz.data();
 #pragma omp simd
           for (int64_t k = 0; k < t1 - t0; ++k) szp[k] = T(1) / (T(1) + std::exp(-zc[k]));
         }
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t k = t - t0;
-          const T dt = dts[k], du = dt * s.u[r + t];
+          const T dt = dts[k], du = dt * u[t];
           const T* Bt = B + t * bt;
           const T* ak = decay.data() + k * N;
           T* pk = prev.data() + k * N;
@@ -186,7 +194,7 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
         // Adjoint, t1-1 down to t0; x holds the state after the step being undone.
         for (int64_t t = t1 - 1; t >= t0; --t) {
           const int64_t k = t - t0;
-          const T ut = s.u[r + t], dt = dts[k];
+          const T ut = u[t], dt = dts[k];
           const T* Bt = B + t * bt;
           const T* Ct = C + t * bt;
           const T* pk = prev.data() + k * N;
@@ -198,7 +206,7 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
             T y = Dd * ut;
 #pragma omp simd reduction(+ : y)
             for (int64_t n = 0; n < N; ++n) y += xs[n] * Ct[n];
-            const T zt = s.z[r + t], sig = sz[k];
+            const T zt = zr[t], sig = sz[k];
             g.dz[r + t] = gy * y * sig * (T(1) + zt * (T(1) - sig));
             gy *= zt * sig;
           }
@@ -233,6 +241,7 @@ template <typename T>
 Scan<T> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
                   const c10::optional<at::Tensor>& delta_bias, bool delta_softplus) {
+  TORCH_CHECK(!z || (z->sizes() == u.sizes() && z->stride(2) == 1), "z must be shaped like u, contiguous along time");
   const bool invariant = B.dim() == 2;  // (dim, N): one group per channel, no batch or time axis
   const int64_t N = A.size(1);
   return Scan<T>{u.data_ptr<T>(),
@@ -251,6 +260,12 @@ Scan<T> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                  invariant ? 0 : B.size(1) * B.size(2) * N,
                  invariant ? N : B.size(2) * N,
                  invariant ? 0 : N,
+                 u.stride(0),
+                 u.stride(1),
+                 delta.stride(0),
+                 delta.stride(1),
+                 z ? z->stride(0) : 0,
+                 z ? z->stride(1) : 0,
                  delta_softplus};
 }
 
@@ -266,9 +281,13 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                 "B and C must be (batch, groups, L, N) matching u's batch and length and A's N");
     TORCH_CHECK(u.size(1) % B.size(1) == 0, "dim must be a multiple of the number of groups");
   }
+  TORCH_CHECK(u.stride(2) == 1 && delta.stride(2) == 1, "u and delta must be contiguous along time");
+  for (const auto* t : {&A, &B, &C}) {
+    TORCH_CHECK(t->is_contiguous(), "A, B and C must be contiguous");
+  }
   for (const auto* t : {&u, &delta, &A, &B, &C}) {
-    TORCH_CHECK(t->is_contiguous() && !t->is_cuda() && t->scalar_type() == u.scalar_type(),
-                "selective_scan_cpu takes contiguous CPU tensors of one dtype");
+    TORCH_CHECK(!t->is_cuda() && t->scalar_type() == u.scalar_type(),
+                "selective_scan_cpu takes CPU tensors of one dtype");
   }
 }
 
@@ -380,8 +399,15 @@ at::Tensor step(at::Tensor state, const at::Tensor& x, const at::Tensor& dt, con
   return y.to(x.scalar_type());
 }
 
+// causal_conv1d_cpu.cpp
+at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, bool silu);
+std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 bool silu, const at::Tensor& gout);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &fwd, "selective scan forward (CPU)");
   m.def("bwd", &bwd, "selective scan backward (CPU)");
   m.def("step", &step, "selective scan single decoding step (CPU)");
+  m.def("conv_fwd", &conv_fwd, "causal depthwise conv1d (+SiLU) forward (CPU)");
+  m.def("conv_bwd", &conv_bwd, "causal depthwise conv1d (+SiLU) backward (CPU)");
 }

@@ -159,7 +159,8 @@ def test_bfloat16_inputs_are_scanned_in_float32(backend):
     torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=1e-2)
 
 
-def test_causal_conv_matches_direct_sum_and_its_step():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_causal_conv_matches_direct_sum_and_its_step(backend):
     batch, dim, length, width = 2, 5, 11, 4
     x = torch.randn(batch, dim, length, dtype=f64)
     w = torch.randn(dim, width, dtype=f64)
@@ -170,12 +171,12 @@ def test_causal_conv_matches_direct_sum_and_its_step():
             if t - k >= 0:
                 want[:, :, t] += w[:, width - 1 - k] * x[:, :, t - k]
     want = F.silu(want + bias[:, None])
-    torch.testing.assert_close(causal_conv1d(x, w, bias, "silu"), want)
+    torch.testing.assert_close(causal_conv1d(x, w, bias, "silu", backend=backend), want)
     state = torch.zeros(batch, dim, width, dtype=f64)
-    steps = [causal_conv1d_update(x[..., t], state, w, bias, "silu") for t in range(length)]
+    steps = [causal_conv1d_update(x[..., t], state, w, bias, "silu", backend=backend) for t in range(length)]
     torch.testing.assert_close(torch.stack(steps, -1), want)
     with pytest.raises(ValueError, match="activation"):
-        causal_conv1d(x, w, bias, "gelu")
+        causal_conv1d(x, w, bias, "gelu", backend=backend)
 
 
 def test_backend_choice_on_cpu(monkeypatch):

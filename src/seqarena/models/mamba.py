@@ -97,6 +97,12 @@ def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _linear_channels_first(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` applied to x (batch, in_features, L), giving (batch, out_features, L)."""
+    out = linear.weight @ x
+    return out if linear.bias is None else out + linear.bias[:, None]
+
+
 class MambaMixer(nn.Module):
     """The selective SSM block: in_proj -> causal conv -> selective scan, gated -> out_proj."""
 
@@ -158,20 +164,24 @@ class MambaMixer(nn.Module):
         return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
     def forward(self, hidden: torch.Tensor, cache: MambaLayerCache | None = None) -> torch.Tensor:
-        """hidden (batch, L, d_model); a cache, if given, receives the final conv and SSM state."""
+        """hidden (batch, L, d_model); a cache, if given, receives the final conv and SSM state.
+
+        Inside, activations are (batch, channels, L), the layout the kernels read: the
+        projections are written W @ x, so no activation is transposed into a copy.
+        """
         length = hidden.shape[1]
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L) each
+        xz = _linear_channels_first(self.in_proj, hidden.transpose(1, 2))  # (batch, 2 d_inner, L)
+        x, z = xz.chunk(2, dim=1)
         if cache is not None:
             cache.conv_state.copy_(F.pad(x, (self.d_conv - length, 0)))
         x = causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu")
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], -1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes into the scan
+        dt, B, C = (self.x_proj.weight @ x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
         y = selective_scan(
             x,
-            dt,
+            self.dt_proj.weight @ dt,  # (batch, d_inner, L); the bias is added in the scan
             -torch.exp(_fp32_or_wider(self.A_log)),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+            B,
+            C,
             _fp32_or_wider(self.D),
             z=z,
             delta_bias=_fp32_or_wider(self.dt_proj.bias),
@@ -181,7 +191,7 @@ class MambaMixer(nn.Module):
         if cache is not None:
             y, last_state = y
             cache.ssm_state.copy_(last_state)
-        return self.out_proj(y.transpose(1, 2))
+        return _linear_channels_first(self.out_proj, y).transpose(1, 2)
 
     def step(self, hidden: torch.Tensor, cache: MambaLayerCache) -> torch.Tensor:
         """hidden (batch, d_model) for one token; advances the cache in place."""

@@ -1,31 +1,34 @@
-"""Sequence-mixing kernels: the selective scan (with run-time backends) and the causal conv.
+"""Sequence-mixing kernels: the selective scan and the causal conv, with run-time backends.
 
 Importing this package registers every backend: ``cuda`` (mamba_ssm, GPU), ``cpp`` (ours,
-CPU) and ``torch`` (the reference, anywhere); see ``scan.resolve_backend`` for the choice.
+CPU) and ``torch`` (the references, anywhere); ``resolve_backend`` says which one runs.
 """
 
 from seqarena.ops import cpp, cuda  # noqa: F401  (they register their backends)
-from seqarena.ops.conv import causal_conv1d, causal_conv1d_update
-from seqarena.ops.scan import (
+from seqarena.ops.backends import (
     BACKEND_ENV_VAR,
-    ScanBackend,
+    KernelBackend,
     available_backends,
     backend_names,
+    causal_conv1d,
+    causal_conv1d_update,
     register_backend,
     resolve_backend,
     selective_scan,
-    selective_scan_torch,
     selective_state_update,
-    selective_state_update_torch,
 )
+from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
+from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
 
 __all__ = [
     "BACKEND_ENV_VAR",
-    "ScanBackend",
+    "KernelBackend",
     "available_backends",
     "backend_names",
     "causal_conv1d",
+    "causal_conv1d_torch",
     "causal_conv1d_update",
+    "causal_conv1d_update_torch",
     "register_backend",
     "resolve_backend",
     "selective_scan",

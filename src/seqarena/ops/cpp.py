@@ -1,4 +1,4 @@
-"""The ``cpp`` backend: seqarena's own CPU selective scan (csrc/selective_scan_cpu.cpp).
+"""The ``cpp`` backend: seqarena's own CPU kernels (csrc/): the selective scan and the causal conv.
 
 Compiled just in time with ``torch.utils.cpp_extension.load`` (ninja from PyPI), once per
 machine and torch version, into ``$SEQARENA_EXTENSIONS_DIR`` (default
@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-from seqarena.ops.scan import ScanBackend, register_backend
+from seqarena.ops.backends import KernelBackend, register_backend
+from seqarena.ops.conv import causal_conv1d_update_torch
 
-SOURCE = Path(__file__).resolve().parents[3] / "csrc" / "selective_scan_cpu.cpp"
+CSRC = Path(__file__).resolve().parents[3] / "csrc"
+SOURCES = [CSRC / "selective_scan_cpu.cpp", CSRC / "causal_conv1d_cpu.cpp"]
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
@@ -31,17 +33,20 @@ def _build_dir() -> Path:
             (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), ""
         )
     key = hashlib.sha256(
-        "|".join([SOURCE.read_text(), *CFLAGS, torch.__version__, platform.python_version(), cpu]).encode()
+        "|".join(
+            [*(s.read_text() for s in SOURCES), *CFLAGS, torch.__version__, platform.python_version(), cpu]
+        ).encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("SEQARENA_EXTENSIONS_DIR", Path.home() / ".cache" / "seqarena" / "extensions"))
-    return root / f"selective_scan_cpu-{key}"
+    return root / f"cpu_kernels-{key}"
 
 
 @functools.cache
 def _load():
     """(module, None) once built, or (None, reason) if it cannot be."""
-    if not SOURCE.is_file():
-        return None, f"C++ source {SOURCE} not found (install seqarena from a clone, pip install -e .)"
+    missing = [str(s) for s in SOURCES if not s.is_file()]
+    if missing:
+        return None, f"C++ sources {missing} not found (install seqarena from a clone, pip install -e .)"
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         reason = f"no C++ compiler: {compiler!r} (from $CXX, default c++) is not on PATH; install g++"
@@ -53,15 +58,15 @@ def _load():
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         module = load(
-            name="seqarena_selective_scan_cpu",
-            sources=[str(SOURCE)],
+            name="seqarena_cpu_kernels",
+            sources=[str(s) for s in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
             verbose=False,
         )
     except Exception as e:  # no compiler, no ninja, a compile error: say so, use torch
-        reason = f"building {SOURCE.name} failed ({type(e).__name__}: {str(e).strip()[-500:]})"
+        reason = f"building the C++ kernels in {CSRC} failed ({type(e).__name__}: {str(e).strip()[-500:]})"
         warnings.warn(f"seqarena: the cpp scan backend is unavailable: {reason}", stacklevel=3)
         return None, reason
     return module, None
@@ -101,21 +106,51 @@ def _bc_layout(BC: torch.Tensor) -> torch.Tensor:
     return BC if BC.dim() == 2 else BC.transpose(-1, -2)
 
 
+def _rows(t, dtype):
+    """As the kernels read (batch, dim, L) inputs: time contiguous, any batch/channel strides."""
+    if t is None:
+        return None
+    t = t.to(dtype)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _dense(t, dtype):
+    return None if t is None else t.to(dtype).contiguous()
+
+
 def selective_scan_cpp(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
     dtype_in = u.dtype
-    compute = torch.promote_types(dtype_in, torch.float32)
-
-    def prep(t):
-        return None if t is None else t.to(compute).contiguous()
-
+    f = torch.promote_types(dtype_in, torch.float32)
     out, last_state = SelectiveScanCpp.apply(
-        prep(u), prep(delta), prep(A), prep(_bc_layout(B)), prep(_bc_layout(C)),
-        prep(D), prep(z), prep(delta_bias), delta_softplus,
+        _rows(u, f), _rows(delta, f), _dense(A, f), _dense(_bc_layout(B), f), _dense(_bc_layout(C), f),
+        _dense(D, f), _rows(z, f), _dense(delta_bias, f), delta_softplus,
     )  # fmt: skip
     out = out.to(dtype_in)
     return (out, last_state) if return_last_state else out
+
+
+class CausalConv1dCpp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return _load()[0].conv_fwd(x, weight, bias, silu)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = _load()[0].conv_bwd(x, weight, bias, ctx.silu, grad_out.contiguous())
+        return dx, dweight, dbias, None
+
+
+def causal_conv1d_cpp(x, weight, bias=None, activation=None):
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d activation must be None, 'silu' or 'swish', not {activation!r}")
+    f = torch.promote_types(x.dtype, torch.float32)
+    out = CausalConv1dCpp.apply(_rows(x, f), _dense(weight, f), _dense(bias, f), activation is not None)
+    return out.to(x.dtype)
 
 
 def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
@@ -124,5 +159,8 @@ def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
 
 register_backend(
-    ScanBackend("cpp", selective_scan_cpp, selective_state_update_cpp, priority=10, why_not=_why_not)
-)
+    KernelBackend(
+        "cpp", selective_scan_cpp, selective_state_update_cpp, causal_conv1d_cpp, causal_conv1d_update_torch,
+        priority=10, why_not=_why_not,
+    )
+)  # fmt: skip

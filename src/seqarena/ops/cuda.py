@@ -1,14 +1,16 @@
-"""The ``cuda`` backend: mamba_ssm's fused selective-scan kernels, where they are built.
+"""The ``cuda`` backend: mamba_ssm's fused selective-scan kernels and causal_conv1d's conv.
 
 mamba-ssm and causal-conv1d import only with CUDA; their absence never breaks seqarena:
-the backend then reports why it is unavailable and automatic choice moves on.
+the backend then reports why it is unavailable and automatic choice moves on. Without
+causal-conv1d (but with mamba_ssm) the conv runs the PyTorch reference on the GPU.
 """
 
 import functools
 
 import torch
 
-from seqarena.ops.scan import ScanBackend, register_backend
+from seqarena.ops.backends import KernelBackend, register_backend
+from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
 
 
 @functools.cache
@@ -36,4 +38,21 @@ def _step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False
     return _kernels()[1](state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
-register_backend(ScanBackend("cuda", _scan, _step, priority=20, why_not=_why_not))
+@functools.cache
+def _conv_kernels():
+    try:
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+    except Exception:
+        return causal_conv1d_torch, causal_conv1d_update_torch
+    return causal_conv1d_fn, causal_conv1d_update
+
+
+def _conv(x, weight, bias=None, activation=None):
+    return _conv_kernels()[0](x, weight, bias, activation)
+
+
+def _conv_step(x, conv_state, weight, bias=None, activation=None):
+    return _conv_kernels()[1](x, conv_state, weight, bias, activation)
+
+
+register_backend(KernelBackend("cuda", _scan, _step, _conv, _conv_step, priority=20, why_not=_why_not))

@@ -1,4 +1,4 @@
-"""The selective scan (Mamba's S6 recurrence) behind one function, with run-time backends.
+"""The selective scan (Mamba's S6 recurrence): the readable PyTorch reference.
 
 Semantics are mamba_ssm's ``selective_scan_fn``: for each batch b, channel d and time t,
 
@@ -10,102 +10,11 @@ Semantics are mamba_ssm's ``selective_scan_fn``: for each batch b, channel d and
 Shapes: u, delta, z (batch, dim, L); A (dim, N); B and C either (dim, N) (time-invariant),
 (batch, N, L) (input-dependent, as Mamba uses them) or (batch, G, N, L) (G groups of
 channels); D and delta_bias (dim,). With return_last_state the final x (batch, dim, N)
-is returned as well.
+is returned as well. ``seqarena.ops.selective_scan`` runs the fastest backend available.
 """
-
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-BACKEND_ENV_VAR = "SEQARENA_SCAN_BACKEND"
-
-
-@dataclass(frozen=True)
-class ScanBackend:
-    """One implementation of ``selective_scan`` and of its single-step decoding update.
-
-    ``priority`` orders automatic choice (higher first); ``why_not(u)`` is None when the
-    backend can run on tensors like ``u`` here (device, build), else the reason it cannot.
-    """
-
-    name: str
-    scan: Callable
-    step: Callable
-    priority: int
-    why_not: Callable[[torch.Tensor], str | None]
-
-    def supports(self, u: torch.Tensor) -> bool:
-        return self.why_not(u) is None
-
-
-_BACKENDS: dict[str, ScanBackend] = {}
-
-
-def register_backend(backend: ScanBackend) -> None:
-    _BACKENDS[backend.name] = backend
-
-
-def backend_names() -> list[str]:
-    """Every registered backend, best first."""
-    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
-
-
-def available_backends(u: torch.Tensor) -> list[str]:
-    """The backends that can run on tensors like ``u`` here, best first."""
-    return [name for name in backend_names() if _BACKENDS[name].supports(u)]
-
-
-def resolve_backend(u: torch.Tensor, backend: str | None = None) -> str:
-    """The backend that ``selective_scan`` will use for ``u``.
-
-    An explicit ``backend`` wins, then the ``SEQARENA_SCAN_BACKEND`` environment variable,
-    then the best available one. A named backend that cannot run is an error, never a
-    silent fallback, so results always say truthfully what produced them.
-    """
-    requested = backend or os.environ.get(BACKEND_ENV_VAR) or None
-    if requested is None:
-        return available_backends(u)[0]
-    if requested not in _BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {requested!r}; known: {', '.join(backend_names())}")
-    reason = _BACKENDS[requested].why_not(u)
-    if reason is not None:
-        source = "argument" if backend else f"environment variable {BACKEND_ENV_VAR}"
-        raise RuntimeError(
-            f"selective-scan backend {requested!r} (from the {source}) is unavailable: {reason}"
-        )
-    return requested
-
-
-def selective_scan(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    return_last_state=False,
-    backend: str | None = None,
-):
-    """Run the selective scan on the chosen backend (see the module docstring)."""
-    name = resolve_backend(u, backend)
-    return _BACKENDS[name].scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-
-
-def selective_state_update(
-    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend: str | None = None
-):
-    """One step of the recurrence for decoding: updates ``state`` in place, returns y.
-
-    state (batch, dim, N); x, dt, z (batch, dim); B, C (batch, N); A (dim, N).
-    """
-    name = resolve_backend(x, backend)
-    return _BACKENDS[name].step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
 def _state_input(BC: torch.Tensor, t: int, dim: int) -> torch.Tensor:
@@ -173,6 +82,3 @@ def selective_state_update_torch(state, x, dt, A, B, C, D=None, z=None, dt_bias=
     if z is not None:
         y = y * F.silu(z.to(compute))
     return y.to(x.dtype)
-
-
-register_backend(ScanBackend("torch", selective_scan_torch, selective_state_update_torch, 0, lambda u: None))

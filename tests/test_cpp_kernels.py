@@ -1,11 +1,11 @@
-"""The cpp backend (csrc/selective_scan_cpu.cpp) against the torch reference on fresh inputs."""
+"""The cpp backend (csrc/) against the torch references on fresh inputs: scan, step and conv."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from seqarena.models import build_model
-from seqarena.ops import available_backends, cpp, selective_scan, selective_state_update
+from seqarena.ops import available_backends, causal_conv1d, cpp, selective_scan, selective_state_update
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
@@ -74,6 +74,41 @@ def test_float32_matches_reference(shape):
 @pytest.mark.parametrize("bc", ["grouped", "invariant"])
 def test_other_bc_layouts_match_reference(bc):
     assert_matches_reference(inputs(2, 6, 70, 4, torch.float64, bc=bc, groups=3), rtol=1e-9)
+
+
+def test_strided_rows_are_read_in_place():
+    """u and z as halves of one bigger tensor (as in_proj's output is split): no copy needed."""
+    x = inputs(2, 6, 80, 16, torch.float64)
+    xz = torch.cat([x["u"], x["z"]], dim=1)  # (batch, 2 dim, L)
+    u, z = xz.chunk(2, dim=1)
+    assert not u.is_contiguous() and u.stride(-1) == 1
+    x_strided = {**x, "u": u, "z": z}
+    assert_matches_reference(x_strided, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_causal_conv_matches_reference(dtype, rtol, bias, activation):
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(3, 10, 67, generator=g, dtype=dtype)
+    x = big[:, 2:7]  # strided rows, as a slice of in_proj's output
+    weight = torch.randn(5, 4, generator=g, dtype=dtype)
+    b = torch.randn(5, generator=g, dtype=dtype) if bias else None
+    grad = torch.randn(3, 5, 67, generator=g, dtype=dtype)
+
+    def run(backend):
+        xs, ws = x.detach().clone().requires_grad_(), weight.clone().requires_grad_()
+        bs = b.clone().requires_grad_() if bias else None
+        out = causal_conv1d(xs, ws, bs, activation, backend=backend)
+        leaves = [t for t in (xs, ws, bs) if t is not None]
+        return out, torch.autograd.grad((out * grad).sum(), leaves)
+
+    out, grads = run("cpp")
+    want, want_grads = run("torch")
+    torch.testing.assert_close(out, want, rtol=rtol, atol=rtol)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
 def test_gradient_through_the_last_state():

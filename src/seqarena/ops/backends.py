@@ -1,0 +1,110 @@
+"""Kernel backends: each implements the selective scan, its decoding step, and the causal conv.
+
+Backends, best first: ``cuda`` (mamba_ssm and causal_conv1d, on GPU tensors), ``cpp``
+(seqarena's C++ kernels, on CPU tensors) and ``torch`` (the readable references, anywhere).
+The four functions below run on the backend that ``resolve_backend`` picks.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
+from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
+
+BACKEND_ENV_VAR = "SEQARENA_SCAN_BACKEND"
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    """One implementation of the sequence-mixing kernels (signatures as in scan.py and conv.py).
+
+    ``priority`` orders automatic choice (higher first); ``why_not(u)`` is None when the
+    backend can run on tensors like ``u`` here (device, build), else the reason it cannot.
+    """
+
+    name: str
+    scan: Callable
+    step: Callable
+    conv: Callable
+    conv_step: Callable
+    priority: int
+    why_not: Callable[[torch.Tensor], str | None]
+
+
+_BACKENDS: dict[str, KernelBackend] = {}
+
+
+def register_backend(backend: KernelBackend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+def backend_names() -> list[str]:
+    """Every registered backend, best first."""
+    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+
+
+def available_backends(u: torch.Tensor) -> list[str]:
+    """The backends that can run on tensors like ``u`` here, best first."""
+    return [name for name in backend_names() if _BACKENDS[name].why_not(u) is None]
+
+
+def resolve_backend(u: torch.Tensor, backend: str | None = None) -> str:
+    """The backend that the kernels will use for ``u``.
+
+    An explicit ``backend`` wins, then the ``SEQARENA_SCAN_BACKEND`` environment variable,
+    then the best available one. A named backend that cannot run is an error, never a
+    silent fallback, so results always say truthfully what produced them.
+    """
+    requested = backend or os.environ.get(BACKEND_ENV_VAR) or None
+    if requested is None:
+        return available_backends(u)[0]
+    if requested not in _BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {requested!r}; known: {', '.join(backend_names())}")
+    reason = _BACKENDS[requested].why_not(u)
+    if reason is not None:
+        source = "argument" if backend else f"environment variable {BACKEND_ENV_VAR}"
+        raise RuntimeError(
+            f"selective-scan backend {requested!r} (from the {source}) is unavailable: {reason}"
+        )
+    return requested
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    backend: str | None = None,
+):  # fmt: skip
+    """The selective scan (see scan.py) on the chosen backend."""
+    impl = _BACKENDS[resolve_backend(u, backend)].scan
+    return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend: str | None = None
+):
+    """One step of the recurrence for decoding: updates ``state`` in place, returns y.
+
+    state (batch, dim, N); x, dt, z (batch, dim); B, C (batch, N); A (dim, N).
+    """
+    impl = _BACKENDS[resolve_backend(x, backend)].step
+    return impl(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):
+    """Depthwise causal convolution (see conv.py) on the chosen backend."""
+    return _BACKENDS[resolve_backend(x, backend)].conv(x, weight, bias, activation)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend: str | None = None):
+    """One decoding step of the conv: shifts x into conv_state in place."""
+    return _BACKENDS[resolve_backend(x, backend)].conv_step(x, conv_state, weight, bias, activation)
+
+
+register_backend(
+    KernelBackend(
+        "torch", selective_scan_torch, selective_state_update_torch, causal_conv1d_torch,
+        causal_conv1d_update_torch, priority=0, why_not=lambda u: None,
+    )
+)  # fmt: skip
