@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from seqarena.models import build_model
-from seqarena.ops import available_backends, causal_conv1d, cpp, selective_scan, selective_state_update
+from seqarena.ops import available_backends, causal_conv1d, cpp, selective_scan
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
@@ -137,31 +137,6 @@ def test_threads_do_not_change_results():
     assert torch.equal(one[0], many[0])
     for a, b in zip(one[2], many[2], strict=True):  # dB, dC, dA are summed in another order
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_single_step_update_equals_full_scan(dtype):
-    x = inputs(2, 5, 40, 16, dtype)
-    full = selective_scan(*x.values(), delta_softplus=True, backend="torch")
-    state = torch.zeros(2, 5, 16, dtype=dtype)
-    steps = [
-        selective_state_update(
-            state,
-            x["u"][..., t],
-            x["delta"][..., t],
-            x["A"],
-            x["B"][..., t],
-            x["C"][..., t],
-            x["D"],
-            x["z"][..., t],
-            x["delta_bias"],
-            True,
-            backend="cpp",
-        )  # fmt: skip
-        for t in range(40)
-    ]
-    rtol = 1e-12 if dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(torch.stack(steps, -1), full, rtol=rtol, atol=rtol)
 
 
 def test_tiny_mamba_trains_identically_on_cpp_and_torch(monkeypatch):
