@@ -53,6 +53,52 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2))
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> None:
+    from seqarena.bench import bench_kernels, log_to_mlflow, write_csv
+
+    rows = bench_kernels(args.lengths, args.batch, args.dim, args.state, repeats=args.repeats,
+                         backends=args.backends.split(",") if args.backends else None)  # fmt: skip
+    write_csv(rows, Path(args.out))
+    metrics = [  # MLflow names allow no "+": fwd+bwd is logged as fwd_bwd
+        (
+            f"bench/kernels/{r['op']}-{r['backend']}/{r['pass'].replace('+', '_')}_ms",
+            r["median_ms"],
+            r["seq_len"],
+        )
+        for r in rows
+    ]
+    log_to_mlflow(args.tracking_uri, args.experiment, "kernels", metrics, Path(args.out))
+    print(Path(args.out).read_text())
+
+
+def cmd_bench_generation(args: argparse.Namespace) -> None:
+    from seqarena.bench import bench_generation, log_to_mlflow, write_json
+
+    result = bench_generation(args.model, args.prompt_len, args.new_tokens, args.batch_sizes, args.repeats,
+                              args.vocab_size)  # fmt: skip
+    write_json(result, Path(args.out))
+    metrics = [("bench/generation/tokens_per_s", r["tokens_per_s"], r["batch"]) for r in result["results"]
+               if not r["oom"]]  # fmt: skip
+    log_to_mlflow(args.tracking_uri, args.experiment, Path(args.model).name, metrics, Path(args.out))
+    print(json.dumps(result, indent=2))
+
+
+def cmd_bench_training(args: argparse.Namespace) -> None:
+    from seqarena.bench import bench_training, log_to_mlflow, write_json
+
+    result = bench_training(args.model, args.steps, args.seq_len, args.micro_batch, args.vocab_size)
+    write_json(result, Path(args.out))
+    metrics = [
+        (f"bench/training/{k}", result[k], 0) for k in ("tokens_per_s", "achieved_tflops") if result[k]
+    ]
+    log_to_mlflow(args.tracking_uri, args.experiment, args.model, metrics, Path(args.out))
+    print(json.dumps(result, indent=2))
+
+
 def cmd_tracking_init(args: argparse.Namespace) -> None:
     from seqarena.tracking import default_uri, init_store
 
@@ -99,6 +145,34 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train (or resume) one model")
     add_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("bench", help="benchmarks: kernels, generation, training")
+    bench_sub = bench.add_subparsers(dest="action", required=True)
+    kernels = bench_sub.add_parser("kernels", help="selective scan backends vs causal attention, per length")
+    kernels.add_argument("--lengths", type=_ints, default=[512, 1024, 2048, 4096, 8192, 16384])
+    kernels.add_argument("--batch", type=int, default=1)
+    kernels.add_argument("--dim", type=int, default=1024)
+    kernels.add_argument("--state", type=int, default=16)
+    kernels.add_argument("--backends", default="", help="comma-separated; default: all available but torch")
+    kernels.set_defaults(func=cmd_bench_kernels)
+    generation = bench_sub.add_parser("generation", help="prompt + decoding throughput per batch size")
+    generation.add_argument("--model", required=True, help="checkpoint folder, hub id, or model id (random)")
+    generation.add_argument("--prompt-len", type=int, default=2048)
+    generation.add_argument("--new-tokens", type=int, default=128)
+    generation.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32, 64, 128])
+    generation.set_defaults(func=cmd_bench_generation)
+    training = bench_sub.add_parser("training", help="tokens/s, MFU and memory of a few training steps")
+    training.add_argument("--model", required=True, help="model id")
+    training.add_argument("--steps", type=int, default=5)
+    training.add_argument("--seq-len", type=int, default=2048)
+    training.add_argument("--micro-batch", type=int, default=8)
+    training.set_defaults(func=cmd_bench_training)
+    for p in (kernels, generation, training):
+        p.add_argument("--out", required=True)
+        p.add_argument("--repeats", type=int, default=5)
+        p.add_argument("--vocab-size", type=int, default=50277, help="for models built by id")
+        p.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")
+        p.add_argument("--experiment", default="seqarena")
 
     tracking = sub.add_parser("tracking", help="MLflow store").add_subparsers(dest="action", required=True)
     init = tracking.add_parser("init", help="create the tracking database once, before parallel jobs")

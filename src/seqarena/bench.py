@@ -1,0 +1,209 @@
+"""Benchmark stage: scan kernels vs attention, generation throughput, training throughput.
+
+Each runs on a GPU when there is one and, with a smaller default grid, on a CPU. Timings
+are medians of repeated runs after a warm-up, with the device synchronised around each.
+Results go to files (the pipeline's contract) and, where a tracking URI is given, to the
+model's MLflow run (the kernels to a run of their own).
+"""
+
+import csv
+import io
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seqarena.models import build_model, from_pretrained, parse_model_id
+from seqarena.models.base import atomic_write
+from seqarena.ops import available_backends, selective_scan
+
+KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "median_ms", "device", "dtype"]
+
+
+def device_default() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (and, for the cpp backend, the first-use build)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _fwd_and_fwd_bwd(make_inputs, op, device, repeats):
+    """(forward ms, forward+backward ms) of op(*inputs)."""
+
+    def forward():
+        with torch.no_grad():
+            op(*make_inputs(False))
+
+    def forward_backward():
+        op(*make_inputs(True)).sum().backward()
+
+    return median_ms(forward, device, repeats), median_ms(forward_backward, device, repeats)
+
+
+def bench_kernels(lengths, batch=1, dim=1024, state=16, head_dim=64, repeats=5, backends=None, device=None):
+    """Rows of KERNEL_COLUMNS: each scan backend and causal attention, per sequence length."""
+    device = device or device_default()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    probe = torch.zeros(1, 1, 1, device=device)
+    backends = backends or [b for b in available_backends(probe) if b != "torch"] or ["torch"]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = []
+
+    def record(op, backend, length, times):
+        for name, ms in zip(("fwd", "fwd+bwd"), times, strict=True):
+            rows.append({
+                "op": op, "backend": backend, "batch": batch, "dim": dim,
+                "state": state if op == "scan" else "", "seq_len": length, "pass": name,
+                "median_ms": round(ms, 4), "device": device_name, "dtype": str(dtype).removeprefix("torch."),
+            })  # fmt: skip
+
+    for length in sorted(lengths):
+
+        def scan_inputs(grad, length=length):
+            g = torch.Generator().manual_seed(length)
+
+            def t(*shape, shift=0.0, keep_fp32=False):
+                x = (torch.randn(*shape, generator=g) + shift).to(
+                    device, torch.float32 if keep_fp32 else dtype
+                )
+                return x.requires_grad_(grad)
+
+            A = (-torch.rand(dim, state, generator=g) - 0.5).to(device).requires_grad_(grad)
+            u, delta = t(batch, dim, length), t(batch, dim, length, shift=-2.0)
+            return u, delta, A, t(batch, state, length), t(batch, state, length), t(batch, dim, length)
+
+        for name in backends:
+
+            def scan(u, delta, A, B, C, z, name=name):
+                return selective_scan(u, delta, A, B, C, None, z, None, True, backend=name)
+
+            record("scan", name, length, _fwd_and_fwd_bwd(scan_inputs, scan, device, repeats))
+
+        def attention_inputs(grad, length=length):
+            shape = (batch, max(1, dim // head_dim), length, head_dim)
+            return [torch.randn(shape, device=device, dtype=dtype).requires_grad_(grad) for _ in range(3)]
+
+        def attention(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        record("attention", "sdpa", length, _fwd_and_fwd_bwd(attention_inputs, attention, device, repeats))
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=KERNEL_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def write_json(data: dict, path: Path) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_model(model: str, vocab_size: int, device: torch.device):
+    """A checkpoint folder or hub id, or a model id built at random (throughput needs no training)."""
+    if Path(model).is_dir() or "/" in model:
+        return from_pretrained(model, device=device)
+    parse_model_id(model)
+    return build_model(model, vocab_size=vocab_size).to(device)
+
+
+def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, vocab_size=50277, device=None):
+    """Prompt processing + decoding with the model's cache, tokens/s per batch size."""
+    device = device or device_default()
+    net = load_model(model, vocab_size, device).eval()
+    if device.type == "cuda":
+        net = net.to(torch.bfloat16)
+    results = []
+    for batch in batch_sizes:
+        prompt = torch.randint(0, net.config.vocab_size, (batch, prompt_len), device=device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            ms = median_ms(lambda prompt=prompt: net.generate(prompt, new_tokens), device, repeats)
+        except torch.OutOfMemoryError:
+            results.append({"batch": batch, "oom": True})
+            torch.cuda.empty_cache()
+            continue
+        results.append({
+            "batch": batch,
+            "oom": False,
+            "median_ms": round(ms, 3),
+            "tokens_per_s": batch * new_tokens / (ms / 1e3),
+            "peak_memory_bytes": _peak_memory(device),
+        })  # fmt: skip
+    return {
+        "model": model,
+        "parameters": net.num_parameters(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "results": results,
+    }
+
+
+def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, tracking_uri="none"):
+    """A few steps of the real training loop on random tokens: tokens/s, MFU, peak memory."""
+    from seqarena.train import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+        rng = np.random.default_rng(0)
+        for split, n in (("train", 64 * seq_len * micro_batch), ("val", 4 * seq_len)):
+            rng.integers(0, vocab_size, n, dtype=dtype).tofile(data / f"{split}.bin")
+        meta = {"vocab_size": vocab_size, "dtype": np.dtype(dtype).name}
+        (data / "meta.json").write_text(json.dumps(meta))
+        cfg = TrainConfig(
+            model=model_id, data=str(data), out=str(Path(tmp) / "out"), steps=steps,
+            batch_tokens=seq_len * micro_batch, micro_batch=micro_batch, seq_len=seq_len,
+            eval_interval=steps, eval_windows=1, ckpt_interval=steps, tracking_uri="none",
+        )  # fmt: skip
+        summary = train(cfg)
+    keep = ("parameters", "tokens_per_s", "flops_per_token", "achieved_tflops", "mfu", "peak_memory_bytes",
+            "device", "scan_backend")  # fmt: skip
+    return {"model": model_id, "steps": steps, "seq_len": seq_len, "micro_batch": micro_batch,
+            **{k: summary[k] for k in keep}}  # fmt: skip
+
+
+def log_to_mlflow(
+    uri: str, experiment: str, model_id: str, rows: list[tuple[str, float, int]], artifact: Path
+):
+    """Bench results into the model's run (found by its tag, created if training logged none)."""
+    if uri == "none":
+        return
+    from seqarena.tracking import ModelRun
+
+    run = ModelRun(uri, experiment, model_id)
+    run.log_metrics(rows)
+    run.log_artifact(artifact, "bench")

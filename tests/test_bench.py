@@ -1,0 +1,60 @@
+"""Benchmark stage on a CPU at tiny sizes: well-formed files, and results in the model's MLflow run."""
+
+import csv
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from seqarena.bench import KERNEL_COLUMNS, bench_training
+from seqarena.cli import main
+from seqarena.models import build_model
+
+
+def test_kernels_csv(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "bench" / "kernels.csv"
+    main(["bench", "kernels", "--lengths", "256,64,128", "--dim", "64", "--repeats", "2", "--out", str(out),
+          "--tracking-uri", uri])  # fmt: skip
+    with open(out) as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == KERNEL_COLUMNS
+        rows = list(reader)
+    assert [int(r["seq_len"]) for r in rows] == sorted(int(r["seq_len"]) for r in rows)  # monotone
+    combos = {(r["op"], r["backend"], r["pass"], int(r["seq_len"])) for r in rows}
+    for length in (64, 128, 256):
+        for op, backend in (("scan", "cpp"), ("attention", "sdpa")):
+            assert {(op, backend, p, length) for p in ("fwd", "fwd+bwd")} <= combos
+    assert all(float(r["median_ms"]) > 0 and r["device"] == "cpu" and r["dtype"] == "float32" for r in rows)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "bench/kernels/scan-cpp/fwd_ms")
+    assert sorted(m.step for m in history) == [64, 128, 256]
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_generation_json_from_a_checkpoint_lands_in_its_run(arch, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ckpt = tmp_path / "train" / f"{arch}-tiny"
+    build_model(f"{arch}-tiny", vocab_size=64).save_pretrained(ckpt)
+    out = tmp_path / "generation.json"
+    main(["bench", "generation", "--model", str(ckpt), "--prompt-len", "16", "--new-tokens", "8",
+          "--batch-sizes", "1,2,4", "--repeats", "2", "--out", str(out), "--tracking-uri", uri])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["prompt_len"] == 16 and result["new_tokens"] == 8 and result["device"] == "cpu"
+    assert [r["batch"] for r in result["results"]] == [1, 2, 4]
+    for r in result["results"]:
+        assert not r["oom"] and r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 8 / (r["median_ms"] / 1e3), rel=1e-3)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert run.data.tags["seqarena.model_id"] == f"{arch}-tiny"
+    history = client.get_metric_history(run.info.run_id, "bench/generation/tokens_per_s")
+    assert sorted(m.step for m in history) == [1, 2, 4]  # step = batch size
+
+
+def test_training_bench_reuses_the_training_loop():
+    result = bench_training("transformer-tiny", steps=3, seq_len=32, micro_batch=2, vocab_size=64)
+    assert result["tokens_per_s"] > 0 and result["flops_per_token"] > 0 and result["peak_memory_bytes"] > 0
+    assert result["mfu"] is None  # no known peak for a CPU
+    assert result["parameters"] == build_model("transformer-tiny", vocab_size=64).num_parameters()
