@@ -108,7 +108,8 @@ Conv<T> make_conv(const at::Tensor& x, const at::Tensor& weight, const c10::opti
 }
 
 void check(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && !x.is_cuda(), "x must be a (batch, dim, L) CPU tensor, contiguous along L");
+  TORCH_CHECK(x.dim() == 3 && (x.size(2) <= 1 || x.stride(2) == 1) && !x.is_cuda(),
+              "x must be a (batch, dim, L) CPU tensor, contiguous along L");
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1) && weight.is_contiguous(), "weight must be (dim, width)");
   TORCH_CHECK(weight.scalar_type() == x.scalar_type() && (!bias || bias->scalar_type() == x.scalar_type()),
               "x, weight and bias must have one dtype");

@@ -237,11 +237,14 @@ void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* c
   });
 }
 
+// Time is read with stride 1; a length-1 axis may carry any stride.
+inline bool time_contiguous(const at::Tensor& t) { return t.size(2) <= 1 || t.stride(2) == 1; }
+
 template <typename T>
 Scan<T> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
                   const c10::optional<at::Tensor>& delta_bias, bool delta_softplus) {
-  TORCH_CHECK(!z || (z->sizes() == u.sizes() && z->stride(2) == 1), "z must be shaped like u, contiguous along time");
+  TORCH_CHECK(!z || (z->sizes() == u.sizes() && time_contiguous(*z)), "z must be shaped like u, contiguous along time");
   const bool invariant = B.dim() == 2;  // (dim, N): one group per channel, no batch or time axis
   const int64_t N = A.size(1);
   return Scan<T>{u.data_ptr<T>(),
@@ -281,7 +284,7 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                 "B and C must be (batch, groups, L, N) matching u's batch and length and A's N");
     TORCH_CHECK(u.size(1) % B.size(1) == 0, "dim must be a multiple of the number of groups");
   }
-  TORCH_CHECK(u.stride(2) == 1 && delta.stride(2) == 1, "u and delta must be contiguous along time");
+  TORCH_CHECK(time_contiguous(u) && time_contiguous(delta), "u and delta must be contiguous along time");
   for (const auto* t : {&A, &B, &C}) {
     TORCH_CHECK(t->is_contiguous(), "A, B and C must be contiguous");
   }

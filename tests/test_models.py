@@ -40,6 +40,17 @@ def test_cached_decoding_equals_full_forward(arch):
 
 
 @pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_token_input(arch, dtype):
+    """Length-1 tensors may carry any stride on their size-1 axis: the kernels must accept them."""
+    model = tiny(arch, dtype=dtype)
+    ids = torch.randint(0, VOCAB, (3, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[:, :1]), model(ids)[:, :1])
+    assert model.generate(ids[:, :1], max_new_tokens=3).shape == (3, 4)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
 def test_chunked_prefill_equals_full_forward(arch):
     model = tiny(arch)
     ids = torch.randint(0, VOCAB, (2, 12))

@@ -99,6 +99,28 @@ def cmd_bench_training(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from seqarena.bench import log_to_mlflow
+    from seqarena.eval import evaluate
+
+    report = evaluate(args.model, args.tasks.split(","), Path(args.out), args.tokenizer, args.include_path,
+                      args.limit, args.batch_size, args.num_fewshot, args.device)  # fmt: skip
+    metrics = [(f"eval/{task}/{name}", entry["value"], 0) for task, entries in report["results"].items()
+               for name, entry in entries.items() if isinstance(entry["value"], (int, float))]  # fmt: skip
+    log_to_mlflow(args.tracking_uri, args.experiment, Path(args.model).name, metrics, Path(args.out))
+    print(json.dumps(report["results"], indent=2))
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> None:
+    """lm-eval's own command line, with the seqarena model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import seqarena.eval  # noqa: F401  (registers --model seqarena)
+
+    sys.argv = ["lm-eval", *args.lm_eval_args]
+    cli_evaluate()
+
+
 def cmd_tracking_init(args: argparse.Namespace) -> None:
     from seqarena.tracking import default_uri, init_store
 
@@ -174,6 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")
         p.add_argument("--experiment", default="seqarena")
 
+    from seqarena.paper import PAPER_TASKS
+
+    ev = sub.add_parser("eval", help="score a checkpoint with lm-evaluation-harness")
+    ev.add_argument(
+        "--model", required=True, help="checkpoint folder (ours or state-spaces layout) or hub id"
+    )
+    ev.add_argument("--tokenizer", help="tokenizer.json, folder or hub id (default: the checkpoint's own)")
+    ev.add_argument(
+        "--tasks", default=",".join(PAPER_TASKS), help="comma-separated (default: the paper's Table 3)"
+    )
+    ev.add_argument("--include-path", help="a folder of local task YAMLs")
+    ev.add_argument("--limit", type=float, help="examples per task (a fraction if below 1)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--num-fewshot", type=int)
+    ev.add_argument("--device", help="default: cuda if available, else cpu")
+    ev.add_argument("--out", required=True)
+    ev.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")
+    ev.add_argument("--experiment", default="seqarena")
+    ev.set_defaults(func=cmd_eval)
+    lm_eval_cli = sub.add_parser(
+        "lm-eval", help="lm-eval's CLI with --model seqarena available", add_help=False
+    )
+    lm_eval_cli.set_defaults(func=cmd_lm_eval)  # every argument after it goes to lm-eval (see main)
+
     tracking = sub.add_parser("tracking", help="MLflow store").add_subparsers(dest="action", required=True)
     init = tracking.add_parser("init", help="create the tracking database once, before parallel jobs")
     init.add_argument("--uri", help="tracking URI (default: sqlite:///<results>/mlflow.db)")
@@ -183,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "lm-eval":
+        args.lm_eval_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.func(args)
 
 

@@ -1,0 +1,165 @@
+"""Evaluation stage: an lm-evaluation-harness ``LM`` registered as ``seqarena``.
+
+It loads our checkpoints, published ``state-spaces/mamba-*`` folders or hub ids (through
+``seqarena.models.from_pretrained``) and scores with one plain forward pass per batch:
+``loglikelihood`` over length-sorted, right-padded batches (causal models: padding after a
+sequence changes nothing before it), ``loglikelihood_rolling`` over lm-eval's rolling
+windows, and greedy ``generate_until`` with the model's cache.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from seqarena.data import EOS, load_hf_tokenizer
+from seqarena.models import from_pretrained
+from seqarena.models.base import atomic_write
+
+
+@register_model("seqarena")
+class SeqarenaLM(LM):
+    """model_args: pretrained (checkpoint folder or hub id), tokenizer (tokenizer.json, a folder
+    or a hub id; default the checkpoint's own tokenizer.json), batch_size, max_length, device."""
+
+    def __init__(
+        self, pretrained: str, tokenizer: str | None = None, batch_size=8, max_length=2048, device=None
+    ):
+        super().__init__()
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI asks for cuda by default
+        self.model = from_pretrained(pretrained, device=device).eval()
+        if tokenizer is None:
+            tokenizer = Path(pretrained) / "tokenizer.json"
+            if not tokenizer.is_file():
+                raise FileNotFoundError(
+                    f"{tokenizer} is missing: pass tokenizer=<tokenizer.json, folder or hub id>"
+                )
+        self.tokenizer = load_hf_tokenizer(str(tokenizer))
+        eos = self.tokenizer.token_to_id(EOS)
+        self.eos_id = 0 if eos is None else eos
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self._device = torch.device(device)  # lm-eval's LM exposes it as .device
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        args = dict(kv.split("=", 1) for kv in arg_string.split(",") if kv)
+        extra = {k: v for k, v in (additional_config or {}).items() if k in ("batch_size", "device") and v}
+        return cls(**{**args, **extra})
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation tokens, the continuation cut from the whole (as lm-eval's HF LM)."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        if not context:
+            return [self.eos_id], self._encode(continuation)
+        context_ids, whole = self._encode(context), self._encode(context + continuation)
+        return context_ids, whole[len(context_ids) :]
+
+    @torch.no_grad()
+    def _score(self, pairs: list[tuple[list[int], list[int]]], desc: str) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, continuation is the greedy choice) per pair."""
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        for start in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=len(order) < 50):
+            batch = order[start : start + self.batch_size]
+            rows = []
+            for i in batch:
+                context, continuation = pairs[i]
+                tokens = (context + continuation)[-(self.max_length + 1) :]
+                rows.append((tokens[:-1], len(continuation)))
+            width = max(len(inputs) for inputs, _ in rows)
+            ids = torch.zeros(len(rows), width, dtype=torch.long, device=self._device)
+            for r, (inputs, _) in enumerate(rows):
+                ids[r, : len(inputs)] = torch.tensor(inputs)
+            logprobs = F.log_softmax(self.model(ids)[..., : self.model.config.vocab_size].float(), dim=-1)
+            for r, i in enumerate(batch):
+                inputs, n = rows[r]
+                targets = torch.tensor(pairs[i][1][-n:], device=self._device)
+                positions = logprobs[r, len(inputs) - n : len(inputs)]
+                score = positions.gather(-1, targets[:, None]).sum().item()
+                results[i] = (score, bool((positions.argmax(-1) == targets).all()))
+        return results
+
+    def loglikelihood(self, requests):
+        pairs = [self._split(*request.args) for request in requests]
+        return self._score(pairs, "loglikelihood")
+
+    def loglikelihood_rolling(self, requests):
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        pairs, owner = [], []
+        for index, request in enumerate(requests):
+            windows = get_rolling_token_windows(
+                token_list=self._encode(request.args[0]), prefix_token=self.eos_id,
+                max_seq_len=self.max_length, context_len=1,
+            )  # fmt: skip
+            for window in windows:
+                pairs.append(make_disjoint_window(window))
+                owner.append(index)
+        totals = [0.0] * len(requests)
+        for index, (score, _) in zip(owner, self._score(pairs, "loglikelihood_rolling"), strict=True):
+            totals[index] += score
+        return totals
+
+    @torch.no_grad()
+    def generate_until(self, requests):
+        outputs = []
+        for request in tqdm(requests, desc="generate_until", disable=len(requests) < 50):
+            context, kwargs = request.args
+            until = kwargs.get("until") or [EOS]
+            until = [until] if isinstance(until, str) else until
+            max_new = int(kwargs.get("max_gen_toks", 256))
+            ids = self._encode(context)[-(self.max_length - max_new) :] or [self.eos_id]
+            prompt = torch.tensor([ids], device=self._device)
+            new = self.model.generate(prompt, max_new_tokens=max_new)[0, len(ids) :].tolist()
+            if self.eos_id in new:
+                new = new[: new.index(self.eos_id)]
+            text = self.tokenizer.decode(new)
+            for stop in until:
+                text = text.split(stop)[0]
+            outputs.append(text)
+        return outputs
+
+
+def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=None, batch_size=8,
+             num_fewshot=None, device=None) -> dict:  # fmt: skip
+    """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    model_args = f"pretrained={pretrained}" + (f",tokenizer={tokenizer}" if tokenizer else "")
+    results = lm_eval.simple_evaluate(
+        model="seqarena", model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
+        num_fewshot=num_fewshot, device=device, task_manager=TaskManager(include_path=include_path),
+    )  # fmt: skip
+    table = {}
+    for task, metrics in results["results"].items():
+        entries = {}
+        for key, value in metrics.items():
+            name, _, _filter = key.partition(",")
+            if name == "alias" or name.endswith("_stderr"):
+                continue
+            stderr = metrics.get(f"{name}_stderr,{_filter}")
+            entries[name] = {"value": value, "stderr": None if stderr in (None, "N/A") else stderr}
+        table[task] = entries
+    report = {
+        "model": str(pretrained),
+        "results": table,
+        "n_samples": results.get("n-samples"),
+        "config": {k: str(v) for k, v in results.get("config", {}).items()},
+        "versions": results.get("versions"),
+        "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None,
+    }
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text))
+    return report

@@ -1,0 +1,184 @@
+"""Evaluation: the `seqarena` lm-eval model on local tasks, checked against our own forward pass."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqarena.data import byte_tokenizer
+from seqarena.eval import SeqarenaLM, evaluate
+from seqarena.models import build_model, from_pretrained
+
+DOCS = [
+    {"goal": "To open a jar,", "sol1": "twist the lid.", "sol2": "sing to it.", "label": 0},
+    {
+        "goal": "Keep bread fresh by",
+        "sol1": "leaving it in rain.",
+        "sol2": "sealing it in a bag.",
+        "label": 1,
+    },
+    {"goal": "Boil water in", "sol1": "a kettle.", "sol2": "a paper cup over fire for days.", "label": 0},
+    {"goal": "Dry wet hair with", "sol1": "a towel.", "sol2": "ice.", "label": 0},
+    {"goal": "Sharpen a pencil using", "sol1": "a spoon.", "sol2": "a sharpener.", "label": 1},
+    {"goal": "Cool a drink by adding", "sol1": "ice cubes.", "sol2": "hot coals.", "label": 0},
+]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "mamba-tiny"
+    build_model("mamba-tiny", vocab_size=257).save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(byte_tokenizer().to_str())
+    return folder
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    """A PIQA-shaped multiple-choice task read from a local jsonl file."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "toy.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (folder / "toy_piqa.yaml").write_text(f"""task: toy_piqa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder / "toy.jsonl"}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{{{[sol1, sol2]}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder
+
+
+def logprob(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context) from one plain forward pass, written out independently."""
+    ctx = tokenizer.encode(context, add_special_tokens=False).ids
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+    with torch.no_grad():
+        logits = model(torch.tensor([whole[:-1]]))[0, :, : model.config.vocab_size]
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
+
+
+def test_multiple_choice_accuracy_equals_our_own_computation(checkpoint, task_dir, tmp_path):
+    report = evaluate(
+        checkpoint, ["toy_piqa"], tmp_path / "eval.json", include_path=str(task_dir), batch_size=4
+    )
+    model, tokenizer = from_pretrained(checkpoint).eval(), byte_tokenizer()
+    correct = []
+    for doc in DOCS:
+        context = f"Question: {doc['goal']}\nAnswer:"
+        scores = [logprob(model, tokenizer, context, " " + doc[k]) for k in ("sol1", "sol2")]
+        correct.append(int(max(range(2), key=lambda i: scores[i]) == doc["label"]))
+    acc = report["results"]["toy_piqa"]["acc"]
+    assert acc["value"] == pytest.approx(sum(correct) / len(DOCS), abs=1e-12)
+    assert acc["stderr"] is not None
+    assert (
+        json.loads((tmp_path / "eval.json").read_text())["results"]["toy_piqa"]["acc"]["value"]
+        == acc["value"]
+    )
+
+
+class Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+def plain_sum(model, context: list[int], targets: list[int]) -> float:
+    """Sum of log p(target) over the last len(targets) positions of one forward of context+targets."""
+    tokens = context + targets
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens[:-1]]))[0, :, : model.config.vocab_size]
+    logp = F.log_softmax(logits.float(), -1)
+    return sum(logp[len(tokens) - 1 - len(targets) + j, t].item() for j, t in enumerate(targets))
+
+
+def test_rolling_loglikelihood_is_the_sum_of_token_logprobs(checkpoint):
+    text = "A rolling window must score every token exactly once, however long the text is."
+    lm = SeqarenaLM(str(checkpoint))
+    ids = lm._encode(text)
+    (total,) = lm.loglikelihood_rolling([Request(text)])
+    assert total == pytest.approx(plain_sum(lm.model, [lm.eos_id], ids), rel=1e-5)  # one window: EOS + text
+
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    short = SeqarenaLM(str(checkpoint), max_length=32)  # several windows
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, lm.eos_id, 32, 1)]
+    assert len(windows) > 2 and sum(len(targets) for _, targets in windows) == len(ids)
+    (total,) = short.loglikelihood_rolling([Request(text)])
+    assert total == pytest.approx(sum(plain_sum(lm.model, c, t) for c, t in windows), rel=1e-5)
+
+
+def test_batch_size_does_not_change_results(checkpoint):
+    requests = [Request(f"Context number {i} says", f" continuation {'x' * i}") for i in range(11)]
+    one = SeqarenaLM(str(checkpoint), batch_size=1).loglikelihood(requests)
+    eight = SeqarenaLM(str(checkpoint), batch_size=8).loglikelihood(requests)
+    assert [g for _, g in one] == [g for _, g in eight]
+    assert [s for s, _ in eight] == pytest.approx([s for s, _ in one], rel=1e-5)
+
+
+def test_generate_until_stops_at_the_stop_string(checkpoint):
+    lm = SeqarenaLM(str(checkpoint))
+    (free,) = lm.generate_until([Request("Once upon", {"until": ["never in here"], "max_gen_toks": 12})])
+    stop = free[3:5]
+    (cut,) = lm.generate_until([Request("Once upon", {"until": [stop], "max_gen_toks": 12})])
+    assert len(free) >= 5 and cut == free.split(stop)[0] and len(cut) < len(free)
+
+
+def test_state_spaces_layout_evaluates_through_the_same_path(checkpoint, task_dir, tmp_path):
+    folder = tmp_path / "state-spaces"
+    folder.mkdir()
+    model = from_pretrained(checkpoint)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.pop("tie_embeddings")  # the published files predate this field
+    (folder / "config.json").write_text(json.dumps(config))
+    ours = evaluate(checkpoint, ["toy_piqa"], tmp_path / "a.json", include_path=str(task_dir))
+    tokenizer = str(checkpoint / "tokenizer.json")
+    published = evaluate(
+        folder, ["toy_piqa"], tmp_path / "b.json", tokenizer=tokenizer, include_path=str(task_dir)
+    )
+    assert published["results"] == ours["results"]
+    assert not math.isnan(ours["results"]["toy_piqa"]["acc"]["value"])
+
+
+def test_missing_tokenizer_is_named(tmp_path):
+    build_model("transformer-tiny", vocab_size=257).save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
+        SeqarenaLM(str(tmp_path))
+
+
+def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, task_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from seqarena.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "eval" / "mamba-tiny.json"
+    main(["eval", "--model", str(checkpoint), "--tasks", "toy_piqa", "--include-path", str(task_dir),
+          "--out", str(out), "--tracking-uri", uri])  # fmt: skip
+    acc = json.loads(out.read_text())["results"]["toy_piqa"]["acc"]["value"]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert run.data.tags["seqarena.model_id"] == "mamba-tiny" and run.data.metrics["eval/toy_piqa/acc"] == acc
+
+    done = subprocess.run(
+        [sys.executable, "-m", "seqarena.cli", "lm-eval", "--model", "seqarena", "--model_args",
+         f"pretrained={checkpoint}", "--tasks", "toy_piqa", "--include_path", str(task_dir),
+         "--output_path", str(tmp_path / "lm_eval_out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "toy_piqa" in done.stdout and f"{acc:.4f}" in done.stdout
