@@ -121,6 +121,13 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     cli_evaluate()
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from seqarena.report import render
+
+    render(Path(args.notebook), Path(args.results), Path(args.out), Path(args.html))
+    print(f"report: {args.out}, {args.html}")
+
+
 def cmd_tracking_init(args: argparse.Namespace) -> None:
     from seqarena.tracking import default_uri, init_store
 
@@ -219,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lm-eval", help="lm-eval's CLI with --model seqarena available", add_help=False
     )
     lm_eval_cli.set_defaults(func=cmd_lm_eval)  # every argument after it goes to lm-eval (see main)
+
+    rep = sub.add_parser("report", help="render a report notebook (papermill) and its HTML")
+    rep.add_argument("--notebook", default="notebooks/report.ipynb")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--out", default="results/reports/report.ipynb")
+    rep.add_argument("--html", default="results/reports/report.html")
+    rep.set_defaults(func=cmd_report)
 
     tracking = sub.add_parser("tracking", help="MLflow store").add_subparsers(dest="action", required=True)
     init = tracking.add_parser("init", help="create the tracking database once, before parallel jobs")

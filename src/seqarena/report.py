@@ -1,0 +1,175 @@
+"""Report stage: gather whatever results exist and draw the paper's comparisons.
+
+The notebooks in ``notebooks/`` are thin: they call these functions, so the logic is
+tested like the rest of the package. Every figure and table says what produced it, and a
+missing input (no GPU benchmarks, no evaluation yet) is named instead of failing.
+"""
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass
+class Results:
+    root: Path
+    train: dict = field(default_factory=dict)  # model -> {"summary": ..., "metrics": [...]}
+    evaluation: dict = field(default_factory=dict)  # model -> eval json
+    generation: dict = field(default_factory=dict)  # model -> generation bench json
+    kernels: list = field(default_factory=list)  # rows of kernels.csv
+    env: dict | None = None  # env/kernels.json
+    missing: list = field(default_factory=list)  # what could not be shown, and why
+
+
+def collect(results_dir: str | Path) -> Results:
+    root = Path(results_dir)
+    r = Results(root)
+    for summary in sorted(root.glob("train/*/summary.json")):
+        metrics = summary.parent / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+        r.train[summary.parent.name] = {"summary": json.loads(summary.read_text()), "metrics": rows}
+    for path in sorted(root.glob("eval/*.json")):
+        r.evaluation[path.stem] = json.loads(path.read_text())
+    for path in sorted(root.glob("bench/generation/*.json")):
+        r.generation[path.stem] = json.loads(path.read_text())
+    if (root / "bench/kernels.csv").is_file():
+        with open(root / "bench/kernels.csv") as f:
+            r.kernels = list(csv.DictReader(f))
+    if (root / "env/kernels.json").is_file():
+        r.env = json.loads((root / "env/kernels.json").read_text())
+    for name, have, source in [
+        ("training results", r.train, "train/*/summary.json"),
+        ("evaluation results", r.evaluation, "eval/*.json"),
+        ("generation benchmarks", r.generation, "bench/generation/*.json"),
+        ("kernel benchmarks", r.kernels, "bench/kernels.csv"),
+        ("environment record", r.env, "env/kernels.json"),
+    ]:
+        if not have:
+            r.missing.append(f"no {name}: {root / source} not found")
+    return r
+
+
+def _arch(model: str) -> str:
+    return model.split("-", 1)[0]
+
+
+def loss_curves(r: Results):
+    """Training (line) and validation (dots) loss per model against tokens seen."""
+    if not r.train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model, data in r.train.items():
+        rows = data["metrics"]
+        line = ax.plot([x["tokens"] for x in rows], [x["loss"] for x in rows], label=model, alpha=0.8)[0]
+        val = [x for x in rows if "val_loss" in x]
+        ax.plot([x["tokens"] for x in val], [x["val_loss"] for x in val], "o", color=line.get_color())
+    ax.set(xlabel="tokens", ylabel="loss (nats/token)", title="Training (lines) and validation (dots) loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def scaling(r: Results):
+    """Final validation loss against parameters and against training FLOPs, log-log, per architecture."""
+    if not r.train:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arch in sorted({_arch(m) for m in r.train}):
+        points = sorted(
+            (d["summary"]["parameters"], d["summary"]["flops_per_token"] * d["summary"]["tokens"],
+             d["summary"]["final_val_loss"])
+            for m, d in r.train.items() if _arch(m) == arch
+        )  # fmt: skip
+        axes[0].plot([p[0] for p in points], [p[2] for p in points], "o-", label=arch)
+        axes[1].plot([p[1] for p in points], [p[2] for p in points], "o-", label=arch)
+    for ax, xlabel in zip(axes, ["parameters", "training FLOPs"], strict=True):
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="final validation loss")
+        ax.legend()
+    fig.suptitle("Scaling: final validation loss")
+    fig.tight_layout()
+    return fig
+
+
+def generation(r: Results):
+    """Generation throughput (tokens/s, prompt + decoding) against batch size."""
+    if not r.generation:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, data in r.generation.items():
+        ok = [x for x in data["results"] if not x["oom"]]
+        ax.plot([x["batch"] for x in ok], [x["tokens_per_s"] for x in ok], "o-", label=model)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens/s", title="Generation throughput")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def kernels(r: Results):
+    """Selective scan backends and causal attention: time against sequence length, log-log."""
+    if not r.kernels:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict[str, list] = {}
+    for row in r.kernels:
+        series.setdefault(f"{row['op']} ({row['backend']}) {row['pass']}", []).append(
+            (int(row["seq_len"]), float(row["median_ms"]))
+        )
+    for name, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms", title="Scan vs attention")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def eval_table(r: Results) -> list[dict]:
+    """One row per (model, task, metric): value and stderr as lm-eval reported them."""
+    return [
+        {"model": model, "task": task, "metric": metric, "value": entry["value"], "stderr": entry["stderr"]}
+        for model, report in r.evaluation.items()
+        for task, metrics in report["results"].items()
+        for metric, entry in metrics.items()
+    ]
+
+
+def captions(r: Results) -> dict[str, str]:
+    """What produced each figure, for the report and for `snakemake --report`."""
+    devices = sorted({d["summary"].get("device", "?") for d in r.train.values()})
+    backends = sorted({str(d["summary"].get("scan_backend")) for d in r.train.values()})
+    kernel_devices = sorted({row["device"] for row in r.kernels})
+    return {
+        "loss_curves": f"Loss curves from results/train/*/metrics.jsonl (devices: {', '.join(devices)}; "
+        f"scan backends: {', '.join(backends)}).",
+        "scaling": "Final validation loss from results/train/*/summary.json against parameters and against "
+        "training FLOPs (FLOPs per token x tokens).",
+        "generation": "Prompt + greedy decoding throughput from results/bench/generation/*.json (Mamba: "
+        "recurrent state; Transformer++: KV cache).",
+        "kernels": f"Median times from results/bench/kernels.csv on {', '.join(kernel_devices) or '?'}: "
+        "forward and forward+backward.",
+    }
+
+
+def render(notebook: Path, results_dir: Path, out_ipynb: Path, out_html: Path) -> None:
+    """Execute the notebook with papermill (kernel python3), then export HTML with images inlined."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    from seqarena.models.base import atomic_write
+
+    def execute(tmp):
+        papermill.execute_notebook(
+            str(notebook), tmp, parameters={"results_dir": str(Path(results_dir).resolve())},
+            kernel_name="python3", progress_bar=False,
+        )  # fmt: skip
+
+    atomic_write(Path(out_ipynb), execute)
+    html, _ = HTMLExporter().from_notebook_node(nbformat.read(str(out_ipynb), as_version=4))
+    atomic_write(Path(out_html), lambda tmp: Path(tmp).write_text(html))
