@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_multiple_choice_task
 from seqarena.data import byte_tokenizer
 from seqarena.eval import SeqarenaLM, evaluate
 from seqarena.models import build_model, from_pretrained
@@ -38,25 +39,8 @@ def checkpoint(tmp_path):
 @pytest.fixture
 def task_dir(tmp_path):
     """A PIQA-shaped multiple-choice task read from a local jsonl file."""
-    folder = tmp_path / "tasks"
-    folder.mkdir()
-    (folder / "toy.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (folder / "toy_piqa.yaml").write_text(f"""task: toy_piqa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {folder / "toy.jsonl"}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
-doc_to_target: label
-doc_to_choice: "{{{{[sol1, sol2]}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
-    return folder
+    text, choices = "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}"
+    return write_multiple_choice_task(tmp_path / "tasks", "toy_piqa", DOCS, text, choices)
 
 
 def logprob(model, tokenizer, context: str, continuation: str) -> float:

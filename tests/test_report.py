@@ -1,10 +1,10 @@
 """Report: papermill renders the notebook from results made by the real stages; partial results too."""
 
-import json
 from pathlib import Path
 
 import pytest
 
+from conftest import write_multiple_choice_task
 from seqarena.bench import bench_generation, bench_kernels, write_csv, write_json
 from seqarena.data import Source, download, tokenize
 from seqarena.eval import evaluate
@@ -40,23 +40,8 @@ def full_results(tmp_path_factory):
                                repeats=1)  # fmt: skip
         write_json(gen, results / "bench" / "generation" / f"{model}.json")
     write_csv(bench_kernels([32, 64], dim=32, repeats=1), results / "bench" / "kernels.csv")
-    tasks = tmp / "tasks"
-    tasks.mkdir()
     docs = [{"q": f"Is {i} even?", "a": "yes", "b": "no", "label": i % 2} for i in range(6)]
-    (tasks / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tasks / "t.yaml").write_text(f"""task: toy_even
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {tasks / "d.jsonl"}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{q}}}}"
-doc_to_target: label
-doc_to_choice: "{{{{[a, b]}}}}"
-metric_list:
-  - metric: acc
-""")
+    tasks = write_multiple_choice_task(tmp / "tasks", "toy_even", docs, "{{q}}", "{{[a, b]}}")
     evaluate(results / "train" / "mamba-tiny", ["toy_even"], results / "eval" / "mamba-tiny.json",
              include_path=str(tasks))  # fmt: skip
     return results
