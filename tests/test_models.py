@@ -137,7 +137,7 @@ def test_saved_mamba_checkpoint_is_mamba_ssm_layout(tmp_path):
     }
     assert config["vocab_size"] == VOCAB and config["d_model"] == 64 and config["n_layer"] == 4
     assert torch.equal(state["lm_head.weight"], state["backbone.embedding.weight"])
-    assert not list(tmp_path.glob(".*tmp")), "temporary files left behind"
+    assert not list(tmp_path.glob(".*.tmp*")), "temporary files left behind"
 
 
 def test_mamba_130m_key_set_and_vocab_padding():

@@ -246,13 +246,6 @@ def _peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
     return None
 
 
-def _read_metrics(path: Path, until_step: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= until_step]
-
-
 def _loss_curve(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -333,7 +326,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
 
     run = None
     metrics_file = out / "metrics.jsonl"
-    history = _read_metrics(metrics_file, start_step) if ckpt is not None else []
+    history = ckpt["history"] if ckpt is not None else []  # the rows up to the checkpoint travel with it
     if dist_.main:
         out.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r) + "\n" for r in history)  # forget steps after the checkpoint
@@ -411,7 +404,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         if (step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps:
             model_state, optim_state = _state_dicts(model, optimizer, cfg)
             if dist_.main:
-                _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg)
+                _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, history)
                 if run:
                     run.log_metrics(pending)
                 pending = []
@@ -428,7 +421,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
 
 
 def _save_checkpoint(
-    ckpt_dir: Path, step: int, model_state, optim_state, train_seconds: float, cfg: TrainConfig
+    ckpt_dir: Path, step: int, model_state, optim_state, train_seconds: float, cfg: TrainConfig, history: list
 ):
     state = {
         "model": model_state,
@@ -437,6 +430,7 @@ def _save_checkpoint(
         "rng": torch.get_rng_state(),
         "train_seconds": train_seconds,
         "config": asdict(cfg),
+        "history": history,
     }
     atomic_write(ckpt_dir / f"step_{step:08d}.pt", lambda tmp: torch.save(state, tmp))
     for old in sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]:

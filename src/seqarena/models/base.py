@@ -27,7 +27,7 @@ def pad_vocab(vocab_size: int, multiple: int) -> int:
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)``, then rename onto ``path``: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
         write(tmp)

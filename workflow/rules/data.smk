@@ -1,0 +1,47 @@
+rule download:
+    output:
+        directory(f"{RESULTS}/data/{{dataset}}/raw"),
+    log:
+        f"{RESULTS}/logs/download/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download/{{dataset}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        args=download_args,
+    shell:
+        "seqarena data download {params.args} --out {output} > {log} 2>&1"
+
+
+rule tokenize:
+    input:
+        rules.download.output,
+    output:
+        train=f"{RESULTS}/data/{{dataset}}/train.bin",
+        val=f"{RESULTS}/data/{{dataset}}/val.bin",
+        tokenizer=f"{RESULTS}/data/{{dataset}}/tokenizer.json",
+        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+    log:
+        f"{RESULTS}/logs/tokenize/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenize/{{dataset}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        args=tokenize_args,
+        out=lambda wildcards, output: os.path.dirname(output.meta),
+    shell:
+        "seqarena data tokenize --raw {input} --out {params.out} {params.args} > {log} 2>&1"
+
+
+rule data:
+    input:
+        expand(f"{RESULTS}/data/{{dataset}}/meta.json", dataset=config["data"]),
