@@ -193,13 +193,13 @@ def _wrap(model, cfg: TrainConfig, dist_: Distributed):
     )
 
 
-def _state_dicts(model, optimizer, cfg: TrainConfig):
+def _state_dicts(model, optimizer, sharded: bool):
     """Full (unsharded) model and optimizer state, for checkpoints and the final weights.
 
     ``model`` is the unwrapped module (DDP's wrapper would prefix every key with
     ``module.``); FSDP2 shards that same module in place.
     """
-    if cfg.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         return get_state_dict(
@@ -208,8 +208,8 @@ def _state_dicts(model, optimizer, cfg: TrainConfig):
     return model.state_dict(), optimizer.state_dict()
 
 
-def _load_state_dicts(model, optimizer, model_state, optim_state, cfg: TrainConfig):
-    if cfg.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def _load_state_dicts(model, optimizer, model_state, optim_state, sharded: bool):
+    if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
@@ -301,6 +301,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         )
     val_x, val_y = val_windows(val_tokens, cfg.eval_windows, cfg.seq_len)
 
+    sharded = dist_.world > 1 and cfg.parallel == "fsdp"
     wrapped = _wrap(model, cfg, dist_)  # before the optimizer: FSDP replaces the parameters
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2), foreach=True
@@ -309,7 +310,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
     _, ckpt = newest_checkpoint(ckpt_dir)
     start_step, train_seconds = 0, 0.0
     if ckpt is not None:
-        _load_state_dicts(model, optimizer, ckpt["model"], ckpt["optimizer"], cfg)
+        _load_state_dicts(model, optimizer, ckpt["model"], ckpt["optimizer"], sharded)
         torch.set_rng_state(ckpt["rng"])
         start_step, train_seconds = ckpt["step"], ckpt["train_seconds"]
     forward = torch.compile(wrapped) if cfg.compile else wrapped
@@ -363,7 +364,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
             x, y = windows(
                 train_tokens, cfg.seed, step, dist_.rank * accum + micro, cfg.micro_batch, cfg.seq_len
             )
-            sync = micro == accum - 1 or dist_.world == 1 or cfg.parallel == "fsdp"
+            sync = micro == accum - 1 or dist_.world == 1 or sharded  # FSDP has no no_sync
             with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
                 logits = forward(x.to(dist_.device))
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(dist_.device).flatten()) / accum
@@ -402,7 +403,7 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
                     pending.append(("val/loss", row["val_loss"], step + 1))
             bar.set_postfix(loss=f"{loss_value:.3f}")
         if (step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps:
-            model_state, optim_state = _state_dicts(model, optimizer, cfg)
+            model_state, optim_state = _state_dicts(model, optimizer, sharded)
             if dist_.main:
                 _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, history)
                 if run:
@@ -410,10 +411,10 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
                 pending = []
             dist_.barrier()
 
-    model_state, _ = _state_dicts(model, optimizer, cfg)
+    model_state, _ = _state_dicts(model, optimizer, sharded)
     if not dist_.main:
         return {}
-    if dist_.world > 1 and cfg.parallel == "fsdp":  # FSDP sharded the model: an unsharded copy to save
+    if sharded:  # FSDP sharded the model: an unsharded copy to save
         model = build_model(cfg.model, vocab_size=meta["vocab_size"])
         model.load_state_dict(model_state)
     return _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds,
