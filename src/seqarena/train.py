@@ -405,10 +405,12 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         if (step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps:
             model_state, optim_state = _state_dicts(model, optimizer, sharded)
             if dist_.main:
-                _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, history)
+                # MLflow first: a checkpoint must never be ahead of the logged metrics, or a job killed
+                # between the two would resume past steps that MLflow never received.
                 if run:
                     run.log_metrics(pending)
                 pending = []
+                _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, history)
             dist_.barrier()
 
     model_state, _ = _state_dicts(model, optimizer, sharded)
