@@ -9,7 +9,6 @@ model's MLflow run (the kernels to a run of their own).
 import csv
 import io
 import json
-import resource
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import atomic_write
 from seqarena.ops import available_backends, selective_scan
+from seqarena.train import TrainConfig, device_name, peak_memory_bytes, train
 
 KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "median_ms", "device", "dtype"]
 
@@ -66,7 +66,6 @@ def bench_kernels(lengths, batch=1, dim=1024, state=16, head_dim=64, repeats=5, 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     probe = torch.zeros(1, 1, 1, device=device)
     backends = backends or [b for b in available_backends(probe) if b != "torch"] or ["torch"]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = []
 
     def record(op, backend, length, times):
@@ -74,7 +73,8 @@ def bench_kernels(lengths, batch=1, dim=1024, state=16, head_dim=64, repeats=5, 
             rows.append({
                 "op": op, "backend": backend, "batch": batch, "dim": dim,
                 "state": state if op == "scan" else "", "seq_len": length, "pass": name,
-                "median_ms": round(ms, 4), "device": device_name, "dtype": str(dtype).removeprefix("torch."),
+                "median_ms": round(ms, 4), "device": device_name(device),
+                "dtype": str(dtype).removeprefix("torch."),
             })  # fmt: skip
 
     for length in sorted(lengths):
@@ -123,12 +123,6 @@ def write_json(data: dict, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def load_model(model: str, vocab_size: int, device: torch.device):
     """A checkpoint folder or hub id, or a model id built at random (throughput needs no training)."""
     if Path(model).is_dir() or "/" in model:
@@ -159,12 +153,12 @@ def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, voca
             "oom": False,
             "median_ms": round(ms, 3),
             "tokens_per_s": batch * new_tokens / (ms / 1e3),
-            "peak_memory_bytes": _peak_memory(device),
+            "peak_memory_bytes": peak_memory_bytes(device),
         })  # fmt: skip
     return {
         "model": model,
         "parameters": net.num_parameters(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "results": results,
@@ -173,8 +167,6 @@ def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, voca
 
 def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, tracking_uri="none"):
     """A few steps of the real training loop on random tokens: tokens/s, MFU, peak memory."""
-    from seqarena.train import TrainConfig, train
-
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()

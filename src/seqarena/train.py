@@ -231,7 +231,12 @@ def newest_checkpoint(ckpt_dir: Path):
     return None, None
 
 
-def _peak_memory(device: torch.device) -> int:
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated memory on a GPU; the process's peak resident set on a CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -485,8 +490,8 @@ def _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, t
         "flops_per_token": flops_per_token,
         "achieved_tflops": achieved,
         "mfu": achieved / peak if peak else None,
-        "peak_memory_bytes": _peak_memory(dist_.device),
-        "device": torch.cuda.get_device_name(dist_.device) if dist_.device.type == "cuda" else "cpu",
+        "peak_memory_bytes": peak_memory_bytes(dist_.device),
+        "device": device_name(dist_.device),
         "processes": dist_.world,
         "scan_backend": scan_backend,
         "mlflow_run_id": run.run_id if run else None,
