@@ -1,4 +1,4 @@
-"""seqarena: Mamba vs Transformer++ end to end. Stages so far: data, train (more to come)."""
+"""seqarena: Mamba vs Transformer++ end to end: env, data, train, bench, eval, report."""
 
 import os
 
@@ -14,10 +14,15 @@ validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/env.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
-        train_summaries(),
+        rules.report.output,

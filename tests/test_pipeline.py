@@ -1,27 +1,42 @@
-"""The Snakemake pipeline: lint, format, a real run of the data and train stages, config errors."""
+"""The Snakemake pipeline: lint, format, a real run of every stage, reruns, the UI, a kill, bad configs."""
 
+import csv
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_multiple_choice_task
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
+MODELS = ["mamba-tiny", "transformer-tiny"]
 
 
 def snakemake(*args, cwd, timeout=900):
-    """The real snakemake, with this environment's `seqarena` on PATH (as an activated venv has it)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    """The real snakemake, with this environment's `seqarena` on PATH."""
     return subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV,
     )  # fmt: skip
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's own 'Job stats' table: rule -> number of jobs it ran (or, dry, would run)."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    counts = dict(line.split() for line in table if line.strip())
+    counts.pop("total")
+    return {rule: int(n) for rule, n in counts.items()}
 
 
 def test_lint_and_format_are_clean():
@@ -33,6 +48,11 @@ def test_lint_and_format_are_clean():
 
 
 def write_config(tmp_path, **overrides) -> Path:
+    docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
+            for i in range(12)]  # fmt: skip
+    tasks = write_multiple_choice_task(
+        tmp_path / "tasks", "local_piqa", docs, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}"
+    )
     config = {
         "results": str(tmp_path / "results"),
         "data": {
@@ -41,9 +61,16 @@ def write_config(tmp_path, **overrides) -> Path:
                 "tokenizer": {"kind": "bpe", "vocab_size": 512},
             }
         },
-        "models": ["mamba-tiny", "transformer-tiny"],
+        "models": MODELS,
         "train": {"dataset": "shakespeare", "steps": 4, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
                   "eval_interval": 2, "ckpt_interval": 100},
+        "bench": {
+            "kernels": {"lengths": [32, 64, 128], "dim": 32, "repeats": 1},
+            "generation": {"prompt_len": 16, "new_tokens": 4, "batch_sizes": [1, 2], "repeats": 1},
+            "training": {"steps": 2, "seq_len": 32, "micro_batch": 2, "vocab_size": 512},
+        },
+        "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
+                 "pretrained": []},
         **overrides,
     }  # fmt: skip
     path = tmp_path / "test.yaml"
@@ -51,28 +78,203 @@ def write_config(tmp_path, **overrides) -> Path:
     return path
 
 
-def test_data_and_train_stages_run_for_real_then_nothing_to_do(shared_data, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    config = write_config(tmp_path)
-    done = snakemake("--configfile", str(config), "--cores", "2", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One real run of the whole DAG on a tiny config: (working dir, config file, snakemake output)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    cwd = tmp_path_factory.mktemp("pipeline")
+    config = write_config(cwd)
+    done = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert done.returncode == 0, done.stderr[-4000:]
-    results = tmp_path / "results"
+    return cwd, config, done.stdout + done.stderr
+
+
+def test_every_stage_writes_its_contract(pipeline):
+    cwd, _, output = pipeline
+    results = cwd / "results"
+    assert job_counts(output) == {
+        "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
+        "bench_generation": 2, "bench_training": 2, "evaluate": 2, "report": 1,
+    }  # fmt: skip
+    env = json.loads((results / "env/kernels.json").read_text())
+    assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
+    assert not env["backends"]["cuda"]["available"] and "CUDA" in env["backends"]["cuda"]["reason"]
+    assert env["tracking_uri"] == f"sqlite:///{results / 'mlflow.db'}" and env["tracking"] == "sqlite file"
+
     meta = json.loads((results / "data/shakespeare/meta.json").read_text())
     assert meta["vocab_size"] == 512 and meta["train_tokens"] > 100_000
-    run_ids = set()
-    for model in ("mamba-tiny", "transformer-tiny"):
+    for model in MODELS:
         summary = json.loads((results / f"train/{model}/summary.json").read_text())
         assert summary["steps"] == 4 and summary["final_val_loss"] < 7.0  # below ln(512) = 6.24 + slack
-        assert (results / f"logs/train/{model}.log").is_file()
-        assert (results / f"benchmarks/train/{model}.tsv").read_text().startswith("s\t")
-        run_ids.add(summary["mlflow_run_id"])
-    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
-    assert {r.info.run_id for r in runs} == run_ids and len(run_ids) == 2
+        if model.startswith("mamba"):
+            assert summary["scan_backend"] == "cpp"
+        generation = json.loads((results / f"bench/generation/{model}.json").read_text())
+        assert [r["batch"] for r in generation["results"]] == [1, 2]
+        assert all(r["tokens_per_s"] > 0 for r in generation["results"])
+        training = json.loads((results / f"bench/training/{model}.json").read_text())
+        assert training["steps"] == 2 and training["tokens_per_s"] > 0
+        evaluation = json.loads((results / f"eval/{model}.json").read_text())
+        assert 0.0 <= evaluation["results"]["local_piqa"]["acc"]["value"] <= 1.0
+        assert evaluation["n_samples"]["local_piqa"]["effective"] == 12
+        for stage in ("train", "bench/generation", "bench/training", "eval"):
+            assert (results / f"logs/{stage}/{model}.log").stat().st_size > 0
+            assert (results / f"benchmarks/{stage}/{model}.tsv").read_text().startswith("s\t")
+    with open(results / "bench/kernels.csv") as f:
+        rows = list(csv.DictReader(f))
+    for op in ("scan", "attention"):
+        lengths = [int(r["seq_len"]) for r in rows if r["op"] == op and r["pass"] == "fwd"]
+        assert lengths == [32, 64, 128]
+    html = (results / "reports/report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 4  # loss curves, scaling, generation, kernels
+    assert "local_piqa" in html and "All inputs present." in html
+    assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
+        "generation.png", "kernels.png", "loss_curves.png", "scaling.png",
+    ]  # fmt: skip
 
-    again = snakemake("--configfile", str(config), "--cores", "2", cwd=tmp_path)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses listening on ``port``, from /proc/net/tcp (state 0A = LISTEN)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def _get(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline):
+    cwd, _, _ = pipeline
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "seqarena"), "ui", "--results", str(cwd / "results"), "--port", str(port)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                experiment = _get(f"{api}/experiments/get-by-name?experiment_name=seqarena")["experiment"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not come up"
+                time.sleep(1)
+        assert _listening_addresses(port) == {"127.0.0.1"}  # loopback only, as asked by default
+        runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        by_model = {}
+        for run in runs:
+            tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+            by_model.setdefault(tags.get("seqarena.model_id"), []).append(run)
+        assert sorted(m for m in by_model if m != "kernels") == sorted(MODELS)
+        for model in MODELS:
+            (run,) = by_model[model]
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert params["train.model"] == model and params["train.steps"] == "4"
+            metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+            assert (
+                0.0 <= metrics["eval/local_piqa/acc"] <= 1.0 and metrics["bench/generation/tokens_per_s"] > 0
+            )
+            history = _get(f"{api}/metrics/get-history?run_id={run['info']['run_id']}&metric_key=train/loss")
+            assert sorted(m["step"] for m in history["metrics"]) == [1, 2, 3, 4]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(pipeline):
+    cwd, config, _ = pipeline
+    again = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    report_before = (cwd / "results/reports/report.html").stat().st_mtime_ns
+    summary_before = (cwd / "results/train/mamba-tiny/summary.json").read_bytes()
+
+    changed = yaml.safe_load(config.read_text())
+    changed["eval"]["limit"] = 6
+    config.write_text(yaml.safe_dump(changed))
+    rerun = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 2, "report": 1, "all": 1}
+    evaluation = json.loads((cwd / "results/eval/mamba-tiny.json").read_text())
+    assert evaluation["n_samples"]["local_piqa"]["effective"] == 6
+    assert (cwd / "results/reports/report.html").stat().st_mtime_ns > report_before
+    assert (cwd / "results/train/mamba-tiny/summary.json").read_bytes() == summary_before
+
+    forced = snakemake("--configfile", str(config), "--cores", "2", "--forcerun", "report", cwd=cwd)
+    assert forced.returncode == 0 and job_counts(forced.stdout + forced.stderr) == {"report": 1, "all": 1}
+
+
+def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(shared_data, tmp_path):
+    config = write_config(
+        tmp_path, models=["mamba-tiny"],
+        train={"dataset": "shakespeare", "steps": 60, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
+               "eval_interval": 10, "ckpt_interval": 10},
+    )  # fmt: skip
+    args = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config)]
+    first = subprocess.Popen(
+        [*args, "--cores", "2", "train_all"], cwd=tmp_path, env=ENV, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = tmp_path / "results/train/mamba-tiny"
+    deadline = time.monotonic() + 300
+    while not list((out / "ckpt").glob("step_*.pt")):
+        assert time.monotonic() < deadline and first.poll() is None, "training never wrote a checkpoint"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # snakemake and its job, mid-training
+    first.wait()
+    assert not (out / "summary.json").exists()
+
+    refused = subprocess.run([*args, "--cores", "2", "train_all"], cwd=tmp_path, env=ENV, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert refused.returncode != 0 and "--unlock" in refused.stderr  # the killed run's lock stays
+    assert subprocess.run([*args, "--unlock"], cwd=tmp_path, env=ENV, capture_output=True).returncode == 0
+    resumed = subprocess.run(  # profiles/default, the workflow profile, has rerun-incomplete
+        [*args, "--cores", "2", "train_all"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert re.search(
+        r"resuming from .*step_\d+\.pt at step [1-9]",
+        (tmp_path / "results/logs/train/mamba-tiny.log").read_text(),
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 60 and [r["step"] for r in rows if "loss" in r] == list(range(1, 61))
+
+
+def test_slurm_profile_plans_the_paper_dag(tmp_path):
+    done = snakemake(
+        "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+        "--configfile", str(REPO / "config/paper.yaml"), cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert job_counts(output) == {
+        "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1, "bench_generation": 10,
+        "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "report": 1, "all": 1,
+    }  # fmt: skip
+    # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
+    assert "torchrun --standalone --nproc_per_node 8 -m seqarena.cli train --model mamba-2.8b" in output
+    assert re.search(r"seqarena train --model mamba-130m", output)
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize(
@@ -83,11 +285,11 @@ def test_data_and_train_stages_run_for_real_then_nothing_to_do(shared_data, tmp_
         ({"trian": {}}, "Additional properties are not allowed \\('trian' was unexpected\\)"),
         ({"train": {"dataset": "shakespeare", "steps": -5}}, "-5 is less than the minimum of 0"),
         ({"train": {"dataset": "wiki"}}, "config key train.dataset: 'wiki' is not one of data"),
+        ({"device": "tpu"}, "'tpu' is not one of \\['cpu', 'cuda'\\]"),
+        ({"resources": {"train": {"default": {"gpus": 2}}}}, "'gpus' was unexpected"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, message):
-    import re
-
     done = snakemake(
         "--configfile", str(write_config(tmp_path, **overrides)), "--cores", "1", "-n", cwd=tmp_path
     )

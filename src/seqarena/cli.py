@@ -26,6 +26,14 @@ def cmd_sizes(args: argparse.Namespace) -> None:
             )
 
 
+def cmd_env(args: argparse.Namespace) -> None:
+    from seqarena.env import write_kernels_record
+    from seqarena.tracking import default_uri
+
+    record = write_kernels_record(Path(args.out), args.tracking_uri or default_uri(Path(args.out).parents[1]))
+    print(json.dumps(record, indent=2))
+
+
 def cmd_data_download(args: argparse.Namespace) -> None:
     from seqarena.data import Source, download
 
@@ -107,7 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                       args.limit, args.batch_size, args.num_fewshot, args.device)  # fmt: skip
     metrics = [(f"eval/{task}/{name}", entry["value"], 0) for task, entries in report["results"].items()
                for name, entry in entries.items() if isinstance(entry["value"], (int, float))]  # fmt: skip
-    log_to_mlflow(args.tracking_uri, args.experiment, Path(args.model).name, metrics, Path(args.out))
+    run_name = args.run_name or Path(args.model).name
+    log_to_mlflow(args.tracking_uri, args.experiment, run_name, metrics, Path(args.out))
     print(json.dumps(report["results"], indent=2))
 
 
@@ -122,9 +131,12 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from seqarena.report import render
+    from seqarena.report import render, save_figures
 
     render(Path(args.notebook), Path(args.results), Path(args.out), Path(args.html))
+    if args.figures:
+        saved = save_figures(Path(args.results), Path(args.figures))
+        print(f"figures: {', '.join(str(p) for p in saved)}")
     print(f"report: {args.out}, {args.html}")
 
 
@@ -134,6 +146,18 @@ def cmd_tracking_init(args: argparse.Namespace) -> None:
     print(f"tracking store ready: {init_store(args.uri or default_uri(args.results))}")
 
 
+def cmd_ui(args: argparse.Namespace) -> None:
+    """The MLflow UI on the pipeline's tracking store, bound to loopback unless --host says otherwise."""
+    import os
+
+    from seqarena.tracking import default_uri
+
+    uri = args.tracking_uri or default_uri(args.results)
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}", flush=True)
+    mlflow = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    os.execv(sys.executable, [*mlflow, "--host", args.host, "--port", str(args.port)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqarena", description=__doc__)
     parser.add_argument("--version", action="version", version=f"seqarena {__version__}")
@@ -141,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     sizes = sub.add_parser("sizes", help="list the named model sizes and their parameter counts")
     sizes.add_argument("--vocab-size", type=int, default=50277, help="vocabulary (default: GPT-NeoX)")
     sizes.set_defaults(func=cmd_sizes)
+
+    env = sub.add_parser(
+        "env", help="build the kernels, self-check every backend, write kernels.json, create the MLflow store"
+    )
+    env.add_argument("--out", default="results/env/kernels.json")
+    env.add_argument("--tracking-uri", help="default: sqlite:///<results>/mlflow.db beside --out's results")
+    env.set_defaults(func=cmd_env)
 
     data = sub.add_parser("data", help="download and tokenize corpora").add_subparsers(
         dest="action", required=True
@@ -219,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-fewshot", type=int)
     ev.add_argument("--device", help="default: cuda if available, else cpu")
     ev.add_argument("--out", required=True)
+    ev.add_argument("--run-name", help="the MLflow run's model id (default: the checkpoint folder's name)")
     ev.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")
     ev.add_argument("--experiment", default="seqarena")
     ev.set_defaults(func=cmd_eval)
@@ -232,7 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--results", default="results")
     rep.add_argument("--out", default="results/reports/report.ipynb")
     rep.add_argument("--html", default="results/reports/report.html")
+    rep.add_argument("--figures", help="also write each figure as <name>.png into this folder")
     rep.set_defaults(func=cmd_report)
+
+    ui = sub.add_parser("ui", help="browse the MLflow tracking store (mlflow ui)")
+    ui.add_argument("--results", default="results", help="serves sqlite:///<results>/mlflow.db")
+    ui.add_argument("--tracking-uri", help="another store instead")
+    ui.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
 
     tracking = sub.add_parser("tracking", help="MLflow store").add_subparsers(dest="action", required=True)
     init = tracking.add_parser("init", help="create the tracking database once, before parallel jobs")

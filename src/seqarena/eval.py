@@ -131,15 +131,28 @@ class SeqarenaLM(LM):
         return outputs
 
 
+def is_seqarena_checkpoint(pretrained: str) -> bool:
+    """Ours or mamba_ssm's (read through the seqarena model); any other HF causal LM (e.g.
+    ``EleutherAI/pythia-160m``) goes to lm-eval's own ``hf`` model."""
+    path = Path(pretrained) / "config.json"
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(pretrained, "config.json"))
+    config = json.loads(path.read_text())
+    return "ssm_cfg" in config or config.get("arch") == "transformer"
+
+
 def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=None, batch_size=8,
              num_fewshot=None, device=None) -> dict:  # fmt: skip
     """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    model = "seqarena" if is_seqarena_checkpoint(str(pretrained)) else "hf"
     model_args = f"pretrained={pretrained}" + (f",tokenizer={tokenizer}" if tokenizer else "")
     results = lm_eval.simple_evaluate(
-        model="seqarena", model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
+        model=model, model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
         num_fewshot=num_fewshot, device=device, task_manager=TaskManager(include_path=include_path),
     )  # fmt: skip
     table = {}
@@ -154,6 +167,7 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
         table[task] = entries
     report = {
         "model": str(pretrained),
+        "lm_eval_model": model,
         "results": table,
         "n_samples": results.get("n-samples"),
         "config": {k: str(v) for k, v in results.get("config", {}).items()},

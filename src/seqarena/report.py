@@ -12,6 +12,8 @@ from pathlib import Path
 
 import matplotlib
 
+from seqarena.models import pretrained_id
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -20,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 class Results:
     root: Path
     train: dict = field(default_factory=dict)  # model -> {"summary": ..., "metrics": [...]}
-    evaluation: dict = field(default_factory=dict)  # model -> eval json
+    evaluation: dict = field(default_factory=dict)  # model (or published checkpoint id) -> eval json
     generation: dict = field(default_factory=dict)  # model -> generation bench json
     kernels: list = field(default_factory=list)  # rows of kernels.csv
     env: dict | None = None  # env/kernels.json
@@ -36,6 +38,8 @@ def collect(results_dir: str | Path) -> Results:
         r.train[summary.parent.name] = {"summary": json.loads(summary.read_text()), "metrics": rows}
     for path in sorted(root.glob("eval/*.json")):
         r.evaluation[path.stem] = json.loads(path.read_text())
+    for path in sorted(root.glob("eval/pretrained/*.json")):  # published checkpoints, named by hub id
+        r.evaluation[pretrained_id(path.stem)] = json.loads(path.read_text())
     for path in sorted(root.glob("bench/generation/*.json")):
         r.generation[path.stem] = json.loads(path.read_text())
     if (root / "bench/kernels.csv").is_file():
@@ -130,9 +134,17 @@ def kernels(r: Results):
 
 
 def eval_table(r: Results) -> list[dict]:
-    """One row per (model, task, metric): value and stderr as lm-eval reported them."""
+    """One row per (model, task, metric): value and stderr as lm-eval reported them; ``source`` says
+    whether the model was trained here or is a published checkpoint (``eval.pretrained``)."""
     return [
-        {"model": model, "task": task, "metric": metric, "value": entry["value"], "stderr": entry["stderr"]}
+        {
+            "model": model,
+            "source": "published checkpoint" if "/" in model else "trained here",
+            "task": task,
+            "metric": metric,
+            "value": entry["value"],
+            "stderr": entry["stderr"],
+        }
         for model, report in r.evaluation.items()
         for task, metrics in report["results"].items()
         for metric, entry in metrics.items()
@@ -154,6 +166,34 @@ def captions(r: Results) -> dict[str, str]:
         "kernels": f"Median times from results/bench/kernels.csv on {', '.join(kernel_devices) or '?'}: "
         "forward and forward+backward.",
     }
+
+
+FIGURES = {"loss_curves": loss_curves, "scaling": scaling, "generation": generation, "kernels": kernels}
+
+
+def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Each figure whose inputs exist as ``<out_dir>/<name>.png`` (for ``snakemake --report``).
+
+    The folder is written beside and renamed into place, so it is never seen half-written.
+    """
+    import shutil
+    import tempfile
+
+    r = collect(results_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for name, draw in FIGURES.items():
+            fig = draw(r)
+            if fig is not None:
+                fig.savefig(tmp / f"{name}.png", dpi=100)
+                plt.close(fig)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(out_dir.glob("*.png"))
 
 
 def render(notebook: Path, results_dir: Path, out_ipynb: Path, out_html: Path) -> None:

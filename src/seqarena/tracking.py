@@ -69,8 +69,14 @@ def client_for(uri: str):
 
 
 def init_store(uri: str) -> str:
-    """Create (and migrate) the tracking store now, before parallel jobs start. Returns uri."""
-    client_for(uri)
+    """Create (and migrate) the tracking store now, before parallel jobs start; for a server,
+    check that it answers. Returns uri."""
+    client = client_for(uri)
+    if _sqlite_path(uri) is None:
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:
+            raise RuntimeError(f"tracking server {uri} does not answer ({type(e).__name__}: {e})") from e
     return uri
 
 

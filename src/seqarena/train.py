@@ -312,12 +312,13 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2), foreach=True
     )
     ckpt_dir = out / "ckpt"
-    _, ckpt = newest_checkpoint(ckpt_dir)
+    ckpt_path, ckpt = newest_checkpoint(ckpt_dir)
     start_step, train_seconds = 0, 0.0
     if ckpt is not None:
         _load_state_dicts(model, optimizer, ckpt["model"], ckpt["optimizer"], sharded)
         torch.set_rng_state(ckpt["rng"])
         start_step, train_seconds = ckpt["step"], ckpt["train_seconds"]
+        print(f"resuming from {ckpt_path} at step {start_step}", flush=True)
     forward = torch.compile(wrapped) if cfg.compile else wrapped
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)

@@ -1,11 +1,23 @@
-"""Helpers shared by the rules: paths, the resolved model list, CLI arguments from config."""
+"""Helpers shared by the rules: paths, the resolved model list, CLI arguments from config, resources."""
 
 import os
 import shlex
 
-from seqarena.models import parse_model_id
+from seqarena.models import parse_model_id, pretrained_name
 
 RESULTS = config["results"]
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    ref=r"[^/]+",
+    dataset=r"[^/]+",
+
+# One conda env for every rule: the CPU env, or the GPU env whose post-deploy script builds
+# mamba-ssm and causal-conv1d for the configured CUDA architectures.
+ENV = f"../../envs/{'gpu' if config['device'] == 'cuda' else 'cpu'}.yaml"
+# The GPU env's post-deploy script builds for these archs (it runs in this process's environment).
+os.environ.update(SEQARENA_CUDA_ARCHS=";".join(config["kernels"]["cuda_archs"]))
 
 
 def check_models():
@@ -24,18 +36,51 @@ def check_models():
 check_models()
 
 
+def job_resources(stage, key):
+    """A resource of one job: the config's entry for the job's model size, else its default,
+    else the built-in default; runtime (minutes) grows with the attempt, so a retry of a job
+    killed by its time limit gets longer."""
+    builtin = {
+        "gpu": 1 if config["device"] == "cuda" else 0,
+        "mem_mb": 8000,
+        "runtime": 120,
+    }
+
+    def value(wildcards, attempt):
+        table = config["resources"].get(stage, {})
+        size = (
+            parse_model_id(wildcards["model"])[1]
+            if "model" in wildcards.keys()
+            else None
+        )
+        entry = {**builtin, **table.get("default", {}), **table.get(size, {})}
+        return entry[key] * attempt if key == "runtime" else entry[key]
+
+    return value
+
+
+def launcher(wildcards, resources):
+    """`seqarena`, or torchrun with one process per GPU of the job (DDP across the allocation)."""
+    if resources.gpu > 1:
+        return f"torchrun --standalone --nproc_per_node {resources.gpu} -m seqarena.cli"
+    return "seqarena"
+
+
 def tracking_uri():
     return config["tracking_uri"] or f"sqlite:///{os.path.abspath(RESULTS)}/mlflow.db"
 
 
 def cli_flags(options: dict) -> str:
-    """{'vocab_size': 4096, 'streaming': True} -> '--vocab-size 4096 --streaming' (None and False dropped)."""
+    """{'vocab_size': 4096, 'streaming': True, 'lengths': [1, 2]} -> '--vocab-size 4096 --streaming
+    --lengths 1,2' (None, False and "" dropped)."""
     flags = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
         if value is True:
             flags.append(flag)
-        elif value not in (None, False):
+        elif value not in (None, False, ""):
             flags += [flag, shlex.quote(str(value))]
     return " ".join(flags)
 
@@ -68,3 +113,44 @@ def train_args(wildcards):
 
 def train_summaries():
     return expand(f"{RESULTS}/train/{{model}}/summary.json", model=config["models"])
+
+
+def bench_args(kind):
+    return cli_flags(
+        {
+            **config["bench"][kind],
+            "experiment": config["experiment"],
+            "tracking_uri": tracking_uri(),
+        }
+    )
+
+
+def bench_results():
+    return [
+        f"{RESULTS}/bench/kernels.csv",
+        *expand(f"{RESULTS}/bench/generation/{{model}}.json", model=config["models"]),
+        *expand(f"{RESULTS}/bench/training/{{model}}.json", model=config["models"]),
+    ]
+
+
+def eval_args(wildcards):
+    options = {k: v for k, v in config["eval"].items() if k != "pretrained"}
+    return cli_flags(
+        {**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()}
+    )
+
+
+def pretrained_id(wildcards):
+    return next(
+        p for p in config["eval"]["pretrained"] if pretrained_name(p) == wildcards.ref
+    )
+
+
+def eval_results():
+    return [
+        *expand(f"{RESULTS}/eval/{{model}}.json", model=config["models"]),
+        *expand(
+            f"{RESULTS}/eval/pretrained/{{ref}}.json",
+            ref=[pretrained_name(p) for p in config["eval"]["pretrained"]],
+        ),
+    ]

@@ -6,7 +6,7 @@ rule download:
     benchmark:
         f"{RESULTS}/benchmarks/download/{{dataset}}.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -30,7 +30,7 @@ rule tokenize:
     benchmark:
         f"{RESULTS}/benchmarks/tokenize/{{dataset}}.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        ENV
     threads: 2
     resources:
         mem_mb=8000,
@@ -44,4 +44,4 @@ rule tokenize:
 
 rule data:
     input:
-        expand(f"{RESULTS}/data/{{dataset}}/meta.json", dataset=config["data"]),
+        f"{train_data()}/meta.json",

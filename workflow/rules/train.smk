@@ -1,6 +1,7 @@
 rule train:
     input:
         meta=f"{train_data()}/meta.json",
+        kernels=rules.kernels.output,
     output:
         summary=f"{RESULTS}/train/{{model}}/summary.json",
         weights=f"{RESULTS}/train/{{model}}/model.safetensors",
@@ -11,17 +12,20 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        ENV
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        gpu=job_resources("train", "gpu"),
+        mem_mb=job_resources("train", "mem_mb"),
+        runtime=job_resources("train", "runtime"),
     params:
         args=train_args,
+        launch=launcher,
         data=lambda wildcards, input: os.path.dirname(input.meta),
         out=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "seqarena train --model {wildcards.model} --data {params.data} --out {params.out} {params.args} > {log} 2>&1"
+        "{params.launch} train --model {wildcards.model} --data {params.data} --out {params.out} {params.args}"
+        " > {log} 2>&1"
 
 
 rule train_all:

@@ -26,6 +26,8 @@ __all__ = [
     "model_config",
     "model_ids",
     "parse_model_id",
+    "pretrained_id",
+    "pretrained_name",
 ]
 
 
@@ -73,6 +75,15 @@ def _hub_files(repo_id: str) -> tuple[Path, Path]:
             "without network, download it elsewhere and pass the local folder instead"
         ) from e
     raise FileNotFoundError(f"hub repository {repo_id!r} has neither {WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+
+
+def pretrained_name(model_id: str) -> str:
+    """state-spaces/mamba-130m -> state-spaces--mamba-130m: a file name (the hub cache's convention)."""
+    return model_id.replace("/", "--")
+
+
+def pretrained_id(name: str) -> str:
+    return name.replace("--", "/")
 
 
 def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None = None) -> LanguageModel:

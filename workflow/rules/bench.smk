@@ -1,0 +1,73 @@
+# Benchmarks ask for 8 threads: locally (capped at --cores) they then run alone, not beside training.
+
+
+rule bench_kernels:
+    input:
+        rules.kernels.output,
+    output:
+        f"{RESULTS}/bench/kernels.csv",
+    log:
+        f"{RESULTS}/logs/bench/kernels.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bench/kernels.tsv"
+    conda:
+        ENV
+    threads: 8
+    resources:
+        gpu=job_resources("bench", "gpu"),
+        mem_mb=job_resources("bench", "mem_mb"),
+        runtime=job_resources("bench", "runtime"),
+    params:
+        args=bench_args("kernels"),
+    shell:
+        "seqarena bench kernels --out {output} {params.args} > {log} 2>&1"
+
+
+rule bench_generation:
+    input:
+        rules.train.output.summary,
+    output:
+        f"{RESULTS}/bench/generation/{{model}}.json",
+    log:
+        f"{RESULTS}/logs/bench/generation/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bench/generation/{{model}}.tsv"
+    conda:
+        ENV
+    threads: 8
+    resources:
+        gpu=job_resources("bench", "gpu"),
+        mem_mb=job_resources("bench", "mem_mb"),
+        runtime=job_resources("bench", "runtime"),
+    params:
+        args=bench_args("generation"),
+        model=lambda wildcards, input: os.path.dirname(input[0]),
+    shell:
+        "seqarena bench generation --model {params.model} --out {output} {params.args} > {log} 2>&1"
+
+
+rule bench_training:
+    input:
+        rules.kernels.output,
+    output:
+        f"{RESULTS}/bench/training/{{model}}.json",
+    log:
+        f"{RESULTS}/logs/bench/training/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bench/training/{{model}}.tsv"
+    conda:
+        ENV
+    threads: 8
+    resources:
+        gpu=job_resources("bench", "gpu"),
+        mem_mb=job_resources("bench", "mem_mb"),
+        runtime=job_resources("bench", "runtime"),
+    params:
+        args=bench_args("training"),
+    shell:
+        "seqarena bench training --model {wildcards.model} --out {output} {params.args} > {log} 2>&1"
+
+
+rule bench_all:
+    input:
+        bench_results(),

@@ -1,0 +1,49 @@
+rule evaluate:
+    input:
+        rules.train.output.summary,
+    output:
+        f"{RESULTS}/eval/{{model}}.json",
+    log:
+        f"{RESULTS}/logs/eval/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{model}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=job_resources("eval", "gpu"),
+        mem_mb=job_resources("eval", "mem_mb"),
+        runtime=job_resources("eval", "runtime"),
+    params:
+        args=eval_args,
+        model=lambda wildcards, input: os.path.dirname(input[0]),
+    shell:
+        "seqarena eval --model {params.model} --out {output} {params.args} > {log} 2>&1"
+
+
+rule evaluate_pretrained:
+    input:
+        rules.kernels.output,
+    output:
+        f"{RESULTS}/eval/pretrained/{{ref}}.json",
+    log:
+        f"{RESULTS}/logs/eval/pretrained/{{ref}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/pretrained/{{ref}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=job_resources("eval", "gpu"),
+        mem_mb=job_resources("eval", "mem_mb"),
+        runtime=job_resources("eval", "runtime"),
+    params:
+        args=eval_args,
+        model=pretrained_id,
+    shell:
+        "seqarena eval --model {params.model} --run-name {params.model} --out {output} {params.args} > {log} 2>&1"
+
+
+rule eval_all:
+    input:
+        eval_results(),

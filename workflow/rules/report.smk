@@ -1,0 +1,36 @@
+rule report:
+    input:
+        train_summaries(),
+        bench_results(),
+        eval_results(),
+        kernels=rules.kernels.output[0],
+        notebook=os.path.join(workflow.basedir, "notebooks/report.ipynb"),
+    output:
+        notebook=f"{RESULTS}/reports/report.ipynb",
+        html=report(
+            f"{RESULTS}/reports/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+        figures=report(
+            directory(f"{RESULTS}/reports/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        f"{RESULTS}/logs/report/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/report.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.kernels)),
+    shell:
+        "seqarena report --notebook {input.notebook} --results {params.results} --out {output.notebook}"
+        " --html {output.html} --figures {output.figures} > {log} 2>&1"
