@@ -13,6 +13,7 @@ wildcard_constraints:
     ref=r"[^/]+",
     dataset=r"[^/]+",
 
+
 # One conda env for every rule: the CPU env, or the GPU env whose post-deploy script builds
 # mamba-ssm and causal-conv1d for the configured CUDA architectures.
 ENV = f"../../envs/{'gpu' if config['device'] == 'cuda' else 'cpu'}.yaml"
