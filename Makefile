@@ -1,10 +1,12 @@
-# Set-up and checks. `make test` does everything on a fresh machine: a venv, the CPU build
-# of torch first (so pip never pulls a multi-GB CUDA build), the project, then the suite.
+# The two commands of the README. Each does all set-up on a fresh machine: a venv, the CPU
+# build of torch first (so pip never pulls a multi-GB CUDA build), the project; then
+# `make pipeline` runs the whole default pipeline and `make test` the suite.
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+CONFIG ?= config/config.yaml
 BIN := $(VENV)/bin
 
-.PHONY: install test lint
+.PHONY: install pipeline test lint
 
 install: $(VENV)/.installed
 
@@ -14,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
+
+pipeline: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile $(CONFIG)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

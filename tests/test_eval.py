@@ -166,3 +166,36 @@ def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, ta
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "toy_piqa" in done.stdout and f"{acc:.4f}" in done.stdout
+
+
+def test_other_hf_causal_lms_go_through_lm_evals_hf_model(shared_data, task_dir, tmp_path):
+    """A Pythia-shaped GPT-NeoX checkpoint (as EleutherAI/pythia-* on the hub), scored by lm-eval's `hf`."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(shared_data / "20B_tokenizer.json"), eos_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=50304, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=256)  # fmt: skip
+    model = GPTNeoXForCausalLM(config).eval()
+    folder = tmp_path / "pythia-tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    report = evaluate(folder, ["toy_piqa"], tmp_path / "hf.json", include_path=str(task_dir), device="cpu")
+    assert report["lm_eval_model"] == "hf"
+
+    def choice_logprob(context, continuation):
+        ctx = tokenizer(context)["input_ids"]
+        whole = tokenizer(context + continuation)["input_ids"]
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), dim=-1)
+        return sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
+
+    correct = [
+        max((0, 1), key=lambda i: choice_logprob(f"Question: {d['goal']}\nAnswer:", " " + d[f"sol{i + 1}"]))
+        == d["label"]
+        for d in DOCS
+    ]
+    assert report["results"]["toy_piqa"]["acc"]["value"] == pytest.approx(sum(correct) / len(DOCS))

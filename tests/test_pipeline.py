@@ -71,6 +71,13 @@ def write_config(tmp_path, **overrides) -> Path:
         },
         "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
                  "pretrained": []},
+        "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
+            "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
+                                  "eval_sequences": 8},
+            "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],
+                                "eval_sequences": 8},
+            "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
+        }},
         **overrides,
     }  # fmt: skip
     path = tmp_path / "test.yaml"
@@ -95,7 +102,7 @@ def test_every_stage_writes_its_contract(pipeline):
     results = cwd / "results"
     assert job_counts(output) == {
         "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
-        "bench_generation": 2, "bench_training": 2, "evaluate": 2, "report": 1,
+        "bench_generation": 2, "bench_training": 2, "evaluate": 2, "synthetic_task": 6, "report": 1,
     }  # fmt: skip
     env = json.loads((results / "env/kernels.json").read_text())
     assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
@@ -126,11 +133,17 @@ def test_every_stage_writes_its_contract(pipeline):
         lengths = [int(r["seq_len"]) for r in rows if r["op"] == op and r["pass"] == "fwd"]
         assert lengths == [32, 64, 128]
     html = (results / "reports/report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 4  # loss curves, scaling, generation, kernels
+    assert html.count('src="data:image/png;base64,') == 5  # loss, scaling, generation, kernels, synthetic
     assert "local_piqa" in html and "All inputs present." in html
     assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
-        "generation.png", "kernels.png", "loss_curves.png", "scaling.png",
+        "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
     ]  # fmt: skip
+    for task in ("selective_copying", "induction_heads", "mqar"):
+        for model in ("mamba-d16", "transformer-d16"):
+            result = json.loads((results / f"synthetic/{task}/{model}.json").read_text())
+            assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
+    induction = json.loads((results / "synthetic/induction_heads/mamba-d16.json").read_text())
+    assert sorted(induction["accuracy_by_length"]) == ["16", "64"]
 
 
 def _free_port() -> int:
@@ -269,7 +282,8 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert job_counts(output) == {
         "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1, "bench_generation": 10,
-        "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "report": 1, "all": 1,
+        "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "synthetic_task": 10, "report": 1,
+        "all": 1,
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "torchrun --standalone --nproc_per_node 8 -m seqarena.cli train --model mamba-2.8b" in output

@@ -8,7 +8,8 @@ from conftest import write_multiple_choice_task
 from seqarena.bench import bench_generation, bench_kernels, write_csv, write_json
 from seqarena.data import Source, download, tokenize
 from seqarena.eval import evaluate
-from seqarena.report import collect, render
+from seqarena.report import collect, render, save_figures
+from seqarena.synthetic import SyntheticConfig, train_synthetic
 from seqarena.train import TrainConfig, train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb"
@@ -44,16 +45,27 @@ def full_results(tmp_path_factory):
     tasks = write_multiple_choice_task(tmp / "tasks", "toy_even", docs, "{{q}}", "{{[a, b]}}")
     evaluate(results / "train" / "mamba-tiny", ["toy_even"], results / "eval" / "mamba-tiny.json",
              include_path=str(tasks))  # fmt: skip
+    # as the pipeline names a published checkpoint's results (here: the same tiny model)
+    published = results / "eval" / "pretrained" / "state-spaces--mamba-tiny.json"
+    evaluate(results / "train" / "mamba-tiny", ["toy_even"], published, include_path=str(tasks))
+    for arch in ("mamba", "transformer"):
+        cfg = SyntheticConfig(task="induction_heads", arch=arch, length=16, d_model=16, steps=4, batch=4,
+                              test_lengths=[16, 64], eval_sequences=8)  # fmt: skip
+        train_synthetic(
+            cfg, results / "synthetic" / "induction_heads" / f"{cfg.model_name}.json", log_every=2
+        )
     return results
 
 
 def test_full_report_has_every_figure(full_results, tmp_path):
     render(NOTEBOOK, full_results, tmp_path / "report.ipynb", tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 4  # loss curves, scaling, generation, kernels
-    for caption in ("Figure (loss_curves)", "Figure (scaling)", "Figure (generation)", "Figure (kernels)"):
-        assert caption in html
+    assert html.count('src="data:image/png;base64,') == 5  # loss, scaling, generation, kernels, synthetic
+    for name in ("loss_curves", "scaling", "generation", "kernels", "synthetic"):
+        assert f"Figure ({name})" in html
     assert "toy_even" in html and "acc" in html  # the eval table
+    assert "state-spaces/mamba-tiny" in html and "published checkpoint" in html and "trained here" in html
+    assert "induction_heads" in html and "mamba-d16" in html and "transformer-d16" in html  # both tables
     assert "no evaluation results" not in html
     assert collect(full_results).missing == [
         f"no environment record: {full_results / 'env/kernels.json'} not found"
@@ -68,3 +80,11 @@ def test_partial_results_render_and_name_what_is_missing(tmp_path):
     assert html.count('src="data:image/png;base64,') == 2  # loss curves and scaling only
     assert "no kernel benchmarks" in html and "no evaluation results" in html
     assert "generation: not shown, its inputs are missing" in html
+    assert "No synthetic-task results yet" in html
+
+
+def test_figures_are_saved_for_snakemakes_report(full_results, tmp_path):
+    saved = save_figures(full_results, tmp_path / "figures")
+    assert [p.name for p in saved] == ["generation.png", "kernels.png", "loss_curves.png", "scaling.png",
+                                       "synthetic.png"]  # fmt: skip
+    assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 5000 for p in saved)

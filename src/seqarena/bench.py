@@ -189,13 +189,14 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, trac
 
 
 def log_to_mlflow(
-    uri: str, experiment: str, model_id: str, rows: list[tuple[str, float, int]], artifact: Path
-):
-    """Bench results into the model's run (found by its tag, created if training logged none)."""
+    uri: str, experiment: str, model_id: str, rows: list[tuple[str, float, int]], artifact: Path,
+    artifact_dir: str = "bench",
+):  # fmt: skip
+    """Results into the model's run (found by its tag, created if training logged none)."""
     if uri == "none":
         return
     from seqarena.tracking import ModelRun
 
     run = ModelRun(uri, experiment, model_id)
     run.log_metrics(rows)
-    run.log_artifact(artifact, "bench")
+    run.log_artifact(artifact, artifact_dir)

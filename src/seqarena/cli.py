@@ -130,6 +130,30 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     cli_evaluate()
 
 
+def cmd_synthetic(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from seqarena.bench import log_to_mlflow
+    from seqarena.synthetic import SyntheticConfig, train_synthetic
+
+    cfg = SyntheticConfig(**{f.name: getattr(args, f.name) for f in fields(SyntheticConfig)})
+    result = train_synthetic(cfg, Path(args.out))
+    metrics = [(f"synthetic/{cfg.task}/accuracy_at_length", acc, int(length))
+               for length, acc in result["accuracy_by_length"].items() if acc is not None]  # fmt: skip
+    metrics += [
+        (f"synthetic/{cfg.task}/train_accuracy", row["accuracy"], row["step"]) for row in result["curve"]
+    ]
+    run = f"{cfg.task}/{cfg.model_name}"
+    log_to_mlflow(
+        args.tracking_uri, f"{args.experiment}-synthetic", run, metrics, Path(args.out), "synthetic"
+    )
+    print(
+        json.dumps(
+            {k: result[k] for k in ("task", "model", "final_accuracy", "accuracy_by_length")}, indent=2
+        )
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from seqarena.report import render, save_figures
 
@@ -258,6 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
         "lm-eval", help="lm-eval's CLI with --model seqarena available", add_help=False
     )
     lm_eval_cli.set_defaults(func=cmd_lm_eval)  # every argument after it goes to lm-eval (see main)
+
+    from dataclasses import MISSING, fields
+
+    from seqarena.synthetic import SyntheticConfig
+
+    syn = sub.add_parser("synthetic", help="train and test a small model on a synthetic task")
+    for f in fields(SyntheticConfig):  # one flag per field, like `seqarena train`
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "test_lengths":
+            syn.add_argument(flag, type=_ints, default=[], dest=f.name, help="comma-separated")
+        elif f.default is MISSING:
+            syn.add_argument(flag, required=True, dest=f.name)
+        else:
+            syn.add_argument(flag, type=type(f.default), default=f.default, dest=f.name)
+    syn.add_argument("--out", required=True, help="the result JSON")
+    syn.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")
+    syn.add_argument("--experiment", default="seqarena", help="runs go to <experiment>-synthetic")
+    syn.set_defaults(func=cmd_synthetic)
 
     rep = sub.add_parser("report", help="render a report notebook (papermill) and its HTML")
     rep.add_argument("--notebook", default="notebooks/report.ipynb")

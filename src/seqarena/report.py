@@ -26,6 +26,7 @@ class Results:
     generation: dict = field(default_factory=dict)  # model -> generation bench json
     kernels: list = field(default_factory=list)  # rows of kernels.csv
     env: dict | None = None  # env/kernels.json
+    synthetic: dict = field(default_factory=dict)  # (task, model) -> synthetic/{task}/{model}.json
     missing: list = field(default_factory=list)  # what could not be shown, and why
 
 
@@ -47,12 +48,15 @@ def collect(results_dir: str | Path) -> Results:
             r.kernels = list(csv.DictReader(f))
     if (root / "env/kernels.json").is_file():
         r.env = json.loads((root / "env/kernels.json").read_text())
+    for path in sorted(root.glob("synthetic/*/*.json")):
+        r.synthetic[(path.parent.name, path.stem)] = json.loads(path.read_text())
     for name, have, source in [
         ("training results", r.train, "train/*/summary.json"),
         ("evaluation results", r.evaluation, "eval/*.json"),
         ("generation benchmarks", r.generation, "bench/generation/*.json"),
         ("kernel benchmarks", r.kernels, "bench/kernels.csv"),
         ("environment record", r.env, "env/kernels.json"),
+        ("synthetic-task results", r.synthetic, "synthetic/*/*.json"),
     ]:
         if not have:
             r.missing.append(f"no {name}: {root / source} not found")
@@ -151,6 +155,43 @@ def eval_table(r: Results) -> list[dict]:
     ]
 
 
+def synthetic_table(r: Results) -> list[dict]:
+    """Table 1 shaped: one row per (task, model) with its training length and final accuracy."""
+    return [
+        {"task": task, "model": model, "train length": d["config"]["length"], "steps": d["steps"],
+         "accuracy": d["final_accuracy"], "chance": d["chance"], "train s": round(d["train_seconds"], 1)}
+        for (task, model), d in sorted(r.synthetic.items())
+    ]  # fmt: skip
+
+
+def extrapolation_table(r: Results) -> list[dict]:
+    """Table 11 shaped: induction-heads accuracy per test length (None: out of memory)."""
+    return [
+        {"model": model, "train length": d["config"]["length"], **d["accuracy_by_length"]}
+        for (task, model), d in sorted(r.synthetic.items())
+        if task == "induction_heads"
+    ]
+
+
+def synthetic(r: Results):
+    """Accuracy against test length per task and model (training length marked), log x axis."""
+    if not r.synthetic:
+        return None
+    tasks = sorted({task for task, _ in r.synthetic})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for (t, model), d in sorted(r.synthetic.items()):
+            if t != task:
+                continue
+            points = sorted((int(k), v) for k, v in d["accuracy_by_length"].items() if v is not None)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=model)
+            ax.axvline(d["config"]["length"], color="grey", lw=0.5, ls="--")
+        ax.set(xscale="log", ylim=(0, 1.05), xlabel="test length", ylabel="accuracy", title=task)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def captions(r: Results) -> dict[str, str]:
     """What produced each figure, for the report and for `snakemake --report`."""
     devices = sorted({d["summary"].get("device", "?") for d in r.train.values()})
@@ -165,10 +206,15 @@ def captions(r: Results) -> dict[str, str]:
         "recurrent state; Transformer++: KV cache).",
         "kernels": f"Median times from results/bench/kernels.csv on {', '.join(kernel_devices) or '?'}: "
         "forward and forward+backward.",
+        "synthetic": "Accuracy at each test length from results/synthetic/*/*.json (dashed: the training "
+        "length; Mamba evaluated through its recurrent step path, Transformer++ by full attention).",
     }
 
 
-FIGURES = {"loss_curves": loss_curves, "scaling": scaling, "generation": generation, "kernels": kernels}
+FIGURES = {
+    "loss_curves": loss_curves, "scaling": scaling, "generation": generation, "kernels": kernels,
+    "synthetic": synthetic,
+}  # fmt: skip
 
 
 def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:

@@ -10,6 +10,9 @@ RESULTS = config["results"]
 
 wildcard_constraints:
     model=r"[^/]+",
+    task=r"[a-z_]+",
+    arch=r"mamba|transformer",
+    width=r"[0-9]+",
     ref=r"[^/]+",
     dataset=r"[^/]+",
 
@@ -154,4 +157,18 @@ def eval_results():
             f"{RESULTS}/eval/pretrained/{{ref}}.json",
             ref=[pretrained_name(p) for p in config["eval"]["pretrained"]],
         ),
+    ]
+
+
+def synthetic_args(wildcards):
+    options = {k: v for k, v in config["synthetic"]["tasks"][wildcards.task].items() if k != "d_model"}
+    return cli_flags({**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()})
+
+
+def synthetic_results():
+    return [
+        f"{RESULTS}/synthetic/{task}/{arch}-d{width}.json"
+        for task, options in config["synthetic"]["tasks"].items()
+        for arch in config["synthetic"]["archs"]
+        for width in options["d_model"]
     ]

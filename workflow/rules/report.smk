@@ -3,6 +3,7 @@ rule report:
         train_summaries(),
         bench_results(),
         eval_results(),
+        synthetic_results(),
         kernels=rules.kernels.output[0],
         notebook=os.path.join(workflow.basedir, "notebooks/report.ipynb"),
     output:

@@ -1,0 +1,226 @@
+"""Synthetic tasks: why Mamba differs from attention, small enough for a laptop CPU.
+
+The paper's mechanistic experiments (Gu & Dao 2023, §4.1) and Zoology's associative recall:
+
+- **selective copying** (§4.1.1, Table 1): data tokens scattered among noise tokens; after
+  the sequence, marker tokens ask for the data tokens in order. Content-aware selection is
+  needed: the data positions vary, so a time-invariant model cannot solve it.
+- **induction heads** (§4.1.2, Table 11): a special token followed by a target appears
+  once; at the end the special token appears again and the target must be recalled. Trained
+  at one length, tested at longer ones (length extrapolation).
+- **multi-query associative recall** (MQAR, Arora et al. 2023, Zoology): key-value pairs,
+  then the keys again among noise; at each key the model must emit its value.
+
+Every batch is generated on the fly from a seed: a (sequence, label) pair where labels are
+-100 except at the positions that are scored. Mamba is evaluated through its recurrent step
+path, so memory does not grow with the test length; Transformer++ through its full forward.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from seqarena.models import build_model
+from seqarena.models.base import atomic_write
+
+IGNORE = -100
+TASKS = ("selective_copying", "induction_heads", "mqar")
+
+
+def selective_copying(batch: int, length: int, vocab: int, n_data: int, gen: torch.Generator):
+    """Noise (0) with ``n_data`` data tokens (1..vocab-2) at random positions among the first
+    ``length``, then ``n_data`` markers (vocab-1); at the markers, the data tokens in order."""
+    if n_data > length or vocab < 4:
+        raise ValueError(f"selective copying needs n_data <= length and vocab >= 4 (got {n_data}, {vocab})")
+    data = torch.randint(1, vocab - 1, (batch, n_data), generator=gen)
+    positions = torch.rand(batch, length, generator=gen).argsort(dim=1)[:, :n_data].sort(dim=1).values
+    seq = torch.zeros(batch, length + n_data, dtype=torch.long)
+    seq.scatter_(1, positions, data)
+    seq[:, length:] = vocab - 1
+    labels = torch.full_like(seq, IGNORE)
+    labels[:, length:] = data
+    return seq, labels
+
+
+def induction_heads(batch: int, length: int, vocab: int, gen: torch.Generator):
+    """Random tokens (1..vocab-2); the special token (vocab-1) once at a random position followed
+    by the target, and again last; the label of the last position is the target."""
+    if length < 4 or vocab < 4:
+        raise ValueError(f"induction heads needs length >= 4 and vocab >= 4 (got {length}, {vocab})")
+    seq = torch.randint(1, vocab - 1, (batch, length), generator=gen)
+    special = torch.randint(0, length - 2, (batch,), generator=gen)
+    rows = torch.arange(batch)
+    seq[rows, special] = vocab - 1
+    seq[:, -1] = vocab - 1
+    labels = torch.full_like(seq, IGNORE)
+    labels[:, -1] = seq[rows, special + 1]
+    return seq, labels
+
+
+def mqar(batch: int, length: int, vocab: int, n_pairs: int, gen: torch.Generator):
+    """``n_pairs`` key-value pairs (keys from the lower half of the vocabulary, values from the
+    upper, keys distinct), then noise (0) with every key once at a random position; the label at
+    a queried key is its value."""
+    half = vocab // 2
+    if n_pairs > half - 1 or 2 * n_pairs + n_pairs > length:
+        raise ValueError(
+            f"mqar needs n_pairs < vocab/2 and 3 n_pairs <= length (got {n_pairs}, {vocab}, {length})"
+        )
+    keys = 1 + torch.rand(batch, half - 1, generator=gen).argsort(dim=1)[:, :n_pairs]
+    values = torch.randint(half, vocab, (batch, n_pairs), generator=gen)
+    seq = torch.zeros(batch, length, dtype=torch.long)
+    seq[:, 0 : 2 * n_pairs : 2], seq[:, 1 : 2 * n_pairs : 2] = keys, values
+    tail = length - 2 * n_pairs
+    positions = 2 * n_pairs + torch.rand(batch, tail, generator=gen).argsort(dim=1)[:, :n_pairs]
+    order = torch.rand(batch, n_pairs, generator=gen).argsort(dim=1)
+    seq.scatter_(1, positions, keys.gather(1, order))
+    labels = torch.full_like(seq, IGNORE)
+    labels.scatter_(1, positions, values.gather(1, order))
+    return seq, labels
+
+
+@dataclass
+class SyntheticConfig:
+    task: str
+    arch: str
+    length: int = 256  # training length (of the noise/data part for selective copying)
+    vocab: int = 16
+    n_data: int = 16  # selective copying: tokens to copy
+    n_pairs: int = 8  # mqar: key-value pairs
+    d_model: int = 64
+    n_layer: int = 2
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    test_lengths: list[int] = field(default_factory=list)  # default: the training length
+    eval_sequences: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown synthetic task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.arch not in ("mamba", "transformer"):
+            raise ValueError(f"unknown architecture {self.arch!r}; known: mamba, transformer")
+        self.test_lengths = sorted(self.test_lengths or [self.length])
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.arch}-d{self.d_model}"
+
+    def batch_at(self, length: int, size: int, gen: torch.Generator):
+        if self.task == "selective_copying":
+            return selective_copying(size, length, self.vocab, self.n_data, gen)
+        if self.task == "induction_heads":
+            return induction_heads(size, length, self.vocab, gen)
+        return mqar(size, length, self.vocab, self.n_pairs, gen)
+
+
+def build(cfg: SyntheticConfig) -> torch.nn.Module:
+    """A 2-layer, width-D model of the architecture (the paper's synthetic-task setting)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(f"{cfg.arch}-tiny", vocab_size=cfg.vocab, d_model=cfg.d_model, n_layer=cfg.n_layer)
+
+
+@torch.no_grad()
+def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits at the labelled positions only, (n_labelled, vocab). Mamba runs its recurrent
+    step path (constant memory in the length); Transformer++ its full forward."""
+    mask = labels != IGNORE
+    if not hasattr(model, "backbone"):
+        return model(seq)[mask]
+    cache = model.allocate_cache(seq.shape[0], seq.shape[1])
+    rows, times, kept = [], [], []
+    for t in range(seq.shape[1]):
+        logits = model.step(seq[:, t], cache)
+        at = mask[:, t].nonzero().squeeze(1)
+        if len(at):
+            rows.append(at), times.append(torch.full_like(at, t)), kept.append(logits[at])
+    order = (torch.cat(rows) * seq.shape[1] + torch.cat(times)).argsort()  # labels[mask]'s order
+    return torch.cat(kept)[order]
+
+
+def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int) -> float:
+    """Fraction of labelled positions predicted exactly (argmax over the real vocabulary).
+
+    Sequences go through in chunks: for attention few enough that the (length x length) scores
+    stay near 256 MB; the recurrent path holds only its state, so its chunks can be large."""
+    recurrent, device = hasattr(model, "backbone"), next(model.parameters()).device
+    chunk = 256 if recurrent else max(1, min(256, 2**26 // length**2))
+    gen = torch.Generator().manual_seed(seed)
+    correct = total = 0
+    model.eval()
+    for start in range(0, sequences, chunk):
+        seq, labels = (t.to(device) for t in cfg.batch_at(length, min(chunk, sequences - start), gen))
+        predicted = scored_logits(model, seq, labels)[:, : cfg.vocab].argmax(-1)
+        target = labels[labels != IGNORE]
+        correct += int((predicted == target).sum())
+        total += target.numel()
+    model.train()
+    return correct / total
+
+
+def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dict:
+    """Train on fresh batches (on a GPU if there is one), evaluate at every test length, write
+    ``out`` (JSON) atomically."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build(cfg).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )  # fmt: skip
+    warmup = max(1, cfg.steps // 20)
+
+    def lr_at(step):  # linear warmup, cosine to 10%
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
+        return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curve, start = [], time.perf_counter()
+    for step in tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        seq, labels = (t.to(device) for t in cfg.batch_at(cfg.length, cfg.batch, gen))
+        logits = model(seq)[..., : cfg.vocab]
+        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab), labels.reshape(-1), ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            acc = accuracy(model, cfg, cfg.length, 64, seed=cfg.seed + 1)
+            curve.append({"step": step + 1, "loss": loss.item(), "accuracy": acc})
+    train_seconds = time.perf_counter() - start
+    by_length = {}
+    for length in cfg.test_lengths:
+        try:
+            by_length[str(length)] = accuracy(model, cfg, length, cfg.eval_sequences, seed=cfg.seed + 2)
+        except (torch.OutOfMemoryError, MemoryError):
+            by_length[str(length)] = None  # recorded as out of memory, not a crash
+    result = {
+        "task": cfg.task,
+        "model": cfg.model_name,
+        "config": asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": cfg.steps,
+        "final_accuracy": by_length.get(str(cfg.length), curve[-1]["accuracy"] if curve else None),
+        "accuracy_by_length": by_length,
+        "chance": 1 / (cfg.vocab - cfg.vocab // 2 if cfg.task == "mqar" else cfg.vocab - 2),
+        "curve": curve,
+        "train_seconds": train_seconds,
+        "device": str(device),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text))
+    return result

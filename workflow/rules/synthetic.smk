@@ -1,0 +1,26 @@
+rule synthetic_task:
+    input:
+        rules.kernels.output,
+    output:
+        f"{RESULTS}/synthetic/{{task}}/{{arch}}-d{{width}}.json",
+    log:
+        f"{RESULTS}/logs/synthetic/{{task}}/{{arch}}-d{{width}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthetic/{{task}}/{{arch}}-d{{width}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=job_resources("synthetic", "gpu"),
+        mem_mb=job_resources("synthetic", "mem_mb"),
+        runtime=job_resources("synthetic", "runtime"),
+    params:
+        args=synthetic_args,
+    shell:
+        "seqarena synthetic --task {wildcards.task} --arch {wildcards.arch} --d-model {wildcards.width}"
+        " --out {output} {params.args} > {log} 2>&1"
+
+
+rule synthetic:
+    input:
+        synthetic_results(),
