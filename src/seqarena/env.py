@@ -33,7 +33,8 @@ def _version(package: str) -> str | None:
 
 
 def _max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double().cpu() - want).abs().max() / want.abs().max().clamp_min(1e-12))
+    got, want = got.detach().double().cpu(), want.detach()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
 def self_check(backend: str, device: torch.device, seed: int = 0) -> dict:

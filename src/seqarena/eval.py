@@ -147,6 +147,7 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
              num_fewshot=None, device=None) -> dict:  # fmt: skip
     """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config."""
     import lm_eval
+    import lm_eval.models  # noqa: F401  (registers lm-eval's own models, "hf" among them)
     from lm_eval.tasks import TaskManager
 
     model = "seqarena" if is_seqarena_checkpoint(str(pretrained)) else "hf"

@@ -161,8 +161,14 @@ def eval_results():
 
 
 def synthetic_args(wildcards):
-    options = {k: v for k, v in config["synthetic"]["tasks"][wildcards.task].items() if k != "d_model"}
-    return cli_flags({**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()})
+    options = {
+        k: v
+        for k, v in config["synthetic"]["tasks"][wildcards.task].items()
+        if k != "d_model"
+    }
+    return cli_flags(
+        {**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()}
+    )
 
 
 def synthetic_results():
