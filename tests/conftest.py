@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -48,3 +49,42 @@ metric_list:
     higher_is_better: true
 """)
     return folder
+
+
+def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
+    """A tiny pipeline config: shared Tiny Shakespeare, two tiny models, a local task, a few steps."""
+    docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
+            for i in range(12)]  # fmt: skip
+    tasks = write_multiple_choice_task(
+        tmp_path / "tasks", "local_piqa", docs, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}"
+    )
+    config = {
+        "results": str(tmp_path / "results"),
+        "data": {
+            "shakespeare": {
+                "source": {"kind": "local", "path": str(SHARED_DATA / "tinyshakespeare.txt")},
+                "tokenizer": {"kind": "bpe", "vocab_size": 512},
+            }
+        },
+        "models": ["mamba-tiny", "transformer-tiny"],
+        "train": {"dataset": "shakespeare", "steps": 4, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
+                  "eval_interval": 2, "ckpt_interval": 100},
+        "bench": {
+            "kernels": {"lengths": [32, 64, 128], "dim": 32, "repeats": 1},
+            "generation": {"prompt_len": 16, "new_tokens": 4, "batch_sizes": [1, 2], "repeats": 1},
+            "training": {"steps": 2, "seq_len": 32, "micro_batch": 2, "vocab_size": 512},
+        },
+        "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
+                 "pretrained": []},
+        "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
+            "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
+                                  "eval_sequences": 8},
+            "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],
+                                "eval_sequences": 8},
+            "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
+        }},
+        **overrides,
+    }  # fmt: skip
+    path = tmp_path / "test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

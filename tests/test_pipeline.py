@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SHARED_DATA, write_multiple_choice_task
+from conftest import SHARED_DATA, write_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
-MODELS = ["mamba-tiny", "transformer-tiny"]
+MODELS = ["mamba-tiny", "transformer-tiny"]  # write_pipeline_config's
 
 
 def snakemake(*args, cwd, timeout=900):
@@ -47,51 +47,13 @@ def test_lint_and_format_are_clean():
     assert fmt.returncode == 0, fmt.stderr
 
 
-def write_config(tmp_path, **overrides) -> Path:
-    docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
-            for i in range(12)]  # fmt: skip
-    tasks = write_multiple_choice_task(
-        tmp_path / "tasks", "local_piqa", docs, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}"
-    )
-    config = {
-        "results": str(tmp_path / "results"),
-        "data": {
-            "shakespeare": {
-                "source": {"kind": "local", "path": str(SHARED_DATA / "tinyshakespeare.txt")},
-                "tokenizer": {"kind": "bpe", "vocab_size": 512},
-            }
-        },
-        "models": MODELS,
-        "train": {"dataset": "shakespeare", "steps": 4, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
-                  "eval_interval": 2, "ckpt_interval": 100},
-        "bench": {
-            "kernels": {"lengths": [32, 64, 128], "dim": 32, "repeats": 1},
-            "generation": {"prompt_len": 16, "new_tokens": 4, "batch_sizes": [1, 2], "repeats": 1},
-            "training": {"steps": 2, "seq_len": 32, "micro_batch": 2, "vocab_size": 512},
-        },
-        "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
-                 "pretrained": []},
-        "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
-            "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
-                                  "eval_sequences": 8},
-            "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],
-                                "eval_sequences": 8},
-            "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
-        }},
-        **overrides,
-    }  # fmt: skip
-    path = tmp_path / "test.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One real run of the whole DAG on a tiny config: (working dir, config file, snakemake output)."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     cwd = tmp_path_factory.mktemp("pipeline")
-    config = write_config(cwd)
+    config = write_pipeline_config(cwd)
     done = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert done.returncode == 0, done.stderr[-4000:]
     return cwd, config, done.stdout + done.stderr
@@ -232,7 +194,7 @@ def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(
 
 
 def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(shared_data, tmp_path):
-    config = write_config(
+    config = write_pipeline_config(
         tmp_path, models=["mamba-tiny"],
         train={"dataset": "shakespeare", "steps": 60, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
                "eval_interval": 10, "ckpt_interval": 10},
@@ -305,7 +267,7 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, message):
     done = snakemake(
-        "--configfile", str(write_config(tmp_path, **overrides)), "--cores", "1", "-n", cwd=tmp_path
+        "--configfile", str(write_pipeline_config(tmp_path, **overrides)), "--cores", "1", "-n", cwd=tmp_path
     )
     assert done.returncode != 0
     assert re.search(message, done.stdout + done.stderr), (done.stdout + done.stderr)[-2000:]
