@@ -9,17 +9,29 @@ set -euo pipefail
 action="${1:?up or down}"
 state="$(realpath -m "${2:?state directory}")"
 
-stop() {  # by pid file; slurmctld can leave a stale one behind
-    for pidfile in "$state/slurmd.pid" "$state/slurmctld.pid" "$state/munged.pid"; do
+MUNGE_PID=/run/munge/munged.pid  # munged runs as user munge: its pid file lives in its own dir
+
+stop() {  # by pid file (slurmctld can leave a stale one behind), then wait for them to exit
+    local pids=()
+    for pidfile in "$state/slurmd.pid" "$state/slurmctld.pid" "$MUNGE_PID"; do
         if [[ -f "$pidfile" ]]; then
-            kill "$(cat "$pidfile")" 2>/dev/null || true
+            pid="$(cat "$pidfile")"
+            kill "$pid" 2>/dev/null && pids+=("$pid")
             rm -f "$pidfile"
         fi
     done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    done
 }
+
+# Job steps (srun inside a job) read the default path, not $SLURM_CONF: link it there, never
+# over a real cluster's file.
+SYSTEM_CONF=/etc/slurm/slurm.conf
 
 if [[ "$action" == down ]]; then
     stop
+    [[ "$(readlink "$SYSTEM_CONF" 2>/dev/null)" == "$state/slurm.conf" ]] && rm -f "$SYSTEM_CONF"
     exit 0
 fi
 
@@ -32,8 +44,7 @@ stop
 mkdir -p "$state/ctld" "$state/spool" /run/munge /etc/munge
 chown munge:munge /run/munge /etc/munge
 [[ -f /etc/munge/munge.key ]] || runuser -u munge -- mungekey --create
-runuser -u munge -- munged --pid-file="$state/munged.pid.tmp" --force
-mv "$state/munged.pid.tmp" "$state/munged.pid" 2>/dev/null || pgrep -n munged > "$state/munged.pid"
+runuser -u munge -- munged --pid-file="$MUNGE_PID" --force
 
 cpus="$(nproc)"
 memory="$(( $(free -m | awk '/^Mem:/ {print $2}') - 2048 ))"
@@ -62,6 +73,12 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOW
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 CONF
+if [[ -e "$SYSTEM_CONF" && ! -L "$SYSTEM_CONF" ]]; then
+    echo "SLURM test cluster: $SYSTEM_CONF exists and is not ours; refusing to replace it" >&2
+    exit 1
+fi
+mkdir -p "$(dirname "$SYSTEM_CONF")"
+ln -sfn "$state/slurm.conf" "$SYSTEM_CONF"
 export SLURM_CONF="$state/slurm.conf"
 slurmctld
 slurmd -N localhost
