@@ -1,5 +1,6 @@
 """Report: papermill renders the notebook from results made by the real stages; partial results too."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,9 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     assert "state-spaces/mamba-tiny" in html and "published checkpoint" in html and "trained here" in html
     assert "induction_heads" in html and "mamba-d16" in html and "transformer-d16" in html  # both tables
     assert "no evaluation results" not in html
+    umask = os.umask(0)
+    os.umask(umask)  # written atomically, yet readable like any new file
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~umask
     assert collect(full_results).missing == [
         f"no environment record: {full_results / 'env/kernels.json'} not found"
     ]
@@ -88,3 +92,8 @@ def test_figures_are_saved_for_snakemakes_report(full_results, tmp_path):
     assert [p.name for p in saved] == ["generation.png", "kernels.png", "loss_curves.png", "scaling.png",
                                        "synthetic.png"]  # fmt: skip
     assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 5000 for p in saved)
+    # readable like any new file (the temp folder and files they are made in are owner-only)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "figures").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in saved)

@@ -225,6 +225,8 @@ def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:
     import shutil
     import tempfile
 
+    from seqarena.models.base import current_umask
+
     r = collect(results_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -234,6 +236,7 @@ def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:
             if fig is not None:
                 fig.savefig(tmp / f"{name}.png", dpi=100)
                 plt.close(fig)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp's folder is owner-only
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     except BaseException:

@@ -141,7 +141,9 @@ def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
         logits = model.step(seq[:, t], cache)
         at = mask[:, t].nonzero().squeeze(1)
         if len(at):
-            rows.append(at), times.append(torch.full_like(at, t)), kept.append(logits[at])
+            rows.append(at)
+            times.append(torch.full_like(at, t))
+            kept.append(logits[at])
     order = (torch.cat(rows) * seq.shape[1] + torch.cat(times)).argsort()  # labels[mask]'s order
     return torch.cat(kept)[order]
 
