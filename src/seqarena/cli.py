@@ -1,6 +1,7 @@
 """The ``seqarena`` command: one subcommand per pipeline stage (the Snakemake rules call these)."""
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -53,10 +54,31 @@ def cmd_data_tokenize(args: argparse.Namespace) -> None:
           f"vocab {meta['vocab_size']}")  # fmt: skip
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from seqarena.train import config_from_args, train
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per field of a config dataclass (the dataclass is the single source of truth):
+    booleans are switches, list fields comma-separated integers, fields without a default required."""
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.default_factory is not dataclasses.MISSING:
+            parser.add_argument(
+                flag, type=_ints, default=f.default_factory(), dest=f.name, help="comma-separated"
+            )
+        elif f.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True, dest=f.name)
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", dest=f.name)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, dest=f.name)
 
-    summary = train(config_from_args(args))
+
+def config_from_args(config_cls, args: argparse.Namespace):
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from seqarena.train import TrainConfig, train
+
+    summary = train(config_from_args(TrainConfig, args))
     if summary:
         print(json.dumps(summary, indent=2))
 
@@ -131,12 +153,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
-    from dataclasses import fields
-
     from seqarena.bench import log_to_mlflow
     from seqarena.synthetic import SyntheticConfig, train_synthetic
 
-    cfg = SyntheticConfig(**{f.name: getattr(args, f.name) for f in fields(SyntheticConfig)})
+    cfg = config_from_args(SyntheticConfig, args)
     result = train_synthetic(cfg, Path(args.out))
     metrics = [(f"synthetic/{cfg.task}/accuracy_at_length", acc, int(length))
                for length, acc in result["accuracy_by_length"].items() if acc is not None]  # fmt: skip
@@ -224,10 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tok.set_defaults(func=cmd_data_tokenize)
 
-    from seqarena.train import add_arguments
+    from seqarena.train import TrainConfig
 
     train = sub.add_parser("train", help="train (or resume) one model")
-    add_arguments(train)
+    add_config_arguments(train, TrainConfig)
     train.set_defaults(func=cmd_train)
 
     bench = sub.add_parser("bench", help="benchmarks: kernels, generation, training")
@@ -283,19 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lm_eval_cli.set_defaults(func=cmd_lm_eval)  # every argument after it goes to lm-eval (see main)
 
-    from dataclasses import MISSING, fields
-
     from seqarena.synthetic import SyntheticConfig
 
     syn = sub.add_parser("synthetic", help="train and test a small model on a synthetic task")
-    for f in fields(SyntheticConfig):  # one flag per field, like `seqarena train`
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "test_lengths":
-            syn.add_argument(flag, type=_ints, default=[], dest=f.name, help="comma-separated")
-        elif f.default is MISSING:
-            syn.add_argument(flag, required=True, dest=f.name)
-        else:
-            syn.add_argument(flag, type=type(f.default), default=f.default, dest=f.name)
+    add_config_arguments(syn, SyntheticConfig)
     syn.add_argument("--out", required=True, help="the result JSON")
     syn.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")
     syn.add_argument("--experiment", default="seqarena", help="runs go to <experiment>-synthetic")

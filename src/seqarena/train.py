@@ -20,7 +20,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -510,19 +510,3 @@ def _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, t
         run.log_artifact(out / "summary.json")
         run.finish()
     return summary
-
-
-def config_from_args(args) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-
-
-def add_arguments(parser) -> None:
-    """One flag per TrainConfig field (the dataclass is the single source of truth)."""
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.default is MISSING:
-            parser.add_argument(flag, required=True, dest=f.name)
-        elif isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", dest=f.name)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, dest=f.name)
