@@ -2,6 +2,10 @@
 
 import json
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,24 @@ def shared_data() -> Path:
 def _seed_and_clean_backend_env(monkeypatch):
     torch.manual_seed(0)
     monkeypatch.delenv("SEQARENA_SCAN_BACKEND", raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, timeout: float, what: str) -> None:
+    """Poll ``url`` until it answers; fail, naming ``what``, if the server exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.5)
 
 
 def write_multiple_choice_task(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SHARED_DATA, write_pipeline_config
+from conftest import SHARED_DATA, free_port, wait_until_serving, write_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,12 +108,6 @@ def test_every_stage_writes_its_contract(pipeline):
     assert sorted(induction["accuracy_by_length"]) == ["16", "64"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening_addresses(port: int) -> set[str]:
     """Local IPv4 addresses listening on ``port``, from /proc/net/tcp (state 0A = LISTEN)."""
     found = set()
@@ -134,21 +128,15 @@ def _get(url: str, body: dict | None = None) -> dict:
 
 def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline):
     cwd, _, _ = pipeline
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(BIN / "seqarena"), "ui", "--results", str(cwd / "results"), "--port", str(port)],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                experiment = _get(f"{api}/experiments/get-by-name?experiment_name=seqarena")["experiment"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not come up"
-                time.sleep(1)
+        wait_until_serving(f"http://127.0.0.1:{port}/health", server, 90, "mlflow ui")
+        experiment = _get(f"{api}/experiments/get-by-name?experiment_name=seqarena")["experiment"]
         assert _listening_addresses(port) == {"127.0.0.1"}  # loopback only, as asked by default
         runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         by_model = {}

@@ -5,16 +5,14 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, free_port, wait_until_serving
 from seqarena.data import Source, download, tokenize
 from seqarena.models import build_model, from_pretrained
 from seqarena.train import TrainConfig, TrainingDiverged, lr_at, param_groups, train
@@ -168,12 +166,6 @@ def test_six_concurrent_writers_on_a_fresh_sqlite_db(shakespeare, tmp_path):
         assert run.data.params["resolved.steps"] == "6"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -186,14 +178,7 @@ def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_until_serving(f"{uri}/health", server, 120, "mlflow server")
         summary = train(config(shakespeare, tmp_path / "out", steps=4, eval_interval=2, tracking_uri=uri))
         client = MlflowClient(uri)
         run = client.get_run(summary["mlflow_run_id"])

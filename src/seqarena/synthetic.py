@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from seqarena.models import build_model
+from seqarena.models import Mamba, build_model
 from seqarena.models.base import atomic_write
 
 IGNORE = -100
@@ -133,7 +133,7 @@ def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """Logits at the labelled positions only, (n_labelled, vocab). Mamba runs its recurrent
     step path (constant memory in the length); Transformer++ its full forward."""
     mask = labels != IGNORE
-    if not hasattr(model, "backbone"):
+    if not isinstance(model, Mamba):
         return model(seq)[mask]
     cache = model.allocate_cache(seq.shape[0], seq.shape[1])
     rows, times, kept = [], [], []
@@ -153,7 +153,7 @@ def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int
 
     Sequences go through in chunks: for attention few enough that the (length x length) scores
     stay near 256 MB; the recurrent path holds only its state, so its chunks can be large."""
-    recurrent, device = hasattr(model, "backbone"), next(model.parameters()).device
+    recurrent, device = isinstance(model, Mamba), next(model.parameters()).device
     chunk = 256 if recurrent else max(1, min(256, 2**26 // length**2))
     gen = torch.Generator().manual_seed(seed)
     correct = total = 0
