@@ -281,3 +281,17 @@ def test_tiny_model_overfits_one_batch(arch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_rotary_angles_stay_float32_in_a_bf16_model():
+    """The independent oracle: theta^(-2i/d) * position in float64."""
+    model = build_model("transformer-tiny", vocab_size=64).to(torch.bfloat16)
+    cos, sin = model.rotary(1000, 24, "cpu")
+    head_dim = model.config.d_model // model.config.n_head
+    positions = torch.arange(1000, 1024, dtype=torch.float64)
+    inv_freq = model.config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(positions, inv_freq)
+    assert cos.dtype == sin.dtype == torch.float32
+    assert torch.allclose(cos.double(), angles.cos(), atol=1e-4) and torch.allclose(
+        sin.double(), angles.sin(), atol=1e-4
+    )

@@ -15,7 +15,7 @@ import torch
 from conftest import SHARED_DATA, free_port, wait_until_serving
 from seqarena.data import Source, download, tokenize
 from seqarena.models import build_model, from_pretrained
-from seqarena.train import TrainConfig, TrainingDiverged, lr_at, param_groups, train
+from seqarena.train import TrainConfig, TrainingDiverged, lr_at, no_decay_names, param_groups, train
 
 DETERMINISTIC = ("step", "tokens", "loss", "lr", "grad_norm", "val_loss")
 
@@ -166,6 +166,16 @@ def test_six_concurrent_writers_on_a_fresh_sqlite_db(shakespeare, tmp_path):
         assert run.data.params["resolved.steps"] == "6"
 
 
+OPEN_RUN_AT = """
+import sys, time
+import mlflow.tracking
+from seqarena.tracking import ModelRun
+uri, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the run at the same moment
+ModelRun(uri, "seqarena", "race")
+"""
+
+
 def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -186,6 +196,16 @@ def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
         assert run.data.tags["seqarena.tracking"] == "server"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "loss_curve.png"}
+
+        # stages of one model (train, bench_training) that start together share one run
+        start = time.time() + 10  # after every interpreter has imported mlflow
+        jobs = [subprocess.Popen([sys.executable, "-c", OPEN_RUN_AT, uri, str(start)], stderr=subprocess.PIPE,
+                                 text=True) for _ in range(6)]  # fmt: skip
+        for job in jobs:
+            _, err = job.communicate(timeout=120)
+            assert job.returncode == 0, err[-3000:]
+        runs = client.search_runs([run.info.experiment_id], "tags.`seqarena.model_id` = 'race'")
+        assert len(runs) == 1
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -218,9 +238,74 @@ def test_schedule_and_weight_decay_groups(tmp_path):
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # then only down
     assert lrs[-1] == pytest.approx(0.1)  # to the floor
     model = build_model("mamba-tiny", vocab_size=64)
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model, 0.1, no_decay_names(model))
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)].split(".")[-1] for p in no_decay["params"]} == {"weight", "bias", "A_log", "D"}
     assert all(p.dim() == 1 or names[id(p)].endswith("A_log") for p in no_decay["params"])
     assert model.backbone.embedding.weight in [p for p in decay["params"]]
     assert all(p.dim() >= 2 for p in decay["params"]) and torch.is_tensor(decay["params"][0])
+
+
+def test_fsdp_sharded_parameters_keep_their_no_decay_group(tmp_path):
+    """FSDP2's DTensor parameters lose ``_no_weight_decay``: the groups are decided by name before."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    model = build_model("mamba-tiny", vocab_size=64)
+    unsharded = [[name for name, p in model.named_parameters() if any(p is q for q in group["params"])]
+                 for group in param_groups(model, 0.1, no_decay_names(model))]  # fmt: skip
+    no_decay = no_decay_names(model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for layer in model.backbone.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        groups = param_groups(model, 0.1, no_decay)
+        sharded = [[name for name, p in model.named_parameters() if any(p is q for q in group["params"])]
+                   for group in groups]  # fmt: skip
+        assert all(type(p).__name__ == "DTensor" for p in groups[1]["params"])
+    finally:
+        dist.destroy_process_group()
+    assert sharded == unsharded and len(sharded[1]) > 0
+    assert any(name.endswith("A_log") for name in sharded[1]) and [g["weight_decay"] for g in groups] == [
+        0.1,
+        0,
+    ]
+
+
+def test_a_changed_config_starts_fresh_instead_of_resuming_a_stale_checkpoint(shakespeare, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = config(shakespeare, tmp_path / "run", steps=4, lr=1e-3, ckpt_interval=2, tracking_uri=uri)
+    train(first)
+    assert (tmp_path / "run/ckpt/step_00000002.pt").is_file()
+    changed = config(shakespeare, tmp_path / "run", steps=6, lr=5e-2, ckpt_interval=2, tracking_uri=uri)
+    log = subprocess.run([sys.executable, "-m", "seqarena.cli", "train", *cli_args(changed)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert log.returncode == 0, log.stderr[-3000:]
+    assert "not resuming from" in log.stdout and "lr: 0.001 -> 0.05" in log.stdout
+    assert "steps: 4 -> 6" in log.stdout and "resuming from" not in log.stdout.replace("not resuming", "")
+    assert (tmp_path / "run/ckpt.discarded/step_00000002.pt").is_file()  # moved aside, not deleted
+    fresh = config(shakespeare, tmp_path / "fresh", steps=6, lr=5e-2, ckpt_interval=2)
+    train(fresh)
+    strip = [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(tmp_path / "run")]
+    assert strip == [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(tmp_path / "fresh")]
+    client = MlflowClient(uri)
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, 7))  # the new config's run has every one of its steps
+
+    # --force-restart starts over, in a run of its own
+    restart = [sys.executable, "-m", "seqarena.cli", "train", *cli_args(changed), "--force-restart"]
+    again = subprocess.run(restart, capture_output=True, text=True, timeout=300)
+    assert (
+        again.returncode == 0 and "not resuming from" in again.stdout and "(--force-restart)" in again.stdout
+    )
+    runs = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert len(runs) == 3
+
+
+def test_keep_checkpoints_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="keep_checkpoints must be positive, not 0"):
+        config(tmp_path, tmp_path, keep_checkpoints=0)

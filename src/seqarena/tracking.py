@@ -8,8 +8,10 @@ metric is lost). A ``tracking_uri`` of ``http://host:port`` logs to a tracking s
 """
 
 import fcntl
+import hashlib
 import random
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,16 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _runs_lock(uri: str) -> Path:
+    """The lock that serialises finding-or-creating runs: beside a sqlite store; for a server, one per
+    host in the temp folder (jobs on other hosts of a cluster are not serialised by it)."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        return db.with_name(db.name + ".runs.lock")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"seqarena-mlflow-{digest}.lock"
 
 
 def _is_lock_contention(error: Exception) -> bool:
@@ -116,11 +128,26 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
 class ModelRun:
     """The MLflow run of one model id: created once, continued by every later stage or resume."""
 
-    def __init__(self, uri: str, experiment: str, model_id: str, tags: dict | None = None, params=None):
-        from mlflow.entities import Param, RunTag
+    def __init__(
+        self, uri: str, experiment: str, model_id: str, tags: dict | None = None, params=None, new=False
+    ):
+        from mlflow.entities import Param
 
         self.client, self.uri = client_for(uri), uri
         experiment_id = _experiment_id(self.client, experiment, uri)
+        # Find-or-create and the params, as one step: two stages of one model (train, bench_training)
+        # start together, and each must find the run the other made.
+        with _file_lock(_runs_lock(uri)):
+            run = self._find_or_create(experiment_id, model_id, tags, params, new)
+            self.run_id = run.info.run_id
+            flat = _flatten(params or {})
+            new_params = [Param(k, v) for k, v in flat.items() if k not in run.data.params]
+            for start in range(0, len(new_params), 100):
+                retry(self.client.log_batch, self.run_id, params=new_params[start : start + 100])
+
+    def _find_or_create(self, experiment_id, model_id, tags, params, new):
+        from mlflow.entities import RunTag
+
         found = retry(
             self.client.search_runs,
             [experiment_id],
@@ -129,7 +156,7 @@ class ModelRun:
             max_results=1,
         )
         flat = _flatten(params or {})
-        run = found[0] if found else None
+        run = found[0] if found and not new else None
         if run is not None and any(run.data.params.get(k, v) != v for k, v in flat.items()):
             run = None  # the configuration changed: a new run, the old one stays for comparison
         all_tags = {MODEL_TAG: model_id, "seqarena.git_commit": git_commit(), **(tags or {})}
@@ -139,11 +166,8 @@ class ModelRun:
         else:
             retry(self.client.update_run, run.info.run_id, status="RUNNING")
             self.resumed = True
-        self.run_id = run.info.run_id
-        new_params = [Param(k, v) for k, v in flat.items() if k not in run.data.params]
-        for start in range(0, len(new_params), 100):
-            retry(self.client.log_batch, self.run_id, params=new_params[start : start + 100])
-        retry(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        retry(self.client.log_batch, run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        return run
 
     def last_step(self, key: str) -> int:
         """The last step logged for a metric (-1 if none): a resume logs only what comes after."""

@@ -60,7 +60,8 @@ class TrainConfig:
     eval_interval: int = 50
     eval_windows: int = 32
     ckpt_interval: int = 50
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest ones kept (at least 1)
+    force_restart: bool = False  # discard existing checkpoints and start at step 0
     seed: int = 0
     compile: bool = False
     parallel: str = "ddp"  # with several processes: ddp or fsdp
@@ -79,6 +80,7 @@ class TrainConfig:
             "eval_interval",
             "eval_windows",
             "ckpt_interval",
+            "keep_checkpoints",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -101,18 +103,19 @@ def lr_at(step: int, total: int, cfg: TrainConfig, peak: float) -> float:
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Decay weight matrices and embeddings; not norms, biases, A_log or D."""
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False):
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def no_decay_names(model) -> set[str]:
+    """Parameters that get no weight decay: norms, biases, A_log and D (``_no_weight_decay``).
+
+    Taken by name before FSDP shards the model: its DTensor parameters lose the attribute."""
+    return {n for n, p in model.named_parameters() if p.dim() < 2 or getattr(p, "_no_weight_decay", False)}
+
+
+def param_groups(model, weight_decay: float, no_decay: set[str]) -> list[dict]:
+    """Decay weight matrices and embeddings, not the parameters named in ``no_decay``."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():  # tied weights once
+        (keep if name in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def windows(tokens: np.ndarray, seed: int, step: int, index: int, batch: int, seq_len: int):
@@ -221,11 +224,42 @@ def _load_state_dicts(model, optimizer, model_state, optim_state, sharded: bool)
         optimizer.load_state_dict(optim_state)
 
 
+# Config keys that leave the trained weights unchanged: a checkpoint resumes across changes to these.
+RESUMABLE_CHANGES = frozenset({
+    "out", "tracking_uri", "experiment", "dataset", "eval_interval", "eval_windows", "ckpt_interval",
+    "keep_checkpoints", "compile", "parallel", "scan_backend", "peak_tflops", "force_restart",
+})  # fmt: skip
+
+
+def run_fingerprint(cfg: TrainConfig, meta: dict) -> dict:
+    """What a checkpoint must match to be resumed: every config key that shapes the weights, and the
+    data (the token files' sha256 from meta.json)."""
+    keys = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    return {**keys, "data_sha256": meta.get("sha256")}
+
+
+def _changes(old: dict | None, new: dict) -> str:
+    if not old:
+        return "the checkpoint records no config"
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new.keys() | old.keys())
+               if old.get(k) != new.get(k)]  # fmt: skip
+    return "the config changed: " + ", ".join(changed)
+
+
+def _discard_checkpoints(ckpt_dir: Path) -> Path:
+    """Move the checkpoints of another config aside (never delete days of training silently)."""
+    discarded = ckpt_dir.with_name("ckpt.discarded")
+    if discarded.exists():
+        shutil.rmtree(discarded)
+    ckpt_dir.rename(discarded)
+    return discarded
+
+
 def newest_checkpoint(ckpt_dir: Path):
     """The newest checkpoint that loads; a damaged file (it cannot be, but disks fail) is skipped."""
     for path in sorted(ckpt_dir.glob("step_*.pt"), reverse=True):
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
+            return path, torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             print(f"skipping unreadable checkpoint {path}: {e}")
     return None, None
@@ -307,12 +341,25 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
     val_x, val_y = val_windows(val_tokens, cfg.eval_windows, cfg.seq_len)
 
     sharded = dist_.world > 1 and cfg.parallel == "fsdp"
+    no_decay = no_decay_names(model)
     wrapped = _wrap(model, cfg, dist_)  # before the optimizer: FSDP replaces the parameters
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2), foreach=True
-    )
+        param_groups(model, cfg.weight_decay, no_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2),
+        foreach=True,
+    )  # fmt: skip
     ckpt_dir = out / "ckpt"
+    fingerprint = run_fingerprint(cfg, meta)
     ckpt_path, ckpt = newest_checkpoint(ckpt_dir)
+    restart = ckpt is not None and (cfg.force_restart or ckpt.get("fingerprint") != fingerprint)
+    if restart:
+        reason = "--force-restart" if cfg.force_restart else _changes(ckpt.get("fingerprint"), fingerprint)
+        dist_.barrier()  # every process has read the checkpoint before it moves
+        if dist_.main:
+            discarded = _discard_checkpoints(ckpt_dir)
+            print(f"not resuming from {ckpt_path} ({reason}): starting at step 0; the old checkpoints "
+                  f"are in {discarded}", flush=True)  # fmt: skip
+        dist_.barrier()
+        ckpt_path, ckpt = None, None
     start_step, train_seconds = 0, 0.0
     if ckpt is not None:
         _load_state_dicts(model, optimizer, ckpt["model"], ckpt["optimizer"], sharded)
@@ -338,7 +385,9 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r) + "\n" for r in history)  # forget steps after the checkpoint
         atomic_write(metrics_file, lambda tmp: Path(tmp).write_text(text))
-        run = _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend)
+        run = _open_run(
+            cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart
+        )
     logged_until = run.last_step("train/loss") if run else -1
     pending: list[tuple[str, float, int]] = []
 
@@ -416,7 +465,9 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
                 if run:
                     run.log_metrics(pending)
                 pending = []
-                _save_checkpoint(ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, history)
+                _save_checkpoint(
+                    ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, fingerprint, history
+                )
             dist_.barrier()
 
     model_state, _ = _state_dicts(model, optimizer, sharded)
@@ -429,9 +480,8 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
                    flops_per_token, dist_, scan_backend)  # fmt: skip
 
 
-def _save_checkpoint(
-    ckpt_dir: Path, step: int, model_state, optim_state, train_seconds: float, cfg: TrainConfig, history: list
-):
+def _save_checkpoint(ckpt_dir: Path, step: int, model_state, optim_state, train_seconds: float,
+                     cfg: TrainConfig, fingerprint: dict, history: list):  # fmt: skip
     state = {
         "model": model_state,
         "optimizer": optim_state,
@@ -439,6 +489,7 @@ def _save_checkpoint(
         "rng": torch.get_rng_state(),
         "train_seconds": train_seconds,
         "config": asdict(cfg),
+        "fingerprint": fingerprint,
         "history": history,
     }
     atomic_write(ckpt_dir / f"step_{step:08d}.pt", lambda tmp: torch.save(state, tmp))
@@ -446,7 +497,8 @@ def _save_checkpoint(
         old.unlink()
 
 
-def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend):
+def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart):
+    """The model's MLflow run; a restart from step 0 gets a new one (the old keeps its steps)."""
     if cfg.tracking_uri == "none":
         return None
     from seqarena.tracking import ModelRun, default_uri
@@ -460,10 +512,10 @@ def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, s
         "seqarena.tracking": "server" if uri.startswith("http") else "sqlite",
     }
     params = {
-        "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri")},
+        "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri", "force_restart")},
         "resolved": {"steps": steps, "grad_accum": accum, "lr": peak_lr, "parameters": n_params},
     }
-    return ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params)
+    return ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params, new=restart)
 
 
 def _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds, flops_per_token,

@@ -121,9 +121,6 @@ class Transformer(LanguageModel):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, self.embedding.num_embeddings, bias=False)
-        head_dim = config.d_model // config.n_head
-        inv_freq = config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.apply(self._init_weights)
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
@@ -140,9 +137,7 @@ class Transformer(LanguageModel):
         """input_ids (batch, L) -> logits (batch, L, padded vocab); a cache is filled and advanced."""
         length = input_ids.shape[1]
         offset = cache.seqlen if cache is not None else 0
-        positions = torch.arange(offset, offset + length, device=input_ids.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = self.rotary(offset, length, input_ids.device)
         x = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
@@ -150,6 +145,16 @@ class Transformer(LanguageModel):
         if cache is not None:
             cache.seqlen += length
         return self.lm_head(self.norm_f(x))
+
+    def rotary(self, offset: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the rotary angles at positions offset .. offset + length - 1, in float32
+        whatever the model's dtype: a bf16 frequency table is off by 0.45 rad at position 1023."""
+        head_dim = self.config.d_model // self.config.n_head
+        exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+        inv_freq = self.config.rope_theta**-exponents
+        positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)
+        return angles.cos(), angles.sin()
 
     def mixer_flops_per_token(self, seq_len: int) -> float:
         """Attention scores and values, forward+backward (PaLM's 12 * n_layer * d_model * T)."""
