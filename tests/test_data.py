@@ -2,6 +2,8 @@
 
 import json
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -129,3 +131,113 @@ def test_tiny_shakespeare(shared_data, tmp_path):
     # byte-level: every character but the paragraph breaks becomes one token
     assert 1_000_000 < meta["train_tokens"] + meta["val_tokens"] < 1_115_394
     assert decode_docs(tmp_path / "out", "train")[0].startswith("First Citizen:\nBefore we proceed")
+
+
+def write_pile_shards(folder, shards: int, docs_per_shard: int, seed=0) -> list[str]:
+    """The Pile's own on-disk format: jsonl.zst shards, one {"text", "meta"} record a line."""
+    import zstandard
+
+    rng, docs = random.Random(seed), []
+    words = "the pile has many sources of text and every one of them is a document".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        lines = []
+        for _ in range(docs_per_shard):
+            docs.append(" ".join(rng.choice(words) for _ in range(rng.randint(20, 200))))
+            lines.append(json.dumps({"text": docs[-1], "meta": {"pile_set_name": "Pile-CC"}}))
+        data = zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode())
+        (folder / f"{shard:02d}.jsonl.zst").write_bytes(data)
+    return docs
+
+
+def test_pile_shards_stream_up_to_a_token_budget(tmp_path):
+    docs = write_pile_shards(tmp_path / "pile", shards=3, docs_per_shard=40)
+    source = Source(kind="local", path=str(tmp_path / "pile" / "*.jsonl.zst"), format="jsonl")
+    raw = download(source, tmp_path / "raw")
+    meta = tokenize(raw, tmp_path / "out", "byte", val_fraction=0.1, max_tokens=5000)
+    assert meta["train_tokens"] == load_tokens(tmp_path / "out", "train").size == 5000
+    ids = load_tokens(tmp_path / "out", "train").tolist()
+    expected = [t for doc in docs[:108] for t in (*doc.encode(), 256)][:5000]  # the shards in order
+    assert ids == expected and meta["train_documents"] == ids.count(256) + 1
+    assert decode_docs(tmp_path / "out", "val") == docs[108:]  # the last 10% of records, whole
+
+
+def test_shard_without_the_text_field_or_corrupt_is_named_and_nothing_is_written(tmp_path):
+    write_pile_shards(tmp_path / "pile", shards=2, docs_per_shard=5)
+    (tmp_path / "pile" / "01.jsonl.zst").write_bytes((tmp_path / "pile" / "01.jsonl.zst").read_bytes()[:-9])
+    source = Source(kind="local", path=str(tmp_path / "pile"), format="jsonl")
+    with pytest.raises(ValueError, match=r"01\.jsonl\.zst cannot be read"):
+        download(source, tmp_path / "raw")
+    assert not list(tmp_path.glob("raw*"))
+    (tmp_path / "pile" / "01.jsonl.zst").unlink()
+    with pytest.raises(
+        ValueError, match=r"00\.jsonl\.zst has no text field 'content'; its fields: \['meta', 'text'\]"
+    ):
+        download(Source(kind="local", path=str(tmp_path / "pile"), format="jsonl", text_field="content"),
+                 tmp_path / "raw")  # fmt: skip
+    assert not list(tmp_path.glob("raw*"))
+    raw = download(source, tmp_path / "raw")
+    with pytest.raises(ValueError, match="tokenizer kind must be 'bpe', 'hf' or 'byte', not 'sentencepiece'"):
+        tokenize(raw, tmp_path / "out", "sentencepiece")
+    assert not (tmp_path / "out").exists()
+
+
+def test_line_per_row_corpus_gets_one_eos_per_document(tmp_path):
+    """WikiText's rows are lines; its articles begin at a ' = Title = ' row."""
+    rows = [" = Valkyria = \n", "", " The game began . \n", " = = Plot = = \n", " It ends . \n",
+            " = Tower = \n", " A building . \n"]  # fmt: skip
+    (tmp_path / "w.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    source = Source(kind="local", path=str(tmp_path / "w.jsonl"), format="jsonl", document_start=r"^ = [^=]")
+    meta = tokenize(download(source, tmp_path / "raw"), tmp_path / "out", "byte", val_fraction=0.5)
+    assert decode_docs(tmp_path / "out", "train") == [
+        " = Valkyria = \n\n The game began . \n = = Plot = = \n It ends . "
+    ]
+    assert decode_docs(tmp_path / "out", "val") == [" = Tower = \n A building . "]
+    assert meta["train_documents"] == meta["val_documents"] == 1
+
+
+def test_a_test_split_is_never_used_as_validation(tmp_path):
+    for split in ("train", "test"):
+        rows = [{"text": f"{split} record {i}"} for i in range(20)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import datasets
+
+    corpus = datasets.load_dataset("json", data_dir=str(tmp_path))  # a hub-shaped corpus: train + test
+    assert sorted(corpus) == ["test", "train"]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split, ds in corpus.items():
+        ds.to_parquet(raw / f"{split}.parquet")
+    (raw / "source.json").write_text("{}")
+    meta = tokenize(raw, tmp_path / "out", "byte", val_fraction=0.25)
+    assert decode_docs(tmp_path / "out", "val") == [f"train record {i}" for i in range(15, 20)]
+    assert "test" not in "".join(decode_docs(tmp_path / "out", "train"))
+    assert meta["validation"] == "last 25% of train records (the source's test split is left unused)"
+
+
+TRACE_TOKENIZE = """
+import sys, tracemalloc
+from pathlib import Path
+from seqarena.data import Source, download, tokenize
+import datasets, pyarrow.parquet, tokenizers  # imports are no part of the peak
+folder = Path(sys.argv[1])
+tracemalloc.start()
+raw = download(Source(kind="local", path=str(folder / "pile"), format="jsonl"), folder / "raw")
+tokenize(raw, folder / "out", "hf", tokenizer_name=sys.argv[2])
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+def test_download_and_tokenize_memory_is_flat_in_the_corpus_size(shared_data, tmp_path):
+    """Python's peak allocations at 10x the data stay within 1.5x of those at 1x (tracemalloc)."""
+    peaks = {}
+    for scale in (1, 10):
+        write_pile_shards(tmp_path / f"x{scale}" / "pile", shards=scale, docs_per_shard=3000, seed=scale)
+        script = [sys.executable, "-c", TRACE_TOKENIZE, str(tmp_path / f"x{scale}"),
+                  str(shared_data / "20B_tokenizer.json")]  # fmt: skip
+        done = subprocess.run(script, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks[scale] = int(done.stdout.split()[-1])
+    corpus = {s: sum(p.stat().st_size for p in (tmp_path / f"x{s}/raw").glob("*.parquet")) for s in peaks}
+    assert corpus[10] > 9 * corpus[1]
+    assert peaks[10] < 1.5 * peaks[1], peaks

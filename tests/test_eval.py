@@ -137,7 +137,7 @@ def test_state_spaces_layout_evaluates_through_the_same_path(checkpoint, task_di
 
 def test_missing_tokenizer_is_named(tmp_path):
     build_model("transformer-tiny", vocab_size=257).save_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json is missing.*config key eval.tokenizer"):
         SeqarenaLM(str(tmp_path))
 
 

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
 MODELS = ["mamba-tiny", "transformer-tiny"]  # write_pipeline_config's
+TRACKING = "sqlite:///{results}/mlflow.db?timeout=60&check_same_thread=false"
 
 
 def snakemake(*args, cwd, timeout=900):
@@ -49,11 +50,14 @@ def test_lint_and_format_are_clean():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """One real run of the whole DAG on a tiny config: (working dir, config file, snakemake output)."""
+    """One real run of the whole DAG on a tiny config: (working dir, config file, snakemake output).
+
+    Its folder has a space and its tracking URI an `&`: every path and config string reaches the
+    shell quoted."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
-    cwd = tmp_path_factory.mktemp("pipeline")
-    config = write_pipeline_config(cwd)
+    cwd = tmp_path_factory.mktemp("pipe line")
+    config = write_pipeline_config(cwd, tracking_uri=TRACKING.format(results=cwd / "results"))
     done = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert done.returncode == 0, done.stderr[-4000:]
     return cwd, config, done.stdout + done.stderr
@@ -69,7 +73,7 @@ def test_every_stage_writes_its_contract(pipeline):
     env = json.loads((results / "env/kernels.json").read_text())
     assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
     assert not env["backends"]["cuda"]["available"] and "CUDA" in env["backends"]["cuda"]["reason"]
-    assert env["tracking_uri"] == f"sqlite:///{results / 'mlflow.db'}" and env["tracking"] == "sqlite file"
+    assert env["tracking_uri"] == TRACKING.format(results=results) and env["tracking"] == "sqlite file"
 
     meta = json.loads((results / "data/shakespeare/meta.json").read_text())
     assert meta["vocab_size"] == 512 and meta["train_tokens"] > 100_000
@@ -237,7 +241,13 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "torchrun --standalone --nproc_per_node 8 -m seqarena.cli train --model mamba-2.8b" in output
-    assert re.search(r"seqarena train --model mamba-130m", output)
+    # every GPU job runs on GPUs of its own; published Mamba checkpoints get the GPT-NeoX tokenizer
+    assert "seqarena gpus --count 1 -- seqarena train --model mamba-130m" in output
+    assert "seqarena gpus --count 8 -- torchrun" in output
+    assert re.search(
+        r"seqarena eval --model state-spaces/mamba-130m .*--tokenizer EleutherAI/gpt-neox-20b", output
+    )
+    assert not re.search(r"seqarena eval --model results/train/.*--tokenizer", output)
     assert not (tmp_path / "results").exists()
 
 

@@ -41,6 +41,7 @@ def cmd_data_download(args: argparse.Namespace) -> None:
     source = Source(
         kind=args.kind, path=args.path, name=args.name, format=args.format, text_field=args.text_field,
         sample_by=args.sample_by, streaming=args.streaming, max_chars=args.max_chars,
+        document_start=args.document_start,
     )  # fmt: skip
     print(f"downloaded to {download(source, Path(args.out))}")
 
@@ -49,7 +50,7 @@ def cmd_data_tokenize(args: argparse.Namespace) -> None:
     from seqarena.data import tokenize
 
     meta = tokenize(Path(args.raw), Path(args.out), args.tokenizer, args.vocab_size, args.tokenizer_name,
-                    args.val_fraction)  # fmt: skip
+                    args.val_fraction, args.max_tokens)  # fmt: skip
     print(f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
           f"vocab {meta['vocab_size']}")  # fmt: skip
 
@@ -190,6 +191,13 @@ def cmd_tracking_init(args: argparse.Namespace) -> None:
     print(f"tracking store ready: {init_store(args.uri or default_uri(args.results))}")
 
 
+def cmd_gpus(args: argparse.Namespace) -> None:
+    from seqarena.gpus import run_on_gpus
+
+    command = args.job[1:] if args.job[:1] == ["--"] else args.job
+    run_on_gpus(args.count, command)
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     """The MLflow UI on the pipeline's tracking store, bound to loopback unless --host says otherwise."""
     import os
@@ -226,11 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--path", required=True, help="hub id (Salesforce/wikitext) or local file, glob or folder"
     )
     dl.add_argument("--name", help="hub dataset config, e.g. wikitext-2-raw-v1")
-    dl.add_argument("--format", default="text", help="local files: text, jsonl, json or parquet")
+    dl.add_argument(
+        "--format", default="text", help="local files: text, jsonl (also .jsonl.zst), json or parquet"
+    )
     dl.add_argument("--text-field", default="text")
     dl.add_argument("--sample-by", default="paragraph", choices=["line", "paragraph", "document"])
-    dl.add_argument("--streaming", action="store_true", help="stream from the hub up to --max-chars")
-    dl.add_argument("--max-chars", type=int)
+    dl.add_argument(
+        "--streaming", action="store_true", help="hub: stream instead of downloading it all first"
+    )
+    dl.add_argument("--max-chars", type=int, help="stop reading train after this many characters")
+    dl.add_argument("--document-start", help="rows are lines; a row matching this regex starts a document")
     dl.add_argument("--out", required=True, help="the raw/ folder to write")
     dl.set_defaults(func=cmd_data_download)
     tok = data.add_parser("tokenize", help="tokenizer + train.bin/val.bin/meta.json from a raw/ folder")
@@ -242,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument(
         "--val-fraction", type=float, default=0.05, help="held out when the source has no val split"
     )
+    tok.add_argument("--max-tokens", type=int, help="train tokens to write at most (the rest is not read)")
     tok.set_defaults(func=cmd_data_tokenize)
 
     from seqarena.train import TrainConfig
@@ -284,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--model", required=True, help="checkpoint folder (ours or state-spaces layout) or hub id"
     )
-    ev.add_argument("--tokenizer", help="tokenizer.json, folder or hub id (default: the checkpoint's own)")
+    ev.add_argument(
+        "--tokenizer",
+        help="for a checkpoint that ships no tokenizer.json: a tokenizer.json, folder or hub id "
+        "(state-spaces/mamba-* use EleutherAI/gpt-neox-20b)",
+    )
     ev.add_argument(
         "--tasks", default=",".join(PAPER_TASKS), help="comma-separated (default: the paper's Table 3)"
     )
@@ -326,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+
+    gpus = sub.add_parser(
+        "gpus",
+        help="run a command on GPUs of its own: seqarena gpus --count N -- COMMAND (CUDA_VISIBLE_DEVICES)",
+    )
+    gpus.add_argument("--count", type=int, required=True, help="how many GPUs the command gets")
+    gpus.add_argument("job", nargs=argparse.REMAINDER, help="-- then the command")
+    gpus.set_defaults(func=cmd_gpus)
 
     tracking = sub.add_parser("tracking", help="MLflow store").add_subparsers(dest="action", required=True)
     init = tracking.add_parser("init", help="create the tracking database once, before parallel jobs")

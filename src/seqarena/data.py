@@ -1,15 +1,22 @@
-"""Data stage: download a corpus with HF ``datasets``, build a tokenizer, write token memmaps.
+"""Data stage: read a corpus with HF ``datasets``, build a tokenizer, write token memmaps.
 
-``download`` saves a ``DatasetDict`` (its splits as the source has them) to
-``results/data/{dataset}/raw/`` with ``source.json`` describing where it came from.
-``tokenize`` trains or loads the tokenizer, holds out a validation split if the source has
-none, and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` (flat token ids, documents
-separated by EOS) and ``meta.json``. Same inputs give byte-identical files.
+Both steps stream, so a corpus of any size (the Pile) runs in constant memory.
+``download`` reads the source lazily (a hub dataset, streamed or downloaded; local text,
+jsonl, jsonl.zst or parquet files one by one) and writes each split's text column to
+``results/data/{dataset}/raw/{split}.parquet`` in row groups, with ``source.json`` saying
+where it came from. ``tokenize`` trains or loads the tokenizer, holds out a validation split
+if the source has none, and encodes batches of documents straight into ``train.bin`` and
+``val.bin`` (flat token ids, documents separated by EOS) up to a token budget, then writes
+``meta.json``. Every file is written whole, then renamed. Same inputs give byte-identical files.
 """
 
 import glob
 import hashlib
+import itertools
 import json
+import re
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +27,8 @@ from seqarena.models.base import atomic_write
 
 EOS = "<|endoftext|>"
 LOCAL_FORMATS = {"text": "text", "jsonl": "json", "json": "json", "parquet": "parquet"}
+VALIDATION_SPLITS = ("validation", "valid", "val")  # never "test": that split stays unseen
+BATCH = 1000  # records per read, encode and write
 
 
 @dataclass
@@ -29,19 +38,23 @@ class Source:
     kind: str  # "hf" or "local"
     path: str  # hub id (Salesforce/wikitext) or a file, glob or folder
     name: str | None = None  # hub config, e.g. wikitext-2-raw-v1
-    format: str = "text"  # local: text, jsonl, json, parquet
+    format: str = "text"  # local: text, jsonl (also .jsonl.zst, the Pile's shards), json, parquet
     text_field: str = "text"
     sample_by: str = "paragraph"  # local text: line, paragraph or document per record
-    streaming: bool = False  # hub: stream instead of downloading everything
-    max_chars: int | None = None  # with streaming: stop after this many characters of train text
+    streaming: bool = False  # hub: stream instead of downloading everything first
+    max_chars: int | None = None  # stop reading train after this many characters (other splits: a tenth)
+    document_start: str | None = None  # a regex: rows are lines, and a matching row starts a document
 
     def __post_init__(self):
         if self.kind not in ("hf", "local"):
             raise ValueError(f"data source kind must be 'hf' or 'local', not {self.kind!r}")
         if self.kind == "local" and self.format not in LOCAL_FORMATS:
             raise ValueError(f"local data format must be one of {sorted(LOCAL_FORMATS)}, not {self.format!r}")
-        if self.streaming and not self.max_chars:
-            raise ValueError("streaming needs max_chars (the budget at which to stop reading)")
+        if self.document_start is not None:
+            try:
+                re.compile(self.document_start)
+            except re.error as e:
+                raise ValueError(f"data source document_start {self.document_start!r}: {e}") from None
 
 
 def _local_files(pattern: str) -> list[str]:
@@ -59,64 +72,129 @@ def _local_files(pattern: str) -> list[str]:
     return files
 
 
-def load_source(source: Source):
-    """The corpus as a ``datasets.DatasetDict`` with a ``text`` column, network allowing."""
-    import datasets
+def _text_batches(open_batches, field: str, where: str) -> Iterator[list[str]]:
+    """The text column of each batch of records from ``open_batches()``; a file that cannot be read
+    (truncated, corrupt: it surfaces while opening or mid-read) or lacks the field is named."""
 
-    if source.kind == "local":
-        files = _local_files(source.path)
-        kwargs = {"sample_by": source.sample_by} if source.format == "text" else {}
-        loaded = datasets.load_dataset(LOCAL_FORMATS[source.format], data_files={"train": files}, **kwargs)
-    else:
+    def batches():
         try:
-            loaded = datasets.load_dataset(source.path, source.name, streaming=source.streaming)
+            yield from open_batches()
         except Exception as e:
-            raise RuntimeError(
-                f"could not fetch dataset {source.path!r} (config {source.name!r}): {type(e).__name__}: {e}. "
-                "Offline? Point the config's data source at local files instead: "
-                "kind: local, path: 'corpus/*.txt' (or .jsonl/.parquet with text_field)."
-            ) from e
-        if source.streaming:
-            loaded = _take_chars(loaded, source.text_field, source.max_chars)
-    if source.text_field not in loaded["train"].column_names:
-        raise ValueError(
-            f"dataset {source.path!r} has no text field {source.text_field!r}; "
-            f"its columns: {loaded['train'].column_names}"
-        )
-    keep = {split: ds.select_columns([source.text_field]) for split, ds in loaded.items()}
-    if source.text_field != "text":
-        keep = {split: ds.rename_column(source.text_field, "text") for split, ds in keep.items()}
-    return datasets.DatasetDict(keep)
+            raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e})") from e
+
+    for batch in batches():
+        if field not in batch:
+            raise ValueError(f"{where} has no text field {field!r}; its fields: {sorted(batch)}")
+        yield batch[field]
 
 
-def _take_chars(streamed, field: str, max_chars: int):
-    """Materialise a streamed dataset up to a character budget for train (a tenth for the rest)."""
+def _local_splits(source: Source) -> dict[str, Iterator[list[str]]]:
+    """One split, train: each file read lazily by ``datasets`` in turn (so an error names it)."""
     import datasets
 
-    out = {}
-    for split, stream in streamed.items():
-        budget, texts = max_chars if split == "train" else max_chars // 10, []
-        for record in tqdm(stream, desc=f"streaming {split}", unit=" docs"):
-            texts.append(record[field])
-            budget -= len(record[field])
-            if budget <= 0:
+    files = [f for f in _local_files(source.path) if Path(f).stat().st_size]
+    kwargs = {"sample_by": source.sample_by} if source.format == "text" else {}
+
+    def batches(file: str) -> Iterator[list[str]]:
+        def open_batches():
+            stream = datasets.load_dataset(
+                LOCAL_FORMATS[source.format], data_files={"train": [file]}, streaming=True, **kwargs
+            )["train"]
+            return stream.iter(batch_size=BATCH)
+
+        return _text_batches(open_batches, source.text_field, f"local data file {file}")
+
+    for file in files:  # each file's first records before any work: a wrong field fails at once
+        next(batches(file), None)
+
+    def train() -> Iterator[list[str]]:
+        for file in files:
+            yield from batches(file)
+
+    return {"train": train()}
+
+
+def _hub_splits(source: Source) -> dict[str, Iterator[list[str]]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(source.path, source.name, streaming=source.streaming)
+    except Exception as e:
+        raise RuntimeError(
+            f"could not fetch dataset {source.path!r} (config {source.name!r}): {type(e).__name__}: {e}. "
+            "Offline? Point the config's data source at local files instead: "
+            "kind: local, path: 'corpus/*.txt' (or .jsonl/.jsonl.zst/.parquet with text_field)."
+        ) from e
+    where = f"dataset {source.path!r}"
+    return {
+        split: _text_batches(lambda ds=ds: ds.iter(batch_size=BATCH), source.text_field, f"{where} ({split})")
+        for split, ds in loaded.items()
+    }
+
+
+def _documents(batches: Iterable[list[str]], document_start: str | None) -> Iterator[str]:
+    """Records as documents; with ``document_start``, consecutive rows joined into one document
+    that ends where the next matching row begins (WikiText's rows are lines, its articles
+    start at a " = Title = " row)."""
+    if document_start is None:
+        for batch in batches:
+            yield from batch
+        return
+    start, lines = re.compile(document_start), []
+    for batch in batches:
+        for row in batch:
+            if start.match(row) and any(line.strip() for line in lines):
+                yield "\n".join(lines)
+                lines = []
+            lines.append(row.rstrip("\n"))
+    if any(line.strip() for line in lines):
+        yield "\n".join(lines)
+
+
+def _write_split(documents: Iterable[str], path: Path, max_chars: int | None, desc: str) -> int:
+    """Documents into a parquet file of row groups, up to max_chars; returns the rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema, rows, chars, batch = pa.schema([("text", pa.string())]), 0, 0, []
+    with pq.ParquetWriter(path, schema) as writer, tqdm(desc=desc, unit=" docs", mininterval=30) as bar:
+        for document in documents:
+            batch.append(document)
+            chars += len(document)
+            if len(batch) == BATCH or (max_chars and chars >= max_chars):
+                writer.write_table(pa.table({"text": batch}, schema=schema))
+                rows, batch = rows + len(batch), []
+                bar.update(BATCH)
+            if max_chars and chars >= max_chars:
                 break
-        out[split] = datasets.Dataset.from_dict({field: texts})
-    return datasets.DatasetDict(out)
+        if batch:
+            writer.write_table(pa.table({"text": batch}, schema=schema))
+            rows += len(batch)
+    return rows
 
 
 def download(source: Source, raw_dir: Path) -> Path:
-    """Fetch the source and save it under raw_dir (written whole, then renamed into place)."""
+    """Read the source and write raw_dir/{split}.parquet and source.json (all under a temporary
+    folder renamed into place: a failure mid-read leaves nothing behind)."""
     raw_dir = Path(raw_dir)
-    corpus = load_source(source)
-    if corpus["train"].num_rows == 0:
-        raise ValueError(f"data source {source.path!r} has no training records")
+    splits = _local_splits(source) if source.kind == "local" else _hub_splits(source)
+    if "train" not in splits:
+        raise ValueError(f"data source {source.path!r} has no train split; its splits: {sorted(splits)}")
     tmp = raw_dir.with_name(raw_dir.name + ".tmp")
-    corpus.save_to_disk(str(tmp))
-    (tmp / "source.json").write_text(json.dumps(asdict(source), indent=2) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for split, batches in splits.items():
+            budget = source.max_chars and (source.max_chars if split == "train" else source.max_chars // 10)
+            documents = _documents(batches, source.document_start)
+            rows = _write_split(documents, tmp / f"{split}.parquet", budget, f"reading {split}")
+            if split == "train" and rows == 0:
+                raise ValueError(f"data source {source.path!r} has no training records")
+        (tmp / "source.json").write_text(json.dumps(asdict(source), indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if raw_dir.exists():
-        import shutil
-
         shutil.rmtree(raw_dir)
     tmp.rename(raw_dir)
     return raw_dir
@@ -217,23 +295,50 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def _write_tokens(tokenizer, texts, path: Path, dtype, desc: str, batch_docs: int = 1000) -> int:
-    """Encode texts in batches (tokenizers encodes a batch on all cores), EOS after each."""
-    eos, count = eos_id(tokenizer), 0
+def _write_tokens(tokenizer, batches: Iterable[list[str]], path: Path, dtype, desc: str,
+                  max_tokens: int | None = None) -> tuple[int, int]:  # fmt: skip
+    """Encode batches of documents (tokenizers encodes a batch on all cores), EOS after each, straight
+    into the file, stopping at max_tokens; returns (tokens, documents) written."""
+    eos, tokens, documents = eos_id(tokenizer), 0, 0
 
     def write(tmp):
-        nonlocal count
-        with open(tmp, "wb") as f, tqdm(total=len(texts), desc=desc, unit=" docs") as bar:
-            for start in range(0, len(texts), batch_docs):
-                batch = texts[start : start + batch_docs]
-                ids = [e.ids + [eos] for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
-                flat = np.fromiter((i for doc in ids for i in doc), dtype=dtype)
+        nonlocal tokens, documents
+        with open(tmp, "wb") as f, tqdm(desc=desc, unit=" tokens", unit_scale=True, mininterval=30) as bar:
+            for batch in batches:
+                ids = [e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
+                lengths = np.array([len(doc) + 1 for doc in ids])
+                flat = np.full(lengths.sum(), eos, dtype=dtype)  # EOS stays after each document
+                text = np.ones(flat.size, dtype=bool)
+                text[np.cumsum(lengths) - 1] = False
+                flat[text] = np.fromiter(
+                    itertools.chain.from_iterable(ids), dtype=dtype, count=int(text.sum())
+                )
+                if max_tokens and tokens + flat.size >= max_tokens:
+                    flat = flat[: max_tokens - tokens]
+                    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), flat.size)) + 1]
                 flat.tofile(f)
-                count += flat.size
-                bar.update(len(batch))
+                tokens, documents = tokens + flat.size, documents + len(lengths)
+                bar.update(flat.size)
+                if max_tokens and tokens >= max_tokens:
+                    break
 
     atomic_write(path, write)
-    return count
+    return tokens, documents
+
+
+def _raw_texts(path: Path, rows: range | None = None) -> Iterator[list[str]]:
+    """Batches of the non-empty texts of a raw split, read one row group at a time (only ``rows``)."""
+    import pyarrow.parquet as pq
+
+    first = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["text"]):
+        texts = batch.column(0).to_pylist()
+        if rows is not None:
+            texts = texts[max(rows.start - first, 0) : max(rows.stop - first, 0)]
+        first += batch.num_rows
+        keep = [t for t in texts if t and t.strip()]
+        if keep:
+            yield keep
 
 
 def sha256_file(path: Path) -> str:
@@ -251,50 +356,64 @@ def tokenize(
     vocab_size: int | None = None,
     tokenizer_name: str | None = None,
     val_fraction: float = 0.05,
+    max_tokens: int | None = None,
 ) -> dict:
-    """raw/ -> tokenizer.json, train.bin, val.bin, meta.json (meta written last)."""
-    import datasets
+    """raw/ -> tokenizer.json, train.bin, val.bin, meta.json (meta written last), in constant memory.
+
+    Validation is the source's validation split, else the last ``val_fraction`` of the train
+    records (a ``test`` split is never used); train stops at ``max_tokens`` tokens."""
+    import pyarrow.parquet as pq
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if not (raw_dir / "source.json").is_file():
+    if not (raw_dir / "source.json").is_file() or not (raw_dir / "train.parquet").is_file():
         raise FileNotFoundError(
-            f"{raw_dir} is not a downloaded corpus (no source.json): run the download first"
+            f"{raw_dir} is not a downloaded corpus (no source.json or train.parquet): run the download first"
         )
-    corpus = datasets.load_from_disk(str(raw_dir))
-    train = [t for t in corpus["train"]["text"] if t.strip()]
-    val_split = next((s for s in ("validation", "valid", "val", "test") if s in corpus), None)
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, not {max_tokens}")
+    splits = sorted(p.stem for p in raw_dir.glob("*.parquet"))
+    val_split = next((s for s in VALIDATION_SPLITS if s in splits), None)
+    train_file = raw_dir / "train.parquet"
     if val_split:
-        val = [t for t in corpus[val_split]["text"] if t.strip()]
-    else:  # hold out the last fraction of documents, as nanoGPT splits Shakespeare
+        parts = {"train": (train_file, None), "val": (raw_dir / f"{val_split}.parquet", None)}
+        validation = f"the source's {val_split} split"
+    else:  # hold out the last fraction of records, as nanoGPT splits Shakespeare
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}")
-        cut = len(train) - max(1, round(len(train) * val_fraction))
-        train, val = train[:cut], train[cut:]
-    if not train or not val:
-        raise ValueError(f"{raw_dir}: the corpus has no non-empty text to tokenize")
+        records = pq.ParquetFile(train_file).metadata.num_rows
+        cut = records - max(1, round(records * val_fraction))
+        parts = {"train": (train_file, range(0, cut)), "val": (train_file, range(cut, records))}
+        validation = f"last {val_fraction:.0%} of train records"
+    if "test" in splits:
+        validation += " (the source's test split is left unused)"
+    if any(next(_raw_texts(*part), None) is None for part in parts.values()):
+        raise ValueError(f"{raw_dir}: the corpus has no non-empty text to tokenize in train or validation")
 
-    tokenizer = build_tokenizer(tokenizer_kind, train, vocab_size, tokenizer_name)
+    train_texts = _raw_texts(*parts["train"])
+    tokenizer = build_tokenizer(tokenizer_kind, train_texts, vocab_size, tokenizer_name)
     vocab = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab)
     tokenizer_json = tokenizer.to_str()
     atomic_write(out_dir / "tokenizer.json", lambda tmp: Path(tmp).write_text(tokenizer_json))
-    counts = {
-        split: _write_tokens(tokenizer, texts, out_dir / f"{split}.bin", dtype, f"tokenizing {split}")
-        for split, texts in (("train", train), ("val", val))
-    }
+    written = {
+        split: _write_tokens(tokenizer, _raw_texts(*part), out_dir / f"{split}.bin", dtype,
+                             f"tokenizing {split}", max_tokens if split == "train" else None)
+        for split, part in parts.items()
+    }  # fmt: skip
     meta = {
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-        "train_documents": len(train),
-        "val_documents": len(val),
+        "train_tokens": written["train"][0],
+        "val_tokens": written["val"][0],
+        "train_documents": written["train"][1],
+        "val_documents": written["val"][1],
+        "max_tokens": max_tokens,
         "vocab_size": vocab,
         "eos_id": eos_id(tokenizer),
         "dtype": np.dtype(dtype).name,
         "tokenizer": {"kind": tokenizer_kind, "name": tokenizer_name, "requested_vocab_size": vocab_size},
         "tokenizer_sha256": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
         "source": json.loads((raw_dir / "source.json").read_text()),
-        "validation": val_split or f"last {val_fraction:.0%} of train documents",
-        "sha256": {f"{split}.bin": sha256_file(out_dir / f"{split}.bin") for split in counts},
+        "validation": validation,
+        "sha256": {f"{split}.bin": sha256_file(out_dir / f"{split}.bin") for split in written},
     }
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(out_dir / "meta.json", lambda tmp: Path(tmp).write_text(text))

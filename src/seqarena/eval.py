@@ -37,7 +37,9 @@ class SeqarenaLM(LM):
             tokenizer = Path(pretrained) / "tokenizer.json"
             if not tokenizer.is_file():
                 raise FileNotFoundError(
-                    f"{tokenizer} is missing: pass tokenizer=<tokenizer.json, folder or hub id>"
+                    f"{tokenizer} is missing: {pretrained} ships no tokenizer. Give one: the config key "
+                    "eval.tokenizer, seqarena eval --tokenizer, or model_args tokenizer=<tokenizer.json, "
+                    "folder or hub id> (state-spaces/mamba-* use EleutherAI/gpt-neox-20b)"
                 )
         self.tokenizer = load_hf_tokenizer(str(tokenizer))
         eos = self.tokenizer.token_to_id(EOS)
@@ -145,13 +147,19 @@ def is_seqarena_checkpoint(pretrained: str) -> bool:
 
 def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=None, batch_size=8,
              num_fewshot=None, device=None) -> dict:  # fmt: skip
-    """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config."""
+    """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config.
+
+    ``tokenizer`` serves checkpoints that ship none (published ``state-spaces/mamba-*`` use
+    GPT-NeoX's); ours and other HF models bring their own, which wins."""
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers lm-eval's own models, "hf" among them)
     from lm_eval.tasks import TaskManager
 
     model = "seqarena" if is_seqarena_checkpoint(str(pretrained)) else "hf"
-    model_args = f"pretrained={pretrained}" + (f",tokenizer={tokenizer}" if tokenizer else "")
+    own_tokenizer = (Path(pretrained) / "tokenizer.json").is_file()
+    model_args = f"pretrained={pretrained}"
+    if tokenizer and model == "seqarena" and not own_tokenizer:  # HF models and ours bring their own
+        model_args += f",tokenizer={tokenizer}"
     results = lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
         num_fewshot=num_fewshot, device=device, task_manager=TaskManager(include_path=include_path),

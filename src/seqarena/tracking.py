@@ -25,7 +25,8 @@ def default_uri(results_dir: str | Path = "results") -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    """The database file of a sqlite URI (without SQLAlchemy's query, e.g. ``?timeout=60&...``)."""
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]) if uri.startswith("sqlite:///") else None
 
 
 @contextmanager

@@ -18,9 +18,10 @@ rule bench_kernels:
         mem_mb=job_resources("bench", "mem_mb"),
         runtime=job_resources("bench", "runtime"),
     params:
+        gpus=gpu_slot,
         args=bench_args("kernels"),
     shell:
-        "seqarena bench kernels --out {output} {params.args} > {log} 2>&1"
+        "{params.gpus}seqarena bench kernels --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule bench_generation:
@@ -40,10 +41,11 @@ rule bench_generation:
         mem_mb=job_resources("bench", "mem_mb"),
         runtime=job_resources("bench", "runtime"),
     params:
+        gpus=gpu_slot,
         args=bench_args("generation"),
         model=lambda wildcards, input: os.path.dirname(input[0]),
     shell:
-        "seqarena bench generation --model {params.model} --out {output} {params.args} > {log} 2>&1"
+        "{params.gpus}seqarena bench generation --model {params.model:q} --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule bench_training:
@@ -63,9 +65,10 @@ rule bench_training:
         mem_mb=job_resources("bench", "mem_mb"),
         runtime=job_resources("bench", "runtime"),
     params:
+        gpus=gpu_slot,
         args=bench_args("training"),
     shell:
-        "seqarena bench training --model {wildcards.model} --out {output} {params.args} > {log} 2>&1"
+        "{params.gpus}seqarena bench training --model {wildcards.model} --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule bench_all:

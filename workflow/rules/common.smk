@@ -40,12 +40,16 @@ def check_models():
 check_models()
 
 
+# Stages that never use a GPU, whatever the device.
+CPU_STAGES = ("download", "tokenize")
+
+
 def job_resources(stage, key):
     """A resource of one job: the config's entry for the job's model size, else its default,
     else the built-in default; runtime (minutes) grows with the attempt, so a retry of a job
     killed by its time limit gets longer."""
     builtin = {
-        "gpu": 1 if config["device"] == "cuda" else 0,
+        "gpu": 1 if config["device"] == "cuda" and stage not in CPU_STAGES else 0,
         "mem_mb": 8000,
         "runtime": 120,
     }
@@ -63,11 +67,18 @@ def job_resources(stage, key):
     return value
 
 
+def gpu_slot(wildcards, resources):
+    """A GPU job runs under `seqarena gpus`, which gives it GPUs of its own (CUDA_VISIBLE_DEVICES)
+    when it shares a machine with other jobs; inside a SLURM allocation it keeps the allocation's.
+    """
+    return f"seqarena gpus --count {resources.gpu} -- " if resources.gpu > 0 else ""
+
+
 def launcher(wildcards, resources):
     """`seqarena`, or torchrun with one process per GPU of the job (DDP across the allocation)."""
     if resources.gpu > 1:
-        return f"torchrun --standalone --nproc_per_node {resources.gpu} -m seqarena.cli"
-    return "seqarena"
+        return f"{gpu_slot(wildcards, resources)}torchrun --standalone --nproc_per_node {resources.gpu} -m seqarena.cli"
+    return f"{gpu_slot(wildcards, resources)}seqarena"
 
 
 def tracking_uri():
@@ -138,10 +149,17 @@ def bench_results():
 
 
 def eval_args(wildcards):
-    options = {k: v for k, v in config["eval"].items() if k != "pretrained"}
+    """Our checkpoints carry their tokenizer; the published ones get eval.tokenizer."""
+    options = {
+        k: v for k, v in config["eval"].items() if k not in ("pretrained", "tokenizer")
+    }
     return cli_flags(
         {**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()}
     )
+
+
+def pretrained_eval_args(wildcards):
+    return f"{eval_args(wildcards)} {cli_flags({'tokenizer': config['eval']['tokenizer']})}"
 
 
 def pretrained_id(wildcards):

@@ -1,3 +1,9 @@
+if config["download_on_submit_host"]:
+
+    localrules:
+        download,
+
+
 rule download:
     output:
         directory(f"{RESULTS}/data/{{dataset}}/raw"),
@@ -9,12 +15,12 @@ rule download:
         ENV
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=job_resources("download", "mem_mb"),
+        runtime=job_resources("download", "runtime"),
     params:
         args=download_args,
     shell:
-        "seqarena data download {params.args} --out {output} > {log} 2>&1"
+        "seqarena data download {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenize:
@@ -33,13 +39,13 @@ rule tokenize:
         ENV
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=job_resources("tokenize", "mem_mb"),
+        runtime=job_resources("tokenize", "runtime"),
     params:
         args=tokenize_args,
         out=lambda wildcards, output: os.path.dirname(output.meta),
     shell:
-        "seqarena data tokenize --raw {input} --out {params.out} {params.args} > {log} 2>&1"
+        "seqarena data tokenize --raw {input:q} --out {params.out:q} {params.args} > {log:q} 2>&1"
 
 
 rule data:

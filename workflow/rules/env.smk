@@ -13,6 +13,7 @@ rule kernels:
         mem_mb=job_resources("kernels", "mem_mb"),
         runtime=job_resources("kernels", "runtime"),
     params:
+        gpus=gpu_slot,
         tracking=tracking_uri(),
     shell:
-        "seqarena env --out {output} --tracking-uri {params.tracking} > {log} 2>&1"
+        "{params.gpus}seqarena env --out {output:q} --tracking-uri {params.tracking:q} > {log:q} 2>&1"

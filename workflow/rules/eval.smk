@@ -15,10 +15,11 @@ rule evaluate:
         mem_mb=job_resources("eval", "mem_mb"),
         runtime=job_resources("eval", "runtime"),
     params:
+        gpus=gpu_slot,
         args=eval_args,
         model=lambda wildcards, input: os.path.dirname(input[0]),
     shell:
-        "seqarena eval --model {params.model} --out {output} {params.args} > {log} 2>&1"
+        "{params.gpus}seqarena eval --model {params.model:q} --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule evaluate_pretrained:
@@ -38,10 +39,11 @@ rule evaluate_pretrained:
         mem_mb=job_resources("eval", "mem_mb"),
         runtime=job_resources("eval", "runtime"),
     params:
-        args=eval_args,
+        gpus=gpu_slot,
+        args=pretrained_eval_args,
         model=pretrained_id,
     shell:
-        "seqarena eval --model {params.model} --run-name {params.model} --out {output} {params.args} > {log} 2>&1"
+        "{params.gpus}seqarena eval --model {params.model:q} --run-name {params.model:q} --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule eval_all:

@@ -33,5 +33,5 @@ rule report:
     params:
         results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.kernels)),
     shell:
-        "seqarena report --notebook {input.notebook} --results {params.results} --out {output.notebook}"
-        " --html {output.html} --figures {output.figures} > {log} 2>&1"
+        "seqarena report --notebook {input.notebook:q} --results {params.results:q} --out {output.notebook:q}"
+        " --html {output.html:q} --figures {output.figures:q} > {log:q} 2>&1"

@@ -15,10 +15,11 @@ rule synthetic_task:
         mem_mb=job_resources("synthetic", "mem_mb"),
         runtime=job_resources("synthetic", "runtime"),
     params:
+        gpus=gpu_slot,
         args=synthetic_args,
     shell:
-        "seqarena synthetic --task {wildcards.task} --arch {wildcards.arch} --d-model {wildcards.width}"
-        " --out {output} {params.args} > {log} 2>&1"
+        "{params.gpus}seqarena synthetic --task {wildcards.task} --arch {wildcards.arch} --d-model {wildcards.width}"
+        " --out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule synthetic:

@@ -24,8 +24,8 @@ rule train:
         data=lambda wildcards, input: os.path.dirname(input.meta),
         out=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "{params.launch} train --model {wildcards.model} --data {params.data} --out {params.out} {params.args}"
-        " > {log} 2>&1"
+        "{params.launch} train --model {wildcards.model} --data {params.data:q} --out {params.out:q} {params.args}"
+        " > {log:q} 2>&1"
 
 
 rule train_all:
