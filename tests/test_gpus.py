@@ -60,3 +60,14 @@ def test_a_missing_command_is_named(argv):
 
     with pytest.raises(ValueError, match="no command given"):
         main(argv)
+
+
+def test_launch_lines(monkeypatch):
+    from seqarena.launch import command
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert command(1, 1, ["train", "--model", "m"])[1:] == ["-m", "seqarena.cli", "train", "--model", "m"]
+    torchrun = command(1, 4, ["train"])
+    assert torchrun[1:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone"]
+    with pytest.raises(ValueError, match="srun, inside a SLURM allocation.*resources.train.<size>.nodes"):
+        command(2, 8, ["train"])

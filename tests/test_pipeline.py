@@ -240,15 +240,31 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
         "all": 1,
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
-    assert "torchrun --standalone --nproc_per_node 8 -m seqarena.cli train --model mamba-2.8b" in output
+    assert "seqarena launch --nodes 1 --nproc-per-node 8 -- train --model mamba-2.8b" in output
     # every GPU job runs on GPUs of its own; published Mamba checkpoints get the GPT-NeoX tokenizer
     assert "seqarena gpus --count 1 -- seqarena train --model mamba-130m" in output
-    assert "seqarena gpus --count 8 -- torchrun" in output
+    assert "seqarena gpus --count 8 -- seqarena launch" in output
     assert re.search(
         r"seqarena eval --model state-spaces/mamba-130m .*--tokenizer EleutherAI/gpt-neox-20b", output
     )
     assert not re.search(r"seqarena eval --model results/train/.*--tokenizer", output)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tmp_path):
+    (tmp_path / "nodes.yaml").write_text("resources: {train: {2.8b: {gpu: 8, nodes: 4}}}\n")
+    done = snakemake(
+        "results/train/mamba-2.8b/summary.json", "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+        "--configfile", str(REPO / "config/paper.yaml"), str(tmp_path / "nodes.yaml"),
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    job = output.split("rule train:", 1)[1].split("Shell command:", 2)
+    assert "nodes=4, tasks=4, mpi=srun, gres=gpu:8, tasks_per_gpu=0" in job[0]
+    assert (
+        job[1].strip().startswith("seqarena launch --nodes 4 --nproc-per-node 8 -- train --model mamba-2.8b")
+    )
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,30 @@ def test_figures_are_saved_for_snakemakes_report(full_results, tmp_path):
     os.umask(umask)
     assert (tmp_path / "figures").stat().st_mode & 0o777 == 0o777 & ~umask
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in saved)
+
+
+def test_table3_takes_the_papers_metric_per_task_and_averages_all_six(tmp_path):
+    """acc, but acc_norm for HellaSwag and ARC-Challenge (Appendix E.2.3); local copies count."""
+    import json
+
+    from seqarena.report import table3
+
+    values = {"lambada_openai": 0.1, "hellaswag_local": 0.2, "piqa": 0.3, "arc_easy_local": 0.4,
+              "arc_challenge": 0.5, "winogrande_local": 0.6}  # fmt: skip
+    results = {task: {"acc": {"value": v, "stderr": 0.01}, "acc_norm": {"value": v + 0.05, "stderr": 0.01}}
+               for task, v in values.items()}  # fmt: skip
+    (tmp_path / "eval/pretrained").mkdir(parents=True)
+    (tmp_path / "eval/pretrained/state-spaces--mamba-130m.json").write_text(json.dumps({"results": results}))
+    partial = {"piqa_local": results["piqa"], "toy": {"acc": {"value": 0.9, "stderr": None}}}
+    (tmp_path / "eval/mamba-tiny.json").write_text(json.dumps({"results": partial}))
+    rows = {row["model"]: row for row in table3(collect(tmp_path))}
+    published = rows["state-spaces/mamba-130m"]
+    assert published["hellaswag (acc_norm)"] == 0.25 and published["arc_challenge (acc_norm)"] == 0.55
+    assert published["piqa (acc)"] == 0.3 and published["winogrande (acc)"] == 0.6
+    assert published["average"] == pytest.approx((0.1 + 0.25 + 0.3 + 0.4 + 0.55 + 0.6) / 6)
+    assert rows["mamba-tiny"] == {
+        "model": "mamba-tiny",
+        "source": "trained here",
+        "piqa (acc)": 0.3,
+        "average": None,
+    }

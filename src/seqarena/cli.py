@@ -191,11 +191,20 @@ def cmd_tracking_init(args: argparse.Namespace) -> None:
     print(f"tracking store ready: {init_store(args.uri or default_uri(args.results))}")
 
 
+def _after_dashes(words: list[str]) -> list[str]:
+    return words[1:] if words[:1] == ["--"] else words
+
+
 def cmd_gpus(args: argparse.Namespace) -> None:
     from seqarena.gpus import run_on_gpus
 
-    command = args.job[1:] if args.job[:1] == ["--"] else args.job
-    run_on_gpus(args.count, command)
+    run_on_gpus(args.count, _after_dashes(args.job))
+
+
+def cmd_launch(args: argparse.Namespace) -> None:
+    from seqarena.launch import launch
+
+    launch(args.nodes, args.nproc_per_node, _after_dashes(args.job))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -352,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     gpus.add_argument("--count", type=int, required=True, help="how many GPUs the command gets")
     gpus.add_argument("job", nargs=argparse.REMAINDER, help="-- then the command")
     gpus.set_defaults(func=cmd_gpus)
+
+    launch = sub.add_parser(
+        "launch", help="run seqarena on several processes: torchrun on one node, srun + torchrun on many"
+    )
+    launch.add_argument("--nodes", type=int, default=1, help="several: srun inside a SLURM allocation")
+    launch.add_argument("--nproc-per-node", type=int, default=1, help="processes per node (one per GPU)")
+    launch.add_argument("job", nargs=argparse.REMAINDER, help="-- then seqarena's arguments, e.g. train ...")
+    launch.set_defaults(func=cmd_launch)
 
     tracking = sub.add_parser("tracking", help="MLflow store").add_subparsers(dest="action", required=True)
     init = tracking.add_parser("init", help="create the tracking database once, before parallel jobs")

@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 
 from seqarena.models import pretrained_id
+from seqarena.paper import PAPER_METRIC, PAPER_TASKS, paper_task
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -153,6 +154,22 @@ def eval_table(r: Results) -> list[dict]:
         for task, metrics in report["results"].items()
         for metric, entry in metrics.items()
     ]
+
+
+def table3(r: Results) -> list[dict]:
+    """Table 3 shaped: one row per model with the paper's metric for each of its tasks (acc;
+    acc_norm for HellaSwag and ARC-Challenge) and, where all six were scored, their average."""
+    rows = []
+    for model, report in r.evaluation.items():
+        row = {"model": model, "source": "published checkpoint" if "/" in model else "trained here"}
+        for task, metrics in report["results"].items():
+            name = paper_task(task)
+            if name is not None and PAPER_METRIC[name] in metrics:
+                row[f"{name} ({PAPER_METRIC[name]})"] = metrics[PAPER_METRIC[name]]["value"]
+        scores = [row[f"{t} ({PAPER_METRIC[t]})"] for t in PAPER_TASKS if f"{t} ({PAPER_METRIC[t]})" in row]
+        row["average"] = sum(scores) / len(scores) if len(scores) == len(PAPER_TASKS) else None
+        rows.append(row)
+    return rows
 
 
 def synthetic_table(r: Results) -> list[dict]:

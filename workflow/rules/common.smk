@@ -42,27 +42,31 @@ check_models()
 
 # Stages that never use a GPU, whatever the device.
 CPU_STAGES = ("download", "tokenize")
+BUILTIN_RESOURCES = {"gpu": 1, "nodes": 1, "mem_mb": 8000, "runtime": 120}
+
+
+def configured(stage, key, wildcards):
+    """A resource as the config sets it: the entry for the job's model size, else the stage's
+    default, else the built-in default."""
+    table = config["resources"].get(stage, {})
+    size = (
+        parse_model_id(wildcards["model"])[1] if "model" in wildcards.keys() else None
+    )
+    return {**BUILTIN_RESOURCES, **table.get("default", {}), **table.get(size, {})}[key]
 
 
 def job_resources(stage, key):
-    """A resource of one job: the config's entry for the job's model size, else its default,
-    else the built-in default; runtime (minutes) grows with the attempt, so a retry of a job
-    killed by its time limit gets longer."""
-    builtin = {
-        "gpu": 1 if config["device"] == "cuda" and stage not in CPU_STAGES else 0,
-        "mem_mb": 8000,
-        "runtime": 120,
-    }
+    """A resource of one job as Snakemake (and SLURM) see it. runtime (minutes) grows with the
+    attempt, so a retry of a job killed by its time limit gets longer. On a CPU config a job asks
+    for no GPU: its `gpu` entry is how many processes training runs (a rehearsal of the GPU launch).
+    """
 
     def value(wildcards, attempt):
-        table = config["resources"].get(stage, {})
-        size = (
-            parse_model_id(wildcards["model"])[1]
-            if "model" in wildcards.keys()
-            else None
-        )
-        entry = {**builtin, **table.get("default", {}), **table.get(size, {})}
-        return entry[key] * attempt if key == "runtime" else entry[key]
+        if key == "gpu" and (config["device"] == "cpu" or stage in CPU_STAGES):
+            return 0
+        if key == "runtime":
+            return configured(stage, key, wildcards) * attempt
+        return configured(stage, key, wildcards)
 
     return value
 
@@ -71,14 +75,53 @@ def gpu_slot(wildcards, resources):
     """A GPU job runs under `seqarena gpus`, which gives it GPUs of its own (CUDA_VISIBLE_DEVICES)
     when it shares a machine with other jobs; inside a SLURM allocation it keeps the allocation's.
     """
-    return f"seqarena gpus --count {resources.gpu} -- " if resources.gpu > 0 else ""
+    return f"seqarena gpus --count {resources.gpu} -- " if resources.get("gpu") else ""
+
+
+def train_nodes(wildcards):
+    return configured("train", "nodes", wildcards)
+
+
+def multinode(key):
+    """SLURM resources of a training job on several nodes (None drops them for one node): one task
+    per node that srun starts (`mpi`), and the GPUs as a per-node gres."""
+
+    def value(wildcards):
+        nodes = train_nodes(wildcards)
+        if nodes == 1:
+            return None
+        gpus = (
+            configured("train", "gpu", wildcards) if config["device"] == "cuda" else 0
+        )
+        return {
+            "nodes": nodes,
+            "tasks": nodes,
+            "mpi": "srun",
+            "gres": f"gpu:{gpus}" if gpus else None,
+            "tasks_per_gpu": 0 if gpus else None,
+        }[key]
+
+    return value
+
+
+def train_gpus(wildcards, attempt):
+    """GPUs of a one-node training job (a job on several nodes asks for them per node: `gres`)."""
+    return (
+        None
+        if train_nodes(wildcards) > 1
+        else job_resources("train", "gpu")(wildcards, attempt)
+    )
 
 
 def launcher(wildcards, resources):
-    """`seqarena`, or torchrun with one process per GPU of the job (DDP across the allocation)."""
-    if resources.gpu > 1:
-        return f"{gpu_slot(wildcards, resources)}torchrun --standalone --nproc_per_node {resources.gpu} -m seqarena.cli"
-    return f"{gpu_slot(wildcards, resources)}seqarena"
+    """`seqarena`, or `seqarena launch` with one process per GPU (per `gpu` entry on a CPU) on each
+    of the job's nodes: torchrun on one node, srun + torchrun across several."""
+    nodes = train_nodes(wildcards)
+    processes = max(1, configured("train", "gpu", wildcards))
+    if nodes == 1 and processes == 1:
+        return f"{gpu_slot(wildcards, resources)}seqarena"
+    launch = f"seqarena launch --nodes {nodes} --nproc-per-node {processes} --"
+    return f"{gpu_slot(wildcards, resources)}{launch}"
 
 
 def tracking_uri():

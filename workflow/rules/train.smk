@@ -15,7 +15,12 @@ rule train:
         ENV
     threads: 2
     resources:
-        gpu=job_resources("train", "gpu"),
+        gpu=train_gpus,
+        nodes=multinode("nodes"),
+        tasks=multinode("tasks"),
+        mpi=multinode("mpi"),
+        gres=multinode("gres"),
+        tasks_per_gpu=multinode("tasks_per_gpu"),
         mem_mb=job_resources("train", "mem_mb"),
         runtime=job_resources("train", "runtime"),
     params:
