@@ -309,3 +309,20 @@ def test_a_changed_config_starts_fresh_instead_of_resuming_a_stale_checkpoint(sh
 def test_keep_checkpoints_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints must be positive, not 0"):
         config(tmp_path, tmp_path, keep_checkpoints=0)
+
+
+class _Payload:
+    """A pickle that would run code when loaded with weights_only=False."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_that_would_run_code_is_never_unpickled(tmp_path, monkeypatch, capsys):
+    from seqarena.train import newest_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"model": {}, "step": 3, "payload": _Payload()}, tmp_path / "ckpt" / "step_00000003.pt")
+    assert newest_checkpoint(tmp_path / "ckpt") == (None, None)
+    assert not (tmp_path / "pwned").exists() and "skipping unreadable checkpoint" in capsys.readouterr().out
