@@ -52,7 +52,7 @@ def wait_until_serving(url: str, server: subprocess.Popen, timeout: float, what:
 def write_multiple_choice_task(
     folder: Path, name: str, docs: list[dict], doc_to_text: str, choices: str
 ) -> Path:
-    """A local lm-eval multiple-choice task: docs in a jsonl file, the YAML beside it (acc metric)."""
+    """A local lm-eval multiple-choice task: docs in a jsonl file, the YAML beside it (acc, acc_norm)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (folder / f"{name}.yaml").write_text(f"""task: {name}
@@ -67,6 +67,9 @@ doc_to_target: label
 doc_to_choice: "{choices}"
 metric_list:
   - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
     aggregation: mean
     higher_is_better: true
 """)

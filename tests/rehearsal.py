@@ -20,27 +20,10 @@ from pathlib import Path
 import torch
 import zstandard
 
+from conftest import write_multiple_choice_task
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LIMIT = 400  # lines of the shared files the local tasks read
-
-MULTIPLE_CHOICE = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{text}"
-doc_to_target: label
-doc_to_choice: "{choices}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
 
 LAMBADA = """task: lambada_openai_local
 dataset_path: json
@@ -92,21 +75,14 @@ def _tasks(folder: Path) -> None:
     lambada = folder / "lambada.jsonl"
     lambada.write_text("".join((SHARED_DATA / "lambada_test.jsonl").read_text().splitlines(True)[:LIMIT]))
     (folder / "lambada_openai_local.yaml").write_text(LAMBADA.format(data=lambada))
-    piqa = folder / "piqa.jsonl"
-    piqa.write_text("".join((SHARED_DATA / "piqa_valid.jsonl").read_text().splitlines(True)[:LIMIT]))
-    (folder / "piqa_local.yaml").write_text(
-        MULTIPLE_CHOICE.format(
-            name="piqa_local", data=piqa, text="Question: {{goal}}\\nAnswer:", choices="{{[sol1, sol2]}}"
-        )  # fmt: skip
-    )
+    piqa = [json.loads(line) for line in (SHARED_DATA / "piqa_valid.jsonl").read_text().splitlines()[:LIMIT]]
+    write_multiple_choice_task(folder, "piqa_local", piqa, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}")
     rng = random.Random(0)
     for name, choices in (("hellaswag_local", 4), ("arc_easy_local", 4), ("arc_challenge_local", 4),
                           ("winogrande_local", 2)):  # fmt: skip
-        data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(d) + "\n" for d in _questions(rng, 40, choices)))
         options = ", ".join(f"c{i}" for i in range(choices))
-        (folder / f"{name}.yaml").write_text(
-            MULTIPLE_CHOICE.format(name=name, data=data, text="{{question}}", choices=f"{{{{[{options}]}}}}")
+        write_multiple_choice_task(
+            folder, name, _questions(rng, 40, choices), "{{question}}", f"{{{{[{options}]}}}}"
         )
 
 

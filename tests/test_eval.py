@@ -64,6 +64,7 @@ def test_multiple_choice_accuracy_equals_our_own_computation(checkpoint, task_di
         scores = [logprob(model, tokenizer, context, " " + doc[k]) for k in ("sol1", "sol2")]
         correct.append(int(max(range(2), key=lambda i: scores[i]) == doc["label"]))
     acc = report["results"]["toy_piqa"]["acc"]
+    assert sorted(report["results"]["toy_piqa"]) == ["acc", "acc_norm"]  # metrics only, no sample_len
     assert acc["value"] == pytest.approx(sum(correct) / len(DOCS), abs=1e-12)
     assert acc["stderr"] is not None
     assert (

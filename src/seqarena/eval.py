@@ -168,8 +168,8 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
     for task, metrics in results["results"].items():
         entries = {}
         for key, value in metrics.items():
-            name, _, _filter = key.partition(",")
-            if name == "alias" or name.endswith("_stderr"):
+            name, comma, _filter = key.partition(",")
+            if not comma or name.endswith("_stderr"):  # a metric is "name,filter"; not alias, sample_len
                 continue
             stderr = metrics.get(f"{name}_stderr,{_filter}")
             entries[name] = {"value": value, "stderr": None if stderr in (None, "N/A") else stderr}
