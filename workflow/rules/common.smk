@@ -1,9 +1,12 @@
-"""Helpers shared by the rules: paths, the resolved model list, CLI arguments from config, resources."""
+"""Helpers shared by the rules: paths, the resolved model list, CLI arguments from config, resources.
+
+The driver stays light: only the standard library and Snakemake, never torch or seqarena (a
+login node submits with Snakemake alone; each rule's software lives in its env). Model ids are
+checked by the schema (its list of ids is tested against the package's size registry).
+"""
 
 import os
 import shlex
-
-from seqarena.models import parse_model_id, pretrained_name
 
 RESULTS = config["results"]
 
@@ -24,20 +27,25 @@ ENV = f"../../envs/{'gpu' if config['device'] == 'cuda' else 'cpu'}.yaml"
 os.environ.update(SEQARENA_CUDA_ARCHS=";".join(config["kernels"]["cuda_archs"]))
 
 
-def check_models():
-    """Unknown architectures or sizes fail before any job runs, naming the config key."""
-    for i, model in enumerate(config["models"]):
-        try:
-            parse_model_id(model)
-        except ValueError as e:
-            raise ValueError(f"config key models[{i}]: {e}") from None
+def check_dataset():
+    """The training data must be one of `data`, before any job runs."""
     if config["train"]["dataset"] not in config["data"]:
         raise ValueError(
             f"config key train.dataset: {config['train']['dataset']!r} is not one of data: {sorted(config['data'])}"
         )
 
 
-check_models()
+check_dataset()
+
+
+def model_size(model):
+    """mamba-130m -> 130m (the schema has checked the id)."""
+    return model.split("-", 1)[1]
+
+
+def pretrained_name(model_id):
+    """state-spaces/mamba-130m -> state-spaces--mamba-130m: a file name, as seqarena.models names it."""
+    return "--".join(model_id.split("/"))
 
 
 # Stages that never use a GPU, whatever the device.
@@ -49,9 +57,7 @@ def configured(stage, key, wildcards):
     """A resource as the config sets it: the entry for the job's model size, else the stage's
     default, else the built-in default."""
     table = config["resources"].get(stage, {})
-    size = (
-        parse_model_id(wildcards["model"])[1] if "model" in wildcards.keys() else None
-    )
+    size = model_size(wildcards["model"]) if "model" in wildcards.keys() else None
     return {**BUILTIN_RESOURCES, **table.get("default", {}), **table.get(size, {})}[key]
 
 
