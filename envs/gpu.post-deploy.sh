@@ -13,7 +13,9 @@ trap 'rm -rf "$work"' EXIT
 
 for pkg in "causal_conv1d==$CAUSAL_CONV1D_VERSION" "mamba_ssm==$MAMBA_SSM_VERSION"; do
     name="${pkg%%==*}"
-    pip download --no-deps --no-binary :all: --no-build-isolation -d "$work" "$pkg"
+    # only the sdist: its metadata step runs setup.py, which without the SKIP flags probes CUDA
+    CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
+        pip download --no-deps --no-binary :all: --no-build-isolation -d "$work" "$pkg"
     tar -xzf "$work/$name"-*.tar.gz -C "$work"
     src="$(find "$work" -maxdepth 1 -type d -name "$name-*" | head -1)"
     python -m seqarena.ops.cuda_build "$src/setup.py" "$ARCHS"

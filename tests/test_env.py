@@ -1,6 +1,9 @@
 """The env stage: kernels.json, the backends' numeric self-check, the CUDA build's arch restriction."""
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ import torch
 from seqarena.env import self_check, write_kernels_record
 from seqarena.ops import backends, selective_scan_torch
 from seqarena.ops.backends import KernelBackend
-from seqarena.ops.cuda_build import restrict_archs
+from seqarena.ops.cuda_build import check_toolchain, nvcc_version, restrict_archs
 
 
 def test_kernels_record_names_every_backend_and_creates_the_store(tmp_path):
@@ -39,30 +42,35 @@ def test_self_check_catches_a_backend_that_is_slightly_wrong(monkeypatch):
     assert self_check("torch", torch.device("cpu"))["passed"]
 
 
-SETUP_PY = """
-if not SKIP_CUDA_BUILD:
-    cc_flag = []
-    if not torch.version.hip:
-        cc_flag.append("-gencode")
-        cc_flag.append("arch=compute_70,code=sm_70")
-        cc_flag.append("-gencode")
-        cc_flag.append("arch=compute_80,code=sm_80")
-        if bare_metal_version >= Version("11.8"):
-            cc_flag.append("-gencode")
-            cc_flag.append("arch=compute_90,code=sm_90")
-    cc_flag.append("-DBUILD_PYTHON_PACKAGE")
-"""
+FIXTURES = Path(__file__).with_name("fixtures") / "cuda_build"
+GENCODE = re.compile(r"arch=compute_(\w+),code=sm_(\w+)")
 
 
-def test_cuda_build_is_restricted_to_the_configured_archs():
-    patched = restrict_archs(SETUP_PY, ["86", "90a"])
-    scope = {"SKIP_CUDA_BUILD": False, "torch": torch, "bare_metal_version": 12, "Version": lambda v: 11}
-    exec(compile(patched, "setup.py", "exec"), scope)  # still valid Python, blocks intact
-    assert scope["cc_flag"] == [
-        "-gencode", "arch=compute_86,code=sm_86", "-gencode", "arch=compute_90a,code=sm_90a",
-        "-DBUILD_PYTHON_PACKAGE",
-    ]  # fmt: skip
+@pytest.mark.parametrize("setup_py", ["mamba_ssm-2.2.4.setup.py", "causal_conv1d-1.5.0.post8.setup.py"])
+def test_the_real_setup_py_of_each_pinned_sdist_builds_for_the_configured_arch_only(setup_py):
+    source = (FIXTURES / setup_py).read_text()
+    shipped = GENCODE.findall(source)
+    assert ("53", "53") in shipped and ("90", "90") in shipped  # sm_53..sm_90: CUDA 13 dropped sm_53..72
+    patched = restrict_archs(source, ["90"])
+    compile(patched, setup_py, "exec")  # still valid Python, every block intact
+    assert GENCODE.findall(patched) == [("90", "90")]
+    assert patched.count('cc_flag += ["-gencode", "arch=compute_90,code=sm_90"]') == 1
+    with pytest.raises(ValueError, match="look like 80"):
+        restrict_archs(source, ["sm_80"])
+
+
+def test_a_setup_py_without_a_gencode_list_is_refused():
     with pytest.raises(ValueError, match="layout changed"):
         restrict_archs("cc_flag = ['-O3']\n", ["80"])
-    with pytest.raises(ValueError, match="look like 80"):
-        restrict_archs(SETUP_PY, ["sm_80"])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH (the CUDA toolkit checks need one)")
+def test_a_toolchain_mismatch_fails_before_compiling_naming_both_versions():
+    release = nvcc_version()
+    with pytest.raises(ValueError, match=rf"nvcc {release} cannot compile for sm_35 .*kernels.cuda_archs"):
+        check_toolchain(["35", "90"], release)
+    with pytest.raises(ValueError, match=rf"torch was built for CUDA 9.2 and nvcc is CUDA {release}"):
+        check_toolchain(["90"], "9.2")
+    with pytest.raises(ValueError, match=rf"torch is a CPU build .* nvcc is CUDA {release}"):
+        check_toolchain(["90"], None)
+    check_toolchain(["90a"], release)  # the same major: nothing to say

@@ -3,10 +3,14 @@
 Their ``setup.py`` files append a dozen ``-gencode`` pairs to ``cc_flag``, one per GPU
 generation; compiling all of them takes about an hour. This rewrites the file so that it
 builds for the configured archs only (``config kernels.cuda_archs``), which takes minutes.
+Before touching anything it checks the toolchain: every arch must be one the installed nvcc
+compiles for, and torch's CUDA major must equal nvcc's (an extension built against another
+CUDA does not load), so a mismatch fails in a second, naming both versions, not after an hour.
 Usage: ``python -m seqarena.ops.cuda_build setup.py "80;90"``.
 """
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,8 +34,43 @@ def restrict_archs(source: str, archs: list[str]) -> str:
     return source[: init.end()] + flags + source[init.end() :]
 
 
+def nvcc_version(nvcc: str = "nvcc") -> str:
+    """ "13.0" from ``nvcc --version``."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"release (\d+\.\d+)", out)
+    if found is None:
+        raise RuntimeError(f"cannot read the CUDA release from `{nvcc} --version`: {out.strip()}")
+    return found[1]
+
+
+def check_toolchain(archs: list[str], torch_cuda: str | None, nvcc: str = "nvcc") -> None:
+    """Fail before compiling when nvcc cannot build an arch or torch was built for another CUDA."""
+    release = nvcc_version(nvcc)
+    listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    supported = sorted({int(a) for a in re.findall(r"compute_(\d+)", listed)})
+    unsupported = [a for a in archs if int(re.match(r"\d+", a)[0]) not in supported]
+    if unsupported:
+        raise ValueError(
+            f"nvcc {release} cannot compile for sm_{', sm_'.join(unsupported)} (config kernels.cuda_archs); "
+            f"it supports {', '.join(map(str, supported))}"
+        )
+    if torch_cuda is None:
+        major = release.split(".")[0]
+        raise ValueError(
+            f"torch is a CPU build (no CUDA) and nvcc is CUDA {release}: install torch for CUDA {major}"
+        )
+    if torch_cuda.split(".")[0] != release.split(".")[0]:
+        raise ValueError(
+            f"torch was built for CUDA {torch_cuda} and nvcc is CUDA {release}: the majors must match "
+            "(install the torch build for your nvcc, or the nvcc for your torch)"
+        )
+
+
 def main(argv: list[str]) -> None:
+    import torch
+
     path, archs = Path(argv[0]), [a for a in argv[1].split(";") if a]
+    check_toolchain(archs, torch.version.cuda)
     path.write_text(restrict_archs(path.read_text(), archs))
     print(f"{path}: building for sm_{', sm_'.join(archs)} only")
 
