@@ -3,22 +3,37 @@
 # for the CUDA archs of config kernels.cuda_archs only (the pipeline exports them as
 # SEQARENA_CUDA_ARCHS, e.g. "80;90"). Their setup.py files hard-code a dozen -gencode flags,
 # which makes a build take about an hour; with the list patched it takes minutes.
+# The sources are the GitHub release tags: the PyPI sdists ship setup.py without csrc/, so they
+# cannot be built. SEQARENA_CUDA_SOURCES names a folder holding the two tarballs
+# (causal-conv1d-<version>.tar.gz, mamba-<version>.tar.gz, as GitHub's archive links name them)
+# for hosts without network, or to build again without downloading; missing ones are fetched.
+# benchmarks/cuda_build.sh runs this same script in a venv, to time the build on any machine.
 set -euo pipefail
 ARCHS="${SEQARENA_CUDA_ARCHS:-80;90}"
-CAUSAL_CONV1D_VERSION=1.5.0.post8
-MAMBA_SSM_VERSION=2.2.4
+SOURCES="${SEQARENA_CUDA_SOURCES:-}"
 export MAX_JOBS="${MAX_JOBS:-8}" CAUSAL_CONV1D_FORCE_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-for pkg in "causal_conv1d==$CAUSAL_CONV1D_VERSION" "mamba_ssm==$MAMBA_SSM_VERSION"; do
-    name="${pkg%%==*}"
-    # only the sdist: its metadata step runs setup.py, which without the SKIP flags probes CUDA
-    CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
-        pip download --no-deps --no-binary :all: --no-build-isolation -d "$work" "$pkg"
-    tar -xzf "$work/$name"-*.tar.gz -C "$work"
-    src="$(find "$work" -maxdepth 1 -type d -name "$name-*" | head -1)"
+# name, GitHub repository, version (its tag is v<version>)
+for pinned in "causal-conv1d Dao-AILab/causal-conv1d 1.5.0.post8" "mamba state-spaces/mamba 2.3.2.post1"; do
+    read -r name repo version <<<"$pinned"
+    tarball="$name-$version.tar.gz"
+    if [[ -n "$SOURCES" && -f "$SOURCES/$tarball" ]]; then
+        cp "$SOURCES/$tarball" "$work/"
+    else
+        curl -fsSL -o "$work/$tarball" "https://github.com/$repo/archive/refs/tags/v$version.tar.gz"
+    fi
+    tar -xzf "$work/$tarball" -C "$work"
+    src="$work/$name-$version"
+    # fails here, before compiling, on an arch nvcc lacks or a torch/nvcc CUDA mismatch
     python -m seqarena.ops.cuda_build "$src/setup.py" "$ARCHS"
+    SECONDS=0
     pip install --no-deps --no-build-isolation "$src"
+    echo "built $name $version for sm_${ARCHS//;/, sm_} in $SECONDS s (MAX_JOBS=$MAX_JOBS)"
 done
-python -c "import mamba_ssm, causal_conv1d; print('built mamba_ssm', mamba_ssm.__version__)"
+if python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    python -c "import mamba_ssm, causal_conv1d; print('built mamba_ssm', mamba_ssm.__version__)"
+else
+    echo "no GPU here: the built extensions compile but cannot be imported (they need the CUDA driver)"
+fi

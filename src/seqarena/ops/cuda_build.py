@@ -6,6 +6,7 @@ builds for the configured archs only (``config kernels.cuda_archs``), which take
 Before touching anything it checks the toolchain: every arch must be one the installed nvcc
 compiles for, and torch's CUDA major must equal nvcc's (an extension built against another
 CUDA does not load), so a mismatch fails in a second, naming both versions, not after an hour.
+Where torch's headers require C++20 (torch 2.14), the ``-std=c++17`` flags are raised too.
 Usage: ``python -m seqarena.ops.cuda_build setup.py "80;90"``.
 """
 
@@ -32,6 +33,20 @@ def restrict_archs(source: str, archs: list[str]) -> str:
         raise ValueError("found no cc_flag -gencode list to restrict: the setup.py layout changed")
     flags = "".join(f'{init["indent"]}cc_flag += ["-gencode", "arch=compute_{a},code=sm_{a}"]' for a in archs)
     return source[: init.end()] + flags + source[init.end() :]
+
+
+def raise_cxx_standard(source: str, standard: str) -> str:
+    """Every ``-std=c++NN`` flag becomes ``-std=c++<standard>``: torch 2.14's headers refuse C++17,
+    and mamba-ssm's setup.py asks for it."""
+    return re.sub(r"-std=c\+\+\d+", f"-std=c++{standard}", source)
+
+
+def torch_cxx_standard() -> str | None:
+    """ "20" when the installed torch's headers require C++20 (ATen.h says so), else None."""
+    import torch
+
+    aten = Path(torch.__file__).parent / "include" / "ATen" / "ATen.h"
+    return "20" if aten.is_file() and "C++20 or later" in aten.read_text() else None
 
 
 def nvcc_version(nvcc: str = "nvcc") -> str:
@@ -71,7 +86,9 @@ def main(argv: list[str]) -> None:
 
     path, archs = Path(argv[0]), [a for a in argv[1].split(";") if a]
     check_toolchain(archs, torch.version.cuda)
-    path.write_text(restrict_archs(path.read_text(), archs))
+    source = restrict_archs(path.read_text(), archs)
+    standard = torch_cxx_standard()
+    path.write_text(raise_cxx_standard(source, standard) if standard else source)
     print(f"{path}: building for sm_{', sm_'.join(archs)} only")
 
 
