@@ -76,6 +76,18 @@ metric_list:
     return folder
 
 
+def write_pile_shards(folder: Path, texts: list[str], shards: int, set_name: str = "Pile-CC") -> None:
+    """The Pile's own on-disk format: texts split in order over jsonl.zst shards of {"text", "meta"}."""
+    import zstandard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-len(texts) // shards)
+    for shard in range(shards):
+        records = texts[shard * per_shard : (shard + 1) * per_shard]
+        lines = "".join(json.dumps({"text": t, "meta": {"pile_set_name": set_name}}) + "\n" for t in records)
+        (folder / f"{shard:02d}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+
+
 def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
     """A tiny pipeline config: shared Tiny Shakespeare, two tiny models, a local task, a few steps."""
     docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}

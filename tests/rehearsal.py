@@ -5,8 +5,8 @@ writes DIR/rehearsal/ (then run snakemake from DIR with --configfile config/rehe
   {"text", "meta"} records, generated from Tiny Shakespeare;
 - ``20B_tokenizer.json``: the GPT-NeoX tokenizer (the paper's), from ../shared/data;
 - ``tasks/``: the six Table 3 tasks as local lm-eval YAMLs with the paper's metric for each
-  (acc; acc_norm for HellaSwag and ARC-Challenge): LAMBADA and PIQA over the shared copies,
-  the other four over generated questions of the same shape;
+  (acc; acc_norm for HellaSwag and ARC-Challenge): LAMBADA and PIQA as config/tasks/ has them,
+  over the shared copies, the other four over generated questions of the same shape;
 - ``state-spaces-mamba/``: a published-checkpoint layout (config.json without
   ``tie_embeddings`` + pytorch_model.bin, no tokenizer), as ``state-spaces/mamba-*`` ship.
 """
@@ -18,42 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-import zstandard
 
-from conftest import write_multiple_choice_task
+from conftest import write_multiple_choice_task, write_pile_shards
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-LIMIT = 400  # lines of the shared files the local tasks read
-
-LAMBADA = """task: lambada_openai_local
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: loglikelihood
-test_split: test
-doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
-doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
-metric_list:
-  - metric: perplexity
-    aggregation: perplexity
-    higher_is_better: false
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
-def _pile(folder: Path, shards: int = 3) -> None:
-    """Tiny Shakespeare's paragraphs as Pile records, spread over zstd-compressed jsonl shards."""
-    paragraphs = [p for p in (SHARED_DATA / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
-    folder.mkdir(parents=True, exist_ok=True)
-    per_shard = -(-len(paragraphs) // shards)
-    for shard in range(shards):
-        records = paragraphs[shard * per_shard : (shard + 1) * per_shard]
-        lines = "".join(json.dumps({"text": t, "meta": {"pile_set_name": "Gutenberg (PG-19)"}}) + "\n"
-                        for t in records)  # fmt: skip
-        (folder / f"{shard:02d}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _questions(rng: random.Random, count: int, choices: int) -> list[dict]:
@@ -71,12 +40,12 @@ def _questions(rng: random.Random, count: int, choices: int) -> list[dict]:
 
 
 def _tasks(folder: Path) -> None:
+    """LAMBADA and PIQA: the project's own local task YAMLs (config/tasks/), pointed at the shared
+    files by absolute path; the other four generated."""
     folder.mkdir(parents=True, exist_ok=True)
-    lambada = folder / "lambada.jsonl"
-    lambada.write_text("".join((SHARED_DATA / "lambada_test.jsonl").read_text().splitlines(True)[:LIMIT]))
-    (folder / "lambada_openai_local.yaml").write_text(LAMBADA.format(data=lambada))
-    piqa = [json.loads(line) for line in (SHARED_DATA / "piqa_valid.jsonl").read_text().splitlines()[:LIMIT]]
-    write_multiple_choice_task(folder, "piqa_local", piqa, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}")
+    for name in ("lambada_openai_local", "piqa_local"):
+        text = (REPO / "config/tasks" / f"{name}.yaml").read_text()
+        (folder / f"{name}.yaml").write_text(text.replace("../shared/data/", f"{SHARED_DATA}/"))
     rng = random.Random(0)
     for name, choices in (("hellaswag_local", 4), ("arc_easy_local", 4), ("arc_challenge_local", 4),
                           ("winogrande_local", 2)):  # fmt: skip
@@ -103,7 +72,8 @@ def write_rehearsal_inputs(root: Path) -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"the rehearsal reads ../shared/data (not found at {SHARED_DATA})")
     folder = Path(root) / "rehearsal"
-    _pile(folder / "pile")
+    paragraphs = [p for p in (SHARED_DATA / "tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
+    write_pile_shards(folder / "pile", paragraphs, shards=3, set_name="Gutenberg (PG-19)")
     shutil.copyfile(SHARED_DATA / "20B_tokenizer.json", folder / "20B_tokenizer.json")
     _tasks(folder / "tasks")
     _published_checkpoint(folder / "state-spaces-mamba")

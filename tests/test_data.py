@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from conftest import write_pile_shards
 from seqarena.data import Source, download, load_tokens, token_dtype, tokenize
 
 
@@ -133,25 +134,20 @@ def test_tiny_shakespeare(shared_data, tmp_path):
     assert decode_docs(tmp_path / "out", "train")[0].startswith("First Citizen:\nBefore we proceed")
 
 
-def write_pile_shards(folder, shards: int, docs_per_shard: int, seed=0) -> list[str]:
-    """The Pile's own on-disk format: jsonl.zst shards, one {"text", "meta"} record a line."""
-    import zstandard
-
-    rng, docs = random.Random(seed), []
+def generated_pile(folder, shards: int, docs_per_shard: int, seed=0) -> list[str]:
+    """Generated documents in the Pile's on-disk format; returns them in order."""
+    rng = random.Random(seed)
     words = "the pile has many sources of text and every one of them is a document".split()
-    folder.mkdir(parents=True, exist_ok=True)
-    for shard in range(shards):
-        lines = []
-        for _ in range(docs_per_shard):
-            docs.append(" ".join(rng.choice(words) for _ in range(rng.randint(20, 200))))
-            lines.append(json.dumps({"text": docs[-1], "meta": {"pile_set_name": "Pile-CC"}}))
-        data = zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode())
-        (folder / f"{shard:02d}.jsonl.zst").write_bytes(data)
+    docs = [
+        " ".join(rng.choice(words) for _ in range(rng.randint(20, 200)))
+        for _ in range(shards * docs_per_shard)
+    ]
+    write_pile_shards(folder, docs, shards)
     return docs
 
 
 def test_pile_shards_stream_up_to_a_token_budget(tmp_path):
-    docs = write_pile_shards(tmp_path / "pile", shards=3, docs_per_shard=40)
+    docs = generated_pile(tmp_path / "pile", shards=3, docs_per_shard=40)
     source = Source(kind="local", path=str(tmp_path / "pile" / "*.jsonl.zst"), format="jsonl")
     raw = download(source, tmp_path / "raw")
     meta = tokenize(raw, tmp_path / "out", "byte", val_fraction=0.1, max_tokens=5000)
@@ -163,7 +159,7 @@ def test_pile_shards_stream_up_to_a_token_budget(tmp_path):
 
 
 def test_shard_without_the_text_field_or_corrupt_is_named_and_nothing_is_written(tmp_path):
-    write_pile_shards(tmp_path / "pile", shards=2, docs_per_shard=5)
+    generated_pile(tmp_path / "pile", shards=2, docs_per_shard=5)
     (tmp_path / "pile" / "01.jsonl.zst").write_bytes((tmp_path / "pile" / "01.jsonl.zst").read_bytes()[:-9])
     source = Source(kind="local", path=str(tmp_path / "pile"), format="jsonl")
     with pytest.raises(ValueError, match=r"01\.jsonl\.zst cannot be read"):
@@ -232,7 +228,7 @@ def test_download_and_tokenize_memory_is_flat_in_the_corpus_size(shared_data, tm
     """Python's peak allocations at 10x the data stay within 1.5x of those at 1x (tracemalloc)."""
     peaks = {}
     for scale in (1, 10):
-        write_pile_shards(tmp_path / f"x{scale}" / "pile", shards=scale, docs_per_shard=3000, seed=scale)
+        generated_pile(tmp_path / f"x{scale}" / "pile", shards=scale, docs_per_shard=3000, seed=scale)
         script = [sys.executable, "-c", TRACE_TOKENIZE, str(tmp_path / f"x{scale}"),
                   str(shared_data / "20B_tokenizer.json")]  # fmt: skip
         done = subprocess.run(script, capture_output=True, text=True)

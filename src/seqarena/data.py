@@ -158,18 +158,22 @@ def _write_split(documents: Iterable[str], path: Path, max_chars: int | None, de
 
     schema, rows, chars, batch = pa.schema([("text", pa.string())]), 0, 0, []
     with pq.ParquetWriter(path, schema) as writer, tqdm(desc=desc, unit=" docs", mininterval=30) as bar:
+
+        def flush():
+            nonlocal rows, batch
+            if batch:
+                writer.write_table(pa.table({"text": batch}, schema=schema))
+                bar.update(len(batch))
+                rows, batch = rows + len(batch), []
+
         for document in documents:
             batch.append(document)
             chars += len(document)
-            if len(batch) == BATCH or (max_chars and chars >= max_chars):
-                writer.write_table(pa.table({"text": batch}, schema=schema))
-                rows, batch = rows + len(batch), []
-                bar.update(BATCH)
             if max_chars and chars >= max_chars:
                 break
-        if batch:
-            writer.write_table(pa.table({"text": batch}, schema=schema))
-            rows += len(batch)
+            if len(batch) == BATCH:
+                flush()
+        flush()
     return rows
 
 
@@ -306,18 +310,18 @@ def _write_tokens(tokenizer, batches: Iterable[list[str]], path: Path, dtype, de
         with open(tmp, "wb") as f, tqdm(desc=desc, unit=" tokens", unit_scale=True, mininterval=30) as bar:
             for batch in batches:
                 ids = [e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
-                lengths = np.array([len(doc) + 1 for doc in ids])
-                flat = np.full(lengths.sum(), eos, dtype=dtype)  # EOS stays after each document
+                ends = np.cumsum([len(doc) + 1 for doc in ids])  # each document's EOS position + 1
+                flat = np.full(ends[-1], eos, dtype=dtype)  # EOS stays after each document
                 text = np.ones(flat.size, dtype=bool)
-                text[np.cumsum(lengths) - 1] = False
+                text[ends - 1] = False
                 flat[text] = np.fromiter(
                     itertools.chain.from_iterable(ids), dtype=dtype, count=int(text.sum())
                 )
                 if max_tokens and tokens + flat.size >= max_tokens:
                     flat = flat[: max_tokens - tokens]
-                    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), flat.size)) + 1]
+                    ends = ends[: int(np.searchsorted(ends, flat.size)) + 1]
                 flat.tofile(f)
-                tokens, documents = tokens + flat.size, documents + len(lengths)
+                tokens, documents = tokens + flat.size, documents + len(ends)
                 bar.update(flat.size)
                 if max_tokens and tokens >= max_tokens:
                     break
@@ -330,13 +334,17 @@ def _raw_texts(path: Path, rows: range | None = None) -> Iterator[list[str]]:
     """Batches of the non-empty texts of a raw split, read one row group at a time (only ``rows``)."""
     import pyarrow.parquet as pq
 
-    first = 0
+    end = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["text"]):
-        texts = batch.column(0).to_pylist()
-        if rows is not None:
-            texts = texts[max(rows.start - first, 0) : max(rows.stop - first, 0)]
-        first += batch.num_rows
-        keep = [t for t in texts if t and t.strip()]
+        first, end = end, end + batch.num_rows
+        if rows is not None:  # slice in arrow: rows outside the range never become Python strings
+            if end <= rows.start:
+                continue
+            if first >= rows.stop:
+                break
+            lo = max(rows.start - first, 0)
+            batch = batch.slice(lo, min(rows.stop, end) - first - lo)
+        keep = [t for t in batch.column(0).to_pylist() if t and t.strip()]
         if keep:
             yield keep
 

@@ -138,15 +138,15 @@ class ModelRun:
         experiment_id = _experiment_id(self.client, experiment, uri)
         # Find-or-create and the params, as one step: two stages of one model (train, bench_training)
         # start together, and each must find the run the other made.
+        flat = _flatten(params or {})
         with _file_lock(_runs_lock(uri)):
-            run = self._find_or_create(experiment_id, model_id, tags, params, new)
+            run = self._find_or_create(experiment_id, model_id, tags, flat, new)
             self.run_id = run.info.run_id
-            flat = _flatten(params or {})
             new_params = [Param(k, v) for k, v in flat.items() if k not in run.data.params]
             for start in range(0, len(new_params), 100):
                 retry(self.client.log_batch, self.run_id, params=new_params[start : start + 100])
 
-    def _find_or_create(self, experiment_id, model_id, tags, params, new):
+    def _find_or_create(self, experiment_id, model_id, tags, flat: dict[str, str], new):
         from mlflow.entities import RunTag
 
         found = retry(
@@ -156,7 +156,6 @@ class ModelRun:
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        flat = _flatten(params or {})
         run = found[0] if found and not new else None
         if run is not None and any(run.data.params.get(k, v) != v for k, v in flat.items()):
             run = None  # the configuration changed: a new run, the old one stays for comparison

@@ -124,10 +124,10 @@ def launcher(wildcards, resources):
     of the job's nodes: torchrun on one node, srun + torchrun across several."""
     nodes = train_nodes(wildcards)
     processes = max(1, configured("train", "gpu", wildcards))
+    slot = gpu_slot(wildcards, resources)
     if nodes == 1 and processes == 1:
-        return f"{gpu_slot(wildcards, resources)}seqarena"
-    launch = f"seqarena launch --nodes {nodes} --nproc-per-node {processes} --"
-    return f"{gpu_slot(wildcards, resources)}{launch}"
+        return f"{slot}seqarena"
+    return f"{slot}seqarena launch --nodes {nodes} --nproc-per-node {processes} --"
 
 
 def tracking_uri():
