@@ -23,8 +23,13 @@ wildcard_constraints:
 # One conda env for every rule: the CPU env, or the GPU env whose post-deploy script builds
 # mamba-ssm and causal-conv1d for the configured CUDA architectures.
 ENV = f"../../envs/{'gpu' if config['device'] == 'cuda' else 'cpu'}.yaml"
-# The GPU env's post-deploy script builds for these archs (it runs in this process's environment).
-os.environ.update(SEQARENA_CUDA_ARCHS=";".join(config["kernels"]["cuda_archs"]))
+# The envs' post-deploy scripts run in this process's environment: they install seqarena from
+# this workflow's folder (a path in the env file would not survive Snakemake's copy of it), and
+# the GPU env's builds the kernels for these archs.
+os.environ.update(
+    SEQARENA_WORKFLOW_DIR=os.path.abspath(workflow.basedir),
+    SEQARENA_CUDA_ARCHS=";".join(config["kernels"]["cuda_archs"]),
+)
 
 
 def check_dataset():

@@ -11,6 +11,7 @@ Usage: ``python -m seqarena.ops.cuda_build setup.py "80;90"``.
 """
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,11 @@ def nvcc_version(nvcc: str = "nvcc") -> str:
 
 def check_toolchain(archs: list[str], torch_cuda: str | None, nvcc: str = "nvcc") -> None:
     """Fail before compiling when nvcc cannot build an arch or torch was built for another CUDA."""
+    if shutil.which(nvcc) is None:
+        raise ValueError(
+            f"{nvcc} is not on PATH: the CUDA build needs the toolkit's compiler "
+            "(conda: cuda-nvcc, as envs/gpu.yaml has; else the CUDA toolkit's bin/ on PATH)"
+        )
     release = nvcc_version(nvcc)
     listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
     supported = sorted({int(a) for a in re.findall(r"compute_(\d+)", listed)})
@@ -85,7 +91,10 @@ def main(argv: list[str]) -> None:
     import torch
 
     path, archs = Path(argv[0]), [a for a in argv[1].split(";") if a]
-    check_toolchain(archs, torch.version.cuda)
+    try:
+        check_toolchain(archs, torch.version.cuda)
+    except ValueError as e:
+        sys.exit(f"CUDA build of {path.parent.name} refused before compiling: {e}")
     source = restrict_archs(path.read_text(), archs)
     standard = torch_cxx_standard()
     path.write_text(raise_cxx_standard(source, standard) if standard else source)
