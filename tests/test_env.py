@@ -77,3 +77,8 @@ def test_a_toolchain_mismatch_fails_before_compiling_naming_both_versions():
     with pytest.raises(ValueError, match=rf"torch is a CPU build .* nvcc is CUDA {release}"):
         check_toolchain(["90"], None)
     check_toolchain(["90a"], release)  # the same major: nothing to say
+
+
+def test_a_missing_nvcc_fails_before_compiling_naming_it():
+    with pytest.raises(ValueError, match="nvcc-13.9 is not on PATH: the CUDA build needs the toolkit's compiler"):
+        check_toolchain(["90"], "13.0", nvcc="nvcc-13.9")
