@@ -6,7 +6,9 @@ TORCH ?= torch==2.13.0
 CONFIG ?= config/config.yaml
 BIN := $(VENV)/bin
 
-.PHONY: install pipeline test lint slurm
+GPU_CHECK_OUT ?= results/gpu-check
+
+.PHONY: install pipeline test lint slurm gpu-check
 
 install: $(VENV)/.installed
 
@@ -34,3 +36,10 @@ slurm:
 
 test: lint slurm
 	$(BIN)/pytest
+
+# The GPU acceptance run: kernels built for this GPU, backends checked, training, kernel and
+# generation benchmarks, one table in $(GPU_CHECK_OUT)/gpu-check.md. On a CUDA machine, give the
+# venv a CUDA torch: `make gpu-check VENV=.venv-gpu TORCH=torch==2.14.1`. On a CPU the GPU
+# parts are skipped, saying so (tests/test_gpu_check.py runs that mode).
+gpu-check: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)

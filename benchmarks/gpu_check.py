@@ -1,0 +1,211 @@
+"""The GPU acceptance run (`make gpu-check`): one command on any CUDA machine, one markdown table.
+
+1. builds causal-conv1d and mamba-ssm for this GPU's arch only (envs/gpu.post-deploy.sh, the
+   conda env's own script), timed; the wheels are kept (--wheels) and reused by later runs;
+2. checks every scan backend (cuda, cpp, torch) against the float64 reference: scan and conv,
+   output and every gradient, float32 and bfloat16 inputs;
+3. times a bf16-autocast training step of mamba-130m and transformer-125m at the paper's shape
+   (sequences of 2048 tokens): tokens/s, MFU, peak memory;
+4. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, L 512..16K, scan vs SDPA attention
+   (FlashAttention-2 on a GPU);
+5. generation: prompt 2048, 128 new tokens, batch 1..64, Mamba vs Transformer++ of matched size.
+
+On a machine without CUDA the GPU parts are skipped, each saying why, and the rest runs at tiny
+sizes so that every path stays exercised (CI runs this mode). Writes gpu-check.md (the table
+that benchmarks/README.md quotes), gpu-check.json and build.log under --out; exits non-zero when
+a check fails.
+    make gpu-check  (python benchmarks/gpu_check.py [--out results/gpu-check] [--wheels DIR])
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from seqarena.bench import bench_generation, bench_kernels, bench_training
+from seqarena.env import TOLERANCE, backend_record
+from seqarena.models.base import atomic_write
+from seqarena.ops import backends
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (GPU, CPU): the issue's shapes on a GPU; tiny ones on a CPU, where only the paths are checked.
+SHAPES = {
+    "train_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
+    "train": (dict(steps=10, seq_len=2048, micro_batch=8, vocab_size=50277),
+              dict(steps=3, seq_len=128, micro_batch=4, vocab_size=4096)),
+    "kernels": (dict(lengths=[512, 1024, 2048, 4096, 8192, 16384], dim=1024, state=16, repeats=10),
+                dict(lengths=[256, 1024], dim=256, state=16, repeats=3)),
+    "generation_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
+    "generation": (dict(prompt_len=2048, new_tokens=128, batch_sizes=[1, 4, 16, 64], repeats=3),
+                   dict(prompt_len=64, new_tokens=16, batch_sizes=[1, 4], repeats=2)),
+}  # fmt: skip
+
+
+@dataclass
+class Row:
+    check: str
+    status: str  # passed, failed, skipped, measured
+    result: str
+    seconds: float | None = None
+
+
+def shape(key: str, gpu: bool):
+    return SHAPES[key][0 if gpu else 1]
+
+
+def build_kernels(out: Path, wheels: Path) -> Row:
+    """The GPU env's post-deploy script, for this GPU's arch, in this interpreter's environment."""
+    if not torch.cuda.is_available():
+        return Row("build kernels", "skipped", "no CUDA device (torch.cuda.is_available() is False)")
+    major, minor = torch.cuda.get_device_capability()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SEQARENA_WORKFLOW_DIR": str(REPO),
+        "SEQARENA_CUDA_ARCHS": f"{major}{minor}",
+        "SEQARENA_CUDA_WHEELS": str(wheels),
+    }
+    start = time.perf_counter()
+    with open(out / "build.log", "w") as log:
+        done = subprocess.run(
+            ["bash", str(REPO / "envs/gpu.post-deploy.sh")], env=env, stdout=log, stderr=log
+        )
+    seconds = time.perf_counter() - start
+    lines = (out / "build.log").read_text().splitlines()
+    said = [line for line in lines if line.startswith(("built ", "installed ", "CUDA build of"))]
+    if done.returncode != 0:
+        return Row("build kernels", "failed", "; ".join(said + lines[-1:]) + " (build.log)", seconds)
+    return Row(f"build kernels for sm_{major}{minor}", "passed", "; ".join(said), seconds)
+
+
+def backend_rows() -> list[Row]:
+    rows = []
+    for name in backends.backend_names():
+        for dtype in (torch.float32, torch.bfloat16):
+            label = f"backend {name} {str(dtype).removeprefix('torch.')} vs float64 reference"
+            record = backend_record(name, dtype)
+            if not record["available"]:
+                rows.append(Row(label, "skipped", record["reason"]))
+                continue
+            worst = max(record["errors"], key=record["errors"].get)
+            result = (f"on {record['device']}: largest relative error {record['max_relative_error']:.1e} "
+                      f"({worst}; tolerance {TOLERANCE[dtype]:.0e}), scan and conv, outputs and all "
+                      "gradients")  # fmt: skip
+            rows.append(Row(label, "passed" if record["passed"] else "failed", result, record["seconds"]))
+    return rows
+
+
+def gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def training_rows(gpu: bool) -> list[Row]:
+    rows, options = [], shape("train", gpu)
+    for model in shape("train_models", gpu):
+        start = time.perf_counter()
+        result = bench_training(model, **options)
+        mfu = "n/a" if result["mfu"] is None else f"{result['mfu']:.1%}"
+        rows.append(Row(
+            f"train step {model} (L {options['seq_len']}, micro-batch {options['micro_batch']}"
+            f"{', bf16 autocast' if gpu else ', float32'})", "measured",
+            f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak memory "
+            f"{gib(result['peak_memory_bytes'])}, scan backend {result['scan_backend'] or 'none'}",
+            time.perf_counter() - start,
+        ))  # fmt: skip
+    return rows
+
+
+def kernel_rows(gpu: bool) -> list[Row]:
+    options = shape("kernels", gpu)
+    table = bench_kernels(**options)
+    rows = []
+    for length in options["lengths"]:
+        for phase in ("fwd", "fwd+bwd"):
+            found = {(r["op"], r["backend"]): r["median_ms"] for r in table
+                     if r["seq_len"] == length and r["pass"] == phase}  # fmt: skip
+            attention = found[("attention", "sdpa")]
+            scans = ", ".join(f"scan {b} {ms:.3f} ms ({ms / attention:.2f}x attention's time)"
+                              for (op, b), ms in found.items() if op == "scan")  # fmt: skip
+            rows.append(Row(
+                f"kernels {phase} L {length} (batch 1, D {options['dim']}, N {options['state']})", "measured",
+                f"{scans}; attention (SDPA) {attention:.3f} ms",
+            ))  # fmt: skip
+    return rows
+
+
+def generation_rows(gpu: bool) -> list[Row]:
+    options = shape("generation", gpu)
+    mamba, transformer = (bench_generation(m, **options) for m in shape("generation_models", gpu))
+    rows = []
+    for ours, theirs in zip(mamba["results"], transformer["results"], strict=True):
+
+        def said(r, name):
+            if r["oom"]:
+                return f"{name} out of memory"
+            return f"{name} {r['tokens_per_s']:,.0f} tokens/s (peak {gib(r['peak_memory_bytes'])})"
+
+        ratio = (
+            ""
+            if ours["oom"] or theirs["oom"]
+            else f"; Mamba {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x"
+        )
+        rows.append(Row(
+            f"generation batch {ours['batch']} (prompt {options['prompt_len']}, {options['new_tokens']} new)",
+            "measured", f"{said(ours, mamba['model'])}, {said(theirs, transformer['model'])}{ratio}",
+        ))  # fmt: skip
+    return rows
+
+
+def header(gpu: bool) -> str:
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})"
+    mode = (
+        "full (GPU)"
+        if gpu
+        else "CPU mode: the GPU parts skipped, the rest at tiny sizes (paths, not results)"
+    )
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    software = f"torch {torch.__version__} (CUDA {torch.version.cuda})"
+    return f"Device: {device}; {software}; {mode}; `make gpu-check`, {when}"
+
+
+def markdown(rows: list[Row], gpu: bool) -> str:
+    lines = [header(gpu), "", "| check | status | result | s |", "|---|---|---|---|"]
+    for r in rows:
+        seconds = "" if r.seconds is None else f"{r.seconds:.1f}"
+        lines.append(f"| {r.check} | {r.status} | {r.result.replace('|', '/')} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "results/gpu-check")
+    parser.add_argument("--wheels", type=Path, default=Path.home() / ".cache/seqarena/cuda-wheels",
+                        help="where the built wheels are kept between runs")  # fmt: skip
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.is_available()
+    rows = [build_kernels(args.out, args.wheels)]
+    rows += backend_rows()
+    rows += training_rows(gpu)
+    rows += kernel_rows(gpu)
+    rows += generation_rows(gpu)
+    text = markdown(rows, gpu)
+    records = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
+    atomic_write(args.out / "gpu-check.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(args.out / "gpu-check.json", lambda tmp: Path(tmp).write_text(records))
+    print(text)
+    failed = [r.check for r in rows if r.status == "failed"]
+    if failed:
+        sys.exit(f"gpu-check: {len(failed)} failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""`make gpu-check` in its CPU mode: the GPU parts skipped, saying so; every other part measured."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the full check: `make gpu-check`")
+def test_make_gpu_check_on_a_cpu_skips_the_gpu_parts_saying_why_and_measures_the_rest(tmp_path):
+    if Path(sys.prefix) != REPO / ".venv":
+        pytest.skip(f"`make gpu-check` runs in the venv that `make install` builds ({REPO / '.venv'})")
+    done = subprocess.run(
+        ["make", "-C", str(REPO), "gpu-check", f"GPU_CHECK_OUT={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    rows = {r["check"]: r for r in json.loads((tmp_path / "gpu-check.json").read_text())}
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert table.splitlines()[0].startswith("Device: CPU") and "GPU parts skipped" in table
+
+    no_cuda = "no CUDA device (torch.cuda.is_available() is False)"
+    assert rows["build kernels"] == {
+        "check": "build kernels",
+        "status": "skipped",
+        "result": no_cuda,
+        "seconds": None,
+    }
+    for dtype in ("float32", "bfloat16"):
+        assert rows[f"backend cuda {dtype} vs float64 reference"]["status"] == "skipped"
+        for backend in ("cpp", "torch"):
+            row = rows[f"backend {backend} {dtype} vs float64 reference"]
+            error, tolerance = map(
+                float, re.search(r"error (\S+) .*tolerance (\S+)\)", row["result"]).groups()
+            )
+            assert row["status"] == "passed" and 0 < error <= tolerance, row
+
+    trained = [r for name, r in rows.items() if name.startswith("train step")]
+    assert [r["check"].split()[2] for r in trained] == ["mamba-tiny", "transformer-tiny"]
+    for row in trained:
+        assert float(re.match(r"([\d,]+) tokens/s", row["result"])[1].replace(",", "")) > 0, row
+    kernels = [r for name, r in rows.items() if name.startswith("kernels")]
+    assert len(kernels) == 4 and all(
+        "scan cpp" in r["result"] and "attention (SDPA)" in r["result"] for r in kernels
+    )
+    generation = [r for name, r in rows.items() if name.startswith("generation batch")]
+    assert len(generation) == 2 and all(re.search(r"Mamba \d+\.\d+x$", r["result"]) for r in generation)
+    assert all(f"| {name} |" in table for name in rows)
