@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, free_port, wait_until_serving
+from seqarena.checkpoints import CheckpointStore
 from seqarena.data import Source, download, tokenize
 from seqarena.models import build_model, from_pretrained
 from seqarena.train import TrainConfig, TrainingDiverged, lr_at, no_decay_names, param_groups, train
@@ -70,7 +72,16 @@ def test_tiny_models_learn_shakespeare(shakespeare, tmp_path, model):
     assert (tmp_path / model / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(shakespeare, tmp_path_factory):
+    """The 24-step run that every interrupted one must end equal to."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert seqarena("train", *cli_args(config(shakespeare, out, steps=24, ckpt_interval=5, eval_interval=8)),
+                    stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL).wait(timeout=300) == 0  # fmt: skip
+    return out
+
+
+def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_path, uninterrupted):
     from mlflow.tracking import MlflowClient
 
     def cfg(name):
@@ -79,8 +90,6 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_pat
             shakespeare, tmp_path / name, steps=24, ckpt_interval=5, eval_interval=8, tracking_uri=uri
         )
 
-    reference = seqarena("train", *cli_args(cfg("reference")), stderr=subprocess.DEVNULL)
-    assert reference.wait(timeout=300) == 0
     out = tmp_path / "killed"
     kill_after = random.Random().randint(6, 21)  # past the first checkpoint, before the end
     job = seqarena("train", *cli_args(cfg("killed")), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -93,7 +102,7 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_pat
     assert not (out / "summary.json").exists() and not (out / "model.safetensors").exists()
     assert seqarena("train", *cli_args(cfg("killed")), stderr=subprocess.DEVNULL).wait(timeout=300) == 0
 
-    ref_dir = tmp_path / "reference"
+    ref_dir = uninterrupted
     assert (out / "model.safetensors").read_bytes() == (ref_dir / "model.safetensors").read_bytes()
     strip = [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(out)]
     assert strip == [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(ref_dir)]
@@ -319,10 +328,118 @@ class _Payload:
 
 
 def test_a_checkpoint_that_would_run_code_is_never_unpickled(tmp_path, monkeypatch, capsys):
-    from seqarena.train import newest_checkpoint
-
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "ckpt").mkdir()
-    torch.save({"model": {}, "step": 3, "payload": _Payload()}, tmp_path / "ckpt" / "step_00000003.pt")
-    assert newest_checkpoint(tmp_path / "ckpt") == (None, None)
-    assert not (tmp_path / "pwned").exists() and "skipping unreadable checkpoint" in capsys.readouterr().out
+    store = CheckpointStore(tmp_path / "ckpt", keep=2)
+    store.save(
+        3, {"model": {}, "step": 3, "payload": _Payload()}
+    )  # its manifest matches: only loading stops it
+    assert store.newest() == (None, None)
+    assert not (tmp_path / "pwned").exists()
+    assert "step_00000003.pt: it does not load as data (UnpicklingError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_checkpoints_the_current_step_and_the_rerun_ends_equal(
+    shakespeare, tmp_path, uninterrupted, stop_signal
+):
+    """SLURM's warning (SIGUSR1 by --signal) or its SIGTERM: the step in flight finishes, is
+    checkpointed and logged, the process exits 75; the same command resumes from that step."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg, out = (
+        config(shakespeare, tmp_path / "run", steps=24, ckpt_interval=5, eval_interval=8, tracking_uri=uri),
+        tmp_path / "run",
+    )
+    job = seqarena("train", *cli_args(cfg), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 7):  # past the step-5 checkpoint
+        assert job.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.02)
+    job.send_signal(stop_signal)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 75, stderr[-2000:]
+    stopped_at = len(metrics(out))
+    assert 7 <= stopped_at < 24
+    assert f"stopped by {stop_signal.name} after step {stopped_at} of 24" in stderr
+    assert CheckpointStore(out / "ckpt", keep=2).newest()[1]["step"] == stopped_at  # not the step-5 one
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == stopped_at  # flushed
+
+    assert (
+        seqarena("train", *cli_args(cfg), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL).wait(300) == 0
+    )
+    assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
+    assert [{k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(out)] == [
+        {k: r[k] for k in DETERMINISTIC if k in r} for r in metrics(uninterrupted)
+    ]
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(
+        range(1, 25)
+    )
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_skipped_for_the_one_before(
+    shakespeare, tmp_path, uninterrupted
+):
+    """Step 20's checkpoint truncated on disk: the rerun says so and resumes from step 15."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted / "ckpt", out / "ckpt")
+    newest = out / "ckpt/step_00000020.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    cfg = config(shakespeare, out, steps=24, ckpt_interval=5, eval_interval=8)
+    done = subprocess.run([sys.executable, "-m", "seqarena.cli", "train", *cli_args(cfg)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"skipping checkpoint {newest}: it has" in done.stderr and "(truncated?)" in done.stderr
+    assert "resuming from" in done.stdout and "step_00000015.pt at step 15" in done.stdout
+    assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
+
+
+def test_the_checkpoint_store_skips_flipped_bytes_and_a_missing_manifest_naming_each(tmp_path, capsys):
+    store = CheckpointStore(tmp_path / "ckpt", keep=3)
+    for step in (1, 2, 3):
+        store.save(step, {"step": step, "weights": torch.full((256,), float(step))})
+    third, second = tmp_path / "ckpt/step_00000003.pt", tmp_path / "ckpt/step_00000002.pt"
+    data = bytearray(third.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte different
+    third.write_bytes(bytes(data))
+    second.with_suffix(".json").unlink()  # as if killed between the file and its manifest
+    path, state = store.newest()
+    assert path.name == "step_00000001.pt" and torch.equal(state["weights"], torch.full((256,), 1.0))
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint {third}: its sha256 differs from its manifest's" in err
+    assert f"skipping checkpoint {second}: it has no manifest step_00000002.json" in err
+    store.save(4, {"step": 4})
+    kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert kept == ["step_00000002.pt", "step_00000003.json", "step_00000003.pt", "step_00000004.json",
+                    "step_00000004.pt"]  # fmt: skip
+
+
+def test_a_full_disk_fails_naming_the_checkpoint_and_keeps_the_one_before(
+    shakespeare, tmp_path, uninterrupted
+):
+    """A file-size limit (RLIMIT_FSIZE) just under one checkpoint: resuming at step 15 reads fine,
+    writing step 20's fails, naming it; step 15's stays whole and no temporary file is left."""
+    import resource
+
+    out = tmp_path / "run"
+    (out / "ckpt").mkdir(parents=True)
+    for name in ("step_00000015.pt", "step_00000015.json"):
+        shutil.copy(uninterrupted / "ckpt" / name, out / "ckpt" / name)
+    limit = (out / "ckpt/step_00000015.pt").stat().st_size - 1
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cfg = config(shakespeare, out, steps=24, ckpt_interval=5, eval_interval=8)
+    command = [sys.executable, "-m", "seqarena.cli", "train", *cli_args(cfg)]
+    done = subprocess.run(command, preexec_fn=small_disk, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "at step 15" in done.stdout
+    assert f"OSError: could not write {out / 'ckpt/step_00000020.pt'}: " in done.stderr, done.stderr[-2000:]
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["step_00000015.json", "step_00000015.pt"]
+    assert CheckpointStore(out / "ckpt", keep=2).newest()[1]["step"] == 15
+    assert [r["step"] for r in metrics(out)] == list(range(1, 21))

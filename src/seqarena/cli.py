@@ -77,9 +77,13 @@ def config_from_args(config_cls, args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from seqarena.train import TrainConfig, train
+    from seqarena.train import STOPPED_EXIT_STATUS, TrainConfig, TrainingStopped, train
 
-    summary = train(config_from_args(TrainConfig, args))
+    try:
+        summary = train(config_from_args(TrainConfig, args))
+    except TrainingStopped as stopped:
+        print(stopped, file=sys.stderr, flush=True)
+        sys.exit(STOPPED_EXIT_STATUS)
     if summary:
         print(json.dumps(summary, indent=2))
 

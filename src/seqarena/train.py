@@ -7,9 +7,11 @@ windows, bf16 autocast on CUDA, optional torch.compile.
 
 Determinism and resume: the windows of step s are a pure function of (seed, s, window
 index), the learning rate a pure function of s, and a checkpoint holds the model, the
-optimizer, the step and the RNG states. Checkpoints are written to a temporary file and
-renamed, so a job killed at any moment restarts from the newest complete one and ends
-with the same weights and metrics as a run never killed.
+optimizer, the step and the RNG states. Checkpoints (checkpoints.py) are written atomically
+with a checksummed manifest, so a job killed at any moment restarts from the newest whole one
+and ends with the same weights and metrics as a run never killed. SIGTERM, SIGINT or SIGUSR1
+(SLURM's warning before a time limit) stop it after the current step with a checkpoint of that
+step, exiting with STOPPED_EXIT_STATUS.
 """
 
 import contextlib
@@ -18,7 +20,9 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from seqarena.checkpoints import CheckpointStore
 from seqarena.data import load_tokens
 from seqarena.models import SIZES, build_model, parse_model_id
 from seqarena.models.base import atomic_write
@@ -38,6 +43,47 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10"
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+# A run stopped on a signal exits with this (EX_TEMPFAIL: try again): its checkpoint is written,
+# and the same command resumes it.
+STOPPED_EXIT_STATUS = 75
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on a signal after a step, with a checkpoint of that step."""
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 ask the loop to stop after the current step; a second SIGINT
+    stops at once. Installed only in the main thread (where Python delivers signals)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __enter__(self):
+        self.received, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(
+            f"received {self.received}: stopping after this step, with a checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def requested(self, dist_: "Distributed") -> bool:
+        """Whether any process received a stop signal (all stop at the same step)."""
+        flag = torch.tensor(float(self.received is not None), device=dist_.device)
+        return dist_.mean(flag).item() > 0
 
 
 @dataclass
@@ -246,25 +292,6 @@ def _changes(old: dict | None, new: dict) -> str:
     return "the config changed: " + ", ".join(changed)
 
 
-def _discard_checkpoints(ckpt_dir: Path) -> Path:
-    """Move the checkpoints of another config aside (never delete days of training silently)."""
-    discarded = ckpt_dir.with_name("ckpt.discarded")
-    if discarded.exists():
-        shutil.rmtree(discarded)
-    ckpt_dir.rename(discarded)
-    return discarded
-
-
-def newest_checkpoint(ckpt_dir: Path):
-    """The newest checkpoint that loads; a damaged file (it cannot be, but disks fail) is skipped."""
-    for path in sorted(ckpt_dir.glob("step_*.pt"), reverse=True):
-        try:
-            return path, torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            print(f"skipping unreadable checkpoint {path}: {e}")
-    return None, None
-
-
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -306,12 +333,13 @@ def train(cfg: TrainConfig) -> dict:
     """Train (or resume) one model; write its weights, metrics.jsonl and summary.json."""
     dist_ = Distributed()
     try:
-        return _train(cfg, dist_)
+        with StopSignals() as stop:
+            return _train(cfg, dist_, stop)
     finally:
         dist_.close()
 
 
-def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
+def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
     if cfg.scan_backend:
         os.environ["SEQARENA_SCAN_BACKEND"] = cfg.scan_backend
     out, data_dir = Path(cfg.out), Path(cfg.data)
@@ -347,15 +375,15 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         param_groups(model, cfg.weight_decay, no_decay), lr=peak_lr, betas=(cfg.beta1, cfg.beta2),
         foreach=True,
     )  # fmt: skip
-    ckpt_dir = out / "ckpt"
+    checkpoints = CheckpointStore(out / "ckpt", cfg.keep_checkpoints)
     fingerprint = run_fingerprint(cfg, meta)
-    ckpt_path, ckpt = newest_checkpoint(ckpt_dir)
+    ckpt_path, ckpt = checkpoints.newest()
     restart = ckpt is not None and (cfg.force_restart or ckpt.get("fingerprint") != fingerprint)
     if restart:
         reason = "--force-restart" if cfg.force_restart else _changes(ckpt.get("fingerprint"), fingerprint)
         dist_.barrier()  # every process has read the checkpoint before it moves
         if dist_.main:
-            discarded = _discard_checkpoints(ckpt_dir)
+            discarded = checkpoints.discard()
             print(f"not resuming from {ckpt_path} ({reason}): starting at step 0; the old checkpoints "
                   f"are in {discarded}", flush=True)  # fmt: skip
         dist_.barrier()
@@ -428,8 +456,8 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         loss_value = dist_.mean(loss_sum).item()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
-                f"{cfg.model}: loss is {loss_value} at step {step + 1}; stopped. The last good checkpoint "
-                f"is {newest_checkpoint(ckpt_dir)[0] or 'none'}; lower lr or raise warmup and rerun."
+                f"{cfg.model}: loss is {loss_value} at step {step + 1}; stopped. The last good "
+                f"checkpoint is {checkpoints.newest()[0] or 'none'}; lower lr or raise warmup and rerun."
             )
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip).item()
         optimizer.step()
@@ -457,7 +485,8 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
                 if "val_loss" in row:
                     pending.append(("val/loss", row["val_loss"], step + 1))
             bar.set_postfix(loss=f"{loss_value:.3f}")
-        if (step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps:
+        stopping = stop.requested(dist_) and step + 1 < steps
+        if stopping or ((step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps):
             model_state, optim_state = _state_dicts(model, optimizer, sharded)
             if dist_.main:
                 # MLflow first: a checkpoint must never be ahead of the logged metrics, or a job killed
@@ -465,10 +494,21 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
                 if run:
                     run.log_metrics(pending)
                 pending = []
-                _save_checkpoint(
-                    ckpt_dir, step + 1, model_state, optim_state, train_seconds, cfg, fingerprint, history
-                )
+                state = {
+                    "model": model_state, "optimizer": optim_state, "step": step + 1,
+                    "rng": torch.get_rng_state(), "train_seconds": train_seconds, "config": asdict(cfg),
+                    "fingerprint": fingerprint, "history": history,
+                }  # fmt: skip
+                saved = checkpoints.save(step + 1, state)
             dist_.barrier()
+        if stopping:
+            if run:
+                run.finish("KILLED")  # the rerun reopens it
+            where = saved if dist_.main else checkpoints.folder
+            raise TrainingStopped(
+                f"{cfg.model}: stopped by {stop.received or 'a signal to another process'} after step "
+                f"{step + 1} of {steps}; checkpoint {where}. Rerun the same command to resume."
+            )
 
     model_state, _ = _state_dicts(model, optimizer, sharded)
     if not dist_.main:
@@ -478,23 +518,6 @@ def _train(cfg: TrainConfig, dist_: Distributed) -> dict:
         model.load_state_dict(model_state)
     return _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds,
                    flops_per_token, dist_, scan_backend)  # fmt: skip
-
-
-def _save_checkpoint(ckpt_dir: Path, step: int, model_state, optim_state, train_seconds: float,
-                     cfg: TrainConfig, fingerprint: dict, history: list):  # fmt: skip
-    state = {
-        "model": model_state,
-        "optimizer": optim_state,
-        "step": step,
-        "rng": torch.get_rng_state(),
-        "train_seconds": train_seconds,
-        "config": asdict(cfg),
-        "fingerprint": fingerprint,
-        "history": history,
-    }
-    atomic_write(ckpt_dir / f"step_{step:08d}.pt", lambda tmp: torch.save(state, tmp))
-    for old in sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]:
-        old.unlink()
 
 
 def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart):
