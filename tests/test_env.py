@@ -80,5 +80,5 @@ def test_a_toolchain_mismatch_fails_before_compiling_naming_both_versions():
 
 
 def test_a_missing_nvcc_fails_before_compiling_naming_it():
-    with pytest.raises(ValueError, match="nvcc-13.9 is not on PATH: the CUDA build needs the toolkit's compiler"):
+    with pytest.raises(ValueError, match="nvcc-13.9 is not on PATH: the CUDA build needs the toolkit's"):
         check_toolchain(["90"], "13.0", nvcc="nvcc-13.9")

@@ -443,3 +443,18 @@ def test_a_full_disk_fails_naming_the_checkpoint_and_keeps_the_one_before(
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["step_00000015.json", "step_00000015.pt"]
     assert CheckpointStore(out / "ckpt", keep=2).newest()[1]["step"] == 15
     assert [r["step"] for r in metrics(out)] == list(range(1, 21))
+
+
+def test_token_files_that_changed_after_tokenizing_are_named_before_training(shakespeare, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shakespeare, data)
+    with open(data / "train.bin", "r+b") as f:
+        f.write(b"\xff\xff")  # same size, other tokens: only the sha256 tells
+    train(config(data, tmp_path / "size-only", steps=1, eval_interval=1))  # the cheap check passes
+    with pytest.raises(ValueError, match=rf"{data / 'train.bin'}: its sha256 differs from meta.json's"):
+        train(config(data, tmp_path / "verified", steps=1, verify_data=True))
+    with open(data / "val.bin", "ab") as f:
+        f.write(b"\x00\x00")
+    with pytest.raises(ValueError, match=rf"{data / 'val.bin'} has \d+ bytes, but meta.json records"):
+        train(config(data, tmp_path / "grown", steps=1))
+    assert not (tmp_path / "grown").exists() and not (tmp_path / "verified").exists()

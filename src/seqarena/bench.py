@@ -172,9 +172,11 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, trac
         data.mkdir()
         dtype = np.uint16 if vocab_size <= 65536 else np.uint32
         rng = np.random.default_rng(0)
-        for split, n in (("train", 64 * seq_len * micro_batch), ("val", 4 * seq_len)):
+        counts = {"train": 64 * seq_len * micro_batch, "val": 4 * seq_len}
+        for split, n in counts.items():
             rng.integers(0, vocab_size, n, dtype=dtype).tofile(data / f"{split}.bin")
-        meta = {"vocab_size": vocab_size, "dtype": np.dtype(dtype).name}
+        meta = {"vocab_size": vocab_size, "dtype": np.dtype(dtype).name,
+                **{f"{split}_tokens": n for split, n in counts.items()}}  # fmt: skip
         (data / "meta.json").write_text(json.dumps(meta))
         cfg = TrainConfig(
             model=model_id, data=str(data), out=str(Path(tmp) / "out"), steps=steps,

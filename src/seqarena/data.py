@@ -428,7 +428,19 @@ def tokenize(
     return meta
 
 
-def load_tokens(data_dir: Path, split: str) -> np.memmap:
-    """train.bin or val.bin as a read-only memmap of the dtype that meta.json records."""
+def load_tokens(data_dir: Path, split: str, verify: bool = False) -> np.memmap:
+    """train.bin or val.bin as a read-only memmap of the dtype that meta.json records. Its size must
+    be what meta.json says (a cheap check, always); ``verify`` also compares its sha256."""
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
-    return np.memmap(Path(data_dir) / f"{split}.bin", dtype=meta["dtype"], mode="r")
+    path = Path(data_dir) / f"{split}.bin"
+    expected = meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+    if path.stat().st_size != expected:
+        raise ValueError(
+            f"{path} has {path.stat().st_size} bytes, but meta.json records {meta[f'{split}_tokens']} "
+            f"{meta['dtype']} tokens ({expected} bytes): it changed after tokenizing; tokenize again"
+        )
+    if verify and sha256_file(path) != meta["sha256"][path.name]:
+        raise ValueError(
+            f"{path}: its sha256 differs from meta.json's: it changed after tokenizing; tokenize again"
+        )
+    return np.memmap(path, dtype=meta["dtype"], mode="r")

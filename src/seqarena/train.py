@@ -108,6 +108,7 @@ class TrainConfig:
     ckpt_interval: int = 50
     keep_checkpoints: int = 2  # the newest ones kept (at least 1)
     force_restart: bool = False  # discard existing checkpoints and start at step 0
+    verify_data: bool = False  # compare the token files' sha256 with meta.json (their size always is)
     seed: int = 0
     compile: bool = False
     parallel: str = "ddp"  # with several processes: ddp or fsdp
@@ -273,7 +274,7 @@ def _load_state_dicts(model, optimizer, model_state, optim_state, sharded: bool)
 # Config keys that leave the trained weights unchanged: a checkpoint resumes across changes to these.
 RESUMABLE_CHANGES = frozenset({
     "out", "tracking_uri", "experiment", "dataset", "eval_interval", "eval_windows", "ckpt_interval",
-    "keep_checkpoints", "compile", "parallel", "scan_backend", "peak_tflops", "force_restart",
+    "keep_checkpoints", "compile", "parallel", "scan_backend", "peak_tflops", "force_restart", "verify_data",
 })  # fmt: skip
 
 
@@ -361,7 +362,8 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
         )
     accum = cfg.batch_tokens // per_step
     steps = cfg.steps or math.ceil((cfg.tokens or 20 * n_params) / cfg.batch_tokens)
-    train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
+    train_tokens = load_tokens(data_dir, "train", cfg.verify_data)
+    val_tokens = load_tokens(data_dir, "val", cfg.verify_data)
     if len(train_tokens) < cfg.seq_len + 2:
         raise ValueError(
             f"{data_dir}/train.bin has {len(train_tokens)} tokens, too few for seq_len {cfg.seq_len}"
