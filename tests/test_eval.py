@@ -200,3 +200,27 @@ def test_other_hf_causal_lms_go_through_lm_evals_hf_model(shared_data, task_dir,
         for d in DOCS
     ]
     assert report["results"]["toy_piqa"]["acc"]["value"] == pytest.approx(sum(correct) / len(DOCS))
+
+
+def test_an_evaluation_run_again_computes_only_the_missing_answers(checkpoint, task_dir, tmp_path, caplog):
+    """The answers of a first (here: shorter) evaluation are kept as they are computed; the rerun
+    takes them from the cache, and its results equal an evaluation without one."""
+    from seqarena.eval import cache_key
+
+    cache = tmp_path / "cache"
+    common = dict(include_path=str(task_dir), batch_size=4)
+    evaluate(checkpoint, ["toy_piqa"], tmp_path / "first.json", limit=3, cache_dir=cache, **common)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        cached = evaluate(
+            checkpoint, ["toy_piqa"], tmp_path / "again.json", limit=6, cache_dir=cache, **common
+        )
+    assert "Cached requests: 6, Requests remaining: 6" in caplog.text  # 3 of 6 docs, 2 choices each
+    fresh = evaluate(checkpoint, ["toy_piqa"], tmp_path / "fresh.json", limit=6, **common)
+    assert cached["results"] == fresh["results"]
+    assert [p.name for p in cache.iterdir()] == [f"{cache_key(str(checkpoint))}_rank0.db"]
+
+    before = cache_key(str(checkpoint))
+    torch.manual_seed(1)
+    build_model("mamba-tiny", vocab_size=257).save_pretrained(checkpoint)  # retrained: other answers
+    assert cache_key(str(checkpoint)) != before

@@ -139,7 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from seqarena.eval import evaluate
 
     report = evaluate(args.model, args.tasks.split(","), Path(args.out), args.tokenizer, args.include_path,
-                      args.limit, args.batch_size, args.num_fewshot, args.device)  # fmt: skip
+                      args.limit, args.batch_size, args.num_fewshot, args.device, args.cache_dir)  # fmt: skip
     metrics = [(f"eval/{task}/{name}", entry["value"], 0) for task, entries in report["results"].items()
                for name, entry in entries.items() if isinstance(entry["value"], (int, float))]  # fmt: skip
     run_name = args.run_name or Path(args.model).name
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--num-fewshot", type=int)
     ev.add_argument("--device", help="default: cuda if available, else cpu")
+    ev.add_argument(
+        "--cache-dir", help="keep the model's answers here: a rerun computes only the missing ones"
+    )
     ev.add_argument("--out", required=True)
     ev.add_argument("--run-name", help="the MLflow run's model id (default: the checkpoint folder's name)")
     ev.add_argument("--tracking-uri", default="none", help="MLflow URI to log into; none: do not log")

@@ -7,6 +7,7 @@ sequence changes nothing before it), ``loglikelihood_rolling`` over lm-eval's ro
 windows, and greedy ``generate_until`` with the model's cache.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -68,8 +69,11 @@ class SeqarenaLM(LM):
         return context_ids, whole[len(context_ids) :]
 
     @torch.no_grad()
-    def _score(self, pairs: list[tuple[list[int], list[int]]], desc: str) -> list[tuple[float, bool]]:
-        """(sum of continuation log-probs, continuation is the greedy choice) per pair."""
+    def _score(
+        self, pairs: list[tuple[list[int], list[int]]], desc: str, done=None
+    ) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, continuation is the greedy choice) per pair; ``done(i, result)``
+        hears each as soon as it is known (lm-eval's cache stores it then)."""
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for start in tqdm(range(0, len(order), self.batch_size), desc=desc, disable=len(order) < 50):
@@ -90,11 +94,17 @@ class SeqarenaLM(LM):
                 positions = logprobs[r, len(inputs) - n : len(inputs)]
                 score = positions.gather(-1, targets[:, None]).sum().item()
                 results[i] = (score, bool((positions.argmax(-1) == targets).all()))
+                if done:
+                    done(i, results[i])
         return results
 
     def loglikelihood(self, requests):
         pairs = [self._split(*request.args) for request in requests]
-        return self._score(pairs, "loglikelihood")
+
+        def cache(i, result):
+            self.cache_hook.add_partial("loglikelihood", requests[i].args, result)
+
+        return self._score(pairs, "loglikelihood", cache)
 
     def loglikelihood_rolling(self, requests):
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -111,6 +121,8 @@ class SeqarenaLM(LM):
         totals = [0.0] * len(requests)
         for index, (score, _) in zip(owner, self._score(pairs, "loglikelihood_rolling"), strict=True):
             totals[index] += score
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
         return totals
 
     @torch.no_grad()
@@ -129,6 +141,7 @@ class SeqarenaLM(LM):
             text = self.tokenizer.decode(new)
             for stop in until:
                 text = text.split(stop)[0]
+            self.cache_hook.add_partial("generate_until", request.args, text)
             outputs.append(text)
         return outputs
 
@@ -145,12 +158,28 @@ def is_seqarena_checkpoint(pretrained: str) -> bool:
     return "ssm_cfg" in config or config.get("arch") == "transformer"
 
 
+def cache_key(pretrained: str) -> str:
+    """Which weights a cache of model answers belongs to: a local checkpoint by its config and its
+    weight files' names, sizes and times (retraining changes them), a hub id by its name."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return hashlib.sha256(str(pretrained).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        (folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b""
+    )
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=None, batch_size=8,
-             num_fewshot=None, device=None) -> dict:  # fmt: skip
+             num_fewshot=None, device=None, cache_dir=None) -> dict:  # fmt: skip
     """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config.
 
     ``tokenizer`` serves checkpoints that ship none (published ``state-spaces/mamba-*`` use
-    GPT-NeoX's); ours and other HF models bring their own, which wins."""
+    GPT-NeoX's); ours and other HF models bring their own, which wins. ``cache_dir`` keeps every
+    answer of the model as soon as it is computed (lm-eval's ``use_cache``, one sqlite file per
+    checkpoint): an interrupted evaluation, run again, computes only what is missing."""
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers lm-eval's own models, "hf" among them)
     from lm_eval.tasks import TaskManager
@@ -163,6 +192,7 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
     results = lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
         num_fewshot=num_fewshot, device=device, task_manager=TaskManager(include_path=include_path),
+        use_cache=str(Path(cache_dir) / cache_key(str(pretrained))) if cache_dir else None,
     )  # fmt: skip
     table = {}
     for task, metrics in results["results"].items():

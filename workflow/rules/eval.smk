@@ -18,8 +18,9 @@ rule evaluate:
         gpus=gpu_slot,
         args=eval_args,
         model=lambda wildcards, input: os.path.dirname(input[0]),
+        cache=f"{RESULTS}/eval/cache",
     shell:
-        "{params.gpus}seqarena eval --model {params.model:q} --out {output:q} {params.args} > {log:q} 2>&1"
+        "{params.gpus}seqarena eval --model {params.model:q} --out {output:q} --cache-dir {params.cache:q} {params.args} > {log:q} 2>&1"
 
 
 rule evaluate_pretrained:
@@ -42,8 +43,9 @@ rule evaluate_pretrained:
         gpus=gpu_slot,
         args=pretrained_eval_args,
         model=pretrained_id,
+        cache=f"{RESULTS}/eval/cache",
     shell:
-        "{params.gpus}seqarena eval --model {params.model:q} --run-name {params.model:q} --out {output:q} {params.args} > {log:q} 2>&1"
+        "{params.gpus}seqarena eval --model {params.model:q} --run-name {params.model:q} --out {output:q} --cache-dir {params.cache:q} {params.args} > {log:q} 2>&1"
 
 
 rule eval_all:
