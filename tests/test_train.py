@@ -185,19 +185,30 @@ ModelRun(uri, "seqarena", "race")
 """
 
 
+def mlflow_server(port: int, folder) -> subprocess.Popen:
+    """A real tracking server on loopback, its store and artifacts in ``folder``."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    wait_until_serving(f"http://127.0.0.1:{port}/health", server, 120, "mlflow server")
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
 def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
     from mlflow.tracking import MlflowClient
 
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
+    server = mlflow_server(port, tmp_path)
     try:
-        wait_until_serving(f"{uri}/health", server, 120, "mlflow server")
         summary = train(config(shakespeare, tmp_path / "out", steps=4, eval_interval=2, tracking_uri=uri))
         client = MlflowClient(uri)
         run = client.get_run(summary["mlflow_run_id"])
@@ -216,8 +227,58 @@ def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
         runs = client.search_runs([run.info.experiment_id], "tags.`seqarena.model_id` = 'race'")
         assert len(runs) == 1
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
+
+
+def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_nothing(shakespeare, tmp_path):
+    """The server is stopped after a few steps and started again (training paused meanwhile, so
+    it cannot finish first): the steps logged while it was away wait in the journal and arrive,
+    once each. Then it goes away again until training ends, and `seqarena tracking sync` sends
+    the rest and ends the run."""
+    from mlflow.tracking import MlflowClient
+
+    port = free_port()
+    uri, out = f"http://127.0.0.1:{port}", tmp_path / "out"
+    journal = out / "mlflow-journal.jsonl"
+    cfg = config(shakespeare, out, steps=40, ckpt_interval=2, eval_interval=20, tracking_uri=uri)
+    server = mlflow_server(port, tmp_path)
+    job = seqarena("train", *cli_args(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(rows):
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= rows):
+            assert job.poll() is None and time.monotonic() < deadline, "training ended too soon"
+            time.sleep(0.02)
+
+    wait_for(4)
+    stop_server(server)
+    wait_for(12)
+    job.send_signal(signal.SIGSTOP)
+    assert journal.is_file()  # the steps since the server went away
+    server = mlflow_server(port, tmp_path)
+    job.send_signal(signal.SIGCONT)
+    wait_for(24)
+    stop_server(server)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr[-3000:]
+    assert "does not answer" in stderr and "answers again" in stderr and "tracking sync" in stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 40 and journal.is_file()
+
+    server = mlflow_server(port, tmp_path)
+    try:
+        sync = subprocess.run([sys.executable, "-m", "seqarena.cli", "tracking", "sync", str(journal)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert sync.returncode == 0, sync.stderr[-3000:]
+        assert not journal.exists()
+        client = MlflowClient(uri)
+        run = client.get_run(json.loads((out / "summary.json").read_text())["mlflow_run_id"])
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 41))  # none lost, none twice
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "final/val_loss")] == [40]
+        assert run.info.status == "FINISHED"
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "loss_curve.png"}
+    finally:
+        stop_server(server)
 
 
 def test_divergence_stops_clearly_and_keeps_the_last_good_checkpoint(shakespeare, tmp_path):

@@ -195,6 +195,21 @@ def cmd_tracking_init(args: argparse.Namespace) -> None:
     print(f"tracking store ready: {init_store(args.uri or default_uri(args.results))}")
 
 
+def cmd_tracking_sync(args: argparse.Namespace) -> None:
+    """Send what training journaled while the tracking store did not answer; where the training
+    finished meanwhile (summary.json beside the journal), its outputs too, and end the run."""
+    from seqarena.tracking import client_for, finish_training_run, replay_journal
+
+    for journal in map(Path, args.journals):
+        if not journal.is_file():
+            sys.exit(f"{journal}: no such journal (nothing left to send, or another path)")
+        for (uri, run_id), rows in replay_journal(journal).items():
+            print(f"{journal}: {rows} metric rows sent to run {run_id} at {uri}")
+            if (journal.parent / "summary.json").is_file():
+                finish_training_run(client_for(uri), run_id, journal.parent)
+                print(f"run {run_id}: outputs logged, run FINISHED")
+
+
 def _after_dashes(words: list[str]) -> list[str]:
     return words[1:] if words[:1] == ["--"] else words
 
@@ -382,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--uri", help="tracking URI (default: sqlite:///<results>/mlflow.db)")
     init.add_argument("--results", default="results")
     init.set_defaults(func=cmd_tracking_init)
+    sync = tracking.add_parser(
+        "sync", help="send the metrics that training journaled while the store was away"
+    )
+    sync.add_argument("journals", nargs="+", help="mlflow-journal.jsonl files (in results/train/<model>/)")
+    sync.set_defaults(func=cmd_tracking_sync)
     return parser
 
 

@@ -4,13 +4,17 @@ The default store is ``sqlite:///results/mlflow.db``. Two facts shape this modul
 creates and migrates the sqlite schema on first use, and parallel first-time writers to a
 fresh database fail (so store creation is serialised with a file lock); and many writers
 to one sqlite file hit "database is locked" (so every call retries with backoff, and no
-metric is lost). A ``tracking_uri`` of ``http://host:port`` logs to a tracking server.
+metric is lost). A ``tracking_uri`` of ``http://host:port`` logs to a tracking server;
+training writes its metrics through a MetricsJournal, so a server that goes away loses nothing.
 """
 
 import fcntl
 import hashlib
+import json
+import os
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -126,6 +130,95 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def log_metric_rows(client, run_id: str, rows: list[tuple], timestamp: int | None = None) -> None:
+    """(key, value, step) rows, or (key, value, step, timestamp ms), in batches of 1000 (MLflow's
+    limit per call). MLflow ignores a row it already holds with the same timestamp."""
+    from mlflow.entities import Metric
+
+    now = timestamp or int(time.time() * 1000)
+    metrics = [Metric(r[0], float(r[1]), int(r[3]) if len(r) > 3 else now, int(r[2])) for r in rows]
+    for start in range(0, len(metrics), 1000):
+        retry(client.log_batch, run_id, metrics=metrics[start : start + 1000])
+
+
+# How long one call may wait for a tracking server that does not answer (MLflow's own defaults
+# retry for minutes, which would stall training); the journal tries again at the next call.
+HTTP_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # fmt: skip
+
+
+class MetricsJournal:
+    """Metrics on their way to one run, kept in a file beside the outputs until the store holds
+    them: a tracking server that goes away mid-training loses nothing. Training goes on; the rows
+    wait in the journal and go out at the next call that finds the server answering, or with
+    ``seqarena tracking sync JOURNAL``. Each row keeps the timestamp it was first logged with, and
+    MLflow ignores a row it already holds, so a replay after a lost answer duplicates nothing."""
+
+    def __init__(self, run: "ModelRun", path: Path):
+        self.run, self.path, self.reachable = run, Path(path), True
+        self.flush()  # what a killed run left behind goes first
+
+    def log(self, rows: list[tuple[str, float, int]]) -> bool:
+        """Journal the rows (on disk before anything else), then send everything journaled."""
+        now = int(time.time() * 1000)
+        lines = "".join(
+            json.dumps({"uri": self.run.uri, "run": self.run.run_id, "row": [k, float(v), int(s), now]})
+            + "\n"
+            for k, v, s in rows
+        )
+        with open(self.path, "a") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send what the journal holds; False, keeping it, while the store does not answer."""
+        if not self.path.is_file():
+            return True
+        try:
+            sent = sum(replay_journal(self.path).values())
+        except Exception as e:
+            if self.reachable:
+                print(f"tracking store {self.run.uri} does not answer ({type(e).__name__}): metrics are kept "
+                      f"in {self.path} and sent when it does (or: seqarena tracking sync {self.path})",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            self.reachable = False
+            return False
+        if not self.reachable:
+            print(f"tracking store {self.run.uri} answers again: {sent} journaled rows sent", file=sys.stderr)
+        self.reachable = True
+        return True
+
+
+def replay_journal(path: Path) -> dict[tuple[str, str], int]:
+    """Send a journal's rows to their runs, then remove it; a line torn by a kill is skipped.
+    Returns the rows sent per (tracking URI, run id)."""
+    rows: dict[tuple[str, str], list] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        rows.setdefault((entry["uri"], entry["run"]), []).append(entry["row"])
+    for (uri, run_id), run_rows in rows.items():
+        log_metric_rows(client_for(uri), run_id, run_rows)
+    Path(path).unlink()
+    return {key: len(run_rows) for key, run_rows in rows.items()}
+
+
+# What a finished training run keeps as artifacts (train.py writes them beside its journal).
+TRAINING_OUTPUTS = ("config.json", "tokenizer.json", "loss_curve.png", "summary.json")
+
+
+def finish_training_run(client, run_id: str, out: Path) -> None:
+    """A finished training's outputs as its run's artifacts, and the run marked FINISHED."""
+    for name in TRAINING_OUTPUTS:
+        if (Path(out) / name).is_file():
+            retry(client.log_artifact, run_id, str(Path(out) / name))
+    retry(client.set_terminated, run_id, "FINISHED")
+
+
 class ModelRun:
     """The MLflow run of one model id: created once, continued by every later stage or resume."""
 
@@ -175,13 +268,7 @@ class ModelRun:
         return max((m.step for m in history), default=-1)
 
     def log_metrics(self, rows: list[tuple[str, float, int]]) -> None:
-        """(key, value, step) rows in batches of 1000, MLflow's limit per call."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, int(step)) for key, value, step in rows]
-        for start in range(0, len(metrics), 1000):
-            retry(self.client.log_batch, self.run_id, metrics=metrics[start : start + 1000])
+        log_metric_rows(self.client, self.run_id, rows)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         retry(self.client.log_artifact, self.run_id, str(path), folder)

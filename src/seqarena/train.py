@@ -408,17 +408,17 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
     scan_backend = resolve_backend(probe) if arch == "mamba" else None
     flops_per_token = model.training_flops_per_token(cfg.seq_len)
 
-    run = None
+    tracking = None
     metrics_file = out / "metrics.jsonl"
     history = ckpt["history"] if ckpt is not None else []  # the rows up to the checkpoint travel with it
     if dist_.main:
         out.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r) + "\n" for r in history)  # forget steps after the checkpoint
         atomic_write(metrics_file, lambda tmp: Path(tmp).write_text(text))
-        run = _open_run(
+        tracking = _open_tracking(
             cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart
         )
-    logged_until = run.last_step("train/loss") if run else -1
+    logged_until = tracking.run.last_step("train/loss") if tracking else -1
     pending: list[tuple[str, float, int]] = []
 
     def evaluate() -> float:
@@ -491,10 +491,10 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
         if stopping or ((step + 1) % cfg.ckpt_interval == 0 and step + 1 < steps):
             model_state, optim_state = _state_dicts(model, optimizer, sharded)
             if dist_.main:
-                # MLflow first: a checkpoint must never be ahead of the logged metrics, or a job killed
-                # between the two would resume past steps that MLflow never received.
-                if run:
-                    run.log_metrics(pending)
+                # The metrics first (journaled, then sent): a checkpoint must never be ahead of them, or
+                # a job killed between the two would resume past steps that MLflow never received.
+                if tracking:
+                    tracking.log(pending)
                 pending = []
                 state = {
                     "model": model_state, "optimizer": optim_state, "step": step + 1,
@@ -504,8 +504,8 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
                 saved = checkpoints.save(step + 1, state)
             dist_.barrier()
         if stopping:
-            if run:
-                run.finish("KILLED")  # the rerun reopens it
+            if tracking and tracking.reachable:
+                tracking.run.finish("KILLED")  # the rerun reopens it
             where = saved if dist_.main else checkpoints.folder
             raise TrainingStopped(
                 f"{cfg.model}: stopped by {stop.received or 'a signal to another process'} after step "
@@ -518,17 +518,21 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
     if sharded:  # FSDP sharded the model: an unsharded copy to save
         model = build_model(cfg.model, vocab_size=meta["vocab_size"])
         model.load_state_dict(model_state)
-    return _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds,
+    return _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, steps, train_seconds,
                    flops_per_token, dist_, scan_backend)  # fmt: skip
 
 
-def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart):
-    """The model's MLflow run; a restart from step 0 gets a new one (the old keeps its steps)."""
+def _open_tracking(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart):
+    """The model's MLflow run, written through a journal beside the outputs; a restart from step 0
+    gets a new run (the old keeps its steps)."""
     if cfg.tracking_uri == "none":
         return None
-    from seqarena.tracking import ModelRun, default_uri
+    from seqarena.tracking import HTTP_PATIENCE, MetricsJournal, ModelRun, default_uri
 
     uri = cfg.tracking_uri or default_uri(out.resolve().parent.parent)
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_PATIENCE.items():
+            os.environ.setdefault(key, value)
     tags = {
         "seqarena.arch": arch,
         "seqarena.size": size,
@@ -540,12 +544,13 @@ def _open_run(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, s
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri", "force_restart")},
         "resolved": {"steps": steps, "grad_accum": accum, "lr": peak_lr, "parameters": n_params},
     }
-    return ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params, new=restart)
+    run = ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params, new=restart)
+    return MetricsJournal(run, out / "mlflow-journal.jsonl")
 
 
-def _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, train_seconds, flops_per_token,
-            dist_, scan_backend) -> dict:  # fmt: skip
-    """Final weights, tokenizer, loss curve, summary.json (written last: Snakemake's target)."""
+def _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, steps, train_seconds,
+            flops_per_token, dist_, scan_backend) -> dict:  # fmt: skip
+    """Final weights, tokenizer, loss curve, summary.json (Snakemake's target), then the run's end."""
     model.save_pretrained(out)
     if (data_dir / "tokenizer.json").is_file():
         shutil.copyfile(data_dir / "tokenizer.json", out / "tokenizer.json")
@@ -572,18 +577,18 @@ def _finish(cfg, out, data_dir, model, history, run, pending, n_params, steps, t
         "device": device_name(dist_.device),
         "processes": dist_.world,
         "scan_backend": scan_backend,
-        "mlflow_run_id": run.run_id if run else None,
+        "mlflow_run_id": tracking.run.run_id if tracking else None,
     }
-    if run:
-        run.log_metrics(
-            pending + [("final/val_loss", val_loss, steps), ("final/tokens_per_s", tokens_per_s, steps)]
-        )
-        for name in ("config.json", "tokenizer.json", "loss_curve.png"):
-            if (out / name).is_file():
-                run.log_artifact(out / name)
     text = json.dumps(summary, indent=2) + "\n"
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
-    if run:
-        run.log_artifact(out / "summary.json")
-        run.finish()
+    if tracking:
+        from seqarena.tracking import finish_training_run
+
+        finals = [("final/val_loss", val_loss, steps), ("final/tokens_per_s", tokens_per_s, steps)]
+        if tracking.log(pending + finals):
+            finish_training_run(tracking.run.client, tracking.run.run_id, out)
+        else:
+            print(f"the tracking store does not answer: the run's metrics wait in {tracking.path}; "
+                  f"`seqarena tracking sync {tracking.path}` sends them, the outputs, and ends the run",
+                  file=sys.stderr)  # fmt: skip
     return summary
