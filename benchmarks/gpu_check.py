@@ -40,12 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
     "train_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
     "train": (dict(steps=10, seq_len=2048, micro_batch=8, vocab_size=50277),
-              dict(steps=3, seq_len=128, micro_batch=4, vocab_size=4096)),
+              dict(steps=2, seq_len=64, micro_batch=2, vocab_size=512)),
     "kernels": (dict(lengths=[512, 1024, 2048, 4096, 8192, 16384], dim=1024, state=16, repeats=10),
-                dict(lengths=[256, 1024], dim=256, state=16, repeats=3)),
+                dict(lengths=[256, 512], dim=128, state=16, repeats=2)),
     "generation_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
     "generation": (dict(prompt_len=2048, new_tokens=128, batch_sizes=[1, 4, 16, 64], repeats=3),
-                   dict(prompt_len=64, new_tokens=16, batch_sizes=[1, 4], repeats=2)),
+                   dict(prompt_len=32, new_tokens=8, batch_sizes=[1, 4], repeats=1)),
 }  # fmt: skip
 
 

@@ -17,7 +17,16 @@ from conftest import SHARED_DATA, free_port, wait_until_serving
 from seqarena.checkpoints import CheckpointStore
 from seqarena.data import Source, download, tokenize
 from seqarena.models import build_model, from_pretrained
-from seqarena.train import TrainConfig, TrainingDiverged, lr_at, no_decay_names, param_groups, train
+from seqarena.train import (
+    Distributed,
+    StopSignals,
+    TrainConfig,
+    TrainingDiverged,
+    lr_at,
+    no_decay_names,
+    param_groups,
+    train,
+)
 
 DETERMINISTIC = ("step", "tokens", "loss", "lr", "grad_norm", "val_loss")
 
@@ -242,7 +251,9 @@ def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_noth
     journal = out / "mlflow-journal.jsonl"
     cfg = config(shakespeare, out, steps=40, ckpt_interval=2, eval_interval=20, tracking_uri=uri)
     server = mlflow_server(port, tmp_path)
-    job = seqarena("train", *cli_args(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    impatient = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # each refused call fails at once
+    job = seqarena("train", *cli_args(cfg), env=impatient, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   text=True)  # fmt: skip
 
     def wait_for(rows):
         deadline = time.monotonic() + 300
@@ -399,12 +410,12 @@ def test_a_checkpoint_that_would_run_code_is_never_unpickled(tmp_path, monkeypat
     assert "step_00000003.pt: it does not load as data (UnpicklingError" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_stop_signal_checkpoints_the_current_step_and_the_rerun_ends_equal(
-    shakespeare, tmp_path, uninterrupted, stop_signal
+    shakespeare, tmp_path, uninterrupted
 ):
-    """SLURM's warning (SIGUSR1 by --signal) or its SIGTERM: the step in flight finishes, is
-    checkpointed and logged, the process exits 75; the same command resumes from that step."""
+    """SIGTERM (scancel, SLURM's time limit): the step in flight finishes, is checkpointed and
+    logged, the process exits 75; the same command resumes from that step."""
+    stop_signal = signal.SIGTERM
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -441,6 +452,17 @@ def test_a_stop_signal_checkpoints_the_current_step_and_the_rerun_ends_equal(
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(
         range(1, 25)
     )
+
+
+def test_sigusr1_and_sigint_ask_for_the_same_stop_and_a_second_sigint_stops_at_once():
+    for stop_signal in (signal.SIGUSR1, signal.SIGINT):
+        with StopSignals() as stop:
+            os.kill(os.getpid(), stop_signal)
+            assert stop.received == stop_signal.name and stop.requested(Distributed())
+    with StopSignals() as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored
 
 
 def test_a_damaged_newest_checkpoint_is_named_and_skipped_for_the_one_before(
