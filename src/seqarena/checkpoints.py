@@ -17,15 +17,8 @@ from pathlib import Path
 
 import torch
 
+from seqarena.data import sha256_file
 from seqarena.models.base import atomic_write
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint_hash(fingerprint: dict) -> str:
@@ -47,7 +40,7 @@ class CheckpointStore:
         manifest = {
             "step": step,
             "bytes": path.stat().st_size,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "fingerprint_sha256": fingerprint_hash(state.get("fingerprint") or {}),
         }
         text = json.dumps(manifest, indent=2) + "\n"
@@ -69,7 +62,7 @@ class CheckpointStore:
         size = path.stat().st_size
         if size != manifest["bytes"]:
             return f"it has {size} bytes, its manifest says {manifest['bytes']} (truncated?)"
-        if _sha256(path) != manifest["sha256"]:
+        if sha256_file(path) != manifest["sha256"]:
             return "its sha256 differs from its manifest's (the file is damaged)"
         return None
 
