@@ -28,8 +28,9 @@ rule train:
         launch=launcher,
         data=lambda wildcards, input: os.path.dirname(input.meta),
         out=lambda wildcards, output: os.path.dirname(output.summary),
+    # exec: the trainer itself, not a shell that dies first, gets SLURM's SIGTERM and stops gracefully
     shell:
-        "{params.launch} train --model {wildcards.model} --data {params.data:q} --out {params.out:q} {params.args}"
+        "exec {params.launch} train --model {wildcards.model} --data {params.data:q} --out {params.out:q} {params.args}"
         " > {log:q} 2>&1"
 
 
