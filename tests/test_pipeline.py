@@ -262,8 +262,11 @@ def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tm
     assert done.returncode == 0, output[-4000:]
     job = output.split("rule train:", 1)[1].split("Shell command:", 2)
     assert "nodes=4, tasks=4, mpi=srun, gres=gpu:8, tasks_per_gpu=0" in job[0]
+    assert "slurm_extra=--signal=TERM@300" in job[0]  # SIGTERM ahead of the time limit: a graceful stop
     assert (
-        job[1].strip().startswith("seqarena launch --nodes 4 --nproc-per-node 8 -- train --model mamba-2.8b")
+        job[1]
+        .strip()
+        .startswith("exec seqarena launch --nodes 4 --nproc-per-node 8 -- train --model mamba-2.8b")
     )
 
 
