@@ -34,10 +34,8 @@ slurm:
 		--no-install-recommends slurmctld slurmd slurm-client munge; } || \
 		echo "warning: SLURM packages not installed: tests/cluster will fail"
 
-# Two workers, one test file each at a time: the SLURM rehearsal (tests/cluster) spends most of its
-# minutes waiting on the scheduler, and the other files run meanwhile.
 test: lint slurm
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest
 
 # The GPU acceptance run: kernels built for this GPU, backends checked, training, kernel and
 # generation benchmarks, one table in $(GPU_CHECK_OUT)/gpu-check.md. On a CUDA machine, give the
