@@ -130,12 +130,12 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def log_metric_rows(client, run_id: str, rows: list[tuple], timestamp: int | None = None) -> None:
-    """(key, value, step) rows, or (key, value, step, timestamp ms), in batches of 1000 (MLflow's
-    limit per call). MLflow ignores a row it already holds with the same timestamp."""
+def log_metric_rows(client, run_id: str, rows: list[tuple]) -> None:
+    """(key, value, step) rows, stamped now, or (key, value, step, timestamp ms), in batches of 1000
+    (MLflow's limit per call). MLflow ignores a row it already holds with the same timestamp."""
     from mlflow.entities import Metric
 
-    now = timestamp or int(time.time() * 1000)
+    now = int(time.time() * 1000)
     metrics = [Metric(r[0], float(r[1]), int(r[3]) if len(r) > 3 else now, int(r[2])) for r in rows]
     for start in range(0, len(metrics), 1000):
         retry(client.log_batch, run_id, metrics=metrics[start : start + 1000])
