@@ -8,7 +8,12 @@ BIN := $(VENV)/bin
 
 GPU_CHECK_OUT ?= results/gpu-check
 
-.PHONY: install pipeline test lint slurm gpu-check
+# The tests' oracle: mamba_ssm's own Python modules (and the triton and einops they import), put
+# beside the venv rather than in it, so that seqarena never sees a mamba_ssm without its kernels.
+# Only its pure-PyTorch reference paths run on a CPU (tests/mamba_ssm_reference.py).
+MAMBA_SSM_REFERENCE ?= $(VENV)/mamba-ssm-reference
+
+.PHONY: install pipeline test lint slurm gpu-check oracle
 
 install: $(VENV)/.installed
 
@@ -17,6 +22,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+oracle: $(MAMBA_SSM_REFERENCE)/.installed
+
+$(MAMBA_SSM_REFERENCE)/.installed: $(VENV)/.installed
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/python -m pip install -q --no-deps \
+		--no-build-isolation --upgrade --target $(MAMBA_SSM_REFERENCE) \
+		mamba-ssm==2.3.2.post1 triton==3.6.0 einops==0.8.2
 	touch $@
 
 pipeline: install
@@ -34,8 +47,8 @@ slurm:
 		--no-install-recommends slurmctld slurmd slurm-client munge; } || \
 		echo "warning: SLURM packages not installed: tests/cluster will fail"
 
-test: lint slurm
-	$(BIN)/pytest
+test: lint slurm oracle
+	SEQARENA_MAMBA_SSM_REFERENCE="$(abspath $(MAMBA_SSM_REFERENCE))" $(BIN)/pytest
 
 # The GPU acceptance run: kernels built for this GPU, backends checked, training, kernel and
 # generation benchmarks, one table in $(GPU_CHECK_OUT)/gpu-check.md. On a CUDA machine, give the

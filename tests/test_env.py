@@ -1,5 +1,6 @@
 """The env stage: kernels.json, the backends' numeric self-check, the CUDA build's arch restriction."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -10,7 +11,6 @@ import torch
 
 from seqarena.env import self_check, write_kernels_record
 from seqarena.ops import backends, selective_scan_torch
-from seqarena.ops.backends import KernelBackend
 from seqarena.ops.cuda_build import check_toolchain, nvcc_version, raise_cxx_standard, restrict_archs
 
 
@@ -35,7 +35,7 @@ def test_self_check_catches_a_backend_that_is_slightly_wrong(monkeypatch):
         return selective_scan_torch(*args, **kwargs) * 1.01
 
     ref = backends._BACKENDS["torch"]
-    broken = KernelBackend("broken", off_by_a_little, ref.step, ref.conv, ref.conv_step, -1, lambda u: None)
+    broken = dataclasses.replace(ref, name="broken", scan=off_by_a_little, priority=-1)
     monkeypatch.setitem(backends._BACKENDS, "broken", broken)  # registered for this test only
     bad = self_check("broken", torch.device("cpu"))
     assert not bad["passed"] and bad["errors"]["scan"] == pytest.approx(0.01, rel=0.05)

@@ -20,6 +20,7 @@ from seqarena import __version__
 from seqarena.models.base import atomic_write
 from seqarena.ops import backends, selective_scan, selective_scan_torch
 from seqarena.ops.conv import causal_conv1d_torch
+from seqarena.ops.ssd import ssd_chunk_scan_torch
 from seqarena.tracking import git_commit, init_store
 
 # Largest relative error a kernel may have against the float64 reference: float32 kernels, and
@@ -40,8 +41,9 @@ def _max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
-    """Scan (with z, D, delta bias, softplus; input-dependent B and C) and causal conv on ``backend``
-    against the float64 references: outputs and every gradient, largest relative error each.
+    """Scan (with z, D, delta bias, softplus; input-dependent B and C), Mamba-2's SSD (grouped B and
+    C, a length that is no multiple of the chunk) and causal conv on ``backend`` against the
+    float64 references: outputs and every gradient, largest relative error each.
     ``dtype`` is that of the activations and the conv; the scan's A, D and delta bias stay float32
     (Mamba's mixer casts them so)."""
     gen = torch.Generator().manual_seed(seed)
@@ -74,6 +76,18 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
     scan_ours = ours(scan_inputs, ("A", "D", "delta_bias"))
     got = selective_scan(**scan_ours, delta_softplus=True, backend=backend)
     compare("scan", got, selective_scan_torch(**scan_inputs, delta_softplus=True), scan_ours, scan_inputs)
+
+    nheads, headdim, groups = 4, 3, 2
+    ssd_inputs = {
+        "x": rand(batch, length, nheads, headdim), "dt": rand(batch, length, nheads, scale=0.5),
+        "A": (-torch.rand(nheads, generator=gen, dtype=torch.float64) - 0.5).requires_grad_(),
+        "B": rand(batch, length, groups, state), "C": rand(batch, length, groups, state),
+        "D": rand(nheads), "z": rand(batch, length, nheads, headdim), "dt_bias": rand(nheads, scale=0.1),
+    }  # fmt: skip
+    ssd_ours = ours(ssd_inputs, ("A", "D", "dt_bias"))
+    got = backends.ssd_chunk_scan(**ssd_ours, chunk_size=16, dt_softplus=True, backend=backend)
+    want = ssd_chunk_scan_torch(**ssd_inputs, chunk_size=16, dt_softplus=True)
+    compare("ssd", got, want, ssd_ours, ssd_inputs)
 
     conv_inputs = {"x": rand(batch, dim, length), "weight": rand(dim, 4), "bias": rand(dim)}
     conv_ours = ours(conv_inputs, ())  # all in dtype, as in a model cast to bfloat16

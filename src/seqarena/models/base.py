@@ -8,7 +8,7 @@ max_seqlen)`` and ``step(tokens, cache) -> logits``; ``forward`` with a cache fi
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +51,14 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass
+class MambaLayerCache:
+    """A Mamba-1 or Mamba-2 layer's decoding state: fixed-size, whatever the sequence length."""
+
+    conv_state: torch.Tensor  # (batch, conv channels, d_conv): the last d_conv conv inputs
+    ssm_state: torch.Tensor  # Mamba-1 (batch, d_inner, d_state); Mamba-2 (batch, nheads, headdim, d_state)
 
 
 class LanguageModel(nn.Module):

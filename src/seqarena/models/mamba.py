@@ -1,10 +1,13 @@
-"""Mamba language model in plain PyTorch, parameter-for-parameter mamba_ssm's MambaLMHeadModel.
+"""Mamba language models in plain PyTorch, parameter-for-parameter mamba_ssm's MambaLMHeadModel.
 
+Every family that MambaLMHeadModel builds: Mamba-1 blocks, Mamba-2 blocks (``ssm_cfg.layer =
+"Mamba2"``, see mamba2.py), a gated MLP after each mixer (``d_intermediate``), and hybrids with
+attention layers at chosen depths (``attn_layer_idx``/``attn_cfg``, see mha.py).
 Parameter names, shapes and initialisation equal mamba_ssm's, and ``config.json`` carries
 mamba_ssm's ``MambaConfig`` fields only, so a checkpoint moves between seqarena and
-mamba_ssm in both directions and the published ``state-spaces/mamba-*`` weights load.
-The sequence mixing goes through ``seqarena.ops``, which picks the fastest scan backend
-available (mamba_ssm's CUDA kernels on a GPU, ours on a CPU).
+mamba_ssm in both directions and the published ``state-spaces/mamba-*`` and ``mamba2-*``
+weights load. The sequence mixing goes through ``seqarena.ops``, which picks the fastest
+backend available (mamba_ssm's CUDA and Triton kernels on a GPU, ours on a CPU).
 """
 
 import math
@@ -14,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqarena.models.base import LanguageModel, pad_vocab
+from seqarena.models.base import LanguageModel, MambaLayerCache, pad_vocab
+from seqarena.models.mamba2 import MAMBA2_DEFAULTS, MAMBA2_IGNORED, Mamba2Mixer, check_mamba2_shape
+from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_shape
 from seqarena.ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 # mamba_ssm.modules.mamba_simple.Mamba's keyword arguments and defaults.
@@ -33,6 +38,7 @@ SSM_DEFAULTS = dict(
 )
 # Keys mamba_ssm accepts in ssm_cfg that change no weight or result here.
 SSM_IGNORED = {"use_fast_path"}
+LAYER_DEFAULTS = {"Mamba1": (SSM_DEFAULTS, SSM_IGNORED), "Mamba2": (MAMBA2_DEFAULTS, MAMBA2_IGNORED)}
 
 
 @dataclass
@@ -40,9 +46,12 @@ class MambaConfig:
     """mamba_ssm's ``MambaConfig``, field for field (what state-spaces checkpoints carry)."""
 
     d_model: int = 768
+    d_intermediate: int = 0
     n_layer: int = 24
     vocab_size: int = 50277
     ssm_cfg: dict = field(default_factory=dict)
+    attn_layer_idx: list = field(default_factory=list)
+    attn_cfg: dict = field(default_factory=dict)
     rms_norm: bool = True
     residual_in_fp32: bool = True
     fused_add_norm: bool = True
@@ -50,45 +59,55 @@ class MambaConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self):
-        cfg = dict(self.ssm_cfg)
-        layer = cfg.pop("layer", "Mamba1")
-        if layer != "Mamba1":
-            raise ValueError(f"ssm_cfg.layer={layer!r}: only Mamba1 blocks are supported")
-        unknown = set(cfg) - set(SSM_DEFAULTS) - SSM_IGNORED
+        """Every mistake mamba_ssm would make an assertion (or a wrong model) of, named by field."""
+        if self.layer not in LAYER_DEFAULTS:
+            raise ValueError(f"ssm_cfg.layer={self.layer!r}: unknown; known: {sorted(LAYER_DEFAULTS)}")
+        defaults, ignored = LAYER_DEFAULTS[self.layer]
+        unknown = set(self.ssm_cfg) - set(defaults) - ignored - {"layer"}
         if unknown:
-            raise ValueError(f"unknown ssm_cfg keys: {sorted(unknown)}")
+            raise ValueError(f"unknown ssm_cfg keys for layer {self.layer}: {sorted(unknown)}")
+        if self.layer == "Mamba2":
+            check_mamba2_shape(self.d_model, self.ssm)
+        if self.d_intermediate < 0:
+            raise ValueError(f"d_intermediate={self.d_intermediate} must be 0 (no MLP) or positive")
+        outside = [i for i in self.attn_layer_idx if not 0 <= i < self.n_layer]
+        if outside:
+            raise ValueError(
+                f"attn_layer_idx {outside} outside the {self.n_layer} layers (0..{self.n_layer - 1})"
+            )
+        if self.attn_layer_idx:
+            unknown = set(self.attn_cfg) - set(MHA_DEFAULTS) - {"num_heads"}
+            if unknown:
+                raise ValueError(f"unknown attn_cfg keys: {sorted(unknown)}")
+            check_mha_shape(self.d_model, self.attn_cfg)
 
     @classmethod
     def from_dict(cls, data: dict) -> "MambaConfig":
-        """Read a config.json; newer mamba_ssm fields are accepted when they add nothing."""
-        data = dict(data)
-        if data.pop("d_intermediate", 0):
-            raise ValueError("d_intermediate > 0 (an MLP after each mixer) is not supported")
-        if data.pop("attn_layer_idx", None):
-            raise ValueError("attn_layer_idx (hybrid attention layers) is not supported")
-        data.pop("attn_cfg", None)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        """Read a config.json (mamba_ssm 1.x files lack the 2.x fields: their defaults apply)."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown Mamba config keys: {sorted(unknown)}")
         return cls(**data)
 
     @property
+    def layer(self) -> str:
+        return self.ssm_cfg.get("layer", "Mamba1")
+
+    @property
     def ssm(self) -> dict:
-        """The mixer's keyword arguments, defaults filled in."""
-        given = {k: v for k, v in self.ssm_cfg.items() if k in SSM_DEFAULTS}
-        return {**SSM_DEFAULTS, **given}
+        """The SSM mixer's keyword arguments, defaults filled in."""
+        defaults = LAYER_DEFAULTS[self.layer][0]
+        return {**defaults, **{k: v for k, v in self.ssm_cfg.items() if k in defaults}}
 
-
-@dataclass
-class MambaLayerCache:
-    conv_state: torch.Tensor  # (batch, d_inner, d_conv): the last d_conv conv inputs
-    ssm_state: torch.Tensor  # (batch, d_inner, d_state)
+    @property
+    def attn(self) -> dict:
+        """The attention mixer's keyword arguments, defaults filled in."""
+        return {**MHA_DEFAULTS, **self.attn_cfg}
 
 
 @dataclass
 class MambaCache:
-    layers: list[MambaLayerCache]
+    layers: list[MambaLayerCache | AttentionCache]
     seqlen: int = 0
 
 
@@ -212,30 +231,69 @@ class MambaMixer(nn.Module):
         )
         return self.out_proj(y)
 
+    def allocate_cache(self, batch_size: int, max_seqlen: int, weight: torch.Tensor) -> MambaLayerCache:
+        return MambaLayerCache(
+            conv_state=weight.new_zeros(batch_size, self.d_inner, self.d_conv),
+            ssm_state=weight.new_zeros(
+                batch_size, self.d_inner, self.d_state, dtype=torch.promote_types(weight.dtype, torch.float32)
+            ),
+        )
+
+
+class GatedMLP(nn.Module):
+    """mamba_ssm's GatedMLP (``d_intermediate``): fc1 to value and gate, value * silu(gate), fc2."""
+
+    def __init__(self, d_model: int, hidden: int, multiple_of: int = 128):
+        super().__init__()
+        hidden = -(-hidden // multiple_of) * multiple_of
+        self.fc1 = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        y, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(y * F.silu(gate))
+
 
 class Block(nn.Module):
-    """mamba_ssm's block order: add the residual, normalise, mix (the residual is returned)."""
+    """mamba_ssm's block order: add the residual, normalise, mix; then, with an MLP, add,
+    normalise, MLP (the residual is returned beside the output)."""
 
-    def __init__(self, config: MambaConfig):
+    def __init__(self, config: MambaConfig, layer_idx: int):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
-        self.mixer = MambaMixer(config.d_model, **config.ssm)
         self.norm = _norm(config)
+        if layer_idx in config.attn_layer_idx:
+            self.mixer = MHA(config.d_model, **config.attn)
+        elif config.layer == "Mamba2":
+            self.mixer = Mamba2Mixer(config.d_model, **config.ssm)
+        else:
+            self.mixer = MambaMixer(config.d_model, **config.ssm)
+        if config.d_intermediate > 0:
+            self.norm2 = _norm(config)
+            self.mlp = GatedMLP(config.d_model, config.d_intermediate)
+        else:
+            self.mlp = None
 
-    def _add_norm(self, hidden, residual):
+    def _add_norm(self, norm, hidden, residual):
         residual = hidden if residual is None else hidden + residual
-        normed = self.norm(residual.to(self.norm.weight.dtype))
+        normed = norm(residual.to(norm.weight.dtype))
         if self.residual_in_fp32:
             residual = _fp32_or_wider(residual)
         return normed, residual
 
-    def forward(self, hidden, residual=None, cache: MambaLayerCache | None = None):
-        normed, residual = self._add_norm(hidden, residual)
-        return self.mixer(normed, cache), residual
+    def _mlp(self, hidden, residual):
+        if self.mlp is None:
+            return hidden, residual
+        normed, residual = self._add_norm(self.norm2, hidden, residual)
+        return self.mlp(normed), residual
 
-    def step(self, hidden, residual, cache: MambaLayerCache):
-        normed, residual = self._add_norm(hidden, residual)
-        return self.mixer.step(normed, cache), residual
+    def forward(self, hidden, residual=None, cache=None):
+        normed, residual = self._add_norm(self.norm, hidden, residual)
+        return self._mlp(self.mixer(normed, cache), residual)
+
+    def step(self, hidden, residual, cache):
+        normed, residual = self._add_norm(self.norm, hidden, residual)
+        return self._mlp(self.mixer.step(normed, cache), residual)
 
 
 def _norm(config: MambaConfig) -> nn.Module:
@@ -249,7 +307,7 @@ class MixerModel(nn.Module):
         super().__init__()
         vocab = pad_vocab(config.vocab_size, config.pad_vocab_size_multiple)
         self.embedding = nn.Embedding(vocab, config.d_model)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = _norm(config)
 
     def forward(self, input_ids, cache: MambaCache | None = None):
@@ -276,17 +334,21 @@ class Mamba(LanguageModel):
             self.lm_head.weight = self.backbone.embedding.weight
 
     def _init_weights(self, module):
-        """mamba_ssm's ``_init_weights``: zero biases (but dt_proj's), embedding std 0.02,
-        out_proj re-drawn with PyTorch's default and scaled by 1/sqrt(n_layer)."""
+        """mamba_ssm's ``_init_weights``: zero biases (but dt_proj's), embedding std 0.02, and
+        every mixer's ``out_proj`` and MLP's ``fc2`` re-drawn with PyTorch's default and scaled by
+        1/sqrt(n_layer) (MambaLMHeadModel's final pass, which MixerModel's 1/sqrt(2 n_layer)
+        for MLP models does not survive)."""
         if isinstance(module, nn.Linear) and module.bias is not None:
             if not getattr(module.bias, "_no_reinit", False):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, MambaMixer):
-            nn.init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
-            with torch.no_grad():
-                module.out_proj.weight /= math.sqrt(self.config.n_layer)
+        for name in ("out_proj", "fc2"):
+            residual_out = getattr(module, name, None)
+            if isinstance(residual_out, nn.Linear):
+                nn.init.kaiming_uniform_(residual_out.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    residual_out.weight /= math.sqrt(self.config.n_layer)
 
     def forward(self, input_ids: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
         """input_ids (batch, L) -> logits (batch, L, padded vocab)."""
@@ -298,29 +360,29 @@ class Mamba(LanguageModel):
         return self.lm_head(hidden)
 
     def mixer_flops_per_token(self, seq_len: int) -> float:
-        """The selective scan: about 9 FLOPs per channel and state forward (the paper's 9BLDN),
-        three times that with the backward; it does not grow with seq_len."""
-        mixer = self.backbone.layers[0].mixer
-        return 3 * 9.0 * self.config.n_layer * mixer.d_inner * mixer.d_state
-
-    def allocate_cache(self, batch_size: int, max_seqlen: int) -> MambaCache:
-        """The recurrent state is fixed-size: max_seqlen does not matter."""
-        w = self.lm_head.weight
-        layers = []
+        """Beyond the weights, forward + backward (three times the forward): the selective scan's
+        about 9 FLOPs per channel and state (the paper's 9BLDN); SSD's within-chunk products
+        (C.B and scores times x: 2 Q (N + headdim) per head, Q the chunk) and its state in and out
+        (4 N per channel); attention's scores and values, 4 * heads * head_dim * T."""
+        total = 0.0
         for layer in self.backbone.layers:
             mixer = layer.mixer
-            layers.append(
-                MambaLayerCache(
-                    conv_state=w.new_zeros(batch_size, mixer.d_inner, mixer.d_conv),
-                    ssm_state=w.new_zeros(
-                        batch_size,
-                        mixer.d_inner,
-                        mixer.d_state,
-                        dtype=torch.promote_types(w.dtype, torch.float32),
-                    ),
-                )
-            )
-        return MambaCache(layers)
+            if isinstance(mixer, MHA):
+                total += 4.0 * mixer.num_heads * mixer.head_dim * seq_len
+            elif isinstance(mixer, Mamba2Mixer):
+                chunk = min(mixer.chunk_size, seq_len)
+                total += 2.0 * mixer.nheads * (mixer.d_state + mixer.headdim) * chunk
+                total += 4.0 * mixer.d_ssm * mixer.d_state
+            else:
+                total += 9.0 * mixer.d_inner * mixer.d_state
+        return 3 * total
+
+    def allocate_cache(self, batch_size: int, max_seqlen: int) -> MambaCache:
+        """SSM layers keep a fixed-size state; attention layers a key/value cache of max_seqlen."""
+        w = self.lm_head.weight
+        return MambaCache(
+            [layer.mixer.allocate_cache(batch_size, max_seqlen, w) for layer in self.backbone.layers]
+        )
 
     def step(self, tokens: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """tokens (batch,) -> logits (batch, padded vocab); advances the cache."""

@@ -4,6 +4,13 @@ Paper sizes follow the Mamba paper (Gu & Dao 2023, Table 12 and §4.2): Mamba us
 the layers of the Transformer++ at the same width, since one Mamba block holds about
 half the parameters of an attention+MLP block. Tiny sizes train on a laptop CPU in minutes.
 ``lr`` is the peak learning rate of the paper's "++" recipe: GPT-3's rate for that size x5.
+
+``mamba2`` sizes are those of the Mamba-2 paper (Dao & Gu 2024, the state-spaces/mamba2-*
+checkpoints: the Mamba-1 widths and depths, mamba_ssm's Mamba2 defaults, d_state 128,
+headdim 64). ``hybrid`` is Mamba-2 with attention in about one layer in ten, spread evenly
+(the Mamba-2 paper's hybrid ablation, section 9.2.3, found about 10% attention layers
+best); its attention layers are mamba_ssm's MHA with 64-wide heads, full rotary embeddings,
+causal, without biases. CPU sizes (tiny, mini, small) use d_state 32 and 64-step chunks.
 """
 
 from dataclasses import dataclass
@@ -13,7 +20,30 @@ from seqarena.models.transformer import Transformer, TransformerConfig
 
 GPT_NEOX_VOCAB = 50277  # the paper's tokenizer; padded to 50280 in the embedding
 
-ARCHITECTURES = {"mamba": (Mamba, MambaConfig), "transformer": (Transformer, TransformerConfig)}
+ARCHITECTURES = {
+    "mamba": (Mamba, MambaConfig),
+    "mamba2": (Mamba, MambaConfig),
+    "hybrid": (Mamba, MambaConfig),
+    "transformer": (Transformer, TransformerConfig),
+}
+MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=64)
+
+
+def attention_layers(n_layer: int) -> list[int]:
+    """About one layer in ten (at least one), each in the middle of an equal share of the depth."""
+    count = max(1, round(n_layer / 10))
+    return [int((i + 0.5) * n_layer / count) for i in range(count)]
+
+
+def mamba2_dims(d_model: int, n_layer: int, cpu: bool) -> dict:
+    return dict(d_model=d_model, n_layer=n_layer, ssm_cfg=MAMBA2_CPU if cpu else {"layer": "Mamba2"})
+
+
+def hybrid_dims(d_model: int, n_layer: int, cpu: bool) -> dict:
+    head_dim = 16 if cpu else 64
+    attn = dict(num_heads=d_model // head_dim, rotary_emb_dim=head_dim, causal=True)
+    attn |= dict(qkv_proj_bias=False, out_proj_bias=False)
+    return mamba2_dims(d_model, n_layer, cpu) | dict(attn_layer_idx=attention_layers(n_layer), attn_cfg=attn)
 
 
 @dataclass(frozen=True)
@@ -34,6 +64,24 @@ SIZES: dict[str, dict[str, Size]] = {
         "1.4b": Size(dict(d_model=2048, n_layer=48), 1e-3, 1_400_000_000),
         "2.8b": Size(dict(d_model=2560, n_layer=64), 8e-4, 2_800_000_000),
     },
+    "mamba2": {
+        "tiny": Size(mamba2_dims(64, 4, cpu=True), 3e-3),
+        "mini": Size(mamba2_dims(128, 4, cpu=True), 3e-3),
+        "small": Size(mamba2_dims(256, 8, cpu=True), 2e-3),
+        "130m": Size(mamba2_dims(768, 24, cpu=False), 3e-3, 130_000_000),
+        "370m": Size(mamba2_dims(1024, 48, cpu=False), 1.5e-3, 370_000_000),
+        "780m": Size(mamba2_dims(1536, 48, cpu=False), 1.25e-3, 780_000_000),
+        "1.3b": Size(mamba2_dims(2048, 48, cpu=False), 1e-3, 1_300_000_000),
+        "2.7b": Size(mamba2_dims(2560, 64, cpu=False), 8e-4, 2_700_000_000),
+    },
+    "hybrid": {
+        "tiny": Size(hybrid_dims(64, 4, cpu=True), 3e-3),
+        "mini": Size(hybrid_dims(128, 4, cpu=True), 3e-3),
+        "small": Size(hybrid_dims(256, 8, cpu=True), 2e-3),
+        "370m": Size(hybrid_dims(1024, 48, cpu=False), 1.5e-3, 370_000_000),
+        "1.3b": Size(hybrid_dims(2048, 48, cpu=False), 1e-3, 1_300_000_000),
+        "2.7b": Size(hybrid_dims(2560, 64, cpu=False), 8e-4, 2_700_000_000),
+    },
     "transformer": {
         "tiny": Size(dict(d_model=64, n_layer=2, n_head=4), 3e-3),
         "mini": Size(dict(d_model=128, n_layer=2, n_head=4), 3e-3),
@@ -49,7 +97,7 @@ SIZES: dict[str, dict[str, Size]] = {
 
 def parse_model_id(model_id: str) -> tuple[str, str]:
     """``mamba-1.4b`` -> ("mamba", "1.4b"), with a clear error for unknown names."""
-    arch, _, size = model_id.partition("-")
+    arch, _, size = model_id.partition("-")  # "mamba2-1.3b" -> ("mamba2", "1.3b")
     if arch not in SIZES:
         raise ValueError(f"model id {model_id!r}: unknown architecture {arch!r}; known: {sorted(SIZES)}")
     if size not in SIZES[arch]:

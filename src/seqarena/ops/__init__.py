@@ -1,4 +1,5 @@
-"""Sequence-mixing kernels: the selective scan and the causal conv, with run-time backends.
+"""Sequence-mixing kernels: the selective scan, Mamba-2's SSD and the causal conv, with run-time
+backends.
 
 Importing this package registers every backend: ``cuda`` (mamba_ssm, GPU), ``cpp`` (ours,
 CPU) and ``torch`` (the references, anywhere); ``resolve_backend`` says which one runs.
@@ -16,9 +17,12 @@ from seqarena.ops.backends import (
     resolve_backend,
     selective_scan,
     selective_state_update,
+    ssd_chunk_scan,
+    ssd_state_update,
 )
 from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
 from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
+from seqarena.ops.ssd import ssd_chunk_scan_torch, ssd_state_update_torch
 
 __all__ = [
     "BACKEND_ENV_VAR",
@@ -35,4 +39,8 @@ __all__ = [
     "selective_scan_torch",
     "selective_state_update",
     "selective_state_update_torch",
+    "ssd_chunk_scan",
+    "ssd_chunk_scan_torch",
+    "ssd_state_update",
+    "ssd_state_update_torch",
 ]

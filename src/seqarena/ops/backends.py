@@ -1,8 +1,9 @@
-"""Kernel backends: each implements the selective scan, its decoding step, and the causal conv.
+"""Kernel backends: each implements the selective scan, Mamba-2's SSD, their decoding steps, and
+the causal conv.
 
 Backends, best first: ``cuda`` (mamba_ssm and causal_conv1d, on GPU tensors), ``cpp``
 (seqarena's C++ kernels, on CPU tensors) and ``torch`` (the readable references, anywhere).
-The four functions below run on the backend that ``resolve_backend`` picks.
+The functions below run on the backend that ``resolve_backend`` picks.
 """
 
 import os
@@ -13,13 +14,14 @@ import torch
 
 from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
 from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
+from seqarena.ops.ssd import NO_DT_LIMIT, ssd_chunk_scan_torch, ssd_state_update_torch
 
 BACKEND_ENV_VAR = "SEQARENA_SCAN_BACKEND"
 
 
 @dataclass(frozen=True)
 class KernelBackend:
-    """One implementation of the sequence-mixing kernels (signatures as in scan.py and conv.py).
+    """One implementation of the sequence-mixing kernels (signatures as in scan.py, ssd.py and conv.py).
 
     ``priority`` orders automatic choice (higher first); ``why_not(u)`` is None when the
     backend can run on tensors like ``u`` here (device, build), else the reason it cannot.
@@ -30,6 +32,8 @@ class KernelBackend:
     step: Callable
     conv: Callable
     conv_step: Callable
+    ssd: Callable
+    ssd_step: Callable
     priority: int
     why_not: Callable[[torch.Tensor], str | None]
 
@@ -92,6 +96,26 @@ def selective_state_update(
     return impl(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
+def ssd_chunk_scan(
+    x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT,
+    initial_state=None, return_final_state=False, backend: str | None = None,
+):  # fmt: skip
+    """Mamba-2's chunked SSD (see ssd.py) on the chosen backend."""
+    impl = _BACKENDS[resolve_backend(x, backend)].ssd
+    return impl(
+        x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, return_final_state
+    )
+
+
+def ssd_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT,
+    backend: str | None = None,
+):  # fmt: skip
+    """One SSD decoding step: updates ``state`` (batch, nheads, headdim, N) in place, returns y."""
+    impl = _BACKENDS[resolve_backend(x, backend)].ssd_step
+    return impl(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+
+
 def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):
     """Depthwise causal convolution (see conv.py) on the chosen backend."""
     return _BACKENDS[resolve_backend(x, backend)].conv(x, weight, bias, activation)
@@ -105,6 +129,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
 register_backend(
     KernelBackend(
         "torch", selective_scan_torch, selective_state_update_torch, causal_conv1d_torch,
-        causal_conv1d_update_torch, priority=0, why_not=lambda u: None,
+        causal_conv1d_update_torch, ssd_chunk_scan_torch, ssd_state_update_torch, priority=0,
+        why_not=lambda u: None,
     )
 )  # fmt: skip

@@ -1,5 +1,8 @@
 """The ``cpp`` backend: seqarena's own CPU kernels (csrc/): the selective scan and the causal conv.
 
+Mamba-2's SSD is matmul-shaped, so the PyTorch chunked algorithm already runs at matmul speed
+on a CPU; this backend uses it as it is.
+
 Compiled just in time with ``torch.utils.cpp_extension.load`` (ninja from PyPI), once per
 machine and torch version, into ``$SEQARENA_EXTENSIONS_DIR`` (default
 ``~/.cache/seqarena/extensions``), so ``pip install`` needs neither a compiler nor torch at
@@ -19,6 +22,7 @@ import torch
 
 from seqarena.ops.backends import KernelBackend, register_backend
 from seqarena.ops.conv import causal_conv1d_update_torch
+from seqarena.ops.ssd import ssd_chunk_scan_torch, ssd_state_update_torch
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "selective_scan_cpu.cpp", CSRC / "causal_conv1d_cpu.cpp"]
@@ -161,6 +165,6 @@ def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 register_backend(
     KernelBackend(
         "cpp", selective_scan_cpp, selective_state_update_cpp, causal_conv1d_cpp, causal_conv1d_update_torch,
-        priority=10, why_not=_why_not,
+        ssd_chunk_scan_torch, ssd_state_update_torch, priority=10, why_not=_why_not,
     )
 )  # fmt: skip
