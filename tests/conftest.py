@@ -89,7 +89,8 @@ def write_pile_shards(folder: Path, texts: list[str], shards: int, set_name: str
 
 
 def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
-    """A tiny pipeline config: shared Tiny Shakespeare, two tiny models, a local task, a few steps."""
+    """A tiny pipeline config: shared Tiny Shakespeare, three tiny models (Mamba-1, Transformer++ and a
+    Mamba-2 hybrid with an attention layer), a local task, a few steps."""
     docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
             for i in range(12)]  # fmt: skip
     tasks = write_multiple_choice_task(
@@ -103,7 +104,7 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
                 "tokenizer": {"kind": "bpe", "vocab_size": 512},
             }
         },
-        "models": ["mamba-tiny", "transformer-tiny"],
+        "models": ["mamba-tiny", "transformer-tiny", "hybrid-tiny"],
         "train": {"dataset": "shakespeare", "steps": 4, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
                   "eval_interval": 2, "ckpt_interval": 100},
         "bench": {
@@ -113,7 +114,7 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
         },
         "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
                  "pretrained": []},
-        "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
+        "synthetic": {"archs": ["mamba", "mamba2", "transformer"], "tasks": {
             "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
                                   "eval_sequences": 8},
             "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],

@@ -23,7 +23,7 @@ def test_kernels_csv(tmp_path):
     assert [int(r["seq_len"]) for r in rows] == sorted(int(r["seq_len"]) for r in rows)  # monotone
     combos = {(r["op"], r["backend"], r["pass"], int(r["seq_len"])) for r in rows}
     for length in (64, 128, 256):
-        for op, backend in (("scan", "cpp"), ("attention", "sdpa")):
+        for op, backend in (("scan", "cpp"), ("ssd", "cpp"), ("attention", "sdpa")):
             assert {(op, backend, p, length) for p in ("fwd", "fwd+bwd")} <= combos
     assert all(float(r["median_ms"]) > 0 and r["device"] == "cpu" and r["dtype"] == "float32" for r in rows)
     client = MlflowClient(uri)
@@ -32,7 +32,7 @@ def test_kernels_csv(tmp_path):
     assert sorted(m.step for m in history) == [64, 128, 256]
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "hybrid", "transformer"])
 def test_generation_json_from_a_checkpoint_lands_in_its_run(arch, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ckpt = tmp_path / "train" / f"{arch}-tiny"

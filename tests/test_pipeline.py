@@ -20,7 +20,7 @@ from conftest import SHARED_DATA, free_port, wait_until_serving, write_pipeline_
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
-MODELS = ["mamba-tiny", "transformer-tiny"]  # write_pipeline_config's
+MODELS = ["mamba-tiny", "transformer-tiny", "hybrid-tiny"]  # write_pipeline_config's
 TRACKING = "sqlite:///{results}/mlflow.db?timeout=60&check_same_thread=false"
 
 
@@ -67,8 +67,8 @@ def test_every_stage_writes_its_contract(pipeline):
     cwd, _, output = pipeline
     results = cwd / "results"
     assert job_counts(output) == {
-        "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
-        "bench_generation": 2, "bench_training": 2, "evaluate": 2, "synthetic_task": 6, "report": 1,
+        "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
+        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 9, "report": 1,
     }  # fmt: skip
     env = json.loads((results / "env/kernels.json").read_text())
     assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
@@ -80,7 +80,7 @@ def test_every_stage_writes_its_contract(pipeline):
     for model in MODELS:
         summary = json.loads((results / f"train/{model}/summary.json").read_text())
         assert summary["steps"] == 4 and summary["final_val_loss"] < 7.0  # below ln(512) = 6.24 + slack
-        if model.startswith("mamba"):
+        if not model.startswith("transformer"):
             assert summary["scan_backend"] == "cpp"
         generation = json.loads((results / f"bench/generation/{model}.json").read_text())
         assert [r["batch"] for r in generation["results"]] == [1, 2]
@@ -95,7 +95,7 @@ def test_every_stage_writes_its_contract(pipeline):
             assert (results / f"benchmarks/{stage}/{model}.tsv").read_text().startswith("s\t")
     with open(results / "bench/kernels.csv") as f:
         rows = list(csv.DictReader(f))
-    for op in ("scan", "attention"):
+    for op in ("scan", "ssd", "attention"):
         lengths = [int(r["seq_len"]) for r in rows if r["op"] == op and r["pass"] == "fwd"]
         assert lengths == [32, 64, 128]
     html = (results / "reports/report.html").read_text()
@@ -105,7 +105,7 @@ def test_every_stage_writes_its_contract(pipeline):
         "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
     ]  # fmt: skip
     for task in ("selective_copying", "induction_heads", "mqar"):
-        for model in ("mamba-d16", "transformer-d16"):
+        for model in ("mamba-d16", "mamba2-d16", "transformer-d16"):
             result = json.loads((results / f"synthetic/{task}/{model}.json").read_text())
             assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
     induction = json.loads((results / "synthetic/induction_heads/mamba-d16.json").read_text())
@@ -175,7 +175,7 @@ def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(
     config.write_text(yaml.safe_dump(changed))
     rerun = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 2, "report": 1, "all": 1}
+    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 3, "report": 1, "all": 1}
     evaluation = json.loads((cwd / "results/eval/mamba-tiny.json").read_text())
     assert evaluation["n_samples"]["local_piqa"]["effective"] == 6
     assert (cwd / "results/reports/report.html").stat().st_mtime_ns > report_before

@@ -1,4 +1,5 @@
-"""Benchmark stage: scan kernels vs attention, generation throughput, training throughput.
+"""Benchmark stage: scan kernels (Mamba-1's scan, Mamba-2's SSD) vs attention, generation
+throughput, training throughput.
 
 Each runs on a GPU when there is one and, with a smaller default grid, on a CPU. Timings
 are medians of repeated runs after a warm-up, with the device synchronised around each.
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import atomic_write
-from seqarena.ops import available_backends, selective_scan
+from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
 from seqarena.train import TrainConfig, device_name, peak_memory_bytes, train
 
 KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "median_ms", "device", "dtype"]
@@ -60,8 +61,12 @@ def _fwd_and_fwd_bwd(make_inputs, op, device, repeats):
     return median_ms(forward, device, repeats), median_ms(forward_backward, device, repeats)
 
 
-def bench_kernels(lengths, batch=1, dim=1024, state=16, head_dim=64, repeats=5, backends=None, device=None):
-    """Rows of KERNEL_COLUMNS: each scan backend and causal attention, per sequence length."""
+def bench_kernels(
+    lengths, batch=1, dim=1024, state=16, ssd_state=64, head_dim=64, repeats=5, backends=None, device=None
+):
+    """Rows of KERNEL_COLUMNS: each backend's selective scan (Mamba-1, d_state ``state``) and SSD
+    (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``; 256-step chunks on a GPU,
+    64 on a CPU), and causal attention (heads of ``head_dim``), per sequence length."""
     device = device or device_default()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     probe = torch.zeros(1, 1, 1, device=device)
@@ -72,7 +77,7 @@ def bench_kernels(lengths, batch=1, dim=1024, state=16, head_dim=64, repeats=5, 
         for name, ms in zip(("fwd", "fwd+bwd"), times, strict=True):
             rows.append({
                 "op": op, "backend": backend, "batch": batch, "dim": dim,
-                "state": state if op == "scan" else "", "seq_len": length, "pass": name,
+                "state": {"scan": state, "ssd": ssd_state}.get(op, ""), "seq_len": length, "pass": name,
                 "median_ms": round(ms, 4), "device": device_name(device),
                 "dtype": str(dtype).removeprefix("torch."),
             })  # fmt: skip
@@ -98,6 +103,26 @@ def bench_kernels(lengths, batch=1, dim=1024, state=16, head_dim=64, repeats=5, 
                 return selective_scan(u, delta, A, B, C, None, z, None, True, backend=name)
 
             record("scan", name, length, _fwd_and_fwd_bwd(scan_inputs, scan, device, repeats))
+
+        def ssd_inputs(grad, length=length):
+            g = torch.Generator().manual_seed(length)
+            heads = max(1, dim // head_dim)
+
+            def t(*shape, shift=0.0):
+                return (torch.randn(*shape, generator=g) + shift).to(device, dtype).requires_grad_(grad)
+
+            A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_(grad)
+            x, dt = t(batch, length, heads, head_dim), t(batch, length, heads, shift=-2.0)
+            B, C = t(batch, length, 1, ssd_state), t(batch, length, 1, ssd_state)
+            return x, dt, A, B, C
+
+        for name in backends:
+
+            def ssd(x, dt, A, B, C, name=name):
+                chunk = 256 if device.type == "cuda" else 64
+                return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
+
+            record("ssd", name, length, _fwd_and_fwd_bwd(ssd_inputs, ssd, device, repeats))
 
         def attention_inputs(grad, length=length):
             shape = (batch, max(1, dim // head_dim), length, head_dim)

@@ -120,7 +120,8 @@ def generation(r: Results):
 
 
 def kernels(r: Results):
-    """Selective scan backends and causal attention: time against sequence length, log-log."""
+    """Mamba-1's scan and Mamba-2's SSD per backend, and causal attention: time against sequence
+    length, log-log."""
     if not r.kernels:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -132,7 +133,8 @@ def kernels(r: Results):
     for name, points in sorted(series.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms", title="Scan vs attention")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms")
+    ax.set_title("Scan and SSD vs attention")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

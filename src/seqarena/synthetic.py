@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from seqarena.models import Mamba, build_model
+from seqarena.models import SIZES, Mamba, build_model
 from seqarena.models.base import atomic_write
 
 IGNORE = -100
@@ -106,8 +106,8 @@ class SyntheticConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"unknown synthetic task {self.task!r}; known: {', '.join(TASKS)}")
-        if self.arch not in ("mamba", "transformer"):
-            raise ValueError(f"unknown architecture {self.arch!r}; known: mamba, transformer")
+        if self.arch not in SIZES:
+            raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(SIZES)}")
         self.test_lengths = sorted(self.test_lengths or [self.length])
 
     @property
@@ -153,7 +153,8 @@ def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int
 
     Sequences go through in chunks: for attention few enough that the (length x length) scores
     stay near 256 MB; the recurrent path holds only its state, so its chunks can be large."""
-    recurrent, device = isinstance(model, Mamba), next(model.parameters()).device
+    device = next(model.parameters()).device
+    recurrent = isinstance(model, Mamba) and not model.config.attn_layer_idx
     chunk = 256 if recurrent else max(1, min(256, 2**26 // length**2))
     gen = torch.Generator().manual_seed(seed)
     correct = total = 0

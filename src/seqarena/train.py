@@ -405,7 +405,7 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
     from seqarena.ops import resolve_backend
 
     probe = torch.zeros(1, 1, 1, device=dist_.device)
-    scan_backend = resolve_backend(probe) if arch == "mamba" else None
+    scan_backend = resolve_backend(probe) if arch != "transformer" else None
     flops_per_token = model.training_flops_per_token(cfg.seq_len)
 
     tracking = None

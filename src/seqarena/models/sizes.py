@@ -109,7 +109,11 @@ def model_config(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):
     """The config of a named size; ``overrides`` replace single fields."""
     arch, size = parse_model_id(model_id)
     config_cls = ARCHITECTURES[arch][1]
-    return config_cls(**{**SIZES[arch][size].dims, "vocab_size": vocab_size, **overrides})
+    dims = SIZES[arch][size].dims
+    if arch == "hybrid" and {"d_model", "n_layer"} & overrides.keys():  # the attention layout follows
+        shape = {k: overrides.get(k, dims[k]) for k in ("d_model", "n_layer")}
+        dims = hybrid_dims(**shape, cpu=SIZES[arch][size].nominal_params is None)
+    return config_cls(**{**dims, "vocab_size": vocab_size, **overrides})
 
 
 def build_model(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):
