@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--lengths", default="512,1024,2048,4096")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--mamba2-chunk", type=int, default=64)
+    parser.add_argument("--mamba2-chunk", type=int, default=32)
     args = parser.parse_args()
     d, n, vocab = args.d_model, args.n_layer, args.vocab
     lengths = [int(x) for x in args.lengths.split(",")]

@@ -3,8 +3,8 @@
     python benchmarks/train_step_cpu.py             # d_model 256, 4 Mamba layers, vocab 4096, B=8, L=256
 
 Rows: seqarena's Mamba with each CPU scan backend; seqarena's Mamba-2 at the same width and
-depth (about the same parameters; the CPU sizes' d_state 32, headdim 32 and 64-step chunks,
-overridable); Hugging Face ``transformers``' ``MambaForCausalLM`` at the same shape with
+depth (about the same parameters; the CPU sizes' d_state 32 and headdim 32, one row per chunk
+size of ``--mamba2-chunks``); Hugging Face ``transformers``' ``MambaForCausalLM`` at the same shape with
 mambapy's parallel scan (``use_mambapy=True``, its CPU training path) if transformers and
 mambapy are installed; seqarena's Transformer++ at the same width with the layer count that
 matches the Mamba's parameter count (the paper's pairing: two Mamba blocks per attention+MLP
@@ -76,23 +76,26 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--mamba2-state", type=int, default=32, help="Mamba-2's d_state")
     parser.add_argument("--mamba2-headdim", type=int, default=32)
-    parser.add_argument("--mamba2-chunk", type=int, default=64)
+    parser.add_argument("--mamba2-chunks", default="32,64", help="one Mamba-2 row per chunk size")
     args = parser.parse_args()
     d, n, vocab, b, L = args.d_model, args.n_layer, args.vocab, args.batch, args.length
 
     mamba_config = MambaConfig(d_model=d, n_layer=n, vocab_size=vocab)
-    mamba2 = dict(
-        layer="Mamba2", d_state=args.mamba2_state, headdim=args.mamba2_headdim, chunk_size=args.mamba2_chunk
-    )
-    mamba2_config = MambaConfig(d_model=d, n_layer=n, vocab_size=vocab, ssm_cfg=mamba2)
+
+    def mamba2(chunk):
+        ssm = dict(layer="Mamba2", d_state=args.mamba2_state, headdim=args.mamba2_headdim, chunk_size=chunk)
+        return lambda: Mamba(MambaConfig(d_model=d, n_layer=n, vocab_size=vocab, ssm_cfg=ssm))
+
     transformer_config = TransformerConfig(
         d_model=d, n_layer=max(1, n // 2), n_head=max(1, d // 64), vocab_size=vocab
     )
     rows = [  # (name, build, forward, scan backend)
         ("seqarena Mamba (cpp kernels)", lambda: Mamba(mamba_config), ours, "cpp"),
         ("seqarena Mamba (torch kernels)", lambda: Mamba(mamba_config), ours, "torch"),
-        (f"seqarena Mamba-2 (SSD, N={args.mamba2_state}, chunk {args.mamba2_chunk})",
-         lambda: Mamba(mamba2_config), ours, "cpp"),
+        *(
+            (f"seqarena Mamba-2 (SSD, N={args.mamba2_state}, chunk {chunk})", mamba2(int(chunk)), ours, "cpp")
+            for chunk in args.mamba2_chunks.split(",")
+        ),
     ]  # fmt: skip
     try:
         import mambapy  # noqa: F401

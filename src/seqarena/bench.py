@@ -66,7 +66,7 @@ def bench_kernels(
 ):
     """Rows of KERNEL_COLUMNS: each backend's selective scan (Mamba-1, d_state ``state``) and SSD
     (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``; 256-step chunks on a GPU,
-    64 on a CPU), and causal attention (heads of ``head_dim``), per sequence length."""
+    32 on a CPU), and causal attention (heads of ``head_dim``), per sequence length."""
     device = device or device_default()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     probe = torch.zeros(1, 1, 1, device=device)
@@ -119,7 +119,7 @@ def bench_kernels(
         for name in backends:
 
             def ssd(x, dt, A, B, C, name=name):
-                chunk = 256 if device.type == "cuda" else 64
+                chunk = 256 if device.type == "cuda" else 32
                 return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
 
             record("ssd", name, length, _fwd_and_fwd_bwd(ssd_inputs, ssd, device, repeats))

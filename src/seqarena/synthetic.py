@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from seqarena.models import SIZES, Mamba, build_model
+from seqarena.models import SIZES, Mamba, build_model, model_config
 from seqarena.models.base import atomic_write
 
 IGNORE = -100
@@ -95,6 +95,7 @@ class SyntheticConfig:
     n_pairs: int = 8  # mqar: key-value pairs
     d_model: int = 64
     n_layer: int = 2
+    d_state: int = 0  # SSM state size N of the Mamba families (0: their CPU sizes'); Transformer++ has none
     steps: int = 1000
     batch: int = 32
     lr: float = 3e-3
@@ -112,7 +113,8 @@ class SyntheticConfig:
 
     @property
     def model_name(self) -> str:
-        return f"{self.arch}-d{self.d_model}"
+        with_state = self.d_state and self.arch != "transformer"
+        return f"{self.arch}-d{self.d_model}" + (f"-n{self.d_state}" if with_state else "")
 
     def batch_at(self, length: int, size: int, gen: torch.Generator):
         if self.task == "selective_copying":
@@ -125,7 +127,10 @@ class SyntheticConfig:
 def build(cfg: SyntheticConfig) -> torch.nn.Module:
     """A 2-layer, width-D model of the architecture (the paper's synthetic-task setting)."""
     torch.manual_seed(cfg.seed)
-    return build_model(f"{cfg.arch}-tiny", vocab_size=cfg.vocab, d_model=cfg.d_model, n_layer=cfg.n_layer)
+    overrides = dict(d_model=cfg.d_model, n_layer=cfg.n_layer)
+    if cfg.d_state and cfg.arch != "transformer":
+        overrides["ssm_cfg"] = {**model_config(f"{cfg.arch}-tiny").ssm_cfg, "d_state": cfg.d_state}
+    return build_model(f"{cfg.arch}-tiny", vocab_size=cfg.vocab, **overrides)
 
 
 @torch.no_grad()

@@ -65,15 +65,12 @@ class RMSNormGated(nn.Module):
 
     def forward(self, x, z):
         dtype = x.dtype
-        x, z = (
-            x.to(torch.promote_types(dtype, torch.float32)),
-            z.to(torch.promote_types(dtype, torch.float32)),
-        )
+        compute = torch.promote_types(dtype, torch.float32)
+        x, z = x.to(compute), z.to(compute)
         if not self.norm_before_gate:
             x = x * F.silu(z)
         groups = x.unflatten(-1, (-1, self.group_size))
-        normed = (groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        out = normed * self.weight
+        out = F.rms_norm(groups, (self.group_size,), eps=self.eps).flatten(-2) * self.weight
         if self.norm_before_gate:
             out = out * F.silu(z)
         return out.to(dtype)

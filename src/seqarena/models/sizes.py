@@ -10,7 +10,8 @@ checkpoints: the Mamba-1 widths and depths, mamba_ssm's Mamba2 defaults, d_state
 headdim 64). ``hybrid`` is Mamba-2 with attention in about one layer in ten, spread evenly
 (the Mamba-2 paper's hybrid ablation, section 9.2.3, found about 10% attention layers
 best); its attention layers are mamba_ssm's MHA with 64-wide heads, full rotary embeddings,
-causal, without biases. CPU sizes (tiny, mini, small) use d_state 32 and 64-step chunks.
+causal, without biases. CPU sizes (tiny, mini, small) use d_state 32, headdim 32 and 32-step
+chunks (the fastest chunk for a training step on a CPU: benchmarks/README.md).
 """
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ ARCHITECTURES = {
     "hybrid": (Mamba, MambaConfig),
     "transformer": (Transformer, TransformerConfig),
 }
-MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=64)
+MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=32)
 
 
 def attention_layers(n_layer: int) -> list[int]:

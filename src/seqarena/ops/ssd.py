@@ -39,16 +39,14 @@ def _per_head(BC: torch.Tensor, nheads: int, dim: int) -> torch.Tensor:
 
 
 def _segment_sums(a: torch.Tensor) -> torch.Tensor:
-    """a (..., Q) -> (..., Q, Q) with [i, j] = a[j+1] + ... + a[i] for j <= i, -inf above.
+    """a (..., T) -> (..., T, T) with [i, j] = a[j+1] + ... + a[i] for j <= i, -inf above.
 
-    Summed from the masked terms rather than as a difference of cumulative sums, which
-    loses precision when the sums are large."""
-    q = a.shape[-1]
-    terms = a[..., None, :].expand(*a.shape, q).transpose(-1, -2)  # [i, j] = a[i]
-    strictly_lower = torch.ones(q, q, dtype=torch.bool, device=a.device).tril(-1)
-    sums = terms.masked_fill(~strictly_lower, 0).cumsum(dim=-2)
-    lower = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
-    return sums.masked_fill(~lower, float("-inf"))
+    Summed from the masked terms, not as a difference of cumulative sums, which loses precision
+    when the sums grow large (across a whole sequence)."""
+    t = a.shape[-1]
+    terms = a[..., :, None].expand(*a.shape, t)  # [i, j] = a[i]
+    sums = terms.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=a.device).tril(-1), 0).cumsum(-2)
+    return sums.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=a.device).tril(), float("-inf"))
 
 
 def ssd_chunk_scan_torch(
@@ -56,56 +54,64 @@ def ssd_chunk_scan_torch(
     initial_state=None, return_final_state=False,
 ):  # fmt: skip
     """The chunked SSD in at least float32; any length (the last chunk is padded with dt = 0,
-    which neither decays nor feeds the state, so the final state is exact)."""
+    which neither decays nor feeds the state, so the final state is exact).
+
+    Activations stay in their (batch, chunk, step, head, ...) layout; the products that do not
+    depend on the head (with B and C) run once per group over all its heads' channels at once,
+    so each is one batched matmul of useful size, and C.B is computed once per group."""
     dtype_in = x.dtype
     compute = torch.promote_types(dtype_in, torch.float32)
     batch, length, nheads, headdim = x.shape
-    dt = discretised_dt(dt, dt_bias, dt_softplus, dt_limit, compute)
-    xc = x.to(compute)
-    B, C = _per_head(B.to(compute), nheads, 2), _per_head(C.to(compute), nheads, 2)
-
+    ngroups, d_state = B.shape[2:]
+    per_group = nheads // ngroups
     q = chunk_size
     pad = -length % q
-    if pad:
-        xc, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xc, B, C))
-        dt = F.pad(dt, (0, 0, 0, pad))
     n_chunks = (length + pad) // q
-    # (batch, chunks, Q, heads, ...) and the decays as (batch, heads, chunks, Q)
-    xc, B, C = (t.reshape(batch, n_chunks, q, nheads, -1) for t in (xc, B, C))
-    dt = dt.reshape(batch, n_chunks, q, nheads)
-    dA = (dt * A.to(compute)).permute(0, 3, 1, 2)
-    dA_cumsum = dA.cumsum(dim=-1)
-    x_dt = xc * dt[..., None]
 
-    # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(dA_{j+1} + ... + dA_i) dt_j x_j
-    decay = torch.exp(_segment_sums(dA))  # (batch, heads, chunks, Q, Q)
-    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay
-    y = torch.einsum("bhcls,bcshp->bclhp", scores, x_dt)
+    def chunked(t):  # (batch, L, ...) -> (batch, chunks, Q, ...), zero-padded
+        t = t.to(compute)
+        if pad:
+            t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+        return t.unflatten(1, (n_chunks, q))
 
-    # 2. The state each chunk adds, decayed to the chunk's end
-    decay_to_end = torch.exp(dA_cumsum[..., -1:] - dA_cumsum)  # (batch, heads, chunks, Q)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, x_dt)
+    dt = chunked(discretised_dt(dt, dt_bias, dt_softplus, dt_limit, compute))  # (b, c, Q, h)
+    x_dt = chunked(x) * dt[..., None]  # (b, c, Q, h, p)
+    Bc, Cc = chunked(B).transpose(2, 3), chunked(C).transpose(2, 3)  # (b, c, g, Q, N)
+    dA_cumsum = (dt * A.to(compute)).permute(0, 3, 1, 2).cumsum(dim=-1)  # (b, h, c, Q)
 
-    # 3. Pass the states across chunk boundaries (a short sequential loop over chunks)
-    state = (
-        xc.new_zeros(batch, nheads, headdim, B.shape[-1])
-        if initial_state is None
-        else initial_state.to(compute)
-    )
-    chunk_decay = torch.exp(dA_cumsum[..., -1])  # (batch, heads, chunks)
-    entering = []
-    for c in range(n_chunks):
-        entering.append(state)
-        state = state * chunk_decay[:, :, c, None, None] + chunk_states[:, c]
-    entering = torch.stack(entering, dim=1)  # (batch, chunks, heads, headdim, N)
+    # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(dA_{j+1} + ... + dA_i) dt_j x_j,
+    #    the decays as differences of the cumulative sums (as mamba_ssm's kernels take them)
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    segment = (dA_cumsum[..., :, None] - dA_cumsum[..., None, :]).masked_fill(~causal, float("-inf"))
+    scores = (Cc @ Bc.transpose(-1, -2)).transpose(1, 2)  # (b, g, c, Q, Q), once per group
+    scores = (scores[:, :, None] * torch.exp(segment).unflatten(1, (ngroups, per_group))).flatten(1, 2)
+    y = (scores @ x_dt.permute(0, 3, 1, 2, 4)).permute(0, 2, 3, 1, 4)  # (b, c, Q, h, p)
 
-    # 4. What the entering state contributes to each output of its chunk
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, entering, torch.exp(dA_cumsum))
+    # 2. The state each chunk adds, decayed to the chunk's end: (p, N) per head and chunk
+    to_end = torch.exp(dA_cumsum[..., -1:] - dA_cumsum).permute(0, 2, 3, 1)  # (b, c, Q, h)
+    weighted = (x_dt * to_end[..., None]).unflatten(3, (ngroups, -1)).flatten(4)  # (b, c, Q, g, hp)
+    chunk_states = weighted.permute(0, 1, 3, 4, 2) @ Bc  # (b, c, g, heads of the group * p, N)
+    chunk_states = chunk_states.unflatten(3, (per_group, headdim)).flatten(2, 3)  # (b, c, h, p, N)
 
-    y = y.reshape(batch, n_chunks * q, nheads, headdim)[:, :length]
+    # 3. Pass the states across chunk boundaries: the state entering chunk z sums every earlier
+    #    chunk's (and the initial) state, decayed through the chunks between: one small matmul
+    decay_between = torch.exp(_segment_sums(F.pad(dA_cumsum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+    states = decay_between[..., 1:] @ chunk_states.transpose(1, 2).flatten(3)  # (b, h, c+1, p*N)
+    if initial_state is not None:
+        states = states + decay_between[..., :1] * initial_state.to(compute).flatten(2)[:, :, None]
+    states = states.unflatten(3, (headdim, d_state))
+    entering, state = states[:, :, :-1], states[:, :, -1]  # (b, h, c, p, N), the final state
+
+    # 4. What the entering state contributes to each output of its chunk, again per group
+    entering = entering.unflatten(1, (ngroups, per_group)).permute(0, 3, 1, 5, 2, 4).flatten(4)
+    y_off = (Cc @ entering).unflatten(4, (per_group, headdim))  # (b, c, g, Q, heads of the group, p)
+    y_off = y_off.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)  # (b, c, Q, h, p)
+    y = y + y_off * torch.exp(dA_cumsum).permute(0, 2, 3, 1)[..., None]
+
+    y = y.flatten(1, 2)[:, :length]  # (b, L, h, p)
     if D is not None:
         D = D.to(compute)
-        y = y + xc.reshape(batch, -1, nheads, headdim)[:, :length] * (D[:, None] if D.dim() == 1 else D)
+        y = y + x.to(compute) * (D[:, None] if D.dim() == 1 else D)
     if z is not None:
         y = y * F.silu(z.to(compute))
     y = y.to(dtype_in)
