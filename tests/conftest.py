@@ -114,7 +114,7 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
         },
         "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
                  "pretrained": []},
-        "synthetic": {"archs": ["mamba", "mamba2", "transformer"], "tasks": {
+        "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
             "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
                                   "eval_sequences": 8},
             "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],

@@ -83,6 +83,21 @@ def test_recurrent_evaluation_equals_the_full_forward(task, make):
     assert torch.allclose(scored_logits(model, seq, labels), full, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch,d_state", [("mamba2", 0), ("mamba2", 64), ("hybrid", 0), ("mamba", 8)])
+def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(arch, d_state):
+    cfg = SyntheticConfig(task="mqar", arch=arch, d_model=32, d_state=d_state)
+    model = build(cfg).eval()
+    assert model.config.n_layer == 2 and model.config.d_model == 32
+    if d_state:
+        assert model.config.ssm["d_state"] == d_state and cfg.model_name == f"{arch}-d32-n{d_state}"
+    if arch == "hybrid":
+        assert model.config.attn_layer_idx == [1]  # the share of the depth follows n_layer
+    seq, labels = mqar(3, 40, 16, 5, gen())
+    with torch.no_grad():
+        full = model(seq)[labels != IGNORE]
+    assert torch.allclose(scored_logits(model, seq, labels), full, atol=1e-4)
+
+
 def test_recurrent_evaluation_runs_far_beyond_the_training_length_in_constant_memory():
     cfg = SyntheticConfig(task="induction_heads", arch="mamba", d_model=32)
     model = build(cfg).eval()
