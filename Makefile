@@ -47,8 +47,18 @@ slurm:
 		--no-install-recommends slurmctld slurmd slurm-client munge; } || \
 		echo "warning: SLURM packages not installed: tests/cluster will fail"
 
+# The SLURM rehearsal (tests/cluster) spends much of its time waiting on the SLURM plugin's status
+# checks, so it runs beside the rest of the suite; its report is printed after the rest's.
+PYTEST := SEQARENA_MAMBA_SSM_REFERENCE="$(abspath $(MAMBA_SSM_REFERENCE))" $(BIN)/pytest
+
 test: lint slurm oracle
-	SEQARENA_MAMBA_SSM_REFERENCE="$(abspath $(MAMBA_SSM_REFERENCE))" $(BIN)/pytest
+	@cluster_log=$$(mktemp); \
+	$(PYTEST) -m cluster --basetemp="$$(mktemp -d)" > "$$cluster_log" 2>&1 & cluster=$$!; \
+	trap 'kill $$cluster 2>/dev/null' INT TERM; \
+	$(PYTEST) -m "not cluster" --basetemp="$$(mktemp -d)"; rest=$$?; \
+	wait $$cluster; slurm=$$?; \
+	echo "--- tests/cluster (run beside the rest) ---"; cat "$$cluster_log"; rm -f "$$cluster_log"; \
+	test $$rest = 0 && test $$slurm = 0
 
 # The GPU acceptance run: kernels built for this GPU, backends checked, training, kernel and
 # generation benchmarks, one table in $(GPU_CHECK_OUT)/gpu-check.md. On a CUDA machine, give the
