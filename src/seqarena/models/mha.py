@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqarena.models.transformer import rotary_angles, rotate
 from seqarena.ops import causal_conv1d, causal_conv1d_update
 
 # mamba_ssm.modules.mha.MHA's keyword arguments and defaults (num_heads has none).
@@ -94,20 +95,16 @@ class MHA(nn.Module):
 
     def _rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
         """Rotary embedding of x (batch, L, heads, head_dim) at positions offset.., on the first
-        rotary_emb_dim channels (halves paired, or neighbours when interleaved); angles in float32."""
+        rotary_emb_dim channels (halves paired, as Transformer++, or neighbours when interleaved)."""
         rd = self.rotary_emb_dim
-        exponents = torch.arange(0, rd, 2, device=x.device, dtype=torch.float32) / rd
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.rotary_emb_base**-exponents)[:, None, :]  # (L, 1, rd/2)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = (t[:, None] for t in rotary_angles(rd, self.rotary_emb_base, offset, x.shape[1], x.device))
         rotated, rest = x[..., :rd], x[..., rd:]
         if self.rotary_emb_interleaved:
             x1, x2 = rotated[..., 0::2], rotated[..., 1::2]
-            rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+            rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
         else:
-            x1, x2 = rotated.chunk(2, dim=-1)
-            rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-        return torch.cat([rotated.to(x.dtype), rest], dim=-1)
+            rotated = rotate(rotated, cos, sin)
+        return torch.cat([rotated, rest], dim=-1)
 
     def _project(self, hidden):
         """(qkv, gated MLP output or None) from hidden (..., d_model)."""

@@ -56,6 +56,17 @@ class KVCache:
     seqlen: int = 0
 
 
+def rotary_angles(
+    dim: int, base: float, offset: int, length: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (length, dim / 2) of the rotary angles at positions offset .. offset + length - 1,
+    in float32 whatever the model's dtype: a bf16 frequency table is off by 0.45 rad at position 1023."""
+    exponents = torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim
+    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, base**-exponents)
+    return angles.cos(), angles.sin()
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding, GPT-NeoX/LLaMA layout (the two halves of each head are the pairs)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -147,14 +158,8 @@ class Transformer(LanguageModel):
         return self.lm_head(self.norm_f(x))
 
     def rotary(self, offset: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of the rotary angles at positions offset .. offset + length - 1, in float32
-        whatever the model's dtype: a bf16 frequency table is off by 0.45 rad at position 1023."""
         head_dim = self.config.d_model // self.config.n_head
-        exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
-        inv_freq = self.config.rope_theta**-exponents
-        positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
-        angles = torch.outer(positions, inv_freq)
-        return angles.cos(), angles.sin()
+        return rotary_angles(head_dim, self.config.rope_theta, offset, length, device)
 
     def mixer_flops_per_token(self, seq_len: int) -> float:
         """Attention scores and values, forward+backward (PaLM's 12 * n_layer * d_model * T)."""
