@@ -147,10 +147,30 @@ class Mamba2Mixer(nn.Module):
         sizes = [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads]
         return zxbcdt.split(sizes, dim=dim)
 
-    def _ssm_params(self):
+    def _ssd_inputs(self, xBC, dt, z):
+        """(x, dt, A, B, C) for the SSD from the conv's output (..., conv_dim), split into heads
+        and groups; the same for a sequence (forward) and one token (step)."""
+        x, B, C = xBC.split(self.xbc_sizes, dim=-1)
         A = -torch.exp(self.A_log.float())
-        D = self.D.unflatten(0, (self.nheads, self.headdim)) if self.D_has_hdim else self.D
-        return A, D
+        groups = (self.ngroups, self.d_state)
+        return (
+            x.unflatten(-1, (self.nheads, self.headdim)),
+            dt,
+            A,
+            B.unflatten(-1, groups),
+            C.unflatten(-1, groups),
+        )
+
+    def _ssd_options(self, z):
+        """D (per head or per channel), the SiLU(z) gate when there is no gated norm, dt's bias,
+        softplus and limits."""
+        return dict(
+            D=self.D.unflatten(0, (self.nheads, self.headdim)) if self.D_has_hdim else self.D,
+            z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=self.dt_limit,
+        )
 
     def _output(self, y, z, z0, x0):
         """y, z, z0, x0 (..., channels): the gate (or gated norm), the MLP part, out_proj."""
@@ -168,21 +188,11 @@ class Mamba2Mixer(nn.Module):
         if cache is not None:
             cache.conv_state.copy_(F.pad(xBC, (self.d_conv - length, 0)))
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        x, B, C = xBC.transpose(1, 2).split(self.xbc_sizes, dim=-1)
-        A, D = self._ssm_params()
         y = ssd_chunk_scan(
-            x.unflatten(-1, (self.nheads, self.headdim)),
-            dt,
-            A,
-            B.unflatten(-1, (self.ngroups, self.d_state)),
-            C.unflatten(-1, (self.ngroups, self.d_state)),
-            self.chunk_size,
-            D=D,
-            z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
-            dt_limit=self.dt_limit,
+            *self._ssd_inputs(xBC.transpose(1, 2), dt, z),
+            chunk_size=self.chunk_size,
             return_final_state=cache is not None,
+            **self._ssd_options(z),
         )
         if cache is not None:
             y, final_state = y
@@ -195,21 +205,7 @@ class Mamba2Mixer(nn.Module):
         xBC = causal_conv1d_update(
             xBC, cache.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu"
         )
-        x, B, C = xBC.split(self.xbc_sizes, dim=-1)
-        A, D = self._ssm_params()
-        y = ssd_state_update(
-            cache.ssm_state,
-            x.unflatten(-1, (self.nheads, self.headdim)),
-            dt,
-            A,
-            B.unflatten(-1, (self.ngroups, self.d_state)),
-            C.unflatten(-1, (self.ngroups, self.d_state)),
-            D=D,
-            z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
-            dt_limit=self.dt_limit,
-        )
+        y = ssd_state_update(cache.ssm_state, *self._ssd_inputs(xBC, dt, z), **self._ssd_options(z))
         return self._output(y.flatten(-2), z, z0, x0)
 
     def allocate_cache(self, batch_size: int, max_seqlen: int, weight: torch.Tensor):

@@ -33,6 +33,16 @@ def discretised_dt(dt, dt_bias, dt_softplus, dt_limit, compute):
     return dt
 
 
+def _skip_and_gate(y, x, D, z):
+    """y + D x (D per head or per channel), then times silu(z) if given; in y's dtype."""
+    if D is not None:
+        D = D.to(y.dtype)
+        y = y + x * (D[:, None] if D.dim() == 1 else D)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
 def _per_head(BC: torch.Tensor, nheads: int, dim: int) -> torch.Tensor:
     """Groups -> heads along ``dim``: consecutive heads share a group, as in mamba_ssm."""
     return BC.repeat_interleave(nheads // BC.shape[dim], dim=dim)
@@ -109,11 +119,7 @@ def ssd_chunk_scan_torch(
     y = y + y_off * torch.exp(dA_cumsum).permute(0, 2, 3, 1)[..., None]
 
     y = y.flatten(1, 2)[:, :length]  # (b, L, h, p)
-    if D is not None:
-        D = D.to(compute)
-        y = y + x.to(compute) * (D[:, None] if D.dim() == 1 else D)
-    if z is not None:
-        y = y * F.silu(z.to(compute))
+    y = _skip_and_gate(y, x.to(compute), D, z)
     y = y.to(dtype_in)
     return (y, state) if return_final_state else y
 
@@ -132,9 +138,4 @@ def ssd_state_update_torch(
     dA = torch.exp(dt * A.to(compute))[:, :, None, None]
     state.copy_(state * dA + (xc * dt[..., None])[..., None] * B[:, :, None, :])
     y = (state @ C[..., None]).squeeze(-1)
-    if D is not None:
-        D = D.to(compute)
-        y = y + xc * (D[:, None] if D.dim() == 1 else D)
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    return y.to(x.dtype)
+    return _skip_and_gate(y, xc, D, z).to(x.dtype)
