@@ -8,6 +8,7 @@ model's MLflow run (the kernels to a run of their own).
 """
 
 import csv
+import functools
 import io
 import json
 import statistics
@@ -61,6 +62,11 @@ def _fwd_and_fwd_bwd(make_inputs, op, device, repeats):
     return median_ms(forward, device, repeats), median_ms(forward_backward, device, repeats)
 
 
+def _random_input(gen, device, dtype, grad, *shape, shift=0.0):
+    """Standard normal (plus ``shift``), drawn on the CPU from ``gen`` so every device sees the same."""
+    return (torch.randn(*shape, generator=gen) + shift).to(device, dtype).requires_grad_(grad)
+
+
 def bench_kernels(
     lengths, batch=1, dim=1024, state=16, ssd_state=64, head_dim=64, repeats=5, backends=None, device=None
 ):
@@ -86,13 +92,7 @@ def bench_kernels(
 
         def scan_inputs(grad, length=length):
             g = torch.Generator().manual_seed(length)
-
-            def t(*shape, shift=0.0, keep_fp32=False):
-                x = (torch.randn(*shape, generator=g) + shift).to(
-                    device, torch.float32 if keep_fp32 else dtype
-                )
-                return x.requires_grad_(grad)
-
+            t = functools.partial(_random_input, g, device, dtype, grad)
             A = (-torch.rand(dim, state, generator=g) - 0.5).to(device).requires_grad_(grad)
             u, delta = t(batch, dim, length), t(batch, dim, length, shift=-2.0)
             return u, delta, A, t(batch, state, length), t(batch, state, length), t(batch, dim, length)
@@ -107,10 +107,7 @@ def bench_kernels(
         def ssd_inputs(grad, length=length):
             g = torch.Generator().manual_seed(length)
             heads = max(1, dim // head_dim)
-
-            def t(*shape, shift=0.0):
-                return (torch.randn(*shape, generator=g) + shift).to(device, dtype).requires_grad_(grad)
-
+            t = functools.partial(_random_input, g, device, dtype, grad)
             A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_(grad)
             x, dt = t(batch, length, heads, head_dim), t(batch, length, heads, shift=-2.0)
             B, C = t(batch, length, 1, ssd_state), t(batch, length, 1, ssd_state)
