@@ -157,6 +157,25 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     cli_evaluate()
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """A checkpoint as a transformers folder; with a tracking store, also an MLflow model registered
+    under its model id and linked to its training run."""
+    from seqarena.hf import NotExportable, export_hf
+
+    try:
+        out = export_hf(args.model_dir, args.out_dir)
+    except NotExportable as e:
+        sys.exit(str(e))
+    print(f"exported {args.model_dir} to {out} (transformers' AutoModelForCausalLM.from_pretrained reads it)")
+    if args.tracking_uri != "none":
+        from seqarena.tracking import register_hf_model
+
+        model_id = args.model_id or Path(args.model_dir).name
+        version = register_hf_model(args.tracking_uri, args.experiment, model_id, Path(args.model_dir), out)
+        print(f"registered as {model_id!r} version {version.version} (run {version.run_id}): "
+              f"mlflow.transformers.load_model('models:/{model_id}/{version.version}')")  # fmt: skip
+
+
 def cmd_synthetic(args: argparse.Namespace) -> None:
     from seqarena.bench import log_to_mlflow
     from seqarena.synthetic import SyntheticConfig, train_synthetic
@@ -351,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
         "lm-eval", help="lm-eval's CLI with --model seqarena available", add_help=False
     )
     lm_eval_cli.set_defaults(func=cmd_lm_eval)  # every argument after it goes to lm-eval (see main)
+
+    export = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers folder")
+    export.add_argument("--format", choices=["hf"], default="hf", help="hf: Llama, Mamba or Mamba2 classes")
+    export.add_argument("model_dir", help="a seqarena checkpoint folder with its tokenizer.json")
+    export.add_argument("out_dir", help="the folder to write (replaced whole)")
+    export.add_argument(
+        "--tracking-uri", default="none", help="also register it in this MLflow store; none: do not"
+    )
+    export.add_argument("--experiment", default="seqarena", help="where its run is looked for if need be")
+    export.add_argument("--model-id", help="the registered name (default: the checkpoint folder's name)")
+    export.set_defaults(func=cmd_export)
 
     from seqarena.synthetic import SyntheticConfig
 

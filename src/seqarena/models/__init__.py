@@ -12,6 +12,8 @@ from seqarena.models.transformer import Transformer, TransformerConfig
 
 # state-spaces/mamba-* (and mamba_ssm's save_pretrained) write PyTorch pickles.
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+# transformers' model_type -> its class, for the layouts seqarena reads and writes (seqarena.hf).
+HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 
 __all__ = [
     "SIZES",
@@ -88,9 +90,16 @@ def pretrained_id(name: str) -> str:
 
 def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None = None) -> LanguageModel:
     """Load a checkpoint: a seqarena folder, a state-spaces/mamba-* style folder
-    (config.json + pytorch_model.bin), or a hub id such as ``state-spaces/mamba-130m``."""
+    (config.json + pytorch_model.bin), a transformers Llama, Mamba or Mamba2 folder (``seqarena
+    export``'s, ``state-spaces/mamba-130m-hf``), or a hub id such as ``state-spaces/mamba-130m``."""
     config_file, weights_file = _checkpoint_files(str(name_or_path))
-    config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    data = json.loads(config_file.read_text())
+    if data.get("model_type") in HF_MODEL_TYPES:  # transformers' layout: our export, state-spaces/*-hf
+        from seqarena.hf import config_from_hf, state_from_hf
+
+        config = config_from_hf(config_file)
+    else:
+        config = config_from_dict(data, str(config_file))
     model = (Mamba if isinstance(config, MambaConfig) else Transformer)(config)
     if weights_file.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -98,6 +107,8 @@ def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None =
         state = load_file(weights_file)
     else:
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if data.get("model_type") in HF_MODEL_TYPES:
+        state = state_from_hf(state, config)
     if config.tie_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state[next(k for k in state if k.endswith("embedding.weight"))]
     try:
