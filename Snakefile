@@ -1,4 +1,4 @@
-"""seqarena: Mamba vs Transformer++ end to end: env, data, train, bench, eval, synthetic, report."""
+"""seqarena: Mamba vs Transformer++ end to end: env, data, train, bench, eval, export, synthetic, report."""
 
 import os
 
@@ -19,6 +19,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/report.smk"
 
@@ -27,3 +28,4 @@ rule all:
     default_target: True
     input:
         rules.report.output,
+        rules.export_all.input,

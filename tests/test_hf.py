@@ -113,7 +113,8 @@ def test_from_pretrained_reads_a_folder_that_transformers_wrote(kind, tmp_path):
     with torch.no_grad():
         for p in theirs.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    theirs.save_pretrained(tmp_path)
+    theirs.save_pretrained(tmp_path, max_shard_size="40KB")  # sharded, as the larger *-hf checkpoints
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
     ours = from_pretrained(tmp_path).eval()
     ids = torch.randint(0, 1000, (2, 40))
     with torch.no_grad():
@@ -157,3 +158,31 @@ def test_lm_evals_own_hf_model_scores_the_export_as_seqarena_scores_the_checkpoi
         for metric, entry in ours["results"][task].items():
             assert entry["value"] == pytest.approx(theirs["results"][task][metric]["value"], rel=1e-5), metric
     assert ours["results"]["lambada_slice"]["perplexity"]["value"] > 1.0  # a real score, not an empty one
+
+
+def test_an_export_is_registered_once_per_training_run_and_loads_back_through_mlflow(tmp_path, capsys):
+    """The MLflow model registry: a version under the model id, linked to the training run, loaded back
+    by MLflow's transformers flavour alone; exporting again adds no version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from seqarena.tracking import ModelRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = ModelRun(uri, "seqarena", "mamba-tiny")
+    ours = write_checkpoint(tmp_path / "mamba-tiny", "mamba-tiny")
+    (tmp_path / "mamba-tiny/summary.json").write_text(json.dumps({"mlflow_run_id": run.run_id}))
+    export = ["export", str(tmp_path / "mamba-tiny"), str(tmp_path / "hf"), "--tracking-uri", uri]
+    main(export)
+    main(export)
+    assert "registered as 'mamba-tiny' version 1" in capsys.readouterr().out.splitlines()[-1]
+
+    client = MlflowClient(uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name = 'mamba-tiny'")
+    assert version.run_id == run.run_id and client.get_run(run.run_id).info.status == "FINISHED"
+    mlflow.set_registry_uri(uri)
+    pipeline = mlflow.transformers.load_model("models:/mamba-tiny/1")
+    assert type(pipeline.model).__name__ == "MambaForCausalLM"
+    ids = torch.randint(0, VOCAB, (1, 20))
+    with torch.no_grad():
+        assert relative_error(ours(ids)[..., :VOCAB], pipeline.model(ids).logits) <= 1e-5

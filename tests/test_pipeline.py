@@ -13,9 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 import yaml
 
 from conftest import SHARED_DATA, free_port, wait_until_serving, write_pipeline_config
+from seqarena.models import from_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,6 +72,7 @@ def test_every_stage_writes_its_contract(pipeline):
     assert job_counts(output) == {
         "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
         "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 6, "report": 1,
+        "export_hf": 2,  # transformers has no class for the hybrid
     }  # fmt: skip
     env = json.loads((results / "env/kernels.json").read_text())
     assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
@@ -93,6 +97,15 @@ def test_every_stage_writes_its_contract(pipeline):
         for stage in ("train", "bench/generation", "bench/training", "eval"):
             assert (results / f"logs/{stage}/{model}.log").stat().st_size > 0
             assert (results / f"benchmarks/{stage}/{model}.tsv").read_text().startswith("s\t")
+    for model in ("mamba-tiny", "transformer-tiny"):  # exported; the hybrid has no transformers class
+        exported = transformers.AutoModelForCausalLM.from_pretrained(results / f"hf/{model}").eval()
+        trained = from_pretrained(results / f"train/{model}").eval()
+        ids = torch.randint(0, 512, (1, 24))
+        with torch.no_grad():
+            expected = trained(ids)[..., :512]
+            assert (exported(ids).logits - expected).abs().max() <= 1e-5 * expected.abs().max()
+        assert (results / f"logs/export/{model}.log").stat().st_size > 0
+    assert not (results / "hf/hybrid-tiny").exists()
     with open(results / "bench/kernels.csv") as f:
         rows = list(csv.DictReader(f))
     for op in ("scan", "ssd", "attention"):
@@ -158,6 +171,11 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
             )
             history = _get(f"{api}/metrics/get-history?run_id={run['info']['run_id']}&metric_key=train/loss")
             assert sorted(m["step"] for m in history["metrics"]) == [1, 2, 3, 4]
+        registered = _get(f"{api}/registered-models/search")["registered_models"]
+        assert sorted(m["name"] for m in registered) == ["mamba-tiny", "transformer-tiny"]
+        for model in ("mamba-tiny", "transformer-tiny"):  # one version, linked to the training run
+            (version,) = _get(f"{api}/model-versions/search?filter=name%3D%27{model}%27")["model_versions"]
+            assert version["run_id"] == by_model[model][0]["info"]["run_id"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -323,7 +341,7 @@ PAPER_ON_SLURM = [
 ]
 
 
-@pytest.mark.parametrize("args,jobs", [([], 28), (PAPER_ON_SLURM, 66)], ids=["default", "paper-slurm"])
+@pytest.mark.parametrize("args,jobs", [([], 32), (PAPER_ON_SLURM, 76)], ids=["default", "paper-slurm"])
 def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(driver_venv, tmp_path, args, jobs):
     plan = [str(driver_venv / "bin/snakemake"), "--snakefile", str(REPO / "Snakefile"), "-n", *args]
     done = subprocess.run(plan, cwd=tmp_path, capture_output=True, text=True, timeout=300)

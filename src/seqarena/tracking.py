@@ -232,7 +232,11 @@ def register_hf_model(uri: str, experiment: str, model_id: str, model_dir: Path,
     run_id = json.loads(summary.read_text()).get("mlflow_run_id") if summary.is_file() else None
     run_id = run_id or ModelRun(uri, experiment, model_id).run_id
     client = client_for(uri)
-    found = retry(client.search_model_versions, f"name = '{model_id}' and run_id = '{run_id}'")
+
+    def versions():
+        return retry(client.search_model_versions, f"name = '{model_id}' and run_id = '{run_id}'")
+
+    found = versions()
     if found:
         return found[0]
     components = {
@@ -242,10 +246,13 @@ def register_hf_model(uri: str, experiment: str, model_id: str, model_dir: Path,
     requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    retry(mlflow.start_run, run_id=run_id)  # every call may meet a locked sqlite file: each retries
+    try:
         retry(mlflow.transformers.log_model, components, name="hf-model", task="text-generation",
               registered_model_name=model_id, pip_requirements=requirements)  # fmt: skip
-    return retry(client.search_model_versions, f"name = '{model_id}' and run_id = '{run_id}'")[0]
+    finally:
+        retry(mlflow.end_run)
+    return versions()[0]
 
 
 class ModelRun:

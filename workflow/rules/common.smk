@@ -232,6 +232,28 @@ def eval_results():
     ]
 
 
+# The families that transformers has a class for (seqarena.hf); it has none for the hybrids.
+HF_EXPORTABLE = ("mamba", "mamba2", "transformer")
+
+
+def export_args(wildcards):
+    return cli_flags(
+        {
+            "model_id": wildcards.model,
+            "experiment": config["experiment"],
+            "tracking_uri": tracking_uri(),
+        }
+    )
+
+
+def hf_exports():
+    return [
+        f"{RESULTS}/hf/{model}/config.json"
+        for model in config["models"]
+        if model.split("-", 1)[0] in HF_EXPORTABLE
+    ]
+
+
 def synthetic_args(wildcards):
     options = {
         k: v

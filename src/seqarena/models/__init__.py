@@ -12,6 +12,9 @@ from seqarena.models.transformer import Transformer, TransformerConfig
 
 # state-spaces/mamba-* (and mamba_ssm's save_pretrained) write PyTorch pickles.
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+# transformers' sharded safetensors (the larger state-spaces/mamba-*-hf): an index naming the shards.
+SHARDED_WEIGHTS_NAME = "model.safetensors.index.json"
+WEIGHT_FILES = (WEIGHTS_NAME, SHARDED_WEIGHTS_NAME, TORCH_WEIGHTS_NAME)
 # transformers' model_type -> its class, for the layouts seqarena reads and writes (seqarena.hf).
 HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 
@@ -49,12 +52,12 @@ def _checkpoint_files(name_or_path: str) -> tuple[Path, Path]:
     """(config.json, weights file) of a local folder or, with network, a hub repository."""
     path = Path(name_or_path)
     if path.is_dir():
-        for weights in (WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
+        for weights in WEIGHT_FILES:
             if (path / weights).is_file():
                 if not (path / CONFIG_NAME).is_file():
                     raise FileNotFoundError(f"{path / CONFIG_NAME} is missing beside {weights}")
                 return path / CONFIG_NAME, path / weights
-        raise FileNotFoundError(f"{path} holds neither {WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+        raise FileNotFoundError(f"{path} holds none of {', '.join(WEIGHT_FILES)}")
     if path.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
         raise FileNotFoundError(f"no checkpoint folder at {name_or_path!r} (and it is no hub id)")
     return _hub_files(name_or_path)
@@ -66,17 +69,43 @@ def _hub_files(repo_id: str) -> tuple[Path, Path]:
 
     try:
         config = hf_hub_download(repo_id, CONFIG_NAME)
-        for weights in (WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
+        for weights in WEIGHT_FILES:
             try:
-                return Path(config), Path(hf_hub_download(repo_id, weights))
+                weights_file = Path(hf_hub_download(repo_id, weights))
             except EntryNotFoundError:
                 continue
+            for shard in _shards(weights_file):  # into the same snapshot folder as the index
+                hf_hub_download(repo_id, shard)
+            return Path(config), weights_file
     except Exception as e:
         raise RuntimeError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
             "without network, download it elsewhere and pass the local folder instead"
         ) from e
-    raise FileNotFoundError(f"hub repository {repo_id!r} has neither {WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+    raise FileNotFoundError(f"hub repository {repo_id!r} holds none of {', '.join(WEIGHT_FILES)}")
+
+
+def _shards(weights_file: Path) -> list[str]:
+    """The shard files a sharded index names (none for a single weights file)."""
+    if weights_file.name != SHARDED_WEIGHTS_NAME:
+        return []
+    return sorted(set(json.loads(weights_file.read_text())["weight_map"].values()))
+
+
+def _load_weights(weights_file: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, a PyTorch pickle, or the shards beside a sharded index."""
+    from safetensors.torch import load_file
+
+    if weights_file.name == SHARDED_WEIGHTS_NAME:
+        state = {}
+        for shard in _shards(weights_file):
+            if not (weights_file.parent / shard).is_file():
+                raise FileNotFoundError(f"{weights_file.parent / shard} is missing: {weights_file} names it")
+            state |= load_file(weights_file.parent / shard)
+        return state
+    if weights_file.suffix == ".safetensors":
+        return load_file(weights_file)
+    return torch.load(weights_file, map_location="cpu", weights_only=True)
 
 
 def pretrained_name(model_id: str) -> str:
@@ -101,12 +130,7 @@ def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None =
     else:
         config = config_from_dict(data, str(config_file))
     model = (Mamba if isinstance(config, MambaConfig) else Transformer)(config)
-    if weights_file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(weights_file)
-    else:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    state = _load_weights(weights_file)
     if data.get("model_type") in HF_MODEL_TYPES:
         state = state_from_hf(state, config)
     if config.tie_embeddings and "lm_head.weight" not in state:
