@@ -49,12 +49,25 @@ def full_results(tmp_path_factory):
     # as the pipeline names a published checkpoint's results (here: the same tiny model)
     published = results / "eval" / "pretrained" / "state-spaces--mamba-tiny.json"
     evaluate(results / "train" / "mamba-tiny", ["toy_even"], published, include_path=str(tasks))
+    # a local copy of a Table 3 task, scored for a model trained here and as a published checkpoint
+    piqa = [
+        {"goal": f"To make {i} tea,", "sol1": "boil water.", "sol2": "freeze it.", "label": i % 2}
+        for i in range(6)
+    ]
+    write_multiple_choice_task(tasks, "piqa_local", piqa, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}")
+    for out in ("eval/transformer-tiny.json", "eval/pretrained/state-spaces--mamba-130m.json"):
+        evaluate(
+            results / "train" / "transformer-tiny", ["piqa_local"], results / out, include_path=str(tasks)
+        )
     for arch in ("mamba", "transformer"):
         cfg = SyntheticConfig(task="induction_heads", arch=arch, length=16, d_model=16, steps=4, batch=4,
                               test_lengths=[16, 64], eval_sequences=8)  # fmt: skip
         train_synthetic(
             cfg, results / "synthetic" / "induction_heads" / f"{cfg.model_name}.json", log_every=2
         )
+    cfg = SyntheticConfig(task="selective_copying", arch="mamba", length=16, n_data=4, d_model=16, steps=4,
+                          batch=4, eval_sequences=8)  # fmt: skip
+    train_synthetic(cfg, results / "synthetic" / "selective_copying" / f"{cfg.model_name}.json", log_every=2)
     return results
 
 
@@ -124,3 +137,65 @@ def test_table3_takes_the_papers_metric_per_task_and_averages_all_six(tmp_path):
         "piqa (acc)": 0.3,
         "average": None,
     }
+
+
+def test_the_report_sets_the_papers_tables_beside_ours(full_results, tmp_path):
+    """Table 3, Table 1, Table 11 and the recipe beside the paper's (seqarena.paper's data, looked up
+    here, not written out), from results the real stages wrote."""
+    import json
+
+    from seqarena.paper import paper_table, recipe
+    from seqarena.report import recipe_table, table1_vs_paper, table3_vs_paper, table11_vs_paper
+
+    r = collect(full_results)
+    paper3 = {row["model"]: row for row in paper_table("table3")}
+    rows = {(row["model"], row["metric"]): row for row in table3_vs_paper(r)}
+    assert {model for model, _ in rows} == {"state-spaces/mamba-130m", "transformer-tiny"}
+    for model in ("state-spaces/mamba-130m", "transformer-tiny"):
+        row = rows[(model, "acc")]
+        name = "eval/pretrained/state-spaces--mamba-130m.json" if "/" in model else f"eval/{model}.json"
+        ours = json.loads((full_results / name).read_text())["results"]["piqa_local"]["acc"]
+        assert row["task"] == "piqa_local" and row["ours"] == pytest.approx(100 * ours["value"])
+        assert row["stderr"] == pytest.approx(100 * ours["stderr"])
+        assert row["difference"] == pytest.approx(row["ours"] - row["paper"])
+    published, trained = rows[("state-spaces/mamba-130m", "acc")], rows[("transformer-tiny", "acc")]
+    assert published["paper row"] == "Mamba-130M" and published["paper"] == paper3["Mamba-130M"]["piqa"]
+    outside = abs(published["difference"]) > max(2 * published["stderr"], recipe("eval_noise"))
+    assert published["budget"] == "the same checkpoint" and published["flag"] == (
+        "outside noise" if outside else ""
+    )
+    # a Transformer++ trained here: the nearest Pythia, and no verdict
+    assert (
+        trained["paper row"] == "Pythia-160M"
+        and trained["flag"] == "n/a"
+        and "not comparable" in trained["budget"]
+    )
+
+    (copying,) = table1_vs_paper(r)
+    table1 = {(row["arch"], row["layer"]): row["accuracy"] for row in paper_table("table1")}
+    assert copying["architecture, layer"] == "Mamba, S6" and copying["paper (%)"] == table1[("Mamba", "S6")]
+    result = json.loads((full_results / "synthetic/selective_copying/mamba-d16.json").read_text())
+    assert copying["ours (%)"] == pytest.approx(100 * result["final_accuracy"])
+
+    induction = table11_vs_paper(r)
+    assert [row["model"] for row in induction] == [
+        "mamba-d16",
+        "paper: Mamba",
+        "transformer-d16",
+        "paper: MHA-RoPE",
+    ]
+    paper11 = {row["model"]: row for row in paper_table("table11")}
+    assert induction[1]["64"] == paper11["Mamba"]["64"] and induction[1]["16"] is None  # 16: not in the paper
+    assert induction[1]["train length"] == 256 and induction[0]["train length"] == 16
+
+    recipes = {row["model"]: row for row in recipe_table(r)}
+    assert sorted(recipes) == ["mamba-mini", "mamba-tiny", "transformer-mini", "transformer-tiny"]
+    summary = json.loads((full_results / "train/mamba-tiny/summary.json").read_text())
+    assert recipes["mamba-tiny"]["peak lr"] == summary["recipe"]["peak_lr"] > 0
+    assert recipes["mamba-tiny"]["paper size"] == "125M"  # Table 12's smallest, the nearest
+
+    render(NOTEBOOK, full_results, tmp_path / "report.ipynb", tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    for text in ("Table 3 beside the paper", "Mamba-130M", "not comparable in budget", "paper: MHA-RoPE",
+                 "Training recipe beside the paper", "Mamba, S6"):  # fmt: skip
+        assert text in html, text

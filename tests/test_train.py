@@ -318,6 +318,8 @@ def test_schedule_and_weight_decay_groups(tmp_path):
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over 10 steps
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # then only down
     assert lrs[-1] == pytest.approx(0.1)  # to the floor
+    paper = config(tmp_path, tmp_path, warmup=0.1, min_lr_ratio=0.1, min_lr=1e-5)  # an absolute floor wins
+    assert lr_at(99, 100, paper, 3e-3) == pytest.approx(1e-5) and lr_at(9, 100, paper, 3e-3) == 3e-3
     model = build_model("mamba-tiny", vocab_size=64)
     decay, no_decay = param_groups(model, 0.1, no_decay_names(model))
     names = {id(p): n for n, p in model.named_parameters()}

@@ -1,18 +1,49 @@
-"""Facts from the Mamba paper (Gu & Dao 2023) that the pipeline compares against."""
+"""Facts from the Mamba paper (Gu & Dao 2023) that the pipeline compares against.
 
-# Table 3's zero-shot tasks, in lm-evaluation-harness names.
-PAPER_TASKS = ["lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
+The numbers live in ``paper_data/*.csv`` inside the package, each row with its source (see the
+README there); ``paper_table`` reads one. They are for setting beside our results, never for
+checking our code's output.
+"""
 
-# The metric Table 3 reports for each task: "accuracy for LAMBADA, WinoGrande, PIQA, and ARC-easy,
-# and accuracy normalized by sequence length for HellaSwag and ARC-challenge" (Appendix E.2.3).
-PAPER_METRIC = {
-    "lambada_openai": "acc",
-    "hellaswag": "acc_norm",
-    "piqa": "acc",
-    "arc_easy": "acc",
-    "arc_challenge": "acc_norm",
-    "winogrande": "acc",
-}
+import csv
+from functools import cache
+from importlib.resources import files
+
+TABLES = ("table1", "table3", "table3_metrics", "table11", "table12", "recipe")
+
+
+def _value(text: str):
+    """A CSV cell: a number where it reads as one, None where empty, else the text."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@cache
+def _rows(name: str) -> tuple[dict, ...]:
+    if name not in TABLES:
+        raise ValueError(f"no paper table {name!r}; known: {', '.join(TABLES)}")
+    with (files("seqarena") / "paper_data" / f"{name}.csv").open(newline="") as f:
+        return tuple({k: _value(v) for k, v in row.items()} for row in csv.DictReader(f))
+
+
+def paper_table(name: str) -> list[dict]:
+    """One of the paper's tables (``TABLES``) as rows of {column: number, text or None}, with ``source``."""
+    return [dict(row) for row in _rows(name)]
+
+
+def recipe(item: str) -> float:
+    """A number of the paper's training recipe (``recipe.csv``), e.g. ``recipe("min_lr")``."""
+    return next(row["value"] for row in _rows("recipe") if row["item"] == item)
+
+
+# The metric Table 3 reports for each of its zero-shot tasks (lm-eval names, in the table's order):
+# acc, and acc_norm for HellaSwag and ARC-challenge (Appendix E.2.3).
+PAPER_METRIC = {row["task"]: row["metric"] for row in _rows("table3_metrics")}
+PAPER_TASKS = list(PAPER_METRIC)
 
 
 def paper_task(task: str) -> str | None:

@@ -7,13 +7,14 @@ missing input (no GPU benchmarks, no evaluation yet) is named instead of failing
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 from seqarena.models import pretrained_id
-from seqarena.paper import PAPER_METRIC, PAPER_TASKS, paper_task
+from seqarena.paper import PAPER_METRIC, PAPER_TASKS, paper_table, paper_task, recipe
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -174,6 +175,64 @@ def table3(r: Results) -> list[dict]:
     return rows
 
 
+def paper_size(name: str) -> float:
+    """The parameters a paper row's name gives: 'Mamba-130M' -> 1.3e8, 'GPT-Neo 1.3B' -> 1.3e9."""
+    size = name.rsplit("-", 1)[-1].rsplit(" ", 1)[-1]
+    return float(size[:-1]) * {"M": 1e6, "B": 1e9}[size[-1].upper()]
+
+
+def _nearest(rows: list[dict], parameters: float, name_of=lambda row: row["model"]) -> dict:
+    return min(rows, key=lambda row: abs(math.log(paper_size(name_of(row)) / parameters)))
+
+
+def _paper_row_for(r: Results, model: str, paper: list[dict]) -> tuple[dict | None, str]:
+    """The Table 3 row to set beside a model: a published checkpoint's own (matched by name), or for
+    a model trained here the nearest in size of its family (Mamba; Pythia, the paper's Transformer
+    with the same data and tokenizer), which it is not comparable with in budget."""
+    if "/" in model:
+        key = model.split("/", 1)[1].lower().removesuffix("-hf")
+        row = next((row for row in paper if row["model"].lower().replace(" ", "-") == key), None)
+        return row, "the same checkpoint"
+    if model not in r.train:
+        return None, ""
+    family = "Pythia-" if _arch(model) == "transformer" else "Mamba-"
+    row = _nearest(
+        [row for row in paper if row["model"].startswith(family)], r.train[model]["summary"]["parameters"]
+    )
+    return row, "not comparable in budget: trained here, nearest paper size"
+
+
+def table3_vs_paper(r: Results) -> list[dict]:
+    """Ours beside the paper's Table 3, per model and task, in points (accuracy in %, LAMBADA's
+    perplexity as is), with lm-eval's stderr. ``flag`` marks a published checkpoint's score outside
+    both 2 stderr and the +-0.3 points of evaluation noise that the mamba README states."""
+    paper, noise = paper_table("table3"), recipe("eval_noise")
+    rows = []
+    for model, report in r.evaluation.items():
+        row, budget = _paper_row_for(r, model, paper)
+        if row is None:
+            continue
+        for task, metrics in report["results"].items():
+            name = paper_task(task)
+            if name is None:
+                continue
+            for metric, scale, published in ((PAPER_METRIC[name], 100.0, row[name]),
+                                             ("perplexity", 1.0, row.get(f"{name}_ppl"))):  # fmt: skip
+                if metric not in metrics or published is None:
+                    continue
+                ours, stderr = metrics[metric]["value"] * scale, metrics[metric]["stderr"]
+                stderr = None if stderr is None else stderr * scale
+                difference = ours - published
+                tolerance = max(2 * (stderr or 0.0), noise if scale == 100.0 else 0.0)
+                flag = "outside noise" if abs(difference) > tolerance else ""
+                rows.append({
+                    "model": model, "paper row": row["model"], "budget": budget, "task": task,
+                    "metric": metric, "ours": ours, "paper": published, "difference": difference,
+                    "stderr": stderr, "flag": flag if budget == "the same checkpoint" else "n/a",
+                })  # fmt: skip
+    return rows
+
+
 def synthetic_table(r: Results) -> list[dict]:
     """Table 1 shaped: one row per (task, model) with its training length and final accuracy."""
     return [
@@ -190,6 +249,64 @@ def extrapolation_table(r: Results) -> list[dict]:
         for (task, model), d in sorted(r.synthetic.items())
         if task == "induction_heads"
     ]
+
+
+# Which row of the paper's Table 1 (architecture, inner layer) and Table 11 each synthetic arch stands for.
+TABLE1_ROWS = {"mamba": ("Mamba", "S6"), "mamba_lti": ("Mamba", "S4")}
+TABLE11_ROWS = {"mamba": "Mamba", "transformer": "MHA-RoPE"}  # Transformer++ has rotary positions
+
+
+def table1_vs_paper(r: Results) -> list[dict]:
+    """Selective copying, ours beside Table 1's accuracy for the same architecture and layer (S6:
+    selective; S4: time-invariant) where it has one; with each setup, since ours is shrunk."""
+    paper = {(row["arch"], row["layer"]): row["accuracy"] for row in paper_table("table1")}
+    return [
+        {"model": model, "architecture, layer": ", ".join(TABLE1_ROWS.get(d["config"]["arch"], ("-", "-"))),
+         "ours (%)": 100 * d["final_accuracy"], "paper (%)": paper.get(TABLE1_ROWS.get(d["config"]["arch"])),
+         "train length": d["config"]["length"], "steps": d["steps"], "paper setup": "length 4096, 400K steps"}
+        for (task, model), d in sorted(r.synthetic.items())
+        if task == "selective_copying"
+    ]  # fmt: skip
+
+
+def table11_vs_paper(r: Results) -> list[dict]:
+    """Induction heads, accuracy (%) per test length: each of ours, then the paper's row for the same
+    kind of model (trained at 256); "x" is out of memory, None a length the paper did not test."""
+    paper = {row["model"]: row for row in paper_table("table11")}
+    rows = []
+    for (task, model), d in sorted(r.synthetic.items()):
+        if task != "induction_heads":
+            continue
+        lengths = d["accuracy_by_length"]
+        rows.append({"model": model, "train length": d["config"]["length"],
+                     **{k: "x" if v is None else 100 * v for k, v in lengths.items()}})  # fmt: skip
+        published = paper.get(TABLE11_ROWS.get(d["config"]["arch"]))
+        if published is not None:
+            values = {k: published.get(k) for k in lengths}
+            rows.append({"model": f"paper: {published['model']}", "train length": 256,
+                         **{k: "x" if v == "oom" else v for k, v in values.items()}})  # fmt: skip
+    return rows
+
+
+def recipe_table(r: Results) -> list[dict]:
+    """The recipe each model was trained with (summary.json) beside Table 12's nearest size, whose
+    learning rate is the improved recipe's multiple of GPT-3's (Appendix E.2.1)."""
+    sizes, multiple = paper_table("table12"), recipe("improved_recipe_lr_multiple")
+    rows = []
+    for model, d in r.train.items():
+        summary = d["summary"]
+        ours = summary.get("recipe", {})
+        size = _nearest(sizes, summary["parameters"], name_of=lambda row: row["params"])
+        rows.append({
+            "model": model, "parameters": summary["parameters"], "peak lr": ours.get("peak_lr"),
+            "warmup steps": ours.get("warmup_steps"), "min lr": ours.get("min_lr"),
+            "batch tokens": ours.get("batch_tokens"), "steps": summary["steps"], "tokens": summary["tokens"],
+            "paper size": size["params"], "paper lr": size["gpt3_lr"] * multiple,
+            "paper warmup steps": recipe("warmup_fraction") * size["steps"], "paper min lr": recipe("min_lr"),
+            "paper batch tokens": size["batch_tokens"], "paper steps": size["steps"],
+            "paper tokens": size["tokens"],
+        })  # fmt: skip
+    return rows
 
 
 def synthetic(r: Results):

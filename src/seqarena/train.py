@@ -98,6 +98,7 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 0.0  # peak learning rate; 0: the size registry's (the paper recipe)
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    min_lr: float = 0.0  # cosine floor, absolute (the paper's recipe: 1e-5); 0: lr * min_lr_ratio
     warmup: float = 0.1  # fraction of the steps
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -132,21 +133,26 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"train config: {name} must be positive, not {getattr(self, name)}")
-        if self.steps < 0 or self.tokens < 0 or self.lr < 0:
-            raise ValueError("train config: steps, tokens and lr must not be negative")
+        if self.steps < 0 or self.tokens < 0 or self.lr < 0 or self.min_lr < 0:
+            raise ValueError("train config: steps, tokens, lr and min_lr must not be negative")
         if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("train config: warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train config: parallel must be ddp or fsdp, not {self.parallel!r}")
 
 
+def lr_floor(cfg: TrainConfig, peak: float) -> float:
+    """Where the cosine ends: min_lr if set, else peak * min_lr_ratio."""
+    return cfg.min_lr or peak * cfg.min_lr_ratio
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig, peak: float) -> float:
-    """Linear warmup to peak, then cosine to peak * min_lr_ratio at the last step."""
+    """Linear warmup to peak, then cosine to the floor (``lr_floor``) at the last step."""
     warmup = int(cfg.warmup * total)
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup - 1)
-    floor = peak * cfg.min_lr_ratio
+    floor = lr_floor(cfg, peak)
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -518,8 +524,8 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
     if sharded:  # FSDP sharded the model: an unsharded copy to save
         model = build_model(cfg.model, vocab_size=meta["vocab_size"])
         model.load_state_dict(model_state)
-    return _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, steps, train_seconds,
-                   flops_per_token, dist_, scan_backend)  # fmt: skip
+    return _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, steps, peak_lr,
+                   train_seconds, flops_per_token, dist_, scan_backend)  # fmt: skip
 
 
 def _open_tracking(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_lr, scan_backend, restart):
@@ -548,7 +554,7 @@ def _open_tracking(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_
     return MetricsJournal(run, out / "mlflow-journal.jsonl")
 
 
-def _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, steps, train_seconds,
+def _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, steps, peak_lr, train_seconds,
             flops_per_token, dist_, scan_backend) -> dict:  # fmt: skip
     """Final weights, tokenizer, loss curve, summary.json (Snakemake's target), then the run's end."""
     model.save_pretrained(out)
@@ -565,6 +571,16 @@ def _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, ste
         "parameters": n_params,
         "steps": steps,
         "tokens": tokens_seen,
+        "recipe": {  # as the report sets it beside the paper's (Table 12, Appendix E.2.1)
+            "peak_lr": peak_lr,
+            "warmup_steps": int(cfg.warmup * steps),
+            "min_lr": lr_floor(cfg, peak_lr),
+            "batch_tokens": cfg.batch_tokens,
+            "seq_len": cfg.seq_len,
+            "weight_decay": cfg.weight_decay,
+            "betas": [cfg.beta1, cfg.beta2],
+            "grad_clip": cfg.grad_clip,
+        },
         "final_val_loss": val_loss,
         "final_val_perplexity": math.exp(val_loss),
         "final_train_loss": history[-1]["loss"],

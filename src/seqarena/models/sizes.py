@@ -3,7 +3,9 @@
 Paper sizes follow the Mamba paper (Gu & Dao 2023, Table 12 and §4.2): Mamba uses twice
 the layers of the Transformer++ at the same width, since one Mamba block holds about
 half the parameters of an attention+MLP block. Tiny sizes train on a laptop CPU in minutes.
-``lr`` is the peak learning rate of the paper's "++" recipe: GPT-3's rate for that size x5.
+``lr`` is the peak learning rate of the paper's "++" recipe: GPT-3's rate for that size x5
+(Appendix E.2.1), except Mamba-2.8B, trained at 3x (4.8e-4: state-spaces/mamba issue #144). The
+numbers and their sources: ``seqarena.paper`` (``paper_data/table12.csv``, ``recipe.csv``).
 
 ``mamba2`` sizes are those of the Mamba-2 paper (Dao & Gu 2024, the state-spaces/mamba2-*
 checkpoints: the Mamba-1 widths and depths, mamba_ssm's Mamba2 defaults, d_state 128,
@@ -63,7 +65,7 @@ SIZES: dict[str, dict[str, Size]] = {
         "370m": Size(dict(d_model=1024, n_layer=48), 1.5e-3, 370_000_000),
         "790m": Size(dict(d_model=1536, n_layer=48), 1.25e-3, 790_000_000),
         "1.4b": Size(dict(d_model=2048, n_layer=48), 1e-3, 1_400_000_000),
-        "2.8b": Size(dict(d_model=2560, n_layer=64), 8e-4, 2_800_000_000),
+        "2.8b": Size(dict(d_model=2560, n_layer=64), 4.8e-4, 2_800_000_000),  # 3x GPT-3's, not 5x
     },
     "mamba2": {
         "tiny": Size(mamba2_dims(64, 4, cpu=True), 3e-3),
