@@ -71,6 +71,7 @@ def test_export_replaces_the_old_folder_whole_and_the_cli_says_how_to_load_it(tm
     "model_id,overrides,named",
     [
         ("hybrid-tiny", {}, r"a Mamba-2 hybrid .* attention layers at \[2\]"),
+        ("mamba_lti-tiny", {}, r"non-selective Mamba .* not computed from the input"),
         ("mamba-tiny", {"d_intermediate": 64}, "d_intermediate=64"),
         ("mamba-tiny", {"rms_norm": False}, "rms_norm=False"),
         ("mamba2-tiny", {"ssm_cfg": {"layer": "Mamba2", "headdim": 32, "D_has_hdim": True}}, "D_has_hdim"),

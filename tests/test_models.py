@@ -27,7 +27,7 @@ def tiny(arch, dtype=torch.float64, **overrides):
     return build_model(f"{arch}-tiny", vocab_size=VOCAB, **overrides).to(dtype).eval()
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 def test_cached_decoding_equals_full_forward(arch):
     model = tiny(arch)
     ids = torch.randint(0, VOCAB, (3, 17))
@@ -41,7 +41,7 @@ def test_cached_decoding_equals_full_forward(arch):
     assert cache.seqlen == 17
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_one_token_input(arch, dtype):
     """Length-1 tensors may carry any stride on their size-1 axis: the kernels must accept them."""
@@ -52,7 +52,7 @@ def test_one_token_input(arch, dtype):
     assert model.generate(ids[:, :1], max_new_tokens=3).shape == (3, 4)
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 def test_chunked_prefill_equals_full_forward(arch):
     model = tiny(arch)
     ids = torch.randint(0, VOCAB, (2, 12))
@@ -66,7 +66,7 @@ def test_chunked_prefill_equals_full_forward(arch):
         torch.testing.assert_close(torch.cat(chunks, 1), model(ids), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 def test_greedy_generate_equals_argmax_of_full_forward(arch):
     model = tiny(arch, dtype=torch.float32)
     prompt = torch.randint(0, VOCAB, (2, 6))
@@ -167,7 +167,7 @@ def test_state_spaces_layout_loads_with_identical_outputs(tmp_path):
         assert torch.equal(loaded(ids), source(ids))
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 def test_save_load_round_trip(arch, tmp_path):
     model = tiny(arch, dtype=torch.float32)
     model.save_pretrained(tmp_path / "ckpt")
@@ -181,7 +181,10 @@ def test_save_load_round_trip(arch, tmp_path):
 def test_loading_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
         from_pretrained(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="holds none of model.safetensors, model.safetensors.index.json, pytorch_model.bin",
+    ):
         from_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="could not fetch 'state-spaces/mamba-nonexistent'.*local folder"):
         from_pretrained("state-spaces/mamba-nonexistent")  # HF_HUB_OFFLINE=1 in conftest
@@ -259,7 +262,7 @@ def test_transformer_has_no_biases_and_ties_embeddings():
     assert model.embedding.num_embeddings == 64
 
 
-@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 def test_tiny_model_overfits_one_batch(arch):
     torch.manual_seed(0)
     model = build_model(f"{arch}-tiny", vocab_size=VOCAB)
@@ -288,3 +291,30 @@ def test_rotary_angles_stay_float32_in_a_bf16_model():
     assert torch.allclose(cos.double(), angles.cos(), atol=1e-4) and torch.allclose(
         sin.double(), angles.sin(), atol=1e-4
     )
+
+
+def test_the_lti_mixer_is_a_convolution_with_a_kernel_that_does_not_depend_on_the_input():
+    """Table 1's S4 inside the Mamba block, against its defining property, written out here: after
+    in_proj and the conv, y = K * x + D x with the fixed kernel K_k = sum_n C_n exp(k dt A_n) dt B_n
+    (dt = softplus(dt_bias)), gated by silu(z), then out_proj."""
+    torch.manual_seed(0)
+    mixer = tiny("mamba_lti").backbone.layers[0].mixer
+    with torch.no_grad():
+        for p in (mixer.B, mixer.C, mixer.dt_bias, mixer.conv1d.bias):
+            p.add_(0.3 * torch.randn_like(p))
+    hidden = torch.randn(2, 40, 64, dtype=torch.float64)
+    length, channels = hidden.shape[1], mixer.d_inner
+    x, z = (hidden @ mixer.in_proj.weight.T).transpose(1, 2).chunk(2, dim=1)
+    x = F.silu(F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=3, groups=channels)[..., :length])
+    dt = F.softplus(mixer.dt_bias)[:, None, None]  # (d_inner, 1, 1)
+    k = torch.arange(length, dtype=torch.float64)[None, :, None]
+    A = -torch.exp(mixer.A_log)[:, None, :]
+    kernel = (mixer.C[:, None, :] * torch.exp(k * dt * A) * dt * mixer.B[:, None, :]).sum(-1)  # (d_inner, L)
+    y = (
+        F.conv1d(F.pad(x, (length - 1, 0)), kernel.flip(-1)[:, None, :], groups=channels)
+        + x * mixer.D[:, None]
+    )
+    expected = (y * F.silu(z)).transpose(1, 2) @ mixer.out_proj.weight.T
+    with torch.no_grad():
+        assert torch.allclose(mixer(hidden), expected, rtol=1e-9, atol=1e-10)
+    assert not hasattr(mixer, "x_proj") and not hasattr(mixer, "dt_proj")  # nothing selects on the input

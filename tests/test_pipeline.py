@@ -341,7 +341,7 @@ PAPER_ON_SLURM = [
 ]
 
 
-@pytest.mark.parametrize("args,jobs", [([], 32), (PAPER_ON_SLURM, 76)], ids=["default", "paper-slurm"])
+@pytest.mark.parametrize("args,jobs", [([], 32), (PAPER_ON_SLURM, 81)], ids=["default", "paper-slurm"])
 def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(driver_venv, tmp_path, args, jobs):
     plan = [str(driver_venv / "bin/snakemake"), "--snakefile", str(REPO / "Snakefile"), "-n", *args]
     done = subprocess.run(plan, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -83,7 +83,10 @@ def test_recurrent_evaluation_equals_the_full_forward(task, make):
     assert torch.allclose(scored_logits(model, seq, labels), full, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch,d_state", [("mamba2", 0), ("mamba2", 64), ("hybrid", 0), ("mamba", 8)])
+@pytest.mark.parametrize(
+    "arch,d_state",
+    [("mamba2", 0), ("mamba2", 64), ("hybrid", 0), ("mamba", 8), ("mamba_lti", 0), ("mamba_lti", 8)],
+)
 def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(arch, d_state):
     cfg = SyntheticConfig(task="mqar", arch=arch, d_model=32, d_state=d_state)
     model = build(cfg).eval()

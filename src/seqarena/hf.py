@@ -65,6 +65,12 @@ def hf_config(model: LanguageModel, eos_id: int) -> dict:
             **special,
         )
     family = "Mamba-2" if config.layer == "Mamba2" else "Mamba"
+    if config.layer == "MambaLTI":
+        _refuse(
+            "the non-selective Mamba (ssm_cfg.layer MambaLTI)",
+            "B, C and delta are not computed from the input",
+            "transformers has no class for it (it would need a time-invariant MambaMixer)",
+        )
     if config.attn_layer_idx:
         _refuse(
             f"a {family} hybrid",

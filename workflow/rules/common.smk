@@ -14,7 +14,7 @@ RESULTS = config["results"]
 wildcard_constraints:
     model=r"[^/]+",
     task=r"[a-z_]+",
-    arch=r"mamba|mamba2|hybrid|transformer",
+    arch=r"mamba|mamba_lti|mamba2|hybrid|transformer",
     width=r"[0-9]+",
     ref=r"[^/]+",
     dataset=r"[^/]+",

@@ -2,7 +2,9 @@
 
 Every family that MambaLMHeadModel builds: Mamba-1 blocks, Mamba-2 blocks (``ssm_cfg.layer =
 "Mamba2"``, see mamba2.py), a gated MLP after each mixer (``d_intermediate``), and hybrids with
-attention layers at chosen depths (``attn_layer_idx``/``attn_cfg``, see mha.py).
+attention layers at chosen depths (``attn_layer_idx``/``attn_cfg``, see mha.py). One more, ours:
+``ssm_cfg.layer = "MambaLTI"``, the paper's non-selective ablation (``LTIMixer``), which mamba_ssm
+does not build.
 Parameter names, shapes and initialisation equal mamba_ssm's, and ``config.json`` carries
 mamba_ssm's ``MambaConfig`` fields only, so a checkpoint moves between seqarena and
 mamba_ssm in both directions and the published ``state-spaces/mamba-*`` and ``mamba2-*``
@@ -38,7 +40,12 @@ SSM_DEFAULTS = dict(
 )
 # Keys mamba_ssm accepts in ssm_cfg that change no weight or result here.
 SSM_IGNORED = {"use_fast_path"}
-LAYER_DEFAULTS = {"Mamba1": (SSM_DEFAULTS, SSM_IGNORED), "Mamba2": (MAMBA2_DEFAULTS, MAMBA2_IGNORED)}
+# MambaLTI: the paper's Table 1 ablation (not a mamba_ssm layer), Mamba-1's block and arguments.
+LAYER_DEFAULTS = {
+    "Mamba1": (SSM_DEFAULTS, SSM_IGNORED),
+    "Mamba2": (MAMBA2_DEFAULTS, MAMBA2_IGNORED),
+    "MambaLTI": (SSM_DEFAULTS, SSM_IGNORED),
+}
 
 
 @dataclass
@@ -194,16 +201,16 @@ class MambaMixer(nn.Module):
         if cache is not None:
             cache.conv_state.copy_(F.pad(x, (self.d_conv - length, 0)))
         x = causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu")
-        dt, B, C = (self.x_proj.weight @ x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta, B, C, delta_bias = self._ssm_inputs(x)
         y = selective_scan(
             x,
-            self.dt_proj.weight @ dt,  # (batch, d_inner, L); the bias is added in the scan
+            delta,
             -torch.exp(_fp32_or_wider(self.A_log)),
             B,
             C,
             _fp32_or_wider(self.D),
             z=z,
-            delta_bias=_fp32_or_wider(self.dt_proj.bias),
+            delta_bias=_fp32_or_wider(delta_bias),
             delta_softplus=True,
             return_last_state=cache is not None,
         )
@@ -212,13 +219,23 @@ class MambaMixer(nn.Module):
             cache.ssm_state.copy_(last_state)
         return _linear_channels_first(self.out_proj, y).transpose(1, 2)
 
+    def _ssm_inputs(self, x: torch.Tensor):
+        """(delta, B, C, delta_bias) of the scan from the conv's output x (batch, d_inner, L): the
+        selection, delta (batch, d_inner, L), B and C (batch, d_state, L), all computed from x."""
+        dt, B, C = (self.x_proj.weight @ x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        return self.dt_proj.weight @ dt, B, C, self.dt_proj.bias  # the bias is added in the scan
+
     def step(self, hidden: torch.Tensor, cache: MambaLayerCache) -> torch.Tensor:
         """hidden (batch, d_model) for one token; advances the cache in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = causal_conv1d_update(x, cache.conv_state, self._conv_weight(), self.conv1d.bias, "silu")
+        return self.out_proj(self._state_update(x, z, cache.ssm_state))
+
+    def _state_update(self, x: torch.Tensor, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """One token of the scan: x, z (batch, d_inner) -> gated y; advances state in place."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], -1)
-        y = selective_state_update(
-            cache.ssm_state,
+        return selective_state_update(
+            state,
             x,
             F.linear(dt, self.dt_proj.weight),
             -torch.exp(_fp32_or_wider(self.A_log)),
@@ -229,7 +246,6 @@ class MambaMixer(nn.Module):
             dt_bias=_fp32_or_wider(self.dt_proj.bias),
             dt_softplus=True,
         )
-        return self.out_proj(y)
 
     def allocate_cache(self, batch_size: int, max_seqlen: int, weight: torch.Tensor) -> MambaLayerCache:
         return MambaLayerCache(
@@ -238,6 +254,39 @@ class MambaMixer(nn.Module):
                 batch_size, self.d_inner, self.d_state, dtype=torch.promote_types(weight.dtype, torch.float32)
             ),
         )
+
+
+class LTIMixer(MambaMixer):
+    """The paper's Table 1 ablation "S4 inside the Mamba block": the same block (in_proj, conv, SiLU
+    gate, out_proj) around a time-invariant SSM, S4D-real-like: delta = softplus(dt_bias), B and C
+    learned per channel, none of them computed from the input (no x_proj). The scan takes them
+    through its time-invariant path (B, C of shape (d_inner, d_state)).
+
+    Initialisation as Mamba's where they share a parameter (A, D, dt_bias's range); B ones and C
+    normal with variance 1/d_state, as S4D draws them."""
+
+    def __init__(self, d_model, d_state, **ssm):
+        super().__init__(d_model, d_state, **ssm)
+        self.dt_bias = nn.Parameter(self.dt_proj.bias.detach().clone())
+        del self.x_proj, self.dt_proj
+        self.B = nn.Parameter(torch.ones(self.d_inner, d_state))
+        self.C = nn.Parameter(torch.randn(self.d_inner, d_state) * d_state**-0.5)
+        for p in (self.dt_bias, self.B, self.C):  # SSM parameters, as A_log and D: no weight decay
+            p._no_weight_decay = True
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        return x.new_zeros(x.shape), self.B, self.C, self.dt_bias
+
+    def _state_update(self, x: torch.Tensor, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The time-invariant recurrence for one token, in the state's precision (the
+        selective_state_update kernels take B and C per sequence, not per channel)."""
+        compute = state.dtype
+        dt = F.softplus(self.dt_bias.to(compute))[:, None]  # (d_inner, 1)
+        xc = x.to(compute)
+        A = -torch.exp(self.A_log.to(compute))
+        state.copy_(state * torch.exp(dt * A) + dt * self.B.to(compute) * xc[..., None])
+        y = (state * self.C.to(compute)).sum(-1) + xc * self.D.to(compute)
+        return (y * F.silu(z.to(compute))).to(x.dtype)
 
 
 class GatedMLP(nn.Module):
@@ -266,6 +315,8 @@ class Block(nn.Module):
             self.mixer = MHA(config.d_model, **config.attn)
         elif config.layer == "Mamba2":
             self.mixer = Mamba2Mixer(config.d_model, **config.ssm)
+        elif config.layer == "MambaLTI":
+            self.mixer = LTIMixer(config.d_model, **config.ssm)
         else:
             self.mixer = MambaMixer(config.d_model, **config.ssm)
         if config.d_intermediate > 0:

@@ -12,8 +12,10 @@ checkpoints: the Mamba-1 widths and depths, mamba_ssm's Mamba2 defaults, d_state
 headdim 64). ``hybrid`` is Mamba-2 with attention in about one layer in ten, spread evenly
 (the Mamba-2 paper's hybrid ablation, section 9.2.3, found about 10% attention layers
 best); its attention layers are mamba_ssm's MHA with 64-wide heads, full rotary embeddings,
-causal, without biases. CPU sizes (tiny, mini, small) use d_state 32, headdim 32 and 32-step
-chunks (the fastest chunk for a training step on a CPU: benchmarks/README.md).
+causal, without biases. ``mamba_lti`` is Mamba with a time-invariant SSM (the paper's Table 1
+ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes. CPU sizes
+(tiny, mini, small) of the Mamba-2 families use d_state 32, headdim 32 and 32-step chunks (the
+fastest chunk for a training step on a CPU: benchmarks/README.md).
 """
 
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ GPT_NEOX_VOCAB = 50277  # the paper's tokenizer; padded to 50280 in the embeddin
 
 ARCHITECTURES = {
     "mamba": (Mamba, MambaConfig),
+    "mamba_lti": (Mamba, MambaConfig),
     "mamba2": (Mamba, MambaConfig),
     "hybrid": (Mamba, MambaConfig),
     "transformer": (Transformer, TransformerConfig),
@@ -95,6 +98,12 @@ SIZES: dict[str, dict[str, Size]] = {
         "1.3b": Size(dict(d_model=2048, n_layer=24, n_head=32), 1e-3, 1_300_000_000),
         "2.7b": Size(dict(d_model=2560, n_layer=32, n_head=32), 8e-4, 2_700_000_000),
     },
+}
+
+# The paper's non-selective ablation (Table 1's S4 inside the Mamba block): Mamba's shapes and rates.
+SIZES["mamba_lti"] = {
+    size: Size({**spec.dims, "ssm_cfg": {"layer": "MambaLTI"}}, spec.lr, spec.nominal_params)
+    for size, spec in SIZES["mamba"].items()
 }
 
 
