@@ -119,9 +119,9 @@ def test_every_stage_writes_its_contract(pipeline):
     ]  # fmt: skip
     for task in ("selective_copying", "induction_heads", "mqar"):
         for model in ("mamba-d16", "transformer-d16"):
-            result = json.loads((results / f"synthetic/{task}/{model}.json").read_text())
+            result = json.loads((results / f"synthetic/{task}/{model}/seed0.json").read_text())
             assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
-    induction = json.loads((results / "synthetic/induction_heads/mamba-d16.json").read_text())
+    induction = json.loads((results / "synthetic/induction_heads/mamba-d16/seed0.json").read_text())
     assert sorted(induction["accuracy_by_length"]) == ["16", "64"]
 
 

@@ -65,6 +65,15 @@ def test_bad_task_settings_are_named():
         SyntheticConfig(task="copy", arch="mamba")
     with pytest.raises(ValueError, match="n_data <= length"):
         selective_copying(1, 4, 16, 8, gen())
+    with pytest.raises(ValueError, match="unknown architecture 'rwkv'"):
+        SyntheticConfig(task="mqar", arch="rwkv")
+    # a length the task cannot be made at is named before any training, not at the evaluation after it
+    with pytest.raises(ValueError, match="length 2: induction heads needs length >= 4"):
+        SyntheticConfig(task="induction_heads", arch="mamba", length=32, test_lengths=[2, 64])
+    with pytest.raises(ValueError, match="length 256: mqar needs n_pairs < vocab/2"):
+        SyntheticConfig(task="mqar", arch="mamba", vocab=16, n_pairs=8)
+    with pytest.raises(ValueError, match="min_lr_ratio in"):
+        SyntheticConfig(task="mqar", arch="mamba", vocab=64, min_lr_ratio=2.0)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +85,8 @@ def test_bad_task_settings_are_named():
     ],
 )
 def test_recurrent_evaluation_equals_the_full_forward(task, make):
-    model = build(SyntheticConfig(task=task, arch="mamba", d_model=32)).eval()
+    cfg = SyntheticConfig(task=task, arch="mamba", d_model=32, vocab=32)  # mqar's 8 pairs need vocab > 18
+    model = build(cfg).eval()
     seq, labels = make()
     with torch.no_grad():
         full = model(seq)[labels != IGNORE]
@@ -88,7 +98,7 @@ def test_recurrent_evaluation_equals_the_full_forward(task, make):
     [("mamba2", 0), ("mamba2", 64), ("hybrid", 0), ("mamba", 8), ("mamba_lti", 0), ("mamba_lti", 8)],
 )
 def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(arch, d_state):
-    cfg = SyntheticConfig(task="mqar", arch=arch, d_model=32, d_state=d_state)
+    cfg = SyntheticConfig(task="mqar", arch=arch, d_model=32, d_state=d_state, vocab=32)
     model = build(cfg).eval()
     assert model.config.n_layer == 2 and model.config.d_model == 32
     if d_state:

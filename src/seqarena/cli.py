@@ -187,7 +187,7 @@ def cmd_synthetic(args: argparse.Namespace) -> None:
     metrics += [
         (f"synthetic/{cfg.task}/train_accuracy", row["accuracy"], row["step"]) for row in result["curve"]
     ]
-    run = f"{cfg.task}/{cfg.model_name}"
+    run = f"{cfg.task}/{cfg.model_name}/seed{cfg.seed}"
     log_to_mlflow(
         args.tracking_uri, f"{args.experiment}-synthetic", run, metrics, Path(args.out), "synthetic"
     )

@@ -28,7 +28,7 @@ class Results:
     generation: dict = field(default_factory=dict)  # model -> generation bench json
     kernels: list = field(default_factory=list)  # rows of kernels.csv
     env: dict | None = None  # env/kernels.json
-    synthetic: dict = field(default_factory=dict)  # (task, model) -> synthetic/{task}/{model}.json
+    synthetic: dict = field(default_factory=dict)  # (task, model) -> its runs, one per seed (by seed)
     missing: list = field(default_factory=list)  # what could not be shown, and why
 
 
@@ -50,15 +50,18 @@ def collect(results_dir: str | Path) -> Results:
             r.kernels = list(csv.DictReader(f))
     if (root / "env/kernels.json").is_file():
         r.env = json.loads((root / "env/kernels.json").read_text())
-    for path in sorted(root.glob("synthetic/*/*.json")):
-        r.synthetic[(path.parent.name, path.stem)] = json.loads(path.read_text())
+    for path in sorted(root.glob("synthetic/*/*/seed*.json")):
+        run = json.loads(path.read_text())
+        r.synthetic.setdefault((run["task"], run["model"]), []).append(run)
+    for runs in r.synthetic.values():
+        runs.sort(key=lambda run: run["config"]["seed"])
     for name, have, source in [
         ("training results", r.train, "train/*/summary.json"),
         ("evaluation results", r.evaluation, "eval/*.json"),
         ("generation benchmarks", r.generation, "bench/generation/*.json"),
         ("kernel benchmarks", r.kernels, "bench/kernels.csv"),
         ("environment record", r.env, "env/kernels.json"),
-        ("synthetic-task results", r.synthetic, "synthetic/*/*.json"),
+        ("synthetic-task results", r.synthetic, "synthetic/*/*/seed*.json"),
     ]:
         if not have:
             r.missing.append(f"no {name}: {root / source} not found")
@@ -233,20 +236,40 @@ def table3_vs_paper(r: Results) -> list[dict]:
     return rows
 
 
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and standard deviation over seeds (0 for one seed); None if any seed has none (out of memory)."""
+    if not values or any(v is None for v in values):
+        return None, None
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+
+
+def _by_length(runs: list[dict]) -> dict[str, float | None]:
+    """Mean accuracy over seeds at each test length."""
+    return {
+        k: mean_std([run["accuracy_by_length"][k] for run in runs])[0] for k in runs[0]["accuracy_by_length"]
+    }
+
+
 def synthetic_table(r: Results) -> list[dict]:
-    """Table 1 shaped: one row per (task, model) with its training length and final accuracy."""
-    return [
-        {"task": task, "model": model, "train length": d["config"]["length"], "steps": d["steps"],
-         "accuracy": d["final_accuracy"], "chance": d["chance"], "train s": round(d["train_seconds"], 1)}
-        for (task, model), d in sorted(r.synthetic.items())
-    ]  # fmt: skip
+    """One row per (task, model): its setup and the final accuracy as mean and std over its seeds."""
+    rows = []
+    for (task, model), runs in sorted(r.synthetic.items()):
+        mean, std = mean_std([run["final_accuracy"] for run in runs])
+        cfg = runs[0]["config"]
+        rows.append({
+            "task": task, "model": model, "seeds": len(runs), "train length": cfg["length"],
+            "steps": runs[0]["steps"], "accuracy": mean, "std": std, "chance": runs[0]["chance"],
+            "train s": round(sum(run["train_seconds"] for run in runs) / len(runs), 1),
+        })  # fmt: skip
+    return rows
 
 
 def extrapolation_table(r: Results) -> list[dict]:
-    """Table 11 shaped: induction-heads accuracy per test length (None: out of memory)."""
+    """Table 11 shaped: induction-heads accuracy per test length, mean over seeds (None: out of memory)."""
     return [
-        {"model": model, "train length": d["config"]["length"], **d["accuracy_by_length"]}
-        for (task, model), d in sorted(r.synthetic.items())
+        {"model": model, "seeds": len(runs), "train length": runs[0]["config"]["length"], **_by_length(runs)}
+        for (task, model), runs in sorted(r.synthetic.items())
         if task == "induction_heads"
     ]
 
@@ -260,13 +283,19 @@ def table1_vs_paper(r: Results) -> list[dict]:
     """Selective copying, ours beside Table 1's accuracy for the same architecture and layer (S6:
     selective; S4: time-invariant) where it has one; with each setup, since ours is shrunk."""
     paper = {(row["arch"], row["layer"]): row["accuracy"] for row in paper_table("table1")}
-    return [
-        {"model": model, "architecture, layer": ", ".join(TABLE1_ROWS.get(d["config"]["arch"], ("-", "-"))),
-         "ours (%)": 100 * d["final_accuracy"], "paper (%)": paper.get(TABLE1_ROWS.get(d["config"]["arch"])),
-         "train length": d["config"]["length"], "steps": d["steps"], "paper setup": "length 4096, 400K steps"}
-        for (task, model), d in sorted(r.synthetic.items())
-        if task == "selective_copying"
-    ]  # fmt: skip
+    rows = []
+    for (task, model), runs in sorted(r.synthetic.items()):
+        if task != "selective_copying":
+            continue
+        mean, std = mean_std([100 * run["final_accuracy"] for run in runs])
+        cfg = runs[0]["config"]
+        kind = TABLE1_ROWS.get(cfg["arch"])
+        rows.append({
+            "model": model, "architecture, layer": ", ".join(kind or ("-", "-")), "ours (%)": mean,
+            "std": std, "seeds": len(runs), "paper (%)": paper.get(kind), "train length": cfg["length"],
+            "steps": runs[0]["steps"], "paper setup": "length 4096, 400K steps",
+        })  # fmt: skip
+    return rows
 
 
 def table11_vs_paper(r: Results) -> list[dict]:
@@ -274,13 +303,13 @@ def table11_vs_paper(r: Results) -> list[dict]:
     kind of model (trained at 256); "x" is out of memory, None a length the paper did not test."""
     paper = {row["model"]: row for row in paper_table("table11")}
     rows = []
-    for (task, model), d in sorted(r.synthetic.items()):
+    for (task, model), runs in sorted(r.synthetic.items()):
         if task != "induction_heads":
             continue
-        lengths = d["accuracy_by_length"]
-        rows.append({"model": model, "train length": d["config"]["length"],
+        lengths = _by_length(runs)
+        rows.append({"model": model, "seeds": len(runs), "train length": runs[0]["config"]["length"],
                      **{k: "x" if v is None else 100 * v for k, v in lengths.items()}})  # fmt: skip
-        published = paper.get(TABLE11_ROWS.get(d["config"]["arch"]))
+        published = paper.get(TABLE11_ROWS.get(runs[0]["config"]["arch"]))
         if published is not None:
             values = {k: published.get(k) for k in lengths}
             rows.append({"model": f"paper: {published['model']}", "train length": 256,
@@ -310,18 +339,25 @@ def recipe_table(r: Results) -> list[dict]:
 
 
 def synthetic(r: Results):
-    """Accuracy against test length per task and model (training length marked), log x axis."""
+    """Accuracy against test length per task and model (training length marked), log x axis: the
+    mean over seeds as a line, every seed as a point."""
     if not r.synthetic:
         return None
     tasks = sorted({task for task, _ in r.synthetic})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for (t, model), d in sorted(r.synthetic.items()):
+        for (t, model), runs in sorted(r.synthetic.items()):
             if t != task:
                 continue
-            points = sorted((int(k), v) for k, v in d["accuracy_by_length"].items() if v is not None)
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=model)
-            ax.axvline(d["config"]["length"], color="grey", lw=0.5, ls="--")
+            points = sorted((int(k), v) for k, v in _by_length(runs).items() if v is not None)
+            (line,) = ax.plot(
+                [p[0] for p in points], [p[1] for p in points], "-", label=f"{model} ({len(runs)} seeds)"
+            )
+            seeds = [
+                (int(k), v) for run in runs for k, v in run["accuracy_by_length"].items() if v is not None
+            ]
+            ax.plot([p[0] for p in seeds], [p[1] for p in seeds], "o", color=line.get_color(), alpha=0.6)
+            ax.axvline(runs[0]["config"]["length"], color="grey", lw=0.5, ls="--")
         ax.set(xscale="log", ylim=(0, 1.05), xlabel="test length", ylabel="accuracy", title=task)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -342,8 +378,9 @@ def captions(r: Results) -> dict[str, str]:
         "recurrent state; Transformer++: KV cache).",
         "kernels": f"Median times from results/bench/kernels.csv on {', '.join(kernel_devices) or '?'}: "
         "forward and forward+backward.",
-        "synthetic": "Accuracy at each test length from results/synthetic/*/*.json (dashed: the training "
-        "length; Mamba evaluated through its recurrent step path, Transformer++ by full attention).",
+        "synthetic": "Accuracy at each test length from results/synthetic/*/*/seed*.json: the mean over "
+        "seeds (lines) and each seed (points); dashed: the training length. Mamba is evaluated through its "
+        "recurrent step path, Transformer++ by full attention.",
     }
 
 

@@ -17,7 +17,6 @@ path, so memory does not grow with the test length; Transformer++ through its fu
 """
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from seqarena.models import SIZES, Mamba, build_model, model_config
 from seqarena.models.base import atomic_write
+from seqarena.train import lr_at, no_decay_names, param_groups
 
 IGNORE = -100
 TASKS = ("selective_copying", "induction_heads", "mqar")
@@ -98,7 +98,10 @@ class SyntheticConfig:
     d_state: int = 0  # SSM state size N of the Mamba families (0: their CPU sizes'); Transformer++ has none
     steps: int = 1000
     batch: int = 32
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak; the schedule is training's (train.lr_at): warmup, then cosine to the floor
+    warmup: float = 0.05  # fraction of the steps
+    min_lr_ratio: float = 0.1  # 1 with warmup 0: a constant rate (the paper's Table 1 and Table 11 runs)
+    min_lr: float = 0.0  # an absolute floor instead of the ratio
     weight_decay: float = 0.1
     test_lengths: list[int] = field(default_factory=list)  # default: the training length
     eval_sequences: int = 256
@@ -109,7 +112,16 @@ class SyntheticConfig:
             raise ValueError(f"unknown synthetic task {self.task!r}; known: {', '.join(TASKS)}")
         if self.arch not in SIZES:
             raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(SIZES)}")
+        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1 or self.min_lr < 0:
+            raise ValueError(
+                "synthetic config: warmup must be in [0, 1), min_lr_ratio in [0, 1], min_lr >= 0"
+            )
         self.test_lengths = sorted(self.test_lengths or [self.length])
+        for length in {self.length, *self.test_lengths}:  # before any training: a generator's refusal
+            try:
+                self.batch_at(length, 1, torch.Generator())
+            except ValueError as e:
+                raise ValueError(f"synthetic config: length {length}: {e}") from e
 
     @property
     def model_name(self) -> str:
@@ -179,25 +191,13 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
     ``out`` (JSON) atomically."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(cfg).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
-    )  # fmt: skip
-    warmup = max(1, cfg.steps // 20)
-
-    def lr_at(step):  # linear warmup, cosine to 10%
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, cfg.steps - warmup)
-        return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-
+    groups = param_groups(model, cfg.weight_decay, no_decay_names(model))  # as in LM training
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
     curve, start = [], time.perf_counter()
     for step in tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, cfg.steps, cfg, cfg.lr)
         seq, labels = (t.to(device) for t in cfg.batch_at(cfg.length, cfg.batch, gen))
         logits = model(seq)[..., : cfg.vocab]
         loss = F.cross_entropy(logits.reshape(-1, cfg.vocab), labels.reshape(-1), ignore_index=IGNORE)

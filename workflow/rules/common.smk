@@ -16,6 +16,7 @@ wildcard_constraints:
     task=r"[a-z_]+",
     arch=r"mamba|mamba_lti|mamba2|hybrid|transformer",
     width=r"[0-9]+",
+    seed=r"[0-9]+",
     ref=r"[^/]+",
     dataset=r"[^/]+",
 
@@ -267,8 +268,9 @@ def synthetic_args(wildcards):
 
 def synthetic_results():
     return [
-        f"{RESULTS}/synthetic/{task}/{arch}-d{width}.json"
+        f"{RESULTS}/synthetic/{task}/{arch}-d{width}/seed{seed}.json"
         for task, options in config["synthetic"]["tasks"].items()
         for arch in config["synthetic"]["archs"]
         for width in options["d_model"]
+        for seed in config["synthetic"]["seeds"]
     ]

@@ -2,11 +2,11 @@ rule synthetic_task:
     input:
         rules.kernels.output,
     output:
-        f"{RESULTS}/synthetic/{{task}}/{{arch}}-d{{width}}.json",
+        f"{RESULTS}/synthetic/{{task}}/{{arch}}-d{{width}}/seed{{seed}}.json",
     log:
-        f"{RESULTS}/logs/synthetic/{{task}}/{{arch}}-d{{width}}.log",
+        f"{RESULTS}/logs/synthetic/{{task}}/{{arch}}-d{{width}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/synthetic/{{task}}/{{arch}}-d{{width}}.tsv"
+        f"{RESULTS}/benchmarks/synthetic/{{task}}/{{arch}}-d{{width}}/seed{{seed}}.tsv"
     conda:
         ENV
     threads: 2
@@ -19,6 +19,7 @@ rule synthetic_task:
         args=synthetic_args,
     shell:
         "{params.gpus}seqarena synthetic --task {wildcards.task} --arch {wildcards.arch} --d-model {wildcards.width}"
+        " --seed {wildcards.seed}"
         " --out {output:q} {params.args} > {log:q} 2>&1"
 
 
