@@ -254,8 +254,8 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert job_counts(output) == {
         "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1, "bench_generation": 10,
-        "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "synthetic_task": 10, "report": 1,
-        "all": 1,
+        "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "export_hf": 10,
+        "synthetic_task": 15, "report": 1, "all": 1,  # three synthetic archs: mamba_lti beside the two
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "seqarena launch --nodes 1 --nproc-per-node 8 -- train --model mamba-2.8b" in output
