@@ -186,15 +186,14 @@ def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int
     return correct / total
 
 
-def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dict:
-    """Train on fresh batches (on a GPU if there is one), evaluate at every test length, write
-    ``out`` (JSON) atomically."""
+def fit(cfg: SyntheticConfig, log_every: int = 50) -> tuple[torch.nn.Module, list[dict]]:
+    """Train on fresh batches (on a GPU if there is one): the model and its learning curve."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(cfg).to(device)
     groups = param_groups(model, cfg.weight_decay, no_decay_names(model))  # as in LM training
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
-    curve, start = [], time.perf_counter()
+    curve = []
     for step in tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg, cfg.lr)
@@ -208,6 +207,13 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             acc = accuracy(model, cfg, cfg.length, 64, seed=cfg.seed + 1)
             curve.append({"step": step + 1, "loss": loss.item(), "accuracy": acc})
+    return model, curve
+
+
+def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dict:
+    """``fit``, evaluate at every test length, write ``out`` (JSON) atomically."""
+    start = time.perf_counter()
+    model, curve = fit(cfg, log_every)
     train_seconds = time.perf_counter() - start
     by_length = {}
     for length in cfg.test_lengths:
@@ -226,7 +232,7 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
         "chance": 1 / (cfg.vocab - cfg.vocab // 2 if cfg.task == "mqar" else cfg.vocab - 2),
         "curve": curve,
         "train_seconds": train_seconds,
-        "device": str(device),
+        "device": str(next(model.parameters()).device),
         "wall_seconds": time.perf_counter() - start,
     }
     text = json.dumps(result, indent=2) + "\n"
