@@ -139,9 +139,9 @@ def test_lm_evals_own_hf_model_scores_the_export_as_seqarena_scores_the_checkpoi
     write_checkpoint(tmp_path / "model", "transformer-tiny")
     export_hf(tmp_path / "model", tmp_path / "hf")
     tasks = tmp_path / "tasks"
-    docs = [json.loads(line) for line in (shared_data / "piqa_valid.jsonl").read_text().splitlines()[:24]]
+    docs = [json.loads(line) for line in (shared_data / "piqa_valid.jsonl").read_text().splitlines()[:12]]
     write_multiple_choice_task(tasks, "piqa_slice", docs, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}")
-    lambada = (shared_data / "lambada_test.jsonl").read_text().splitlines()[:16]
+    lambada = (shared_data / "lambada_test.jsonl").read_text().splitlines()[:8]
     (tasks / "lambada_slice.jsonl").write_text("\n".join(lambada) + "\n")
     lambada_yaml = (REPO_TASKS / "lambada_openai_local.yaml").read_text()
     lambada_yaml = lambada_yaml.replace("lambada_openai_local", "lambada_slice").replace(

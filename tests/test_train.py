@@ -305,6 +305,8 @@ def test_bad_config_is_refused_naming_the_key(shakespeare, tmp_path):
         train(config(shakespeare, tmp_path, batch_tokens=1000))
     with pytest.raises(ValueError, match="steps, tokens and lr must not be negative"):
         config(shakespeare, tmp_path, steps=-1)
+    with pytest.raises(ValueError, match="min_lr must not be negative, not -1e-05"):
+        config(shakespeare, tmp_path, min_lr=-1e-5)
     with pytest.raises(ValueError, match="unknown architecture 'gpt'"):
         config(shakespeare, tmp_path, model="gpt-tiny")
     with pytest.raises(FileNotFoundError, match="meta.json not found"):

@@ -133,8 +133,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"train config: {name} must be positive, not {getattr(self, name)}")
-        if self.steps < 0 or self.tokens < 0 or self.lr < 0 or self.min_lr < 0:
-            raise ValueError("train config: steps, tokens, lr and min_lr must not be negative")
+        if self.steps < 0 or self.tokens < 0 or self.lr < 0:
+            raise ValueError("train config: steps, tokens and lr must not be negative")
+        if self.min_lr < 0:
+            raise ValueError(f"train config: min_lr must not be negative, not {self.min_lr}")
         if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("train config: warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
         if self.parallel not in ("ddp", "fsdp"):
