@@ -123,7 +123,8 @@ def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None =
     export``'s, ``state-spaces/mamba-130m-hf``), or a hub id such as ``state-spaces/mamba-130m``."""
     config_file, weights_file = _checkpoint_files(str(name_or_path))
     data = json.loads(config_file.read_text())
-    if data.get("model_type") in HF_MODEL_TYPES:  # transformers' layout: our export, state-spaces/*-hf
+    hf_layout = data.get("model_type") in HF_MODEL_TYPES  # transformers': our export, state-spaces/*-hf
+    if hf_layout:
         from seqarena.hf import config_from_hf, state_from_hf
 
         config = config_from_hf(config_file)
@@ -131,7 +132,7 @@ def from_pretrained(name_or_path: str, device="cpu", dtype: torch.dtype | None =
         config = config_from_dict(data, str(config_file))
     model = (Mamba if isinstance(config, MambaConfig) else Transformer)(config)
     state = _load_weights(weights_file)
-    if data.get("model_type") in HF_MODEL_TYPES:
+    if hf_layout:
         state = state_from_hf(state, config)
     if config.tie_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state[next(k for k in state if k.endswith("embedding.weight"))]
