@@ -89,8 +89,9 @@ def write_pile_shards(folder: Path, texts: list[str], shards: int, set_name: str
 
 
 def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
-    """A tiny pipeline config: shared Tiny Shakespeare, three tiny models (Mamba-1, Transformer++ and a
-    Mamba-2 hybrid with an attention layer), a local task, a few steps."""
+    """A tiny pipeline config: the shipped Tiny Shakespeare, three tiny models (Mamba-1, Transformer++
+    and a Mamba-2 hybrid with an attention layer), a local task and a shipped one, a synthetic task,
+    a few steps."""
     docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
             for i in range(12)]  # fmt: skip
     tasks = write_multiple_choice_task(
@@ -100,7 +101,7 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
         "results": str(tmp_path / "results"),
         "data": {
             "shakespeare": {
-                "source": {"kind": "local", "path": str(SHARED_DATA / "tinyshakespeare.txt")},
+                "source": {"kind": "embedded", "path": "tinyshakespeare.txt.gz"},
                 "tokenizer": {"kind": "bpe", "vocab_size": 512},
             }
         },
@@ -112,14 +113,12 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
             "generation": {"prompt_len": 16, "new_tokens": 4, "batch_sizes": [1, 2], "repeats": 1},
             "training": {"steps": 2, "seq_len": 32, "micro_batch": 2, "vocab_size": 512},
         },
-        "eval": {"tasks": ["local_piqa"], "include_path": str(tasks), "limit": 12, "batch_size": 4,
-                 "pretrained": []},
+        "eval": {"tasks": ["local_piqa", "piqa_embedded"], "include_path": str(tasks), "limit": 12,
+                 "batch_size": 4, "pretrained": []},
+        # one task through the stage (the synthetic tests run every task and family in-process)
         "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
-            "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
-                                  "eval_sequences": 8},
             "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],
                                 "eval_sequences": 8},
-            "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
         }},
         **overrides,
     }  # fmt: skip

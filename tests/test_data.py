@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
@@ -237,3 +238,55 @@ def test_download_and_tokenize_memory_is_flat_in_the_corpus_size(shared_data, tm
     corpus = {s: sum(p.stat().st_size for p in (tmp_path / f"x{s}/raw").glob("*.parquet")) for s in peaks}
     assert corpus[10] > 9 * corpus[1]
     assert peaks[10] < 1.5 * peaks[1], peaks
+
+
+def test_the_shipped_files_are_the_shared_files_or_their_first_records(shared_data):
+    """The embedded default's data, checked against the originals it was cut from."""
+    import gzip
+
+    from seqarena import embedded
+
+    assert sorted(embedded.checksums()) == [
+        "lambada_openai.jsonl.gz",
+        "piqa.jsonl.gz",
+        "tinyshakespeare.txt.gz",
+    ]
+    readme = (embedded.FOLDER / "README.md").read_text()
+    for name, digest in embedded.checksums().items():
+        assert digest in readme and name in readme  # each file's checksum beside its source and licence
+    text = gzip.decompress(embedded.path("tinyshakespeare.txt.gz").read_bytes())
+    assert text == (shared_data / "tinyshakespeare.txt").read_bytes()
+    for name, original in (
+        ("lambada_openai.jsonl.gz", "lambada_test.jsonl"),
+        ("piqa.jsonl.gz", "piqa_valid.jsonl"),
+    ):
+        records = gzip.decompress(embedded.path(name).read_bytes()).splitlines(keepends=True)
+        assert len(records) == 500 and records == (shared_data / original).read_bytes().splitlines(True)[:500]
+    assert sum(p.stat().st_size for p in embedded.FOLDER.glob("*.gz")) < 3_000_000
+
+
+def test_an_embedded_source_reads_like_the_same_file_given_locally(shared_data, tmp_path):
+    shipped = download(Source(kind="embedded", path="tinyshakespeare.txt.gz"), tmp_path / "shipped")
+    local = download(Source(kind="local", path=str(shared_data / "tinyshakespeare.txt")), tmp_path / "local")
+    a, b = (pq.read_table(raw / "train.parquet").column("text").to_pylist() for raw in (shipped, local))
+    assert a == b and len(a) > 7000
+    assert json.loads((shipped / "source.json").read_text())["kind"] == "embedded"
+
+
+def test_a_damaged_or_unknown_shipped_file_is_refused_naming_it(tmp_path, monkeypatch):
+    from seqarena import embedded
+
+    copy = tmp_path / "embedded"
+    copy.mkdir()
+    for name in (*embedded.checksums(), "SHA256SUMS"):
+        (copy / name).write_bytes((embedded.FOLDER / name).read_bytes())
+    damaged = bytearray((copy / "piqa.jsonl.gz").read_bytes())
+    damaged[100] ^= 0xFF
+    (copy / "piqa.jsonl.gz").write_bytes(bytes(damaged))
+    monkeypatch.setattr(embedded, "FOLDER", copy)
+    with pytest.raises(ValueError, match=r"embedded data file .*piqa\.jsonl\.gz does not match its checksum"):
+        embedded.task_dataset("piqa.jsonl.gz", "validation")
+    with pytest.raises(ValueError, match=r"no embedded data file 'wiki\.txt'; the package ships"):
+        download(Source(kind="embedded", path="wiki.txt"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    embedded.path("lambada_openai.jsonl.gz")  # the undamaged files still read

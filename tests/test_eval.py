@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from seqarena.data import byte_tokenizer
 from seqarena.eval import SeqarenaLM, evaluate
 from seqarena.models import build_model, from_pretrained
 
+REPO = Path(__file__).resolve().parents[1]
 DOCS = [
     {"goal": "To open a jar,", "sol1": "twist the lid.", "sol2": "sing to it.", "label": 0},
     {
@@ -147,8 +149,8 @@ def test_missing_tokenizer_is_named(tmp_path):
         SeqarenaLM(str(tmp_path))
 
 
-def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, task_dir, tmp_path):
-    import subprocess
+def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, task_dir, tmp_path, monkeypatch,
+                                                                  capsys):  # fmt: skip
     import sys
 
     from mlflow.tracking import MlflowClient
@@ -161,17 +163,18 @@ def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, ta
           "--out", str(out), "--tracking-uri", uri])  # fmt: skip
     acc = json.loads(out.read_text())["results"]["toy_piqa"]["acc"]["value"]
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    experiment = client.get_experiment_by_name("seqarena")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI shows runs first
+    (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["seqarena.model_id"] == "mamba-tiny" and run.data.metrics["eval/toy_piqa/acc"] == acc
+    assert run.info.status == "FINISHED"  # the stage made the run (no training did), and ended it
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == ["eval/mamba-tiny.json"]
 
-    done = subprocess.run(
-        [sys.executable, "-m", "seqarena.cli", "lm-eval", "--model", "seqarena", "--model_args",
-         f"pretrained={checkpoint}", "--tasks", "toy_piqa", "--include_path", str(task_dir),
-         "--output_path", str(tmp_path / "lm_eval_out")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "toy_piqa" in done.stdout and f"{acc:.4f}" in done.stdout
+    monkeypatch.setattr(sys, "argv", sys.argv[:])  # lm-eval's CLI reads them; restored after
+    main(["lm-eval", "--model", "seqarena", "--model_args", f"pretrained={checkpoint}", "--tasks", "toy_piqa",
+          "--include_path", str(task_dir), "--output_path", str(tmp_path / "lm_eval_out")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "toy_piqa" in printed and f"{acc:.4f}" in printed
 
 
 def test_other_hf_causal_lms_go_through_lm_evals_hf_model(shared_data, task_dir, tmp_path):
@@ -228,3 +231,24 @@ def test_an_evaluation_run_again_computes_only_the_missing_answers(checkpoint, t
     torch.manual_seed(1)
     build_model("mamba-tiny", vocab_size=257).save_pretrained(checkpoint)  # retrained: other answers
     assert cache_key(str(checkpoint)) != before
+
+
+def test_the_shipped_tasks_score_as_lm_evals_definitions_over_the_shared_files(
+    checkpoint, shared_data, tmp_path
+):
+    """piqa_embedded and lambada_openai_embedded against the project's local YAMLs of lm-eval's piqa and
+    lambada_openai over the full shared files: the same first documents, the same scores."""
+    local = tmp_path / "local_tasks"
+    local.mkdir()
+    for name in ("lambada_openai_local", "piqa_local"):
+        text = (REPO / "config/tasks" / f"{name}.yaml").read_text()
+        (local / f"{name}.yaml").write_text(text.replace("../shared/data/", f"{shared_data}/"))
+    shipped = evaluate(checkpoint, ["lambada_openai_embedded", "piqa_embedded"], tmp_path / "a.json", limit=6)
+    given = evaluate(checkpoint, ["lambada_openai_local", "piqa_local"], tmp_path / "b.json", limit=6,
+                     include_path=str(local))  # fmt: skip
+    for task in ("lambada_openai", "piqa"):
+        ours, theirs = shipped["results"][f"{task}_embedded"], given["results"][f"{task}_local"]
+        assert sorted(ours) == sorted(theirs) and len(ours) == 2
+        for metric in ours:
+            assert ours[metric]["value"] == pytest.approx(theirs[metric]["value"], rel=1e-9)
+        assert shipped["n_samples"][f"{task}_embedded"]["effective"] == 6

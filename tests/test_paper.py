@@ -63,3 +63,12 @@ def test_the_size_registry_and_paper_config_follow_the_papers_recipe():
     assert SIZES["mamba"]["2.8b"].lr == recipe("mamba_2.8b_lr")
     train = yaml.safe_load((REPO / "config/paper.yaml").read_text())["train"]
     assert train["warmup"] == recipe("warmup_fraction") and train["min_lr"] == recipe("min_lr")
+
+
+def test_local_copies_and_shipped_slices_stand_for_their_table3_task():
+    from seqarena.paper import PAPER_TASKS, paper_task
+
+    for task in PAPER_TASKS:
+        assert paper_task(task) == paper_task(f"{task}_local") == task
+    assert paper_task("piqa_embedded") == "piqa" and paper_task("lambada_openai_embedded") == "lambada_openai"
+    assert paper_task("toy_piqa") is None and paper_task("piqa_other") is None

@@ -106,7 +106,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> None:
         )
         for r in rows
     ]
-    log_to_mlflow(args.tracking_uri, args.experiment, "kernels", metrics, Path(args.out))
+    log_to_mlflow(args.tracking_uri, args.experiment, "kernels", metrics, Path(args.out), "bench/kernels")
     print(Path(args.out).read_text())
 
 
@@ -118,7 +118,9 @@ def cmd_bench_generation(args: argparse.Namespace) -> None:
     write_json(result, Path(args.out))
     metrics = [("bench/generation/tokens_per_s", r["tokens_per_s"], r["batch"]) for r in result["results"]
                if not r["oom"]]  # fmt: skip
-    log_to_mlflow(args.tracking_uri, args.experiment, Path(args.model).name, metrics, Path(args.out))
+    log_to_mlflow(
+        args.tracking_uri, args.experiment, Path(args.model).name, metrics, Path(args.out), "bench/generation"
+    )
     print(json.dumps(result, indent=2))
 
 
@@ -130,7 +132,7 @@ def cmd_bench_training(args: argparse.Namespace) -> None:
     metrics = [
         (f"bench/training/{k}", result[k], 0) for k in ("tokens_per_s", "achieved_tflops") if result[k]
     ]
-    log_to_mlflow(args.tracking_uri, args.experiment, args.model, metrics, Path(args.out))
+    log_to_mlflow(args.tracking_uri, args.experiment, args.model, metrics, Path(args.out), "bench/training")
     print(json.dumps(result, indent=2))
 
 
@@ -143,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics = [(f"eval/{task}/{name}", entry["value"], 0) for task, entries in report["results"].items()
                for name, entry in entries.items() if isinstance(entry["value"], (int, float))]  # fmt: skip
     run_name = args.run_name or Path(args.model).name
-    log_to_mlflow(args.tracking_uri, args.experiment, run_name, metrics, Path(args.out))
+    log_to_mlflow(args.tracking_uri, args.experiment, run_name, metrics, Path(args.out), "eval")
     print(json.dumps(report["results"], indent=2))
 
 
@@ -276,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     dl = data.add_parser("download", help="fetch a corpus (HF hub or local files) into a raw/ folder")
-    dl.add_argument("--kind", choices=["hf", "local"], required=True)
+    dl.add_argument("--kind", choices=["hf", "local", "embedded"], required=True)
     dl.add_argument(
-        "--path", required=True, help="hub id (Salesforce/wikitext) or local file, glob or folder"
+        "--path",
+        required=True,
+        help="hub id (Salesforce/wikitext), local file, glob or folder, or a shipped file (kind embedded)",
     )
     dl.add_argument("--name", help="hub dataset config, e.g. wikitext-2-raw-v1")
     dl.add_argument(

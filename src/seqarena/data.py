@@ -33,10 +33,11 @@ BATCH = 1000  # records per read, encode and write
 
 @dataclass
 class Source:
-    """Where a corpus comes from: a hub dataset (``hf``) or local files (``local``)."""
+    """Where a corpus comes from: a hub dataset (``hf``), local files (``local``) or a file the
+    package ships (``embedded``: seqarena.embedded, checked against its checksum)."""
 
-    kind: str  # "hf" or "local"
-    path: str  # hub id (Salesforce/wikitext) or a file, glob or folder
+    kind: str  # "hf", "local" or "embedded"
+    path: str  # hub id (Salesforce/wikitext), a file, glob or folder, or a shipped file's name
     name: str | None = None  # hub config, e.g. wikitext-2-raw-v1
     format: str = "text"  # local: text, jsonl (also .jsonl.zst, the Pile's shards), json, parquet
     text_field: str = "text"
@@ -46,9 +47,9 @@ class Source:
     document_start: str | None = None  # a regex: rows are lines, and a matching row starts a document
 
     def __post_init__(self):
-        if self.kind not in ("hf", "local"):
-            raise ValueError(f"data source kind must be 'hf' or 'local', not {self.kind!r}")
-        if self.kind == "local" and self.format not in LOCAL_FORMATS:
+        if self.kind not in ("hf", "local", "embedded"):
+            raise ValueError(f"data source kind must be 'hf', 'local' or 'embedded', not {self.kind!r}")
+        if self.kind != "hf" and self.format not in LOCAL_FORMATS:
             raise ValueError(f"local data format must be one of {sorted(LOCAL_FORMATS)}, not {self.format!r}")
         if self.document_start is not None:
             try:
@@ -92,7 +93,12 @@ def _local_splits(source: Source) -> dict[str, Iterator[list[str]]]:
     """One split, train: each file read lazily by ``datasets`` in turn (so an error names it)."""
     import datasets
 
-    files = [f for f in _local_files(source.path) if Path(f).stat().st_size]
+    if source.kind == "embedded":
+        from seqarena import embedded
+
+        files = [str(embedded.path(source.path))]
+    else:
+        files = [f for f in _local_files(source.path) if Path(f).stat().st_size]
     kwargs = {"sample_by": source.sample_by} if source.format == "text" else {}
 
     def batches(file: str) -> Iterator[list[str]]:
@@ -181,7 +187,7 @@ def download(source: Source, raw_dir: Path) -> Path:
     """Read the source and write raw_dir/{split}.parquet and source.json (all under a temporary
     folder renamed into place: a failure mid-read leaves nothing behind)."""
     raw_dir = Path(raw_dir)
-    splits = _local_splits(source) if source.kind == "local" else _hub_splits(source)
+    splits = _hub_splits(source) if source.kind == "hf" else _local_splits(source)
     if "train" not in splits:
         raise ValueError(f"data source {source.path!r} has no train split; its splits: {sorted(splits)}")
     tmp = raw_dir.with_name(raw_dir.name + ".tmp")

@@ -172,26 +172,39 @@ def cache_key(pretrained: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def task_manager(tasks, include_paths):
+    """lm-eval's TaskManager over ``include_paths``, with lm-eval's own thousands of task YAMLs
+    indexed (seconds of parsing) only when a task is not found in those paths."""
+    from lm_eval.tasks import TaskManager
+
+    local = TaskManager(include_path=include_paths, include_defaults=False)
+    return local if set(tasks) <= set(local.all_tasks) else TaskManager(include_path=include_paths)
+
+
 def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=None, batch_size=8,
              num_fewshot=None, device=None, cache_dir=None) -> dict:  # fmt: skip
     """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config.
 
-    ``tokenizer`` serves checkpoints that ship none (published ``state-spaces/mamba-*`` use
-    GPT-NeoX's); ours and other HF models bring their own, which wins. ``cache_dir`` keeps every
-    answer of the model as soon as it is computed (lm-eval's ``use_cache``, one sqlite file per
-    checkpoint): an interrupted evaluation, run again, computes only what is missing."""
+    Tasks are lm-eval's, the package's shipped ones (``seqarena.embedded``: ``*_embedded``) and
+    those in ``include_path``. ``tokenizer`` serves checkpoints that ship none (published
+    ``state-spaces/mamba-*`` use GPT-NeoX's); ours and other HF models bring their own, which wins.
+    ``cache_dir`` keeps every answer of the model as soon as it is computed (lm-eval's
+    ``use_cache``, one sqlite file per checkpoint): an interrupted evaluation, run again, computes
+    only what is missing."""
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers lm-eval's own models, "hf" among them)
-    from lm_eval.tasks import TaskManager
+
+    from seqarena.embedded import TASKS
 
     model = "seqarena" if is_seqarena_checkpoint(str(pretrained)) else "hf"
     own_tokenizer = (Path(pretrained) / "tokenizer.json").is_file()
     model_args = f"pretrained={pretrained}"
+    include_paths = [TASKS, include_path] if include_path else [TASKS]  # the shipped tasks, always
     if tokenizer and model == "seqarena" and not own_tokenizer:  # HF models and ours bring their own
         model_args += f",tokenizer={tokenizer}"
     results = lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
-        num_fewshot=num_fewshot, device=device, task_manager=TaskManager(include_path=include_path),
+        num_fewshot=num_fewshot, device=device, task_manager=task_manager(tasks, include_paths),
         use_cache=str(Path(cache_dir) / cache_key(str(pretrained))) if cache_dir else None,
     )  # fmt: skip
     table = {}

@@ -47,6 +47,7 @@ PAPER_TASKS = list(PAPER_METRIC)
 
 
 def paper_task(task: str) -> str | None:
-    """The Table 3 task an lm-eval task stands for: itself, or a local copy named ``<task>_local``."""
-    name = task.removesuffix("_local")
+    """The Table 3 task an lm-eval task stands for: itself, a local copy named ``<task>_local``, or
+    the package's shipped slice ``<task>_embedded`` (seqarena.embedded)."""
+    name = task.removesuffix("_local").removesuffix("_embedded")
     return name if name in PAPER_METRIC else None
