@@ -214,13 +214,14 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, trac
 
 def log_to_mlflow(
     uri: str, experiment: str, model_id: str, rows: list[tuple[str, float, int]], artifact: Path,
-    artifact_dir: str = "bench",
+    artifact_dir: str,
 ):  # fmt: skip
-    """Results into the model's run (found by its tag, created if training logged none)."""
+    """Results into the model's run (found by its tag; created, and ended, if training logged none),
+    the artifact into the stage's own folder of that run (``bench/generation``, ``eval``, ...)."""
     if uri == "none":
         return
     from seqarena.tracking import ModelRun
 
-    run = ModelRun(uri, experiment, model_id)
-    run.log_metrics(rows)
-    run.log_artifact(artifact, artifact_dir)
+    with ModelRun(uri, experiment, model_id) as run:
+        run.log_metrics(rows)
+        run.log_artifact(artifact, artifact_dir)

@@ -105,19 +105,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+# MLflow 3's UI lands on an experiment's traces (GenAI) unless the experiment says it holds model
+# training: then its runs table is what a user sees first.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client, name: str, uri: str) -> str:
     experiment = retry(client.get_experiment_by_name, name)
-    if experiment is not None:
-        return experiment.experiment_id
-    db = _sqlite_path(uri)  # artifacts beside the database, not in whatever the cwd is
-    location = (db.parent / "mlartifacts").as_uri() if db else None
-    try:
-        return retry(client.create_experiment, name, artifact_location=location)
-    except Exception:  # another process created it first
+    if experiment is None:
+        db = _sqlite_path(uri)  # artifacts beside the database, not in whatever the cwd is
+        location = (db.parent / "mlartifacts").as_uri() if db else None
+        try:
+            retry(client.create_experiment, name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except Exception:  # another process created it first
+            pass
         experiment = retry(client.get_experiment_by_name, name)
         if experiment is None:
-            raise
-        return experiment.experiment_id
+            raise RuntimeError(f"MLflow experiment {name!r} could not be created in {uri}")
+    for key, value in EXPERIMENT_KIND.items():  # an experiment made before seqarena set the kind
+        if experiment.tags.get(key) != value:
+            retry(client.set_experiment_tag, experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
@@ -256,11 +264,17 @@ def register_hf_model(uri: str, experiment: str, model_id: str, model_dir: Path,
 
 
 class ModelRun:
-    """The MLflow run of one model id: created once, continued by every later stage or resume."""
+    """The MLflow run of one model id: created once, continued by every later stage or resume.
+
+    Training reopens its run (``reopen``: RUNNING until it ends). A later stage (bench, eval) adds
+    its results and leaves the run's status as training left it. Used as a context manager, a run
+    that the stage itself created (no training made one) ends when the stage does, FINISHED or
+    FAILED."""
 
     def __init__(
-        self, uri: str, experiment: str, model_id: str, tags: dict | None = None, params=None, new=False
-    ):
+        self, uri: str, experiment: str, model_id: str, tags: dict | None = None, params=None, new=False,
+        reopen=False,
+    ):  # fmt: skip
         from mlflow.entities import Param
 
         self.client, self.uri = client_for(uri), uri
@@ -269,13 +283,20 @@ class ModelRun:
         # start together, and each must find the run the other made.
         flat = _flatten(params or {})
         with _file_lock(_runs_lock(uri)):
-            run = self._find_or_create(experiment_id, model_id, tags, flat, new)
+            run = self._find_or_create(experiment_id, model_id, tags, flat, new, reopen)
             self.run_id = run.info.run_id
             new_params = [Param(k, v) for k, v in flat.items() if k not in run.data.params]
             for start in range(0, len(new_params), 100):
                 retry(self.client.log_batch, self.run_id, params=new_params[start : start + 100])
 
-    def _find_or_create(self, experiment_id, model_id, tags, flat: dict[str, str], new):
+    def __enter__(self) -> "ModelRun":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if self.created:
+            self.finish("FAILED" if error_type else "FINISHED")
+
+    def _find_or_create(self, experiment_id, model_id, tags, flat: dict[str, str], new, reopen):
         from mlflow.entities import RunTag
 
         found = retry(
@@ -289,12 +310,11 @@ class ModelRun:
         if run is not None and any(run.data.params.get(k, v) != v for k, v in flat.items()):
             run = None  # the configuration changed: a new run, the old one stays for comparison
         all_tags = {MODEL_TAG: model_id, "seqarena.git_commit": git_commit(), **(tags or {})}
+        self.created = run is None
         if run is None:
             run = retry(self.client.create_run, experiment_id, tags=all_tags, run_name=model_id)
-            self.resumed = False
-        else:
+        elif reopen:
             retry(self.client.update_run, run.info.run_id, status="RUNNING")
-            self.resumed = True
         retry(self.client.log_batch, run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         return run
 

@@ -552,7 +552,7 @@ def _open_tracking(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri", "force_restart")},
         "resolved": {"steps": steps, "grad_accum": accum, "lr": peak_lr, "parameters": n_params},
     }
-    run = ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params, new=restart)
+    run = ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params, new=restart, reopen=True)
     return MetricsJournal(run, out / "mlflow-journal.jsonl")
 
 
