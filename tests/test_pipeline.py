@@ -17,7 +17,7 @@ import torch
 import transformers
 import yaml
 
-from conftest import SHARED_DATA, free_port, wait_until_serving, write_pipeline_config
+from conftest import free_port, wait_until_serving, write_pipeline_config
 from seqarena.models import from_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +57,6 @@ def pipeline(tmp_path_factory):
 
     Its folder has a space and its tracking URI an `&`: every path and config string reaches the
     shell quoted."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA}")
     cwd = tmp_path_factory.mktemp("pipe line")
     config = write_pipeline_config(cwd, tracking_uri=TRACKING.format(results=cwd / "results"))
     done = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
@@ -71,7 +69,7 @@ def test_every_stage_writes_its_contract(pipeline):
     results = cwd / "results"
     assert job_counts(output) == {
         "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
-        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 6, "report": 1,
+        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 2, "report": 1,
         "export_hf": 2,  # transformers has no class for the hybrid
     }  # fmt: skip
     env = json.loads((results / "env/kernels.json").read_text())
@@ -94,6 +92,7 @@ def test_every_stage_writes_its_contract(pipeline):
         evaluation = json.loads((results / f"eval/{model}.json").read_text())
         assert 0.0 <= evaluation["results"]["local_piqa"]["acc"]["value"] <= 1.0
         assert evaluation["n_samples"]["local_piqa"]["effective"] == 12
+        assert evaluation["n_samples"]["piqa_embedded"]["effective"] == 12  # the task the package ships
         for stage in ("train", "bench/generation", "bench/training", "eval"):
             assert (results / f"logs/{stage}/{model}.log").stat().st_size > 0
             assert (results / f"benchmarks/{stage}/{model}.tsv").read_text().startswith("s\t")
@@ -117,10 +116,9 @@ def test_every_stage_writes_its_contract(pipeline):
     assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
         "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
     ]  # fmt: skip
-    for task in ("selective_copying", "induction_heads", "mqar"):
-        for model in ("mamba-d16", "transformer-d16"):
-            result = json.loads((results / f"synthetic/{task}/{model}/seed0.json").read_text())
-            assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
+    for model in ("mamba-d16", "transformer-d16"):
+        result = json.loads((results / f"synthetic/induction_heads/{model}/seed0.json").read_text())
+        assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
     induction = json.loads((results / "synthetic/induction_heads/mamba-d16/seed0.json").read_text())
     assert sorted(induction["accuracy_by_length"]) == ["16", "64"]
 
@@ -155,14 +153,21 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
         wait_until_serving(f"http://127.0.0.1:{port}/health", server, 90, "mlflow ui")
         experiment = _get(f"{api}/experiments/get-by-name?experiment_name=seqarena")["experiment"]
         assert _listening_addresses(port) == {"127.0.0.1"}  # loopback only, as asked by default
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # lands on the runs table
         runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         by_model = {}
         for run in runs:
             tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
             by_model.setdefault(tags.get("seqarena.model_id"), []).append(run)
         assert sorted(m for m in by_model if m != "kernels") == sorted(MODELS)
+        assert {run["info"]["status"] for run in runs} == {"FINISHED"}  # every stage ended what it opened
         for model in MODELS:
             (run,) = by_model[model]
+            artifacts = f"{api}/artifacts/list?run_id={run['info']['run_id']}&path="
+            listed = {folder: [f["path"] for f in _get(artifacts + folder).get("files", [])]
+                      for folder in ("bench/generation", "bench/training", "eval")}  # fmt: skip
+            assert listed == {folder: [f"{folder}/{model}.json"] for folder in listed}  # one folder a stage
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
             assert params["train.model"] == model and params["train.steps"] == "4"
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
@@ -203,7 +208,53 @@ def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(
     assert forced.returncode == 0 and job_counts(forced.stdout + forced.stderr) == {"report": 1, "all": 1}
 
 
-def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(shared_data, tmp_path):
+def test_a_results_folder_refuses_the_results_of_other_config_files(pipeline):
+    cwd, config, _ = pipeline
+    other = cwd / "other.yaml"
+    other.write_text(config.read_text())
+    before = sorted(p.relative_to(cwd) for p in (cwd / "results").rglob("*"))
+    done = snakemake("--configfile", str(other), "--cores", "1", "--forcerun", "report", cwd=cwd)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"holds the results of config files ['{REPO / 'config/config.yaml'}', '{config}']" in output
+    assert f"this run's are ['{REPO / 'config/config.yaml'}', '{other}']" in output
+    assert sorted(p.relative_to(cwd) for p in (cwd / "results").rglob("*")) == before
+
+
+def test_a_config_that_needs_an_unreachable_hub_fails_before_any_job_naming_the_keys(tmp_path):
+    config = write_pipeline_config(
+        tmp_path,
+        data={"wiki": {"source": {"kind": "hf", "path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1"},
+                       "tokenizer": {"kind": "bpe", "vocab_size": 512}}},
+        train={"dataset": "wiki", "steps": 4},
+    )  # fmt: skip
+    env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there: an unreachable hub
+    start = time.monotonic()
+    done = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config),
+         "--cores", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and time.monotonic() - start < 120
+    assert "needs the Hugging Face hub, which does not answer" in output
+    assert "data.wiki.source.path: Salesforce/wikitext" in output and "config/config.yaml" in output
+    assert "eval.tasks" not in output  # local_piqa is a local task
+    assert not (tmp_path / "results").exists()  # no job ran, nothing recorded
+
+
+def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(tmp_path):
+    config = write_pipeline_config(tmp_path)
+    done = snakemake("--configfile", str(config), "--config", 'train={"steps": 5, "lr": "1e-3"}',
+                     "-n", "-p", "train_all", cwd=tmp_path)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "--steps 5 " in output and "--lr 0.001 " in output and "--seq-len 64 " in output  # merged, typed
+    bad = snakemake("--configfile", str(config), "--config", 'train={"steps": "five"}', "-n", cwd=tmp_path)
+    assert bad.returncode != 0 and "'five' is not of type 'integer'" in bad.stdout + bad.stderr
+
+
+def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tmp_path):
     config = write_pipeline_config(
         tmp_path, models=["mamba-tiny"],
         train={"dataset": "shakespeare", "steps": 60, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
@@ -265,14 +316,16 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     assert re.search(
         r"seqarena eval --model state-spaces/mamba-130m .*--tokenizer EleutherAI/gpt-neox-20b", output
     )
-    assert not re.search(r"seqarena eval --model results/train/.*--tokenizer", output)
+    assert re.search(r"seqarena eval --model results/paper/train/mamba-130m ", output)  # its own folder
+    assert not re.search(r"seqarena eval --model results/paper/train/.*--tokenizer", output)
     assert not (tmp_path / "results").exists()
 
 
 def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tmp_path):
     (tmp_path / "nodes.yaml").write_text("resources: {train: {2.8b: {gpu: 8, nodes: 4}}}\n")
     done = snakemake(
-        "results/train/mamba-2.8b/summary.json", "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+        "results/paper/train/mamba-2.8b/summary.json", "-n",
+        "--workflow-profile", str(REPO / "profiles/slurm"),
         "--configfile", str(REPO / "config/paper.yaml"), str(tmp_path / "nodes.yaml"),
         cwd=tmp_path, timeout=300,
     )  # fmt: skip
