@@ -86,6 +86,7 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     assert "state-spaces/mamba-tiny" in html and "published checkpoint" in html and "trained here" in html
     assert "induction_heads" in html and "mamba-d16" in html and "transformer-d16" in html  # both tables
     assert "no evaluation results" not in html
+    assert "report.collect(" not in html and "results_dir =" not in html  # no code cells, no parameters
     # the paper beside ours (their content: test_the_report_sets_the_papers_tables_beside_ours)
     for text in ("Table 3 beside the paper", "Mamba-130M", "not comparable in budget", "paper: MHA-RoPE",
                  "Training recipe beside the paper", "Mamba, S6"):  # fmt: skip

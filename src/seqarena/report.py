@@ -144,22 +144,26 @@ def kernels(r: Results):
     return fig
 
 
+# Accuracy of a uniform guess per Table 3 task: 1 / number of choices (ARC's questions have 4, a few
+# 3 or 5); LAMBADA's target is one word out of the whole vocabulary, so its chance is about 0.
+CHANCE_ACCURACY = {"lambada_openai": 0.0, "hellaswag": 0.25, "piqa": 0.5, "arc_easy": 0.25,
+                   "arc_challenge": 0.25, "winogrande": 0.5}  # fmt: skip
+
+
 def eval_table(r: Results) -> list[dict]:
-    """One row per (model, task, metric): value and stderr as lm-eval reported them; ``source`` says
-    whether the model was trained here or is a published checkpoint (``eval.pretrained``)."""
-    return [
-        {
-            "model": model,
-            "source": "published checkpoint" if "/" in model else "trained here",
-            "task": task,
-            "metric": metric,
-            "value": entry["value"],
-            "stderr": entry["stderr"],
-        }
-        for model, report in r.evaluation.items()
-        for task, metrics in report["results"].items()
-        for metric, entry in metrics.items()
-    ]
+    """One row per (model, task): each metric's value and lm-eval's stderr, beside the accuracy of
+    a uniform guess (``chance acc``) where the task is one of Table 3's; ``source`` says whether
+    the model was trained here or is a published checkpoint (``eval.pretrained``)."""
+    rows = []
+    for model, report in r.evaluation.items():
+        for task, metrics in report["results"].items():
+            row = {"model": model, "source": "published checkpoint" if "/" in model else "trained here",
+                   "task": task}  # fmt: skip
+            for metric, entry in sorted(metrics.items()):
+                row[metric], row[f"{metric} stderr"] = entry["value"], entry["stderr"]
+            row["chance acc"] = CHANCE_ACCURACY.get(paper_task(task))
+            rows.append(row)
+    return rows
 
 
 def table3(r: Results) -> list[dict]:
@@ -365,20 +369,20 @@ def synthetic(r: Results):
 
 
 def captions(r: Results) -> dict[str, str]:
-    """What produced each figure, for the report and for `snakemake --report`."""
+    """What produced each figure (Markdown: file patterns as code, so their `*` stays a `*`)."""
     devices = sorted({d["summary"].get("device", "?") for d in r.train.values()})
     backends = sorted({str(d["summary"].get("scan_backend")) for d in r.train.values()})
     kernel_devices = sorted({row["device"] for row in r.kernels})
     return {
-        "loss_curves": f"Loss curves from results/train/*/metrics.jsonl (devices: {', '.join(devices)}; "
+        "loss_curves": f"Loss curves from `results/train/*/metrics.jsonl` (devices: {', '.join(devices)}; "
         f"scan backends: {', '.join(backends)}).",
-        "scaling": "Final validation loss from results/train/*/summary.json against parameters and against "
+        "scaling": "Final validation loss from `results/train/*/summary.json` against parameters and against "
         "training FLOPs (FLOPs per token x tokens).",
-        "generation": "Prompt + greedy decoding throughput from results/bench/generation/*.json (Mamba: "
+        "generation": "Prompt + greedy decoding throughput from `results/bench/generation/*.json` (Mamba: "
         "recurrent state; Transformer++: KV cache).",
-        "kernels": f"Median times from results/bench/kernels.csv on {', '.join(kernel_devices) or '?'}: "
+        "kernels": f"Median times from `results/bench/kernels.csv` on {', '.join(kernel_devices) or '?'}: "
         "forward and forward+backward.",
-        "synthetic": "Accuracy at each test length from results/synthetic/*/*/seed*.json: the mean over "
+        "synthetic": "Accuracy at each test length from `results/synthetic/*/*/seed*.json`: the mean over "
         "seeds (lines) and each seed (points); dashed: the training length. Mamba is evaluated through its "
         "recurrent step path, Transformer++ by full attention.",
     }
@@ -419,7 +423,8 @@ def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def render(notebook: Path, results_dir: Path, out_ipynb: Path, out_html: Path) -> None:
-    """Execute the notebook with papermill (kernel python3), then export HTML with images inlined."""
+    """Execute the notebook with papermill (kernel python3), then export HTML with images inlined and
+    without the code: a reader sees the tables, figures and text (the .ipynb keeps the code)."""
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
@@ -433,5 +438,6 @@ def render(notebook: Path, results_dir: Path, out_ipynb: Path, out_html: Path) -
         )  # fmt: skip
 
     atomic_write(Path(out_ipynb), execute)
-    html, _ = HTMLExporter().from_notebook_node(nbformat.read(str(out_ipynb), as_version=4))
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    html, _ = exporter.from_notebook_node(nbformat.read(str(out_ipynb), as_version=4))
     atomic_write(Path(out_html), lambda tmp: Path(tmp).write_text(html))
