@@ -1,6 +1,7 @@
 """Report: papermill renders the notebook from results made by the real stages; partial results too."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,29 @@ def test_figures_are_saved_for_snakemakes_report(full_results, tmp_path):
     os.umask(umask)
     assert (tmp_path / "figures").stat().st_mode & 0o777 == 0o777 & ~umask
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in saved)
+
+
+def test_log_axes_are_labelled_at_the_measured_values_in_plain_numbers(full_results):
+    from seqarena import report
+
+    r = report.collect(full_results)
+
+    def labels(ax, which):
+        ax.figure.canvas.draw()
+        ticks = ax.get_xticklabels() if which == "x" else ax.get_yticklabels()
+        return [t.get_text() for t in ticks if t.get_text()]
+
+    generation = report.generation(r).axes[0]
+    assert labels(generation, "x") == ["1", "2"]  # the batch sizes, not 10^0 and 2x10^0
+    assert not any("times" in t or "^" in t for t in labels(generation, "y"))
+    assert labels(report.kernels(r).axes[0], "x") == sorted({row["seq_len"] for row in r.kernels}, key=int)
+    parameters = labels(report.scaling(r).axes[0], "x")
+    assert parameters and all(re.fullmatch(r"[\d.]+[kMG]?", t) for t in parameters)
+    tasks = {task for task, _ in r.synthetic}
+    panels = report.synthetic(r).axes
+    assert [ax.get_title() for ax in panels] == ["induction_heads", "at the training length"]
+    assert [t.get_text() for t in panels[1].get_xticklabels()] == sorted(tasks - {"induction_heads"})
+    assert labels(panels[0], "x") == ["16", "64"]
 
 
 def test_table3_takes_the_papers_metric_per_task_and_averages_all_six(tmp_path):

@@ -72,6 +72,29 @@ def _arch(model: str) -> str:
     return model.split("-", 1)[0]
 
 
+def _compact(value: float, _position=None) -> str:
+    """140000 -> 140k, 2.4e9 -> 2.4G: short tick labels."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def _log_axis(axis, at=None) -> None:
+    """A log axis labelled with short plain numbers: at ``at`` (the measured values; of values
+    within 10% of each other only the first) if given, else at 1, 2 and 5 times each power of
+    ten; no minor labels (on a narrow range matplotlib's overlap)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    ticks = []
+    for value in sorted(set(at or [])):
+        if not ticks or value > 1.1 * ticks[-1]:
+            ticks.append(value)
+    axis.set_major_locator(FixedLocator(ticks) if ticks else LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(_compact))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def loss_curves(r: Results):
     """Training (line) and validation (dots) loss per model against tokens seen."""
     if not r.train:
@@ -89,20 +112,23 @@ def loss_curves(r: Results):
 
 
 def scaling(r: Results):
-    """Final validation loss against parameters and against training FLOPs, log-log, per architecture."""
+    """Final validation loss against parameters and against training FLOPs (log x), per architecture."""
     if not r.train:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xs: tuple[list, list] = ([], [])
     for arch in sorted({_arch(m) for m in r.train}):
         points = sorted(
             (d["summary"]["parameters"], d["summary"]["flops_per_token"] * d["summary"]["tokens"],
              d["summary"]["final_val_loss"])
             for m, d in r.train.items() if _arch(m) == arch
         )  # fmt: skip
-        axes[0].plot([p[0] for p in points], [p[2] for p in points], "o-", label=arch)
-        axes[1].plot([p[1] for p in points], [p[2] for p in points], "o-", label=arch)
-    for ax, xlabel in zip(axes, ["parameters", "training FLOPs"], strict=True):
-        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="final validation loss")
+        for ax, x, column in zip(axes, xs, (0, 1), strict=True):
+            ax.plot([p[column] for p in points], [p[2] for p in points], "o-", label=arch)
+            x += [p[column] for p in points]
+    for ax, x, xlabel in zip(axes, xs, ["parameters", "training FLOPs"], strict=True):
+        ax.set(xscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)")
+        _log_axis(ax.xaxis, at=x if len(set(x)) <= 6 else None)
         ax.legend()
     fig.suptitle("Scaling: final validation loss")
     fig.tight_layout()
@@ -114,10 +140,14 @@ def generation(r: Results):
     if not r.generation:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
+    batches = []
     for model, data in r.generation.items():
         ok = [x for x in data["results"] if not x["oom"]]
         ax.plot([x["batch"] for x in ok], [x["tokens_per_s"] for x in ok], "o-", label=model)
+        batches += [x["batch"] for x in ok]
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens/s", title="Generation throughput")
+    _log_axis(ax.xaxis, at=batches)
+    _log_axis(ax.yaxis)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -138,6 +168,8 @@ def kernels(r: Results):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
     ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms")
+    _log_axis(ax.xaxis, at=[int(row["seq_len"]) for row in r.kernels])
+    _log_axis(ax.yaxis)
     ax.set_title("Scan and SSD vs attention")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -343,13 +375,19 @@ def recipe_table(r: Results) -> list[dict]:
 
 
 def synthetic(r: Results):
-    """Accuracy against test length per task and model (training length marked), log x axis: the
-    mean over seeds as a line, every seed as a point."""
+    """Accuracy against test length for each task tested at several lengths (log x, the training
+    length dashed): the mean over seeds as a line, every seed as a point. Tasks tested at their
+    training length alone share one bar panel (the mean, each seed a point)."""
     if not r.synthetic:
         return None
-    tasks = sorted({task for task, _ in r.synthetic})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    lengths = {task: set() for task, _ in r.synthetic}
+    for (task, _), runs in r.synthetic.items():
+        lengths[task] |= {k for run in runs for k, v in run["accuracy_by_length"].items() if v is not None}
+    curves = sorted(task for task, found in lengths.items() if len(found) > 1)
+    bars = sorted(task for task in lengths if task not in curves)
+    panels = len(curves) + bool(bars)
+    fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.8), squeeze=False)
+    for ax, task in zip(axes[0], curves, strict=False):
         for (t, model), runs in sorted(r.synthetic.items()):
             if t != task:
                 continue
@@ -363,6 +401,23 @@ def synthetic(r: Results):
             ax.plot([p[0] for p in seeds], [p[1] for p in seeds], "o", color=line.get_color(), alpha=0.6)
             ax.axvline(runs[0]["config"]["length"], color="grey", lw=0.5, ls="--")
         ax.set(xscale="log", ylim=(0, 1.05), xlabel="test length", ylabel="accuracy", title=task)
+        _log_axis(ax.xaxis, at=[int(k) for k in lengths[task]])
+        ax.legend(fontsize=8)
+    if bars:
+        ax = axes[0][-1]
+        models = sorted({model for task, model in r.synthetic if task in bars})
+        width = 0.8 / len(models)
+        for i, model in enumerate(models):
+            for j, task in enumerate(bars):
+                accuracies = [v for run in r.synthetic.get((task, model), [])
+                              for v in run["accuracy_by_length"].values() if v is not None]  # fmt: skip
+                if accuracies:
+                    x = j + (i - (len(models) - 1) / 2) * width
+                    ax.bar(x, sum(accuracies) / len(accuracies), width, color=f"C{i}",
+                           label=model if j == 0 else None)  # fmt: skip
+                    ax.plot([x] * len(accuracies), accuracies, "o", color="black", ms=3)
+        ax.set_xticks(range(len(bars)), bars)
+        ax.set(ylim=(0, 1.05), ylabel="accuracy", title="at the training length")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
