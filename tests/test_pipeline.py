@@ -113,6 +113,7 @@ def test_every_stage_writes_its_contract(pipeline):
     html = (results / "reports/report.html").read_text()
     assert html.count('src="data:image/png;base64,') == 5  # loss, scaling, generation, kernels, synthetic
     assert "local_piqa" in html and "All inputs present." in html
+    assert re.search(r"scan backend cpp</td>\s*<td>passed, max relative error \d\.\de-\d\d on cpu", html)
     assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
         "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
     ]  # fmt: skip

@@ -88,6 +88,14 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     assert "induction_heads" in html and "mamba-d16" in html and "transformer-d16" in html  # both tables
     assert "no evaluation results" not in html
     assert "report.collect(" not in html and "results_dir =" not in html  # no code cells, no parameters
+    mamba, transformer = (
+        collect(full_results).generation[m]["results"] for m in ("mamba-tiny", "transformer-tiny")
+    )
+    ratio = mamba[0]["tokens_per_s"] / transformer[0]["tokens_per_s"]  # batch 1, said in words
+    assert f"{ratio:.2f}x at batch 1" in html and "the tokens/s of transformer-tiny" in html
+    assert ("expected here, not a fault" in html) == (
+        ratio < 1 or mamba[1]["tokens_per_s"] < transformer[1]["tokens_per_s"]
+    )
     # the paper beside ours (their content: test_the_report_sets_the_papers_tables_beside_ours)
     for text in ("Table 3 beside the paper", "Mamba-130M", "not comparable in budget", "paper: MHA-RoPE",
                  "Training recipe beside the paper", "Mamba, S6"):  # fmt: skip

@@ -153,6 +153,35 @@ def generation(r: Results):
     return fig
 
 
+def generation_notes(r: Results) -> str:
+    """Mamba's generation throughput over the Transformer++ of the same size, per batch, in words;
+    and, where Mamba is the slower, why that is expected on a CPU at these sizes (Markdown)."""
+    lines, slower = [], False
+    for model, data in sorted(r.generation.items()):
+        arch, _, size = model.partition("-")
+        other = r.generation.get(f"transformer-{size}")
+        if arch == "transformer" or other is None:
+            continue
+        theirs = {x["batch"]: x["tokens_per_s"] for x in other["results"] if not x["oom"]}
+        ratios = [(x["batch"], x["tokens_per_s"] / theirs[x["batch"]]) for x in data["results"]
+                  if not x["oom"] and x["batch"] in theirs]  # fmt: skip
+        if ratios:
+            slower |= any(ratio < 1 for _, ratio in ratios)
+            each = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios)
+            setup = f"prompt {data['prompt_len']}, {data['new_tokens']} new tokens, {data['device']}"
+            lines.append(f"- **{model}**: {each} the tokens/s of transformer-{size} ({setup}).")
+    if slower:
+        lines.append(
+            "\nMamba slower than a Transformer++ is expected here, not a fault. At a short prompt a tiny "
+            "Transformer's KV cache is small and cheap to read, while every Mamba token runs a "
+            "recurrent step per layer whose cost is mostly per-call overhead on a CPU. Mamba's "
+            "advantage, no cache to read and grow, shows at long prompts and large batches: the "
+            "paper's 4-5x is at prompt 2048 with 128 new tokens on a GPU (`config/paper.yaml`; "
+            "CPU measurements in `benchmarks/README.md`)."
+        )
+    return "\n".join(lines)
+
+
 def kernels(r: Results):
     """Mamba-1's scan and Mamba-2's SSD per backend, and causal attention: time against sequence
     length, log-log."""
@@ -421,6 +450,29 @@ def synthetic(r: Results):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def environment_table(r: Results) -> list[dict]:
+    """What the results ran on (``env/kernels.json``): the software, and one row per scan backend
+    with whether it passed its self-check and its largest relative error against the float64
+    reference (each gradient's error stays in the file)."""
+    if not r.env:
+        return []
+    env = r.env
+    rows = [{"what": key, "value": str(env.get(key))}
+            for key in ("seqarena", "git_commit", "python", "platform", "cpu_threads", "torch", "torch_cuda",
+                        "gpu", "gpu_count")]  # fmt: skip
+    rows += [{"what": name, "value": version or "not installed"} for name, version in env["packages"].items()]
+    for name, backend in env["backends"].items():
+        if not backend["available"]:
+            value = f"unavailable: {backend['reason']}"
+        else:
+            verdict = "passed" if backend["passed"] else "FAILED"
+            error = backend["max_relative_error"]
+            value = f"{verdict}, max relative error {error:.1e} on {backend['device']}"
+        rows.append({"what": f"scan backend {name}", "value": value})
+    rows.append({"what": "tracking", "value": f"{env.get('tracking')}: {env.get('tracking_uri')}"})
+    return rows
 
 
 def captions(r: Results) -> dict[str, str]:

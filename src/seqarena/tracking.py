@@ -98,8 +98,10 @@ def init_store(uri: str) -> str:
 
 
 def git_commit() -> str:
+    """The commit of the checkout seqarena runs from (an editable install), whatever the cwd."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)  # fmt: skip
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
