@@ -32,8 +32,10 @@ $(MAMBA_SSM_REFERENCE)/.installed: $(VENV)/.installed
 		mamba-ssm==2.3.2.post1 triton==3.6.0 einops==0.8.2
 	touch $@
 
+# --logger rich: a live view of the DAG (jobs done of all, per rule, the running ones); each job's
+# own progress is in its log (tail -f results/logs/<stage>/<job>.log).
 pipeline: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile $(CONFIG)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile $(CONFIG) --logger rich
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -9,8 +9,8 @@ import glob
 import os
 import re
 import shlex
-import socket
-import urllib.parse
+import urllib.error
+import urllib.request
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -335,16 +335,17 @@ def check_hub():
             f"HF_HUB_OFFLINE is set: these must be in the Hugging Face cache: {what}"
         )
         return
-    endpoint = urllib.parse.urlsplit(
-        os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    )
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=10).close()
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:  # urllib honours the proxy variables, as the hub's own client does
+        urllib.request.urlopen(
+            urllib.request.Request(endpoint, method="HEAD"), timeout=10
+        )
+    except urllib.error.HTTPError:
+        pass  # it answered
     except OSError as e:
         raise WorkflowError(
             f"this config needs the Hugging Face hub, which does not answer "
-            f"({endpoint.geturl()}: {e}), for {what}. Without a network, run the embedded "
+            f"({endpoint}: {e}), for {what}. Without a network, run the embedded "
             f"default (config/config.yaml: data and tasks shipped in the package), or point "
             f"these keys at local files (data: kind local; eval.include_path: local task YAMLs)."
         ) from None
