@@ -244,6 +244,19 @@ def test_a_config_that_needs_an_unreachable_hub_fails_before_any_job_naming_the_
     assert not (tmp_path / "results").exists()  # no job ran, nothing recorded
 
 
+def test_a_failed_jobs_log_is_printed_on_the_terminal(tmp_path):
+    missing = tmp_path / "no-such-corpus.txt"
+    config = write_pipeline_config(
+        tmp_path, data={"mine": {"source": {"kind": "local", "path": str(missing)},
+                                 "tokenizer": {"kind": "byte"}}}, train={"dataset": "mine"},
+    )  # fmt: skip
+    done = snakemake("--configfile", str(config), "--cores", "1", "data", cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"local data source {str(missing)!r}: no such file" in output  # from the job's log file
+    assert "logs/download/mine.log" in output
+
+
 def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(tmp_path):
     config = write_pipeline_config(tmp_path)
     done = snakemake("--configfile", str(config), "--config", 'train={"steps": 5, "lr": "1e-3"}',
