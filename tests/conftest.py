@@ -90,8 +90,7 @@ def write_pile_shards(folder: Path, texts: list[str], shards: int, set_name: str
 
 def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
     """A tiny pipeline config: the shipped Tiny Shakespeare, three tiny models (Mamba-1, Transformer++
-    and a Mamba-2 hybrid with an attention layer), a local task and a shipped one, a synthetic task,
-    a few steps."""
+    and a Mamba-2 hybrid with an attention layer), a local task and a shipped one, a few steps."""
     docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
             for i in range(12)]  # fmt: skip
     tasks = write_multiple_choice_task(
@@ -115,10 +114,13 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
         },
         "eval": {"tasks": ["local_piqa", "piqa_embedded"], "include_path": str(tasks), "limit": 12,
                  "batch_size": 4, "pretrained": []},
-        # one task through the stage (the synthetic tests run every task and family in-process)
+        # every task of the default (a config file's dict merges into the default's, so each is set)
         "synthetic": {"archs": ["mamba", "transformer"], "tasks": {
+            "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
+                                  "eval_sequences": 8},
             "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],
                                 "eval_sequences": 8},
+            "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
         }},
         **overrides,
     }  # fmt: skip

@@ -69,7 +69,7 @@ def test_every_stage_writes_its_contract(pipeline):
     results = cwd / "results"
     assert job_counts(output) == {
         "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
-        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 2, "report": 1,
+        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 6, "report": 1,
         "export_hf": 2,  # transformers has no class for the hybrid
     }  # fmt: skip
     env = json.loads((results / "env/kernels.json").read_text())
@@ -117,9 +117,10 @@ def test_every_stage_writes_its_contract(pipeline):
     assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
         "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
     ]  # fmt: skip
-    for model in ("mamba-d16", "transformer-d16"):
-        result = json.loads((results / f"synthetic/induction_heads/{model}/seed0.json").read_text())
-        assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
+    for task in ("selective_copying", "induction_heads", "mqar"):
+        for model in ("mamba-d16", "transformer-d16"):
+            result = json.loads((results / f"synthetic/{task}/{model}/seed0.json").read_text())
+            assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
     induction = json.loads((results / "synthetic/induction_heads/mamba-d16/seed0.json").read_text())
     assert sorted(induction["accuracy_by_length"]) == ["16", "64"]
 
