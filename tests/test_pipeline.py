@@ -23,7 +23,7 @@ from seqarena.models import from_pretrained
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
-MODELS = ["mamba-tiny", "transformer-tiny", "hybrid-tiny"]  # write_pipeline_config's
+MODELS = ["mamba-tiny", "transformer-tiny"]  # write_pipeline_config's
 TRACKING = "sqlite:///{results}/mlflow.db?timeout=60&check_same_thread=false"
 
 
@@ -68,9 +68,9 @@ def test_every_stage_writes_its_contract(pipeline):
     cwd, _, output = pipeline
     results = cwd / "results"
     assert job_counts(output) == {
-        "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
-        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 6, "report": 1,
-        "export_hf": 2,  # transformers has no class for the hybrid
+        "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
+        "bench_generation": 2, "bench_training": 2, "evaluate": 2, "synthetic_task": 6, "report": 1,
+        "export_hf": 2,
     }  # fmt: skip
     env = json.loads((results / "env/kernels.json").read_text())
     assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
@@ -96,7 +96,7 @@ def test_every_stage_writes_its_contract(pipeline):
         for stage in ("train", "bench/generation", "bench/training", "eval"):
             assert (results / f"logs/{stage}/{model}.log").stat().st_size > 0
             assert (results / f"benchmarks/{stage}/{model}.tsv").read_text().startswith("s\t")
-    for model in ("mamba-tiny", "transformer-tiny"):  # exported; the hybrid has no transformers class
+    for model in MODELS:  # exported as transformers folders
         exported = transformers.AutoModelForCausalLM.from_pretrained(results / f"hf/{model}").eval()
         trained = from_pretrained(results / f"train/{model}").eval()
         ids = torch.randint(0, 512, (1, 24))
@@ -104,7 +104,6 @@ def test_every_stage_writes_its_contract(pipeline):
             expected = trained(ids)[..., :512]
             assert (exported(ids).logits - expected).abs().max() <= 1e-5 * expected.abs().max()
         assert (results / f"logs/export/{model}.log").stat().st_size > 0
-    assert not (results / "hf/hybrid-tiny").exists()
     with open(results / "bench/kernels.csv") as f:
         rows = list(csv.DictReader(f))
     for op in ("scan", "ssd", "attention"):
@@ -200,7 +199,7 @@ def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(
     config.write_text(yaml.safe_dump(changed))
     rerun = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 3, "report": 1, "all": 1}
+    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 2, "report": 1, "all": 1}
     evaluation = json.loads((cwd / "results/eval/mamba-tiny.json").read_text())
     assert evaluation["n_samples"]["local_piqa"]["effective"] == 6
     assert (cwd / "results/reports/report.html").stat().st_mtime_ns > report_before
@@ -256,6 +255,19 @@ def test_a_failed_jobs_log_is_printed_on_the_terminal(tmp_path):
     assert done.returncode != 0
     assert f"local data source {str(missing)!r}: no such file" in output  # from the job's log file
     assert "logs/download/mine.log" in output
+
+
+def test_only_the_families_transformers_has_a_class_for_are_exported(tmp_path):
+    config = write_pipeline_config(
+        tmp_path, models=["mamba-tiny", "hybrid-tiny", "mamba_lti-tiny", "mamba2-tiny"]
+    )
+    done = snakemake("export_all", "--configfile", str(config), "-n", cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert job_counts(output)["export_hf"] == 2  # Mamba and Mamba-2; no class for hybrids or mamba_lti
+    exports = [line for line in output.splitlines() if "seqarena export --format hf" in line]
+    assert len(exports) == 2 and any("train/mamba2-tiny" in line for line in exports)
+    assert not any("hybrid" in line or "mamba_lti" in line for line in exports)
 
 
 def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(tmp_path):
