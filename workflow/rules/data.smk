@@ -14,6 +14,8 @@ rule download:
     conda:
         ENV
     threads: 1
+    # the data and the trainings first: the main comparison is on the longest path of the DAG
+    priority: 2
     resources:
         mem_mb=job_resources("download", "mem_mb"),
         runtime=job_resources("download", "runtime"),
@@ -38,6 +40,7 @@ rule tokenize:
     conda:
         ENV
     threads: 2
+    priority: 2
     resources:
         mem_mb=job_resources("tokenize", "mem_mb"),
         runtime=job_resources("tokenize", "runtime"),

@@ -14,6 +14,7 @@ rule train:
     conda:
         ENV
     threads: 2
+    priority: 1
     resources:
         gpu=train_gpus,
         nodes=multinode("nodes"),
