@@ -224,7 +224,9 @@ def eval_table(r: Results) -> list[dict]:
                 row[metric], row[f"{metric} stderr"] = entry["value"], entry["stderr"]
             row["chance acc"] = CHANCE_ACCURACY.get(paper_task(task))
             rows.append(row)
-    return rows
+    metrics = sorted({key for row in rows for key in row} - {"model", "source", "task", "chance acc"})
+    columns = ["model", "source", "task", *metrics, "chance acc"]  # one column order for every row
+    return [{column: row.get(column) for column in columns} for row in rows]
 
 
 def table3(r: Results) -> list[dict]:
