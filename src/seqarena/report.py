@@ -73,7 +73,10 @@ def _arch(model: str) -> str:
 
 
 def _compact(value: float, _position=None) -> str:
-    """140000 -> 140k, 2.4e9 -> 2.4G: short tick labels."""
+    """4096 -> 4096, 140000 -> 140k, 2.4e9 -> 2.4G: short tick labels (whole numbers below 100k
+    as they are: lengths and batch sizes are powers of two)."""
+    if value == int(value) and abs(value) < 1e5:
+        return f"{int(value)}"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"
