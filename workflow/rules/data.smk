@@ -11,11 +11,11 @@ rule download:
         f"{RESULTS}/logs/download/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/download/{{dataset}}.tsv"
+    # the data and the trainings first: the main comparison is on the longest path of the DAG
+    priority: 2
     conda:
         ENV
     threads: 1
-    # the data and the trainings first: the main comparison is on the longest path of the DAG
-    priority: 2
     resources:
         mem_mb=job_resources("download", "mem_mb"),
         runtime=job_resources("download", "runtime"),
@@ -37,10 +37,10 @@ rule tokenize:
         f"{RESULTS}/logs/tokenize/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenize/{{dataset}}.tsv"
+    priority: 2
     conda:
         ENV
     threads: 2
-    priority: 2
     resources:
         mem_mb=job_resources("tokenize", "mem_mb"),
         runtime=job_resources("tokenize", "runtime"),

@@ -11,10 +11,10 @@ rule train:
         f"{RESULTS}/logs/train/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+    priority: 1
     conda:
         ENV
     threads: 2
-    priority: 1
     resources:
         gpu=train_gpus,
         nodes=multinode("nodes"),
