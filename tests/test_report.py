@@ -88,6 +88,7 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     assert "induction_heads" in html and "mamba-d16" in html and "transformer-d16" in html  # both tables
     assert "no evaluation results" not in html
     assert "report.collect(" not in html and "results_dir =" not in html  # no code cells, no parameters
+    assert "<code>results/train/*/metrics.jsonl</code>" in html  # a caption's * stays a *, not italics
     mamba, transformer = (
         collect(full_results).generation[m]["results"] for m in ("mamba-tiny", "transformer-tiny")
     )
@@ -238,3 +239,21 @@ def test_the_report_sets_the_papers_tables_beside_ours(full_results):
     summary = json.loads((full_results / "train/mamba-tiny/summary.json").read_text())
     assert recipes["mamba-tiny"]["peak lr"] == summary["recipe"]["peak_lr"] > 0
     assert recipes["mamba-tiny"]["paper size"] == "125M"  # Table 12's smallest, the nearest
+
+
+def test_the_eval_table_has_a_row_per_model_and_task_with_every_metric_and_chance(full_results):
+    from seqarena.report import eval_table
+
+    r = collect(full_results)
+    rows = eval_table(r)
+    assert [(row["model"], row["task"]) for row in rows] == [
+        (model, task) for model, report in r.evaluation.items() for task in report["results"]
+    ]
+    assert all(list(row)[:3] == ["model", "source", "task"] and list(row)[-1] == "chance acc" for row in rows)
+    assert len({tuple(row) for row in rows}) == 1  # one column order for every row
+    for row in rows:
+        metrics = r.evaluation[row["model"]]["results"][row["task"]]
+        assert {k: row[k] for k in metrics} == {k: m["value"] for k, m in metrics.items()}
+        assert row["chance acc"] == (
+            0.5 if row["task"] == "piqa_local" else None
+        )  # toy_even is no Table 3 task

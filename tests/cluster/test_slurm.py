@@ -76,7 +76,9 @@ def test_paper_path_rehearsal_through_the_slurm_profile_survives_a_cancelled_tra
         pytest.fail(f"shared test data not found at {SHARED_DATA}")
     write_rehearsal_inputs(tmp_path)
     command = [
-        str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REHEARSAL),
+        # the report and all it needs: the paper path (the export to transformers is no cluster matter)
+        str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "report",
+        "--configfile", str(REHEARSAL),
         "--workflow-profile", str(REPO / "profiles/slurm"),
         # the test cluster: one node of two CPUs, no accounting database (so squeue, not sacct)
         "--set-resources", "kernels:cpus_per_task=2", "train:cpus_per_task=1", "train:nodes=1",
