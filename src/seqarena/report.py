@@ -447,7 +447,7 @@ def synthetic(r: Results):
                               for v in run["accuracy_by_length"].values() if v is not None]  # fmt: skip
                 if accuracies:
                     x = j + (i - (len(models) - 1) / 2) * width
-                    ax.bar(x, sum(accuracies) / len(accuracies), width, color=f"C{i}",
+                    ax.bar(x, mean_std(accuracies)[0], width, color=f"C{i}",
                            label=model if j == 0 else None)  # fmt: skip
                     ax.plot([x] * len(accuracies), accuracies, "o", color="black", ms=3)
         ax.set_xticks(range(len(bars)), bars)

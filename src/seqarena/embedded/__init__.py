@@ -5,8 +5,9 @@ gives each file's source and licence). ``tasks/`` holds the lm-eval tasks over t
 slices. ``seqarena eval`` always includes them.
 """
 
-import hashlib
 from pathlib import Path
+
+from seqarena.data import sha256_file
 
 FOLDER = Path(__file__).parent
 TASKS = FOLDER / "tasks"
@@ -24,7 +25,7 @@ def path(name: str) -> Path:
     if name not in expected:
         raise ValueError(f"no embedded data file {name!r}; the package ships {sorted(expected)}")
     file = FOLDER / name
-    digest = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else "missing"
+    digest = sha256_file(file) if file.is_file() else "missing"
     if digest != expected[name]:
         raise ValueError(
             f"embedded data file {file} does not match its checksum in {FOLDER / 'SHA256SUMS'} "
