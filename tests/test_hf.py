@@ -72,6 +72,7 @@ def test_export_replaces_the_old_folder_whole_and_the_cli_says_how_to_load_it(tm
     [
         ("hybrid-tiny", {}, r"a Mamba-2 hybrid .* attention layers at \[2\]"),
         ("mamba_lti-tiny", {}, r"non-selective Mamba .* not computed from the input"),
+        ("transformer_abs-tiny", {}, r"absolute sinusoidal positions .*position='sinusoidal'"),
         ("mamba-tiny", {"d_intermediate": 64}, "d_intermediate=64"),
         ("mamba-tiny", {"rms_norm": False}, "rms_norm=False"),
         ("mamba2-tiny", {"ssm_cfg": {"layer": "Mamba2", "headdim": 32, "D_has_hdim": True}}, "D_has_hdim"),
@@ -85,6 +86,25 @@ def test_what_transformers_cannot_build_is_refused_naming_it(model_id, overrides
     assert not (tmp_path / "hf").exists()
     with pytest.raises(SystemExit, match=named):  # the command says it without a traceback
         main(["export", str(tmp_path / "model"), str(tmp_path / "hf")])
+
+
+def test_the_drivers_exportable_families_are_exactly_those_the_export_accepts():
+    """The driver cannot import seqarena, so common.smk restates the families; they must agree."""
+    import re
+
+    from seqarena.hf import hf_config
+    from seqarena.models import SIZES
+
+    common = (Path(__file__).resolve().parents[1] / "workflow/rules/common.smk").read_text()
+    listed = set(re.findall(r'"(\w+)"', re.search(r"HF_EXPORTABLE = \(([^)]*)\)", common).group(1)))
+    accepted = set()
+    for arch in SIZES:
+        try:
+            hf_config(build_model(f"{arch}-tiny", vocab_size=VOCAB), eos_id=0)
+            accepted.add(arch)
+        except NotExportable:
+            pass
+    assert listed == accepted == {"mamba", "mamba2", "transformer"}
 
 
 def test_a_checkpoint_without_its_tokenizer_is_refused_naming_the_file(tmp_path):

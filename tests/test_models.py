@@ -27,7 +27,7 @@ def tiny(arch, dtype=torch.float64, **overrides):
     return build_model(f"{arch}-tiny", vocab_size=VOCAB, **overrides).to(dtype).eval()
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer", "transformer_abs"])
 def test_cached_decoding_equals_full_forward(arch):
     model = tiny(arch)
     ids = torch.randint(0, VOCAB, (3, 17))
@@ -52,7 +52,7 @@ def test_one_token_input(arch, dtype):
     assert model.generate(ids[:, :1], max_new_tokens=3).shape == (3, 4)
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer", "transformer_abs"])
 def test_chunked_prefill_equals_full_forward(arch):
     model = tiny(arch)
     ids = torch.randint(0, VOCAB, (2, 12))
@@ -167,7 +167,7 @@ def test_state_spaces_layout_loads_with_identical_outputs(tmp_path):
         assert torch.equal(loaded(ids), source(ids))
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer", "transformer_abs"])
 def test_save_load_round_trip(arch, tmp_path):
     model = tiny(arch, dtype=torch.float32)
     model.save_pretrained(tmp_path / "ckpt")
@@ -291,6 +291,29 @@ def test_rotary_angles_stay_float32_in_a_bf16_model():
     assert torch.allclose(cos.double(), angles.cos(), atol=1e-4) and torch.allclose(
         sin.double(), angles.sin(), atol=1e-4
     )
+
+
+def test_absolute_positions_are_vaswanis_sinusoids_added_to_the_embeddings():
+    """Table 11's MHA-Abs, against "Attention is all you need" (3.5) written out in float64:
+    PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)). With every block's
+    residual output zeroed, the logits are those of the embeddings plus PE alone."""
+    model = tiny("transformer_abs")
+    d = model.config.d_model
+    pos = torch.arange(40, dtype=torch.float64)[:, None]
+    angle = pos / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    expected = torch.empty(40, d, dtype=torch.float64)
+    expected[:, 0::2], expected[:, 1::2] = angle.sin(), angle.cos()
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn.out_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        ids = torch.randint(0, VOCAB, (2, 40))
+        got = model(ids)
+        want = model.lm_head(model.norm_f(model.embedding(ids) + expected))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert model.config.position == "sinusoidal" and tiny("transformer").config.position == "rope"
+    with pytest.raises(ValueError, match="position='alibi': unknown; known: rope, sinusoidal"):
+        model_config("transformer-tiny", position="alibi")
 
 
 def test_the_lti_mixer_is_a_convolution_with_a_kernel_that_does_not_depend_on_the_input():

@@ -286,6 +286,21 @@ def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(t
     assert bad.returncode != 0 and "'five' is not of type 'integer'" in bad.stdout + bad.stderr
 
 
+def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path):
+    config = write_pipeline_config(tmp_path)
+    done = snakemake("--configfile", str(config), "--config", 'train={"seeds": [0, 1, 2]}', "-n", "-p",
+                     "train_all", cwd=tmp_path)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    models = len(yaml.safe_load(config.read_text())["models"])
+    assert counts["train"] == models and counts["train_seed"] == 2 * models  # seed 0 is each model's own
+    for seed in (1, 2):
+        assert f"--out {tmp_path}/results/train/mamba-tiny/seed{seed} " in output
+        assert f"--seed {seed} --run-name mamba-tiny/seed{seed} " in output
+    assert "--seeds" not in output  # a driver key, not a trainer flag
+
+
 def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tmp_path):
     config = write_pipeline_config(
         tmp_path, models=["mamba-tiny"],
@@ -338,7 +353,7 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     assert job_counts(output) == {
         "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1, "bench_generation": 10,
         "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "export_hf": 10,
-        "synthetic_task": 15, "report": 1, "all": 1,  # three synthetic archs: mamba_lti beside the two
+        "synthetic_task": 20, "report": 1, "all": 1,  # four archs: mamba_lti and transformer_abs too
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "seqarena launch --nodes 1 --nproc-per-node 8 -- train --model mamba-2.8b" in output
@@ -426,7 +441,7 @@ PAPER_ON_SLURM = [
 ]
 
 
-@pytest.mark.parametrize("args,jobs", [([], 32), (PAPER_ON_SLURM, 81)], ids=["default", "paper-slurm"])
+@pytest.mark.parametrize("args,jobs", [([], 32), (PAPER_ON_SLURM, 86)], ids=["default", "paper-slurm"])
 def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(driver_venv, tmp_path, args, jobs):
     plan = [str(driver_venv / "bin/snakemake"), "--snakefile", str(REPO / "Snakefile"), "-n", *args]
     done = subprocess.run(plan, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -24,11 +24,14 @@ def make_training(results: Path, tmp: Path) -> None:
     )
     raw = download(Source(kind="local", path=str(corpus)), tmp / "raw")
     tokenize(raw, results / "data" / "toy", "byte")
-    for model in ("mamba-tiny", "mamba-mini", "transformer-tiny", "transformer-mini"):
+    models = ("mamba-tiny", "mamba-mini", "transformer-tiny", "transformer-mini")
+    runs = [(model, 0, model) for model in models]
+    runs += [("mamba-tiny", seed, f"mamba-tiny/seed{seed}") for seed in (1, 2)]  # as train.seeds repeats
+    for model, seed, out in runs:
         cfg = TrainConfig(
-            model=model, data=str(results / "data" / "toy"), out=str(results / "train" / model), steps=4,
+            model=model, data=str(results / "data" / "toy"), out=str(results / "train" / out), steps=4,
             batch_tokens=256, micro_batch=4, seq_len=64, eval_interval=2, eval_windows=4, ckpt_interval=100,
-            tracking_uri="none",
+            tracking_uri="none", seed=seed,
         )  # fmt: skip
         train(cfg)
 
@@ -60,7 +63,7 @@ def full_results(tmp_path_factory):
         evaluate(
             results / "train" / "transformer-tiny", ["piqa_local"], results / out, include_path=str(tasks)
         )
-    for arch in ("mamba", "transformer"):
+    for arch in ("mamba", "transformer", "transformer_abs"):
         cfg = SyntheticConfig(task="induction_heads", arch=arch, length=16, d_model=16, steps=4, batch=4,
                               test_lengths=[16, 64], eval_sequences=8)  # fmt: skip
         train_synthetic(
@@ -99,7 +102,8 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     )
     # the paper beside ours (their content: test_the_report_sets_the_papers_tables_beside_ours)
     for text in ("Table 3 beside the paper", "Mamba-130M", "not comparable in budget", "paper: MHA-RoPE",
-                 "Training recipe beside the paper", "Mamba, S6"):  # fmt: skip
+                 "Training recipe beside the paper", "Mamba, S6", "paper: MHA-Abs",
+                 "Over training seeds"):  # fmt: skip
         assert text in html, text
     umask = os.umask(0)
     os.umask(umask)  # written atomically, yet readable like any new file
@@ -229,6 +233,8 @@ def test_the_report_sets_the_papers_tables_beside_ours(full_results):
         "paper: Mamba",
         "transformer-d16",
         "paper: MHA-RoPE",
+        "transformer_abs-d16",
+        "paper: MHA-Abs",
     ]
     paper11 = {row["model"]: row for row in paper_table("table11")}
     assert induction[1]["64"] == paper11["Mamba"]["64"] and induction[1]["16"] is None  # 16: not in the paper
@@ -239,6 +245,24 @@ def test_the_report_sets_the_papers_tables_beside_ours(full_results):
     summary = json.loads((full_results / "train/mamba-tiny/summary.json").read_text())
     assert recipes["mamba-tiny"]["peak lr"] == summary["recipe"]["peak_lr"] > 0
     assert recipes["mamba-tiny"]["paper size"] == "125M"  # Table 12's smallest, the nearest
+
+
+def test_the_seed_table_spreads_each_models_loss_over_its_training_seeds(full_results):
+    import json
+    import statistics
+
+    from seqarena.report import seed_table
+
+    r = collect(full_results)
+    assert sorted(r.train) == ["mamba-mini", "mamba-tiny", "transformer-mini", "transformer-tiny"]  # no seed
+    (row,) = seed_table(r)
+    files = ["train/mamba-tiny/summary.json"] + [f"train/mamba-tiny/seed{s}/summary.json" for s in (1, 2)]
+    losses = [json.loads((full_results / f).read_text())["final_val_loss"] for f in files]
+    assert len(set(losses)) == 3  # the seed changes the initialisation and the batches
+    assert row["model"] == "mamba-tiny" and row["seeds"] == "0, 1, 2"
+    assert row["val loss mean"] == pytest.approx(statistics.mean(losses))
+    assert row["val loss std"] == pytest.approx(statistics.stdev(losses))
+    assert (row["min"], row["max"]) == (min(losses), max(losses))
 
 
 def test_the_eval_table_has_a_row_per_model_and_task_with_every_metric_and_chance(full_results):

@@ -111,6 +111,13 @@ def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(a
     assert torch.allclose(scored_logits(model, seq, labels), full, atol=1e-4)
 
 
+def test_table_11s_mha_abs_is_transformer_abs_with_sinusoidal_positions():
+    cfg = SyntheticConfig(task="induction_heads", arch="transformer_abs", d_model=32, d_state=8)
+    model = build(cfg)
+    assert model.config.position == "sinusoidal" and model.config.n_layer == 2
+    assert cfg.model_name == "transformer_abs-d32"  # no SSM state to name
+
+
 def test_recurrent_evaluation_runs_far_beyond_the_training_length_in_constant_memory():
     cfg = SyntheticConfig(task="induction_heads", arch="mamba", d_model=32)
     model = build(cfg).eval()

@@ -391,6 +391,26 @@ def test_a_changed_config_starts_fresh_instead_of_resuming_a_stale_checkpoint(sh
     assert len(runs) == 3
 
 
+def test_a_repeat_at_another_seed_is_a_run_of_its_own(shakespeare, tmp_path):
+    """train.seeds: the same model id trained at seed 1 beside its own run, as the pipeline names it."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    own = train(config(shakespeare, tmp_path / "mamba-tiny", steps=2, tracking_uri=uri))
+    repeat = train(config(shakespeare, tmp_path / "mamba-tiny/seed1", steps=2, tracking_uri=uri, seed=1,
+                          run_name="mamba-tiny/seed1"))  # fmt: skip
+    assert (own["seed"], repeat["seed"]) == (0, 1) and own["final_val_loss"] != repeat["final_val_loss"]
+    client = MlflowClient(uri)
+    runs = {
+        run.info.run_name: run
+        for run in client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    }
+    assert sorted(runs) == ["mamba-tiny", "mamba-tiny/seed1"]
+    assert runs["mamba-tiny/seed1"].info.run_id == repeat["mlflow_run_id"] != own["mlflow_run_id"]
+    assert runs["mamba-tiny/seed1"].data.tags["seqarena.seed"] == "1"
+    assert runs["mamba-tiny/seed1"].data.params["train.seed"] == "1"
+
+
 def test_keep_checkpoints_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints must be positive, not 0"):
         config(tmp_path, tmp_path, keep_checkpoints=0)

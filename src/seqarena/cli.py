@@ -15,14 +15,14 @@ def cmd_sizes(args: argparse.Namespace) -> None:
 
     from seqarena.models import SIZES, build_model
 
-    print(f"{'model id':<18} {'d_model':>7} {'n_layer':>7} {'params':>14} {'nominal':>14}")
+    print(f"{'model id':<22} {'d_model':>7} {'n_layer':>7} {'params':>14} {'nominal':>14}")
     for arch, sizes in SIZES.items():
         for size, spec in sizes.items():
             with torch.device("meta"):  # counts without allocating memory
                 model = build_model(f"{arch}-{size}", vocab_size=args.vocab_size)
             nominal = f"{spec.nominal_params:,}" if spec.nominal_params else "-"
             print(
-                f"{arch + '-' + size:<18} {spec.dims['d_model']:>7} {spec.dims['n_layer']:>7} "
+                f"{arch + '-' + size:<22} {spec.dims['d_model']:>7} {spec.dims['n_layer']:>7} "
                 f"{model.num_parameters():>14,} {nominal:>14}"
             )
 

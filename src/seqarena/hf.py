@@ -47,6 +47,12 @@ def hf_config(model: LanguageModel, eos_id: int) -> dict:
     vocab = config.vocab_size
     special = dict(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, dtype="float32")
     if isinstance(config, TransformerConfig):
+        if config.position != "rope":
+            _refuse(
+                "a Transformer with absolute sinusoidal positions (transformer_abs)",
+                f"position={config.position!r}",
+                "LlamaForCausalLM has rotary positions only (it would need a GPT-2-like class)",
+            )
         return dict(
             model_type="llama",
             vocab_size=vocab,

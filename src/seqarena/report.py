@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 class Results:
     root: Path
     train: dict = field(default_factory=dict)  # model -> {"summary": ..., "metrics": [...]}
+    train_seeds: dict = field(default_factory=dict)  # model -> summaries of its repeats at other seeds
     evaluation: dict = field(default_factory=dict)  # model (or published checkpoint id) -> eval json
     generation: dict = field(default_factory=dict)  # model -> generation bench json
     kernels: list = field(default_factory=list)  # rows of kernels.csv
@@ -39,6 +40,8 @@ def collect(results_dir: str | Path) -> Results:
         metrics = summary.parent / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
         r.train[summary.parent.name] = {"summary": json.loads(summary.read_text()), "metrics": rows}
+    for summary in sorted(root.glob("train/*/seed*/summary.json")):
+        r.train_seeds.setdefault(summary.parent.parent.name, []).append(json.loads(summary.read_text()))
     for path in sorted(root.glob("eval/*.json")):
         r.evaluation[path.stem] = json.loads(path.read_text())
     for path in sorted(root.glob("eval/pretrained/*.json")):  # published checkpoints, named by hub id
@@ -163,7 +166,7 @@ def generation_notes(r: Results) -> str:
     for model, data in sorted(r.generation.items()):
         arch, _, size = model.partition("-")
         other = r.generation.get(f"transformer-{size}")
-        if arch == "transformer" or other is None:
+        if arch.startswith("transformer") or other is None:
             continue
         theirs = {x["batch"]: x["tokens_per_s"] for x in other["results"] if not x["oom"]}
         ratios = [(x["batch"], x["tokens_per_s"] / theirs[x["batch"]]) for x in data["results"]
@@ -268,7 +271,7 @@ def _paper_row_for(r: Results, model: str, paper: list[dict]) -> tuple[dict | No
         return row, "the same checkpoint"
     if model not in r.train:
         return None, ""
-    family = "Pythia-" if _arch(model) == "transformer" else "Mamba-"
+    family = "Pythia-" if _arch(model).startswith("transformer") else "Mamba-"
     row = _nearest(
         [row for row in paper if row["model"].startswith(family)], r.train[model]["summary"]["parameters"]
     )
@@ -314,6 +317,22 @@ def mean_std(values: list) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
 
 
+def seed_table(r: Results) -> list[dict]:
+    """Each model's final validation loss over its training seeds (train.seeds: its own run and the
+    repeats), so one lucky seed is not read as a difference between architectures."""
+    rows = []
+    for model, repeats in sorted(r.train_seeds.items()):
+        runs = ([r.train[model]["summary"]] if model in r.train else []) + repeats
+        runs.sort(key=lambda run: run.get("seed", 0))
+        losses = [run["final_val_loss"] for run in runs]
+        mean, std = mean_std(losses)
+        rows.append({
+            "model": model, "seeds": ", ".join(str(run.get("seed", 0)) for run in runs),
+            "val loss mean": mean, "val loss std": std, "min": min(losses), "max": max(losses),
+        })  # fmt: skip
+    return rows
+
+
 def _by_length(runs: list[dict]) -> dict[str, float | None]:
     """Mean accuracy over seeds at each test length."""
     return {
@@ -346,7 +365,7 @@ def extrapolation_table(r: Results) -> list[dict]:
 
 # Which row of the paper's Table 1 (architecture, inner layer) and Table 11 each synthetic arch stands for.
 TABLE1_ROWS = {"mamba": ("Mamba", "S6"), "mamba_lti": ("Mamba", "S4")}
-TABLE11_ROWS = {"mamba": "Mamba", "transformer": "MHA-RoPE"}  # Transformer++ has rotary positions
+TABLE11_ROWS = {"mamba": "Mamba", "transformer": "MHA-RoPE", "transformer_abs": "MHA-Abs"}
 
 
 def table1_vs_paper(r: Results) -> list[dict]:

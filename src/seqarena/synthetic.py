@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from seqarena.models import SIZES, Mamba, build_model, model_config
 from seqarena.models.base import atomic_write
+from seqarena.models.sizes import ARCHITECTURES
 from seqarena.train import lr_at, no_decay_names, param_groups
 
 IGNORE = -100
@@ -125,8 +126,13 @@ class SyntheticConfig:
 
     @property
     def model_name(self) -> str:
-        with_state = self.d_state and self.arch != "transformer"
+        with_state = self.d_state and self.has_state
         return f"{self.arch}-d{self.d_model}" + (f"-n{self.d_state}" if with_state else "")
+
+    @property
+    def has_state(self) -> bool:
+        """The Mamba families have an SSM state (``d_state``); the Transformers have none."""
+        return ARCHITECTURES[self.arch][0] is Mamba
 
     def batch_at(self, length: int, size: int, gen: torch.Generator):
         if self.task == "selective_copying":
@@ -140,7 +146,7 @@ def build(cfg: SyntheticConfig) -> torch.nn.Module:
     """A 2-layer, width-D model of the architecture (the paper's synthetic-task setting)."""
     torch.manual_seed(cfg.seed)
     overrides = dict(d_model=cfg.d_model, n_layer=cfg.n_layer)
-    if cfg.d_state and cfg.arch != "transformer":
+    if cfg.d_state and cfg.has_state:
         overrides["ssm_cfg"] = {**model_config(f"{cfg.arch}-tiny").ssm_cfg, "d_state": cfg.d_state}
     return build_model(f"{cfg.arch}-tiny", vocab_size=cfg.vocab, **overrides)
 

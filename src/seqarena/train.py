@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from seqarena.checkpoints import CheckpointStore
 from seqarena.data import load_tokens
-from seqarena.models import SIZES, build_model, parse_model_id
+from seqarena.models import SIZES, Mamba, build_model, parse_model_id
 from seqarena.models.base import atomic_write
 
 # bf16 dense peak of the GPUs we know, for MFU; elsewhere pass --peak-tflops.
@@ -116,6 +116,7 @@ class TrainConfig:
     scan_backend: str = ""  # force a selective-scan backend (cuda, cpp, torch); "" chooses
     tracking_uri: str = ""  # "": sqlite:///<out>/../../mlflow.db; "none" disables MLflow
     experiment: str = "seqarena"
+    run_name: str = ""  # the MLflow run's key; "": the model id (a repeat at another seed: <model>/seed<n>)
     dataset: str = ""  # a name for tags; "" uses the data folder's name
     peak_tflops: float = 0.0  # for MFU where the device is not in PEAK_TFLOPS
 
@@ -281,8 +282,9 @@ def _load_state_dicts(model, optimizer, model_state, optim_state, sharded: bool)
 
 # Config keys that leave the trained weights unchanged: a checkpoint resumes across changes to these.
 RESUMABLE_CHANGES = frozenset({
-    "out", "tracking_uri", "experiment", "dataset", "eval_interval", "eval_windows", "ckpt_interval",
-    "keep_checkpoints", "compile", "parallel", "scan_backend", "peak_tflops", "force_restart", "verify_data",
+    "out", "tracking_uri", "experiment", "run_name", "dataset", "eval_interval", "eval_windows",
+    "ckpt_interval", "keep_checkpoints", "compile", "parallel", "scan_backend", "peak_tflops",
+    "force_restart", "verify_data",
 })  # fmt: skip
 
 
@@ -413,7 +415,7 @@ def _train(cfg: TrainConfig, dist_: Distributed, stop: StopSignals) -> dict:
     from seqarena.ops import resolve_backend
 
     probe = torch.zeros(1, 1, 1, device=dist_.device)
-    scan_backend = resolve_backend(probe) if arch != "transformer" else None
+    scan_backend = resolve_backend(probe) if isinstance(model, Mamba) else None
     flops_per_token = model.training_flops_per_token(cfg.seq_len)
 
     tracking = None
@@ -547,12 +549,14 @@ def _open_tracking(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_
         "seqarena.dataset": cfg.dataset or data_dir.name,
         "seqarena.scan_backend": scan_backend or "n/a",
         "seqarena.tracking": "server" if uri.startswith("http") else "sqlite",
+        "seqarena.seed": cfg.seed,
     }
     params = {
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri", "force_restart")},
         "resolved": {"steps": steps, "grad_accum": accum, "lr": peak_lr, "parameters": n_params},
     }
-    run = ModelRun(uri, cfg.experiment, cfg.model, tags=tags, params=params, new=restart, reopen=True)
+    run_name = cfg.run_name or cfg.model
+    run = ModelRun(uri, cfg.experiment, run_name, tags=tags, params=params, new=restart, reopen=True)
     return MetricsJournal(run, out / "mlflow-journal.jsonl")
 
 
@@ -570,6 +574,7 @@ def _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, ste
     achieved = flops_per_token * tokens_per_s / 1e12
     summary = {
         "model": cfg.model,
+        "seed": cfg.seed,
         "parameters": n_params,
         "steps": steps,
         "tokens": tokens_seen,

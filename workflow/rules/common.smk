@@ -21,7 +21,7 @@ RESULTS = config["results"]
 wildcard_constraints:
     model=r"[^/]+",
     task=r"[a-z_]+",
-    arch=r"mamba|mamba_lti|mamba2|hybrid|transformer",
+    arch=r"mamba|mamba_lti|mamba2|hybrid|transformer|transformer_abs",
     width=r"[0-9]+",
     seed=r"[0-9]+",
     ref=r"[^/]+",
@@ -177,7 +177,13 @@ def train_data():
 
 
 def train_args(wildcards):
-    options = {k: v for k, v in config["train"].items() if k != "dataset"}
+    options = {
+        k: v for k, v in config["train"].items() if k not in ("dataset", "seeds")
+    }
+    # train_seed: a repeat at another seed, with an MLflow run of its own
+    if "seed" in wildcards.keys():
+        seed = wildcards.seed
+        options |= {"seed": int(seed), "run_name": f"{wildcards.model}/seed{seed}"}
     return cli_flags(
         {
             **options,
@@ -190,6 +196,16 @@ def train_args(wildcards):
 
 def train_summaries():
     return expand(f"{RESULTS}/train/{{model}}/summary.json", model=config["models"])
+
+
+def train_seed_summaries():
+    """The repeats of each model's training at train.seeds (but its own seed, train.seed)."""
+    own = config["train"].get("seed", 0)
+    return expand(
+        f"{RESULTS}/train/{{model}}/seed{{seed}}/summary.json",
+        model=config["models"],
+        seed=[s for s in config["train"]["seeds"] if s != own],
+    )
 
 
 def bench_args(kind):
@@ -240,7 +256,8 @@ def eval_results():
     ]
 
 
-# The families that transformers has a class for (seqarena.hf); it has none for the hybrids.
+# The families that transformers has a class for (seqarena.hf); it has none for the hybrids,
+# mamba_lti or absolute sinusoidal positions (transformer_abs).
 HF_EXPORTABLE = ("mamba", "mamba2", "transformer")
 
 

@@ -1,6 +1,7 @@
 rule report:
     input:
         train_summaries(),
+        train_seed_summaries(),
         bench_results(),
         eval_results(),
         synthetic_results(),

@@ -35,6 +35,19 @@ rule train:
         " > {log:q} 2>&1"
 
 
+use rule train as train_seed with:
+    output:
+        summary=f"{RESULTS}/train/{{model}}/seed{{seed}}/summary.json",
+        weights=f"{RESULTS}/train/{{model}}/seed{{seed}}/model.safetensors",
+        config=f"{RESULTS}/train/{{model}}/seed{{seed}}/config.json",
+        metrics=f"{RESULTS}/train/{{model}}/seed{{seed}}/metrics.jsonl",
+    log:
+        f"{RESULTS}/logs/train/{{model}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/seed{{seed}}.tsv"
+
+
 rule train_all:
     input:
         train_summaries(),
+        train_seed_summaries(),

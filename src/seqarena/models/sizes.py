@@ -13,7 +13,9 @@ headdim 64). ``hybrid`` is Mamba-2 with attention in about one layer in ten, spr
 (the Mamba-2 paper's hybrid ablation, section 9.2.3, found about 10% attention layers
 best); its attention layers are mamba_ssm's MHA with 64-wide heads, full rotary embeddings,
 causal, without biases. ``mamba_lti`` is Mamba with a time-invariant SSM (the paper's Table 1
-ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes. CPU sizes
+ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes;
+``transformer_abs`` is Transformer++ with absolute sinusoidal positions instead of rotary ones
+(Table 11's MHA-Abs) at Transformer++'s sizes. CPU sizes
 (tiny, mini, small) of the Mamba-2 families use d_state 32, headdim 32 and 32-step chunks (the
 fastest chunk for a training step on a CPU: benchmarks/README.md).
 """
@@ -31,6 +33,7 @@ ARCHITECTURES = {
     "mamba2": (Mamba, MambaConfig),
     "hybrid": (Mamba, MambaConfig),
     "transformer": (Transformer, TransformerConfig),
+    "transformer_abs": (Transformer, TransformerConfig),
 }
 MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=32)
 
@@ -104,6 +107,11 @@ SIZES: dict[str, dict[str, Size]] = {
 SIZES["mamba_lti"] = {
     size: Size({**spec.dims, "ssm_cfg": {"layer": "MambaLTI"}}, spec.lr, spec.nominal_params)
     for size, spec in SIZES["mamba"].items()
+}
+# Table 11's MHA-Abs: Transformer++ with absolute sinusoidal positions instead of RoPE.
+SIZES["transformer_abs"] = {
+    size: Size({**spec.dims, "position": "sinusoidal"}, spec.lr, spec.nominal_params)
+    for size, spec in SIZES["transformer"].items()
 }
 
 

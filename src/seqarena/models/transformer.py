@@ -3,6 +3,10 @@
 Decoder-only, pre-norm RMSNorm, rotary position embeddings, SwiGLU MLP, no biases, tied
 input and output embeddings. Attention goes through ``scaled_dot_product_attention``, so
 PyTorch picks FlashAttention on a GPU. Decoding keeps a key/value cache.
+
+``position = "sinusoidal"`` swaps the rotary embeddings for the original Transformer's absolute
+sinusoidal ones, added to the token embeddings (no parameters, defined at any length): the
+paper's MHA-Abs of Table 11, beside Transformer++'s MHA-RoPE, for length extrapolation.
 """
 
 import math
@@ -20,6 +24,9 @@ def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
     return -(-(8 * d_model // 3) // multiple) * multiple
 
 
+POSITIONS = ("rope", "sinusoidal")
+
+
 @dataclass
 class TransformerConfig:
     d_model: int = 768
@@ -28,6 +35,7 @@ class TransformerConfig:
     vocab_size: int = 50277
     d_ff: int = 0  # 0: swiglu_hidden(d_model)
     rope_theta: float = 10000.0
+    position: str = "rope"  # or "sinusoidal": absolute positions added to the embeddings
     norm_eps: float = 1e-5
     pad_vocab_size_multiple: int = 8
     tie_embeddings: bool = True
@@ -38,6 +46,8 @@ class TransformerConfig:
             raise ValueError(
                 f"d_model={self.d_model} must split into n_head={self.n_head} heads of even size"
             )
+        if self.position not in POSITIONS:
+            raise ValueError(f"position={self.position!r}: unknown; known: {', '.join(POSITIONS)}")
         if self.d_ff == 0:
             self.d_ff = swiglu_hidden(self.d_model)
 
@@ -67,6 +77,16 @@ def rotary_angles(
     return angles.cos(), angles.sin()
 
 
+def sinusoidal_positions(dim: int, offset: int, length: int, like: torch.Tensor) -> torch.Tensor:
+    """(length, dim) absolute encodings of positions offset .. offset + length - 1 (Vaswani et al.
+    2017): sin in the even features, cos in the odd, wavelengths 2 pi to 10000 * 2 pi. Computed in
+    float32 or wider (in bf16 a position past 256 is already rounded), returned in ``like``'s dtype."""
+    compute = dict(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
+    positions = torch.arange(offset, offset + length, **compute)[:, None]
+    angles = positions * 10000.0 ** -(torch.arange(0, dim, 2, **compute) / dim)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).to(like.dtype)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding, GPT-NeoX/LLaMA layout (the two halves of each head are the pairs)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -80,11 +100,13 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x, cos, sin, layer_cache=None, offset=0):
-        """x (batch, L, d_model); layer_cache (keys, values) receives this chunk at ``offset``."""
+    def forward(self, x, rotary, layer_cache=None, offset=0):
+        """x (batch, L, d_model); rotary (cos, sin), or None with absolute positions; layer_cache
+        (keys, values) receives this chunk at ``offset``."""
         batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).view(batch, length, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         if layer_cache is not None:
             keys, values = layer_cache
             keys[:, :, offset : offset + length] = k
@@ -117,8 +139,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, layer_cache=None, offset=0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, layer_cache, offset)
+    def forward(self, x, rotary, layer_cache=None, offset=0):
+        x = x + self.attn(self.attn_norm(x), rotary, layer_cache, offset)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -148,11 +170,15 @@ class Transformer(LanguageModel):
         """input_ids (batch, L) -> logits (batch, L, padded vocab); a cache is filled and advanced."""
         length = input_ids.shape[1]
         offset = cache.seqlen if cache is not None else 0
-        cos, sin = self.rotary(offset, length, input_ids.device)
         x = self.embedding(input_ids)
+        if self.config.position == "rope":
+            rotary = self.rotary(offset, length, input_ids.device)
+        else:
+            rotary = None
+            x = x + sinusoidal_positions(self.config.d_model, offset, length, x)
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x = layer(x, cos, sin, layer_cache, offset)
+            x = layer(x, rotary, layer_cache, offset)
         if cache is not None:
             cache.seqlen += length
         return self.lm_head(self.norm_f(x))
