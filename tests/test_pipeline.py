@@ -301,6 +301,18 @@ def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path)
     assert "--seeds" not in output  # a driver key, not a trainer flag
 
 
+def test_a_synthetic_task_can_name_its_own_architectures(tmp_path):
+    config = write_pipeline_config(tmp_path)
+    only = 'synthetic={"tasks": {"mqar": {"archs": ["transformer_abs", "mamba_lti"]}}}'
+    done = snakemake("--configfile", str(config), "--config", only, "-n", "-p", "synthetic", cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    runs = sorted(re.findall(r"seqarena synthetic --task (\w+) --arch (\w+)", output))
+    assert runs == [("induction_heads", "mamba"), ("mqar", "mamba_lti"), ("mqar", "transformer_abs"),
+                    ("selective_copying", "mamba")]  # fmt: skip
+    assert "--archs" not in output
+
+
 def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tmp_path):
     config = write_pipeline_config(
         tmp_path, models=["mamba-tiny"],

@@ -69,6 +69,9 @@ def full_results(tmp_path_factory):
         train_synthetic(
             cfg, results / "synthetic" / "induction_heads" / cfg.model_name / "seed0.json", log_every=2
         )
+    cfg = SyntheticConfig(task="mqar", arch="mamba", length=16, vocab=16, n_pairs=2, d_model=16, steps=4,
+                          batch=4, eval_sequences=8)  # fmt: skip
+    train_synthetic(cfg, results / "synthetic" / "mqar" / cfg.model_name / "seed0.json", log_every=2)
     for seed in (0, 1):  # as the pipeline repeats a run per seed of synthetic.seeds
         cfg = SyntheticConfig(task="selective_copying", arch="mamba", length=16, n_data=4, d_model=16,
                               steps=4, batch=4, eval_sequences=8, seed=seed)  # fmt: skip
@@ -103,7 +106,7 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     # the paper beside ours (their content: test_the_report_sets_the_papers_tables_beside_ours)
     for text in ("Table 3 beside the paper", "Mamba-130M", "not comparable in budget", "paper: MHA-RoPE",
                  "Training recipe beside the paper", "Mamba, S6", "paper: MHA-Abs",
-                 "Over training seeds"):  # fmt: skip
+                 "Over training seeds", "Mamba-1 struggles while Mamba-2 performs well"):  # fmt: skip
         assert text in html, text
     umask = os.umask(0)
     os.umask(umask)  # written atomically, yet readable like any new file
@@ -193,7 +196,13 @@ def test_the_report_sets_the_papers_tables_beside_ours(full_results):
     import statistics
 
     from seqarena.paper import paper_table, recipe
-    from seqarena.report import recipe_table, table1_vs_paper, table3_vs_paper, table11_vs_paper
+    from seqarena.report import (
+        mqar_vs_findings,
+        recipe_table,
+        table1_vs_paper,
+        table3_vs_paper,
+        table11_vs_paper,
+    )
 
     r = collect(full_results)
     paper3 = {row["model"]: row for row in paper_table("table3")}
@@ -239,6 +248,12 @@ def test_the_report_sets_the_papers_tables_beside_ours(full_results):
     paper11 = {row["model"]: row for row in paper_table("table11")}
     assert induction[1]["64"] == paper11["Mamba"]["64"] and induction[1]["16"] is None  # 16: not in the paper
     assert induction[1]["train length"] == 256 and induction[0]["train length"] == 16
+
+    (mqar,), findings = mqar_vs_findings(r)
+    ours = json.loads((full_results / "synthetic/mqar/mamba-d16/seed0.json").read_text())
+    assert mqar["model"] == "mamba-d16" and mqar["accuracy"] == ours["final_accuracy"] and mqar["pairs"] == 2
+    for row in paper_table("mqar_findings"):  # each finding, with its source
+        assert f"- {row['finding']} ({row['source']})" in findings
 
     recipes = {row["model"]: row for row in recipe_table(r)}
     assert sorted(recipes) == ["mamba-mini", "mamba-tiny", "transformer-mini", "transformer-tiny"]

@@ -74,6 +74,9 @@ def test_bad_task_settings_are_named():
         SyntheticConfig(task="mqar", arch="mamba", vocab=16, n_pairs=8)
     with pytest.raises(ValueError, match="min_lr_ratio in"):
         SyntheticConfig(task="mqar", arch="mamba", vocab=64, min_lr_ratio=2.0)
+    # a test length whose sequences alone would not fit in memory, named before training
+    with pytest.raises(ValueError, match=r"test length 17179869184 needs about .* GiB for 256 sequences"):
+        SyntheticConfig(task="induction_heads", arch="mamba", test_lengths=[256, 2**34])
 
 
 @pytest.mark.parametrize(
@@ -130,6 +133,18 @@ def test_recurrent_evaluation_runs_far_beyond_the_training_length_in_constant_me
     assert cache_bytes(300) == cache_bytes(1 << 20)  # the state does not grow with the length
     far = accuracy(model, cfg, length=8192, sequences=2, seed=0)  # 32x the training length
     assert 0.0 <= far <= 1.0
+
+
+def test_attention_past_its_length_limit_is_recorded_as_out_of_memory_and_mamba_still_scored(tmp_path):
+    results = {}
+    for arch in ("transformer", "mamba"):
+        cfg = SyntheticConfig(task="induction_heads", arch=arch, length=16, d_model=16, steps=2, batch=4,
+                              test_lengths=[16, 64], eval_sequences=4, max_attention_length=32)  # fmt: skip
+        results[arch] = train_synthetic(cfg, tmp_path / f"{arch}.json", log_every=2)
+    assert results["transformer"]["accuracy_by_length"]["64"] is None
+    assert results["transformer"]["not_run"] == {"64": "attention past max_attention_length 32"}
+    assert results["transformer"]["accuracy_by_length"]["16"] is not None
+    assert results["mamba"]["accuracy_by_length"]["64"] is not None and results["mamba"]["not_run"] == {}
 
 
 def test_a_tiny_mamba_learns_selective_copying(tmp_path):

@@ -1,4 +1,5 @@
-"""Facts from the Mamba paper (Gu & Dao 2023) that the pipeline compares against.
+"""Facts from the Mamba paper (Gu & Dao 2023), and the MQAR findings of Zoology, Based and Mamba-2,
+that the pipeline compares against.
 
 The numbers live in ``paper_data/*.csv`` inside the package, each row with its source (see the
 README there); ``paper_table`` reads one. They are for setting beside our results, never for
@@ -9,7 +10,7 @@ import csv
 from functools import cache
 from importlib.resources import files
 
-TABLES = ("table1", "table3", "table3_metrics", "table11", "table12", "recipe")
+TABLES = ("table1", "table3", "table3_metrics", "table11", "table12", "recipe", "mqar_findings")
 
 
 def _value(text: str):

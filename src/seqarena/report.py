@@ -389,7 +389,8 @@ def table1_vs_paper(r: Results) -> list[dict]:
 
 def table11_vs_paper(r: Results) -> list[dict]:
     """Induction heads, accuracy (%) per test length: each of ours, then the paper's row for the same
-    kind of model (trained at 256); "x" is out of memory, None a length the paper did not test."""
+    kind of model (trained at 256); "x" is out of memory (for ours also: attention not run past
+    ``max_attention_length``), None a length the paper did not test."""
     paper = {row["model"]: row for row in paper_table("table11")}
     rows = []
     for (task, model), runs in sorted(r.synthetic.items()):
@@ -404,6 +405,25 @@ def table11_vs_paper(r: Results) -> list[dict]:
             rows.append({"model": f"paper: {published['model']}", "train length": 256,
                          **{k: "x" if v == "oom" else v for k, v in values.items()}})  # fmt: skip
     return rows
+
+
+def mqar_vs_findings(r: Results) -> tuple[list[dict], str]:
+    """MQAR: ours per model (accuracy over seeds, the state size, the setup), and beside it what
+    Zoology, Based and Mamba-2 found (``paper_data/mqar_findings.csv``), in words with sources:
+    they publish plots, not numbers to set in a column."""
+    rows = []
+    for (task, model), runs in sorted(r.synthetic.items()):
+        if task != "mqar":
+            continue
+        mean, std = mean_std([run["final_accuracy"] for run in runs])
+        cfg = runs[0]["config"]
+        rows.append({
+            "model": model, "accuracy": mean, "std": std, "seeds": len(runs), "chance": runs[0]["chance"],
+            "length": cfg["length"], "pairs": cfg["n_pairs"], "vocab": cfg["vocab"],
+            "steps": runs[0]["steps"],
+        })  # fmt: skip
+    findings = "\n".join(f"- {row['finding']} ({row['source']})" for row in paper_table("mqar_findings"))
+    return rows, findings
 
 
 def recipe_table(r: Results) -> list[dict]:

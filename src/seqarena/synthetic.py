@@ -17,6 +17,7 @@ path, so memory does not grow with the test length; Transformer++ through its fu
 """
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from seqarena.train import lr_at, no_decay_names, param_groups
 
 IGNORE = -100
 TASKS = ("selective_copying", "induction_heads", "mqar")
+EVAL_CHUNK = 256  # sequences scored at once on the recurrent path
+EVAL_BYTES_PER_TOKEN = 17  # the sequences and labels (int64) and the mask, per token of a chunk
 
 
 def selective_copying(batch: int, length: int, vocab: int, n_data: int, gen: torch.Generator):
@@ -106,6 +109,9 @@ class SyntheticConfig:
     weight_decay: float = 0.1
     test_lengths: list[int] = field(default_factory=list)  # default: the training length
     eval_sequences: int = 256
+    # Attention is scored by its full forward (cost quadratic in the length): past this length it
+    # is not run and recorded as out of memory, as the paper's attention models past 2^14.
+    max_attention_length: int = 16384
     seed: int = 0
 
     def __post_init__(self):
@@ -118,6 +124,15 @@ class SyntheticConfig:
                 "synthetic config: warmup must be in [0, 1), min_lr_ratio in [0, 1], min_lr >= 0"
             )
         self.test_lengths = sorted(self.test_lengths or [self.length])
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        for length in self.test_lengths:
+            need = EVAL_BYTES_PER_TOKEN * min(EVAL_CHUNK, self.eval_sequences) * length
+            if need > memory // 2:
+                raise ValueError(
+                    f"synthetic config: test length {length} needs about {need / 2**30:.1f} GiB for "
+                    f"{min(EVAL_CHUNK, self.eval_sequences)} sequences at once, more than half of this "
+                    f"machine's {memory / 2**30:.1f} GiB: lower test_lengths or eval_sequences"
+                )
         for length in {self.length, *self.test_lengths}:  # before any training: a generator's refusal
             try:
                 self.batch_at(length, 1, torch.Generator())
@@ -171,14 +186,18 @@ def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return torch.cat(kept)[order]
 
 
+def recurrent(model) -> bool:
+    """Scored through the recurrent step path (memory constant in the length): Mamba without attention."""
+    return isinstance(model, Mamba) and not model.config.attn_layer_idx
+
+
 def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int) -> float:
     """Fraction of labelled positions predicted exactly (argmax over the real vocabulary).
 
     Sequences go through in chunks: for attention few enough that the (length x length) scores
     stay near 256 MB; the recurrent path holds only its state, so its chunks can be large."""
     device = next(model.parameters()).device
-    recurrent = isinstance(model, Mamba) and not model.config.attn_layer_idx
-    chunk = 256 if recurrent else max(1, min(256, 2**26 // length**2))
+    chunk = EVAL_CHUNK if recurrent(model) else max(1, min(EVAL_CHUNK, 2**26 // length**2))
     gen = torch.Generator().manual_seed(seed)
     correct = total = 0
     model.eval()
@@ -200,7 +219,8 @@ def fit(cfg: SyntheticConfig, log_every: int = 50) -> tuple[torch.nn.Module, lis
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
     curve = []
-    for step in tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5):
+    bar = tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5)
+    for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg, cfg.lr)
         seq, labels = (t.to(device) for t in cfg.batch_at(cfg.length, cfg.batch, gen))
@@ -213,6 +233,7 @@ def fit(cfg: SyntheticConfig, log_every: int = 50) -> tuple[torch.nn.Module, lis
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             acc = accuracy(model, cfg, cfg.length, 64, seed=cfg.seed + 1)
             curve.append({"step": step + 1, "loss": loss.item(), "accuracy": acc})
+            bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{acc:.3f}", refresh=False)
     return model, curve
 
 
@@ -221,8 +242,12 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
     start = time.perf_counter()
     model, curve = fit(cfg, log_every)
     train_seconds = time.perf_counter() - start
-    by_length = {}
+    by_length, not_run = {}, {}
     for length in cfg.test_lengths:
+        if not recurrent(model) and length > cfg.max_attention_length:
+            by_length[str(length)] = None
+            not_run[str(length)] = f"attention past max_attention_length {cfg.max_attention_length}"
+            continue
         try:
             by_length[str(length)] = accuracy(model, cfg, length, cfg.eval_sequences, seed=cfg.seed + 2)
         except (torch.OutOfMemoryError, MemoryError):
@@ -234,7 +259,8 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": cfg.steps,
         "final_accuracy": by_length.get(str(cfg.length), curve[-1]["accuracy"] if curve else None),
-        "accuracy_by_length": by_length,
+        "accuracy_by_length": by_length,  # None: out of memory, or not run (not_run says why)
+        "not_run": not_run,
         "chance": 1 / (cfg.vocab - cfg.vocab // 2 if cfg.task == "mqar" else cfg.vocab - 2),
         "curve": curve,
         "train_seconds": train_seconds,

@@ -283,7 +283,7 @@ def synthetic_args(wildcards):
     options = {
         k: v
         for k, v in config["synthetic"]["tasks"][wildcards.task].items()
-        if k != "d_model"
+        if k not in ("d_model", "archs")
     }
     return cli_flags(
         {**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()}
@@ -294,7 +294,7 @@ def synthetic_results():
     return [
         f"{RESULTS}/synthetic/{task}/{arch}-d{width}/seed{seed}.json"
         for task, options in config["synthetic"]["tasks"].items()
-        for arch in config["synthetic"]["archs"]
+        for arch in options.get("archs", config["synthetic"]["archs"])
         for width in options["d_model"]
         for seed in config["synthetic"]["seeds"]
     ]
