@@ -301,6 +301,22 @@ def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path)
     assert "--seeds" not in output  # a driver key, not a trainer flag
 
 
+def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path):
+    plan = subprocess.run(["make", "-n", "synthetic-cpu"], cwd=REPO, capture_output=True, text=True)
+    assert "--set-threads synthetic_task=1" in plan.stdout and "seqarena report --results" in plan.stdout
+    done = snakemake("synthetic", "-n", "-p", "--configfile", str(REPO / "config/synthetic-cpu.yaml"),
+                     cwd=tmp_path)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert job_counts(output) == {"kernels": 1, "synthetic_task": 21, "synthetic": 1}
+    runs = re.findall(r"seqarena synthetic --task (\w+) --arch (\w+) --d-model 64 --seed (\d)", output)
+    archs = {"selective_copying": ["mamba", "mamba_lti"], "mqar": ["mamba", "transformer"],
+             "induction_heads": ["mamba", "transformer", "transformer_abs"]}  # fmt: skip
+    assert sorted(runs) == sorted((t, a, s) for t, names in archs.items() for a in names for s in "012")
+    assert "--length 256 --vocab 16 --n-data 16 " in output  # the selective-copying shape
+    assert "--test-lengths 256,512,1024,4096,16384,65536 " in output and "--max-attention-length 4096" in output
+
+
 def test_a_synthetic_task_can_name_its_own_architectures(tmp_path):
     config = write_pipeline_config(tmp_path)
     only = 'synthetic={"tasks": {"mqar": {"archs": ["transformer_abs", "mamba_lti"]}}}'
