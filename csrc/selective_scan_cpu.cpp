@@ -76,6 +76,7 @@ struct Scan {
   // strides; time is contiguous. Outputs and gradients are contiguous: row(b, d).
   int64_t u_sb, u_sd, delta_sb, delta_sd, z_sb, z_sd;
   bool softplus;
+  const T* initial_state = nullptr;  // (batch, dim, N) the state before step 0 (forward only); else 0
 
   int64_t row(int64_t b, int64_t d) const { return (b * dim + d) * L; }
   // Offset of channel d's B (or C) at time 0; time t is t * bc_time_stride further.
@@ -101,7 +102,11 @@ void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
       const T* B = s.B + s.bc(b, d);
       const T* C = s.C + s.bc(b, d);
       const T Dd = s.D ? s.D[d] : T(0);
-      std::fill(xs, xs + N, T(0));
+      if (s.initial_state) {
+        std::copy(s.initial_state + i * N, s.initial_state + (i + 1) * N, xs);
+      } else {
+        std::fill(xs, xs + N, T(0));
+      }
       discretise(s.delta + b * s.delta_sb + d * s.delta_sd, s.bias(d), s.softplus, s.L, dts.data(),
                  static_cast<T*>(nullptr));
       for (int64_t t = 0; t < s.L; ++t) {
@@ -296,18 +301,23 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 }  // namespace
 
-// Returns (out, checkpoints, last_state); checkpoints feed the backward.
+// Returns (out, checkpoints, last_state); checkpoints feed the backward (which assumes no
+// initial_state: a scan continuing a sequence is for inference).
 std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& C, const c10::optional<at::Tensor>& D,
                             const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& delta_bias,
-                            bool delta_softplus) {
+                            bool delta_softplus, const c10::optional<at::Tensor>& initial_state) {
   check_inputs(u, delta, A, B, C);
+  TORCH_CHECK(!initial_state || (initial_state->sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}) &&
+                                 initial_state->is_contiguous() && initial_state->scalar_type() == u.scalar_type()),
+              "initial_state must be a contiguous (batch, dim, N) tensor of u's dtype");
   const int64_t nchunks = (u.size(2) + CHUNK - 1) / CHUNK;
   auto out = at::empty_like(u);
   auto checkpoints = at::empty({u.size(0), u.size(1), nchunks, A.size(1)}, u.options());
   auto last_state = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    if (initial_state) s.initial_state = initial_state->data_ptr<scalar_t>();
     auto kernel = s.N == 16 ? forward_kernel<scalar_t, 16> : forward_kernel<scalar_t, 0>;
     kernel(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>());
   });

@@ -111,6 +111,30 @@ def test_causal_conv_matches_reference(dtype, rtol, bias, activation):
         torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("bc", ["variable", "invariant"])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_a_scan_from_the_state_of_the_first_half_continues_the_whole(bc, backend):
+    """The oracle is the torch reference over the whole sequence: split at 70 (past one 64-step chunk
+    of the cpp kernel), the second half started from the first's last state gives its outputs."""
+    x = inputs(2, 6, 130, 16, torch.float64, bc)
+    whole, whole_last = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, return_last_state=True,
+                                       backend="torch")  # fmt: skip
+    time = {k for k in ("u", "delta", "z")} | ({"B", "C"} if bc == "variable" else set())
+    first = {k: x[k][..., :70] if k in time else x[k] for k in NAMES}
+    second = {k: x[k][..., 70:] if k in time else x[k] for k in NAMES}
+    head, state = selective_scan(*first.values(), delta_softplus=True, return_last_state=True, backend=backend)
+    tail, last = selective_scan(*second.values(), delta_softplus=True, return_last_state=True,
+                                initial_state=state, backend=backend)  # fmt: skip
+    torch.testing.assert_close(torch.cat([head, tail], -1), whole, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, whole_last, rtol=1e-10, atol=1e-10)
+
+
+def test_the_cpp_scan_refuses_a_gradient_from_an_initial_state():
+    x = {k: v.requires_grad_() for k, v in inputs(1, 2, 8, 16, torch.float64).items()}
+    with pytest.raises(NotImplementedError, match="no backward from an initial_state"):
+        selective_scan(*x.values(), initial_state=torch.zeros(1, 2, 16, dtype=torch.float64), backend="cpp")
+
+
 def test_gradient_through_the_last_state():
     x = inputs(2, 3, 90, 4, torch.float64)
     assert_matches_reference(x, rtol=1e-9, last_state_weight=torch.randn(2, 3, 4, dtype=torch.float64))

@@ -94,6 +94,7 @@ def test_recurrent_evaluation_equals_the_full_forward(task, make):
     with torch.no_grad():
         full = model(seq)[labels != IGNORE]
     assert torch.allclose(scored_logits(model, seq, labels), full, atol=1e-4)
+    assert torch.allclose(scored_logits(model, seq, labels, span=7), full, atol=1e-4)  # the state carried
 
 
 @pytest.mark.parametrize(
@@ -111,7 +112,7 @@ def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(a
     seq, labels = mqar(3, 40, 16, 5, gen())
     with torch.no_grad():
         full = model(seq)[labels != IGNORE]
-    assert torch.allclose(scored_logits(model, seq, labels), full, atol=1e-4)
+    assert torch.allclose(scored_logits(model, seq, labels, span=7), full, atol=1e-4)
 
 
 def test_table_11s_mha_abs_is_transformer_abs_with_sinusoidal_positions():

@@ -34,6 +34,7 @@ from seqarena.train import lr_at, no_decay_names, param_groups
 IGNORE = -100
 TASKS = ("selective_copying", "induction_heads", "mqar")
 EVAL_CHUNK = 256  # sequences scored at once on the recurrent path
+RECURRENT_SPAN = 1024  # tokens per call of the recurrent path
 EVAL_BYTES_PER_TOKEN = 17  # the sequences and labels (int64) and the mask, per token of a chunk
 
 
@@ -167,21 +168,22 @@ def build(cfg: SyntheticConfig) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Logits at the labelled positions only, (n_labelled, vocab). Mamba runs its recurrent
-    step path (constant memory in the length); Transformer++ its full forward."""
+def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor, span: int = RECURRENT_SPAN) -> torch.Tensor:
+    """Logits at the labelled positions only, (n_labelled, vocab). Mamba runs as a recurrence:
+    ``span`` tokens at a time, its conv and SSM state carried from one span to the next (a Mamba-2
+    or hybrid layer steps token by token), so memory does not grow with the length; attention
+    models run their full forward."""
     mask = labels != IGNORE
     if not isinstance(model, Mamba):
         return model(seq)[mask]
     cache = model.allocate_cache(seq.shape[0], seq.shape[1])
     rows, times, kept = [], [], []
-    for t in range(seq.shape[1]):
-        logits = model.step(seq[:, t], cache)
-        at = mask[:, t].nonzero().squeeze(1)
-        if len(at):
-            rows.append(at)
-            times.append(torch.full_like(at, t))
-            kept.append(logits[at])
+    for start in range(0, seq.shape[1], span):
+        logits = model(seq[:, start : start + span], cache)
+        at, t = mask[:, start : start + span].nonzero(as_tuple=True)
+        rows.append(at)
+        times.append(start + t)
+        kept.append(logits[at, t])
     order = (torch.cat(rows) * seq.shape[1] + torch.cat(times)).argsort()  # labels[mask]'s order
     return torch.cat(kept)[order]
 

@@ -22,7 +22,13 @@ from torch import nn
 from seqarena.models.base import LanguageModel, MambaLayerCache, pad_vocab
 from seqarena.models.mamba2 import MAMBA2_DEFAULTS, MAMBA2_IGNORED, Mamba2Mixer, check_mamba2_shape
 from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_shape
-from seqarena.ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from seqarena.ops import (
+    causal_conv1d,
+    causal_conv1d_update,
+    scan_continues,
+    selective_scan,
+    selective_state_update,
+)
 
 # mamba_ssm.modules.mamba_simple.Mamba's keyword arguments and defaults.
 SSM_DEFAULTS = dict(
@@ -189,23 +195,29 @@ class MambaMixer(nn.Module):
     def _conv_weight(self) -> torch.Tensor:
         return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
-    def forward(self, hidden: torch.Tensor, cache: MambaLayerCache | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, cache: MambaLayerCache | None = None, continuing: bool = False
+    ) -> torch.Tensor:
         """hidden (batch, L, d_model); a cache, if given, receives the final conv and SSM state.
+        ``continuing``: the chunk continues the sequence whose state the cache holds.
 
         Inside, activations are (batch, channels, L), the layout the kernels read: the
         projections are written W @ x, so no activation is transposed into a copy.
         """
-        length = hidden.shape[1]
         xz = _linear_channels_first(self.in_proj, hidden.transpose(1, 2))  # (batch, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
+        before = self.d_conv - 1 if continuing else 0  # the conv's window reaches into the cached inputs
+        if continuing:
+            x = torch.cat([cache.conv_state[..., 1:], x], dim=-1)
         if cache is not None:
-            cache.conv_state.copy_(F.pad(x, (self.d_conv - length, 0)))
-        x = causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu")
+            cache.conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+        x = causal_conv1d(x, self._conv_weight(), self.conv1d.bias, activation="silu")[..., before:]
         delta, B, C, delta_bias = self._ssm_inputs(x)
+        A = -torch.exp(_fp32_or_wider(self.A_log))
         y = selective_scan(
             x,
             delta,
-            -torch.exp(_fp32_or_wider(self.A_log)),
+            A,
             B,
             C,
             _fp32_or_wider(self.D),
@@ -213,6 +225,7 @@ class MambaMixer(nn.Module):
             delta_bias=_fp32_or_wider(delta_bias),
             delta_softplus=True,
             return_last_state=cache is not None,
+            initial_state=cache.ssm_state if continuing else None,
         )
         if cache is not None:
             y, last_state = y
@@ -338,9 +351,10 @@ class Block(nn.Module):
         normed, residual = self._add_norm(self.norm2, hidden, residual)
         return self.mlp(normed), residual
 
-    def forward(self, hidden, residual=None, cache=None):
+    def forward(self, hidden, residual=None, cache=None, continuing=False):
         normed, residual = self._add_norm(self.norm, hidden, residual)
-        return self._mlp(self.mixer(normed, cache), residual)
+        mixed = self.mixer(normed, cache, continuing=True) if continuing else self.mixer(normed, cache)
+        return self._mlp(mixed, residual)
 
     def step(self, hidden, residual, cache):
         normed, residual = self._add_norm(self.norm, hidden, residual)
@@ -361,10 +375,10 @@ class MixerModel(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = _norm(config)
 
-    def forward(self, input_ids, cache: MambaCache | None = None):
+    def forward(self, input_ids, cache: MambaCache | None = None, continuing: bool = False):
         hidden, residual = self.embedding(input_ids), None
         for i, layer in enumerate(self.layers):
-            hidden, residual = layer(hidden, residual, cache.layers[i] if cache else None)
+            hidden, residual = layer(hidden, residual, cache.layers[i] if cache else None, continuing)
         return self.norm_f((hidden + residual).to(self.norm_f.weight.dtype))
 
     def step(self, tokens, cache: MambaCache):
@@ -402,8 +416,17 @@ class Mamba(LanguageModel):
                     residual_out.weight /= math.sqrt(self.config.n_layer)
 
     def forward(self, input_ids: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
-        """input_ids (batch, L) -> logits (batch, L, padded vocab)."""
-        if cache is not None and cache.seqlen > 0:  # continuing a sequence: token by token
+        """input_ids (batch, L) -> logits (batch, L, padded vocab).
+
+        With a cache that already holds a sequence, the input continues it: through the scan from the
+        cached state where every layer is Mamba-1 (or the LTI ablation) and the scan backend takes an
+        initial state (cpp, torch); else token by token through ``step``."""
+        if cache is not None and cache.seqlen > 0:
+            mixers = [layer.mixer for layer in self.backbone.layers]
+            if all(isinstance(m, MambaMixer) for m in mixers) and scan_continues(self.lm_head.weight):
+                hidden = self.backbone(input_ids, cache, continuing=True)
+                cache.seqlen += input_ids.shape[1]
+                return self.lm_head(hidden)
             return torch.stack([self.step(t, cache) for t in input_ids.unbind(1)], dim=1)
         hidden = self.backbone(input_ids, cache)
         if cache is not None:

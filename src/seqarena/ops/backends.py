@@ -36,6 +36,7 @@ class KernelBackend:
     ssd_step: Callable
     priority: int
     why_not: Callable[[torch.Tensor], str | None]
+    scan_continues: bool = True  # its scan takes an initial_state
 
 
 _BACKENDS: dict[str, KernelBackend] = {}
@@ -78,11 +79,17 @@ def resolve_backend(u: torch.Tensor, backend: str | None = None) -> str:
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    backend: str | None = None,
+    initial_state=None, backend: str | None = None,
 ):  # fmt: skip
     """The selective scan (see scan.py) on the chosen backend."""
     impl = _BACKENDS[resolve_backend(u, backend)].scan
-    return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def scan_continues(u: torch.Tensor, backend: str | None = None) -> bool:
+    """Whether the scan backend for tensors like ``u`` takes an ``initial_state`` (cpp and torch do;
+    mamba_ssm's CUDA kernel does not)."""
+    return _BACKENDS[resolve_backend(u, backend)].scan_continues
 
 
 def selective_state_update(

@@ -84,8 +84,10 @@ def _why_not(u: torch.Tensor) -> str | None:
 
 class SelectiveScanCpp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        out, checkpoints, last_state = _load()[0].fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+        out, checkpoints, last_state = _load()[0].fwd(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
+        )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
         ctx.delta_softplus = delta_softplus
         ctx.set_materialize_grads(False)  # no gradient for an unused last_state: None, not zeros
@@ -100,7 +102,11 @@ class SelectiveScanCpp(torch.autograd.Function):
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
             grad_out.contiguous(), grad_last_state,
         )  # fmt: skip
-        return (*grads, None)  # absent inputs come back as None; nothing for delta_softplus
+        return (
+            *grads,
+            None,
+            None,
+        )  # absent inputs come back as None; nothing for delta_softplus, initial_state
 
 
 def _bc_layout(BC: torch.Tensor) -> torch.Tensor:
@@ -123,13 +129,21 @@ def _dense(t, dtype):
 
 
 def selective_scan_cpp(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
-):
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    initial_state=None,
+):  # fmt: skip
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if (
+        initial_state is not None
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in tensors)
+    ):
+        raise NotImplementedError("the cpp scan has no backward from an initial_state (it is for inference)")
     dtype_in = u.dtype
     f = torch.promote_types(dtype_in, torch.float32)
     out, last_state = SelectiveScanCpp.apply(
         _rows(u, f), _rows(delta, f), _dense(A, f), _dense(_bc_layout(B), f), _dense(_bc_layout(C), f),
-        _dense(D, f), _rows(z, f), _dense(delta_bias, f), delta_softplus,
+        _dense(D, f), _rows(z, f), _dense(delta_bias, f), delta_softplus, _dense(initial_state, f),
     )  # fmt: skip
     out = out.to(dtype_in)
     return (out, last_state) if return_last_state else out

@@ -34,7 +34,10 @@ def _why_not(u: torch.Tensor) -> str | None:
     return _kernels()[3]
 
 
-def _scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+def _scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+          initial_state=None):  # fmt: skip
+    if initial_state is not None:
+        raise ValueError("mamba_ssm's selective_scan_fn takes no initial state: continue token by token")
     return _kernels()[0](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
@@ -82,5 +85,16 @@ def _conv_step(x, conv_state, weight, bias=None, activation=None):
 
 
 register_backend(
-    KernelBackend("cuda", _scan, _step, _conv, _conv_step, _ssd, _ssd_step, priority=20, why_not=_why_not)
+    KernelBackend(
+        "cuda",
+        _scan,
+        _step,
+        _conv,
+        _conv_step,
+        _ssd,
+        _ssd_step,
+        priority=20,
+        why_not=_why_not,
+        scan_continues=False,
+    )  # fmt: skip
 )

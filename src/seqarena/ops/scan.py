@@ -10,7 +10,9 @@ Semantics are mamba_ssm's ``selective_scan_fn``: for each batch b, channel d and
 Shapes: u, delta, z (batch, dim, L); A (dim, N); B and C either (dim, N) (time-invariant),
 (batch, N, L) (input-dependent, as Mamba uses them) or (batch, G, N, L) (G groups of
 channels); D and delta_bias (dim,). With return_last_state the final x (batch, dim, N)
-is returned as well. ``seqarena.ops.selective_scan`` runs the fastest backend available.
+is returned as well; an initial_state (batch, dim, N) is the x before the first step (zeros
+otherwise), for a scan that continues a sequence. ``seqarena.ops.selective_scan`` runs the
+fastest backend available.
 """
 
 import torch
@@ -38,6 +40,7 @@ def selective_scan_torch(
     delta_bias=None,
     delta_softplus=False,
     return_last_state=False,
+    initial_state=None,
 ):
     """The readable reference: the recurrence step by step, in at least float32."""
     dtype_in = u.dtype
@@ -49,7 +52,7 @@ def selective_scan_torch(
     if delta_softplus:
         delta = F.softplus(delta)
     batch, dim, length = u.shape
-    state = u.new_zeros(batch, dim, A.shape[1])
+    state = u.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.to(compute)
     ys = []
     for t in range(length):
         dt = delta[:, :, t, None]
