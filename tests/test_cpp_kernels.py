@@ -122,9 +122,9 @@ def test_a_scan_from_the_state_of_the_first_half_continues_the_whole(bc, backend
     time = {k for k in ("u", "delta", "z")} | ({"B", "C"} if bc == "variable" else set())
     first = {k: x[k][..., :70] if k in time else x[k] for k in NAMES}
     second = {k: x[k][..., 70:] if k in time else x[k] for k in NAMES}
-    head, state = selective_scan(*first.values(), delta_softplus=True, return_last_state=True, backend=backend)
-    tail, last = selective_scan(*second.values(), delta_softplus=True, return_last_state=True,
-                                initial_state=state, backend=backend)  # fmt: skip
+    scan = dict(delta_softplus=True, return_last_state=True, backend=backend)
+    head, state = selective_scan(*first.values(), **scan)
+    tail, last = selective_scan(*second.values(), initial_state=state, **scan)
     torch.testing.assert_close(torch.cat([head, tail], -1), whole, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, whole_last, rtol=1e-10, atol=1e-10)
 

@@ -12,8 +12,9 @@ The paper's mechanistic experiments (Gu & Dao 2023, §4.1) and Zoology's associa
   then the keys again among noise; at each key the model must emit its value.
 
 Every batch is generated on the fly from a seed: a (sequence, label) pair where labels are
--100 except at the positions that are scored. Mamba is evaluated through its recurrent step
-path, so memory does not grow with the test length; Transformer++ through its full forward.
+-100 except at the positions that are scored. Mamba is evaluated as a recurrence (its state
+carried from one span of tokens to the next), so memory does not grow with the test length;
+attention models through their full forward.
 """
 
 import json
@@ -189,7 +190,7 @@ def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor, span: int = RE
 
 
 def recurrent(model) -> bool:
-    """Scored through the recurrent step path (memory constant in the length): Mamba without attention."""
+    """Scored as a recurrence (memory constant in the length): Mamba without attention layers."""
     return isinstance(model, Mamba) and not model.config.attn_layer_idx
 
 
