@@ -549,7 +549,7 @@ def _open_tracking(cfg, out, data_dir, arch, size, n_params, steps, accum, peak_
         "seqarena.dataset": cfg.dataset or data_dir.name,
         "seqarena.scan_backend": scan_backend or "n/a",
         "seqarena.tracking": "server" if uri.startswith("http") else "sqlite",
-        "seqarena.seed": cfg.seed,
+        "seqarena.seed": str(cfg.seed),  # a server refuses tags that are not strings
     }
     params = {
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("out", "tracking_uri", "force_restart")},
