@@ -459,19 +459,19 @@ def synthetic(r: Results):
     curves = sorted(task for task, found in lengths.items() if len(found) > 1)
     bars = sorted(task for task in lengths if task not in curves)
     panels = len(curves) + bool(bars)
+    colors = {model: f"C{i}" for i, model in enumerate(sorted({model for _, model in r.synthetic}))}
     fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.8), squeeze=False)
     for ax, task in zip(axes[0], curves, strict=False):
         for (t, model), runs in sorted(r.synthetic.items()):
             if t != task:
                 continue
             points = sorted((int(k), v) for k, v in _by_length(runs).items() if v is not None)
-            (line,) = ax.plot(
-                [p[0] for p in points], [p[1] for p in points], "-", label=f"{model} ({len(runs)} seeds)"
-            )
+            ax.plot([p[0] for p in points], [p[1] for p in points], "-", color=colors[model],
+                    label=f"{model} ({len(runs)} seeds)")  # fmt: skip
             seeds = [
                 (int(k), v) for run in runs for k, v in run["accuracy_by_length"].items() if v is not None
             ]
-            ax.plot([p[0] for p in seeds], [p[1] for p in seeds], "o", color=line.get_color(), alpha=0.6)
+            ax.plot([p[0] for p in seeds], [p[1] for p in seeds], "o", color=colors[model], alpha=0.6)
             ax.axvline(runs[0]["config"]["length"], color="grey", lw=0.5, ls="--")
         ax.set(xscale="log", ylim=(0, 1.05), xlabel="test length", ylabel="accuracy", title=task)
         _log_axis(ax.xaxis, at=[int(k) for k in lengths[task]])
@@ -481,14 +481,15 @@ def synthetic(r: Results):
         models = sorted({model for task, model in r.synthetic if task in bars})
         width = 0.8 / len(models)
         for i, model in enumerate(models):
+            label = model  # on the model's first bar, whichever task that is
             for j, task in enumerate(bars):
                 accuracies = [v for run in r.synthetic.get((task, model), [])
                               for v in run["accuracy_by_length"].values() if v is not None]  # fmt: skip
                 if accuracies:
                     x = j + (i - (len(models) - 1) / 2) * width
-                    ax.bar(x, mean_std(accuracies)[0], width, color=f"C{i}",
-                           label=model if j == 0 else None)  # fmt: skip
+                    ax.bar(x, mean_std(accuracies)[0], width, color=colors[model], label=label)
                     ax.plot([x] * len(accuracies), accuracies, "o", color="black", ms=3)
+                    label = None
         ax.set_xticks(range(len(bars)), bars)
         ax.set(ylim=(0, 1.05), ylabel="accuracy", title="at the training length")
         ax.legend(fontsize=8)
