@@ -102,11 +102,7 @@ class SelectiveScanCpp(torch.autograd.Function):
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
             grad_out.contiguous(), grad_last_state,
         )  # fmt: skip
-        return (
-            *grads,
-            None,
-            None,
-        )  # absent inputs come back as None; nothing for delta_softplus, initial_state
+        return (*grads, None, None)  # None for absent inputs, delta_softplus and initial_state
 
 
 def _bc_layout(BC: torch.Tensor) -> torch.Tensor:
