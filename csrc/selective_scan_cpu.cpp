@@ -1,27 +1,37 @@
 // Selective scan on the CPU: forward, backward and the single-step decode update, with
 // mamba_ssm's semantics (see src/seqarena/ops/scan.py for the recurrence).
 //
-// Layout: u, delta, z are (batch, dim, L); A is (dim, N); B and C arrive either as
-// (batch, groups, L, N), so that the N values of one time step are contiguous (the inner,
-// vectorised loop runs over N), or time-invariant as (dim, N). Work is split over
-// batch x dim with at::parallel_for.
+// Layout: u, delta, z are (batch, dim, L) with any strides: Mamba's mixer passes views of
+// (batch, L, dim) activations (channels contiguous), the layout nn.Linear reads and writes,
+// so nothing is transposed into a copy. Outputs and gradients take u's layout. A is
+// (dim, N); B and C arrive either as (batch, groups, L, N) or time-invariant as (dim, N).
+//
+// Vectorisation runs over W channels at once (one AVX-512 vector of floats): the state of
+// a block is (N, W), every step is N independent vector FMAs and the exponentials of a
+// chunk are one flat vector loop, so no step waits on a horizontal sum or a scalar exp.
+// Each block's inputs pass through small (CHUNK, W) tiles, so any input layout is read
+// in cache-sized pieces.
 //
 // Memory: no (batch, dim, L, N) tensor is ever made. The forward keeps the state only at
 // the start of every CHUNK steps; the backward walks the chunks in reverse, recomputes
-// the states of one chunk into a small per-thread buffer, and runs the adjoint
-// recurrence over it. Gradients of B and C (shared by the channels of a group) go to
-// per-thread buffers that are summed at the end, so no two threads write one address.
+// the states of one chunk, and runs the adjoint recurrence over it. dB and dC (shared by
+// the channels of a group) are summed over a group's blocks per chunk, then over lanes,
+// into per-thread buffers that are added at the end, so no two threads write one address.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
 
-constexpr int64_t CHUNK = 64;
+constexpr int64_t CHUNK = 32;  // steps between checkpoints, and per tile
+constexpr int64_t W = 16;      // channels per block
 
 template <typename T>
 inline T softplus(T x) {
@@ -33,247 +43,429 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-// dt = softplus(delta + bias) (or without softplus) for n consecutive steps, in one
-// vectorised pass; dpre, if given, receives d(dt)/d(delta). Scalar transcendentals inside
-// the time loop would cost more than the scan itself.
+// exp for the decays, whose arguments dt * A are <= 0 in Mamba (clamped to float's range), inline
+// in the recurrence (a call would clobber the registers that hold the state):
+// Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6 polynomial, the power of two put
+// into the exponent bits. Within 6e-7 of exp in float (as the vector libm's), and about 1.5x
+// its speed in the vector loop; double keeps std::exp.
+inline float decay_exp(float x) {
+  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  const float n = std::nearbyint(x * 1.44269504f);
+  const float r = std::fma(n, -1.428606765330187e-06f, std::fma(n, -0.693145751953125f, x));
+  float p = std::fma(1.0f / 720, r, 1.0f / 120);
+  p = std::fma(p, r, 1.0f / 24);
+  p = std::fma(p, r, 1.0f / 6);
+  p = std::fma(p, r, 0.5f);
+  p = std::fma(p, r, 1.0f);
+  p = std::fma(p, r, 1.0f);
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline double decay_exp(double x) { return std::exp(x); }
+
+// A (batch, dim, L) tensor read or written through its strides.
 template <typename T>
-void discretise(const T* delta, T bias, bool use_softplus, int64_t n, T* dt, T* dpre) {
-  if (!use_softplus) {
+struct Strided {
+  T* p;
+  int64_t sb, sd, st;
+  T* at(int64_t b, int64_t d, int64_t t) const { return p + b * sb + d * sd + t * st; }
+};
+
+template <typename T>
+Strided<T> strided(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// tile[k * W + w] = x(b, d0 + w, t0 + k) for k < nk, w < wn; zero in the lanes past wn.
+// A full block of contiguous channels (Mamba's layout) moves as one vector per step.
+template <typename T>
+void load_tile(const Strided<const T>& x, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t nk, T* tile) {
+  std::fill(tile, tile + CHUNK * W, T(0));
+  for (int64_t k = 0; k < nk; ++k) {
+    const T* row = x.at(b, d0, t0 + k);
+    T* to = tile + k * W;
+    if (x.sd == 1 && wn == W) {
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) dt[k] = delta[k] + bias;
-    if (dpre) std::fill(dpre, dpre + n, T(1));
-    return;
-  }
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) {
-    const T pre = delta[k] + bias;
-    dt[k] = pre > T(20) ? pre : std::log1p(std::exp(pre));
-    if (dpre) dpre[k] = T(1) / (T(1) + std::exp(-pre));
+      for (int64_t w = 0; w < W; ++w) to[w] = row[w];
+    } else {
+      for (int64_t w = 0; w < wn; ++w) to[w] = row[w * x.sd];
+    }
   }
 }
 
-// decay[k * N + n] = exp(dt[k] * A[n]) for n_steps steps: all exponentials of a chunk in
-// one flat vectorised loop, so the recurrence that follows makes no calls (a vector math
-// call clobbers every vector register, which would spill the state at every step).
-template <typename T, int64_t NC>
-void decays(const T* dt, const T* A, int64_t n_steps, int64_t N_runtime, T* decay) {
-  const int64_t N = NC ? NC : N_runtime;
-  for (int64_t k = 0; k < n_steps; ++k) {
-    T* out = decay + k * N;
-    const T dtk = dt[k];
+template <typename T>
+void store_tile(const Strided<T>& x, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t nk, const T* tile) {
+  for (int64_t k = 0; k < nk; ++k) {
+    T* row = x.at(b, d0, t0 + k);
+    const T* from = tile + k * W;
+    if (x.sd == 1 && wn == W) {
 #pragma omp simd
-    for (int64_t n = 0; n < N; ++n) out[n] = std::exp(dtk * A[n]);
+      for (int64_t w = 0; w < W; ++w) row[w] = from[w];
+    } else {
+      for (int64_t w = 0; w < wn; ++w) row[w * x.sd] = from[w];
+    }
   }
+}
+
+// A tensor shaped like u in u's layout: channels contiguous if u's are, else time contiguous.
+at::Tensor empty_like_layout(const at::Tensor& u) {
+  if (u.size(1) > 1 && u.stride(1) == 1)
+    return at::empty({u.size(0), u.size(2), u.size(1)}, u.options()).transpose(1, 2);
+  return at::empty(u.sizes(), u.options());
 }
 
 // Pointers and sizes shared by the forward and the backward.
 template <typename T>
 struct Scan {
-  const T *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
-  int64_t batch, dim, L, N, groups;
-  int64_t bc_batch_stride, bc_group_stride, bc_time_stride;  // 0 where B, C do not vary
-  // u, delta and z rows may sit anywhere (a slice of a bigger tensor): (batch, channel)
-  // strides; time is contiguous. Outputs and gradients are contiguous: row(b, d).
-  int64_t u_sb, u_sd, delta_sb, delta_sd, z_sb, z_sd;
-  bool softplus;
+  Strided<const T> u, delta, z;  // z.p null without a gate
+  const T *A, *B, *C, *D, *delta_bias;
+  int64_t batch, dim, L, N, groups;  // groups: 1 where B, C are time-invariant (dim, N)
+  bool invariant, softplus;
   const T* initial_state = nullptr;  // (batch, dim, N) the state before step 0 (forward only); else 0
 
-  int64_t row(int64_t b, int64_t d) const { return (b * dim + d) * L; }
-  // Offset of channel d's B (or C) at time 0; time t is t * bc_time_stride further.
-  int64_t bc(int64_t b, int64_t d) const {
-    return b * bc_batch_stride + d / (dim / groups) * bc_group_stride;
-  }
-  T bias(int64_t d) const { return delta_bias ? delta_bias[d] : T(0); }
+  int64_t per_group() const { return dim / groups; }
+  int64_t blocks_per_group() const { return (per_group() + W - 1) / W; }
+  int64_t nchunks() const { return (L + CHUNK - 1) / CHUNK; }
+  // B or C of batch b, group g at time 0 (time-varying); time t is t * N further.
+  int64_t bc(int64_t b, int64_t g) const { return (b * groups + g) * L * N; }
 };
 
-// NC is N when known at compile time (the state then stays in registers), else 0.
-template <typename T, int64_t NC>
-void forward_kernel(const Scan<T>& s, T* out, T* checkpoints, T* last_state) {
-  const int64_t N = NC ? NC : s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
-  at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> x_heap(NC ? 0 : N), dts(s.L), decay(CHUNK * N);
-    alignas(64) T x_fixed[NC ? NC : 1];
-    T* xs = NC ? x_fixed : x_heap.data();
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
-      const T* u = s.u + b * s.u_sb + d * s.u_sd;
-      const T* zr = s.z ? s.z + b * s.z_sb + d * s.z_sd : nullptr;
-      const T* A = s.A + d * N;
-      const T* B = s.B + s.bc(b, d);
-      const T* C = s.C + s.bc(b, d);
-      const T Dd = s.D ? s.D[d] : T(0);
-      if (s.initial_state) {
-        std::copy(s.initial_state + i * N, s.initial_state + (i + 1) * N, xs);
-      } else {
-        std::fill(xs, xs + N, T(0));
-      }
-      discretise(s.delta + b * s.delta_sb + d * s.delta_sd, s.bias(d), s.softplus, s.L, dts.data(),
-                 static_cast<T*>(nullptr));
-      for (int64_t t = 0; t < s.L; ++t) {
-        if (t % CHUNK == 0) {
-          std::copy(xs, xs + N, checkpoints + (i * nchunks + t / CHUNK) * N);
-          decays<T, NC>(dts.data() + t, A, std::min(CHUNK, s.L - t), N, decay.data());
+// One block of W channels (d0 .. d0 + wn - 1) of batch b: its per-channel constants as lanes.
+template <typename T>
+struct Block {
+  int64_t b, g, d0, wn;
+  std::vector<T> A, B, C, D, bias;  // A (N, W); B, C (N, W) if time-invariant; D, bias (W)
+
+  Block(const Scan<T>& s, int64_t b_, int64_t g_, int64_t j)
+      : b(b_), g(g_), d0(g_ * s.per_group() + j * W), wn(std::min(W, (g_ + 1) * s.per_group() - d0)),
+        A(s.N * W, T(0)), B(s.invariant ? s.N * W : 0, T(0)), C(B.size(), T(0)), D(W, T(0)), bias(W, T(0)) {
+    for (int64_t w = 0; w < wn; ++w) {
+      const int64_t d = d0 + w;
+      for (int64_t n = 0; n < s.N; ++n) {
+        A[n * W + w] = s.A[d * s.N + n];
+        if (s.invariant) {
+          B[n * W + w] = s.B[d * s.N + n];
+          C[n * W + w] = s.C[d * s.N + n];
         }
-        const T du = dts[t] * u[t];
-        const T* Bt = B + t * s.bc_time_stride;
-        const T* Ct = C + t * s.bc_time_stride;
-        const T* as = decay.data() + (t % CHUNK) * N;
-        T y = 0;
-#pragma omp simd reduction(+ : y)
-        for (int64_t n = 0; n < N; ++n) {
-          xs[n] = as[n] * xs[n] + du * Bt[n];
-          y += xs[n] * Ct[n];
-        }
-        out[r + t] = y + Dd * u[t];
       }
-      if (zr) {
-        T* o = out + r;
+      if (s.D) D[w] = s.D[d];
+      if (s.delta_bias) bias[w] = s.delta_bias[d];
+    }
+  }
+};
+
+// dt = softplus(delta + bias) (or without softplus) of nk steps in one vector pass; dpre, if
+// given, receives d dt / d delta.
+template <typename T>
+void discretise(const Scan<T>& s, const Block<T>& blk, const T* delta, int64_t nk, T* dt, T* dpre) {
+  for (int64_t k = 0; k < nk; ++k) {
 #pragma omp simd
-        for (int64_t t = 0; t < s.L; ++t) o[t] *= zr[t] / (T(1) + std::exp(-zr[t]));
+    for (int64_t w = 0; w < W; ++w) {
+      const T pre = delta[k * W + w] + blk.bias[w];
+      dt[k * W + w] = s.softplus ? softplus(pre) : pre;
+      if (dpre) dpre[k * W + w] = s.softplus ? sigmoid(pre) : T(1);
+    }
+  }
+}
+
+// B or C of step t as the (N, W) operand of the recurrence: element (n, w) is rows[n] (the
+// group's row, broadcast over lanes) or, time-invariant (INV), rows[n * W + w] (the block's tile).
+template <bool INV, typename T>
+inline const T* state_input(const Scan<T>& s, const Block<T>& blk, const T* bc, const std::vector<T>& tile,
+                            int64_t t) {
+  return INV ? tile.data() : bc + s.bc(blk.b, blk.g) + t * s.N;
+}
+
+template <bool INV, typename T>
+inline T lane(const T* rows, int64_t n, int64_t w) {
+  return INV ? rows[n * W + w] : rows[n];
+}
+
+// Work items: one group of one batch row, cut into parts (runs of its blocks) where there are
+// fewer groups than threads. Within an item the chunks run in time order (reversed in the
+// backward), each over all of the item's blocks, so a tile's rows are read beside the previous
+// block's: memory is walked along its rows, not down a column of them.
+struct Split {
+  int64_t groups, bpg, parts;
+  template <typename T>
+  explicit Split(const Scan<T>& s)
+      : groups(s.groups), bpg(s.blocks_per_group()),
+        parts(std::min(bpg, std::max<int64_t>(1, (at::get_num_threads() + s.batch * s.groups - 1) /
+                                                      (s.batch * s.groups)))) {}
+  int64_t items(int64_t batch) const { return batch * groups * parts; }
+  int64_t b(int64_t item) const { return item / (groups * parts); }
+  int64_t g(int64_t item) const { return item / parts % groups; }
+  int64_t j0(int64_t item) const { return item % parts * bpg / parts; }
+  int64_t j1(int64_t item) const { return (item % parts + 1) * bpg / parts; }
+};
+
+// NC is N when known at compile time, else 0; INV: B and C are time-invariant.
+template <typename T, int64_t NC, bool INV>
+void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* last_state) {
+  const int64_t N = NC ? NC : s.N, nchunks = s.nchunks();
+  const Split split(s);
+  at::parallel_for(0, split.items(s.batch), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> u(CHUNK * W), delta(CHUNK * W), z(CHUNK * W), y(CHUNK * W), dt(CHUNK * W);
+    for (int64_t item = begin; item < end; ++item) {
+      std::vector<Block<T>> blocks;
+      for (int64_t j = split.j0(item); j < split.j1(item); ++j) blocks.emplace_back(s, split.b(item), split.g(item), j);
+      std::vector<T> states(blocks.size() * N * W, T(0));
+      for (size_t jb = 0; jb < blocks.size(); ++jb) {
+        const Block<T>& blk = blocks[jb];
+        if (s.initial_state)
+          for (int64_t w = 0; w < blk.wn; ++w)
+            for (int64_t n = 0; n < N; ++n)
+              states[(jb * N + n) * W + w] = s.initial_state[(blk.b * s.dim + blk.d0 + w) * N + n];
       }
-      if (last_state) std::copy(xs, xs + N, last_state + i * N);
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t t0 = c * CHUNK, nk = std::min(CHUNK, s.L - t0);
+        for (size_t jb = 0; jb < blocks.size(); ++jb) {
+          const Block<T>& blk = blocks[jb];
+          T* x = states.data() + jb * N * W;
+          for (int64_t w = 0; w < blk.wn; ++w)
+            for (int64_t n = 0; n < N; ++n)
+              checkpoints[((blk.b * s.dim + blk.d0 + w) * nchunks + c) * N + n] = x[n * W + w];
+          load_tile(s.u, blk.b, blk.d0, blk.wn, t0, nk, u.data());
+          load_tile(s.delta, blk.b, blk.d0, blk.wn, t0, nk, delta.data());
+          discretise(s, blk, delta.data(), nk, dt.data(), static_cast<T*>(nullptr));
+          for (int64_t k = 0; k < nk; ++k) {
+            const int64_t t = t0 + k;
+            const T* uk = u.data() + k * W;
+            const T* dtk = dt.data() + k * W;
+            const T* Bt = state_input<INV>(s, blk, s.B, blk.B, t);
+            const T* Ct = state_input<INV>(s, blk, s.C, blk.C, t);
+            alignas(64) T du[W], acc[W];  // locals, so that they stay in registers
+#pragma omp simd
+            for (int64_t w = 0; w < W; ++w) {
+              du[w] = dtk[w] * uk[w];
+              acc[w] = blk.D[w] * uk[w];
+            }
+            for (int64_t n = 0; n < N; ++n) {
+#pragma omp simd
+              for (int64_t w = 0; w < W; ++w) {
+                const T a = decay_exp(dtk[w] * blk.A[n * W + w]);
+                x[n * W + w] = a * x[n * W + w] + du[w] * lane<INV>(Bt, n, w);
+                acc[w] += x[n * W + w] * lane<INV>(Ct, n, w);
+              }
+            }
+            T* yk = y.data() + k * W;
+#pragma omp simd
+            for (int64_t w = 0; w < W; ++w) yk[w] = acc[w];
+          }
+          if (s.z.p) {
+            load_tile(s.z, blk.b, blk.d0, blk.wn, t0, nk, z.data());
+#pragma omp simd
+            for (int64_t k = 0; k < nk * W; ++k) y[k] *= z[k] * sigmoid(z[k]);
+          }
+          store_tile(out, blk.b, blk.d0, blk.wn, t0, nk, y.data());
+        }
+      }
+      if (last_state)
+        for (size_t jb = 0; jb < blocks.size(); ++jb)
+          for (int64_t w = 0; w < blocks[jb].wn; ++w)
+            for (int64_t n = 0; n < N; ++n)
+              last_state[(blocks[jb].b * s.dim + blocks[jb].d0 + w) * N + n] = states[(jb * N + n) * W + w];
     }
   });
 }
 
-// Gradients; per-(b, d) partial sums of dA, dD, d(delta_bias) are reduced over b by the caller.
+// Gradients: du, ddelta, dz in u's layout; per-(b, d) dA (batch, dim, N), dD and d(delta_bias)
+// (batch, dim), reduced over b by the caller; dB, dC one private copy per thread.
 template <typename T>
 struct Grads {
-  T *du, *ddelta, *dz;          // (batch, dim, L)
-  T *dA, *dD, *dbias;           // (batch, dim, N), (batch, dim), (batch, dim)
-  T *dB, *dC;                   // (threads, *B.shape): one private copy per thread
-  int64_t per_thread;           // elements of one thread's dB / dC
+  Strided<T> du, ddelta, dz;
+  T *dA, *dD, *dbias;
+  T *dB, *dC;          // (threads, *B.shape)
+  int64_t per_thread;  // elements of one thread's dB / dC
 };
 
-template <typename T, int64_t NC>
-void backward_kernel(const Scan<T>& s, const T* gout, const T* glast, const T* checkpoints, Grads<T> g) {
-  const int64_t N = NC ? NC : s.N, nchunks = (s.L + CHUNK - 1) / CHUNK;
-  at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+// What one block carries from chunk to chunk of the backward.
+template <typename T>
+struct Adjoint {
+  std::vector<T> h, dA, dB, dC, dD, dbias;  // h, dA (N, W); dB, dC (N, W) if time-invariant
+  Adjoint(int64_t N, bool invariant)
+      : h(N * W, T(0)), dA(N * W, T(0)), dB(invariant ? N * W : 0, T(0)), dC(dB.size(), T(0)), dD(W, T(0)),
+        dbias(W, T(0)) {}
+};
+
+template <typename T, int64_t NC, bool INV>
+void backward_kernel(const Scan<T>& s, const Strided<const T>& gout, const T* glast, const T* checkpoints,
+                     const Grads<T>& g) {
+  const int64_t N = NC ? NC : s.N, nchunks = s.nchunks();
+  const Split split(s);
+  at::parallel_for(0, split.items(s.batch), 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
-    std::vector<T> h_heap(NC ? 0 : N), x_heap(NC ? 0 : N), dA_heap(NC ? 0 : N);
-    alignas(64) T h_fixed[NC ? NC : 1], x_fixed[NC ? NC : 1], dA_fixed[NC ? NC : 1];
-    T* hs = NC ? h_fixed : h_heap.data();
-    T* xs = NC ? x_fixed : x_heap.data();
-    T* dA = NC ? dA_fixed : dA_heap.data();
-    std::vector<T> prev(CHUNK * N), decay(CHUNK * N), dts(CHUNK), dpre(CHUNK), sz(CHUNK);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / s.dim, d = i % s.dim, r = s.row(b, d);
-      const T* u = s.u + b * s.u_sb + d * s.u_sd;
-      const T* delta = s.delta + b * s.delta_sb + d * s.delta_sd;
-      const T* zr = s.z ? s.z + b * s.z_sb + d * s.z_sd : nullptr;
-      const int64_t bc_offset = s.bc(b, d), bt = s.bc_time_stride;
-      const T* A = s.A + d * N;
-      const T* B = s.B + bc_offset;
-      const T* C = s.C + bc_offset;
-      T* dB = g.dB + tid * g.per_thread + bc_offset;
-      T* dC = g.dC + tid * g.per_thread + bc_offset;
-      const T Dd = s.D ? s.D[d] : T(0);
-      T dD = 0, dbias = 0;
-      if (glast) std::copy(glast + i * N, glast + (i + 1) * N, hs);
-      else std::fill(hs, hs + N, T(0));
-      std::fill(dA, dA + N, T(0));
+    std::vector<T> x(N * W), prev(CHUNK * N * W), decay(CHUNK * N * W), sumB(CHUNK * N * W),
+        sumC(CHUNK * N * W), u(CHUNK * W), delta(CHUNK * W), z(CHUNK * W), go(CHUNK * W), dt(CHUNK * W),
+        dpre(CHUNK * W), du(CHUNK * W), ddelta(CHUNK * W), dz(CHUNK * W);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = split.b(item), grp = split.g(item);
+      std::vector<Block<T>> blocks;
+      std::vector<Adjoint<T>> adj;
+      for (int64_t j = split.j0(item); j < split.j1(item); ++j) {
+        blocks.emplace_back(s, b, grp, j);
+        adj.emplace_back(N, s.invariant);
+        if (glast)
+          for (int64_t w = 0; w < blocks.back().wn; ++w)
+            for (int64_t n = 0; n < N; ++n)
+              adj.back().h[n * W + w] = glast[(b * s.dim + blocks.back().d0 + w) * N + n];
+      }
+      T* dB = g.dB + tid * g.per_thread;
+      T* dC = g.dC + tid * g.per_thread;
       for (int64_t c = nchunks - 1; c >= 0; --c) {
-        const int64_t t0 = c * CHUNK, t1 = std::min(s.L, t0 + CHUNK);
-        // Recompute the chunk: prev[t] is the state before step t, decay[t] = exp(dt_t A).
-        std::copy(checkpoints + (i * nchunks + c) * N, checkpoints + (i * nchunks + c + 1) * N, xs);
-        discretise(delta + t0, s.bias(d), s.softplus, t1 - t0, dts.data(), dpre.data());
-        decays<T, NC>(dts.data(), A, t1 - t0, N, decay.data());
-        if (s.z) {
-          const T* zc = zr + t0;
-          T* szp = sz.data();
+        const int64_t t0 = c * CHUNK, nk = std::min(CHUNK, s.L - t0);
+        std::fill(sumB.begin(), sumB.end(), T(0));
+        std::fill(sumC.begin(), sumC.end(), T(0));
+        for (size_t jb = 0; jb < blocks.size(); ++jb) {
+          const Block<T>& blk = blocks[jb];
+          Adjoint<T>& a = adj[jb];
+              load_tile(s.u, b, blk.d0, blk.wn, t0, nk, u.data());
+          load_tile(s.delta, b, blk.d0, blk.wn, t0, nk, delta.data());
+          load_tile(gout, b, blk.d0, blk.wn, t0, nk, go.data());
+          if (s.z.p) load_tile(s.z, b, blk.d0, blk.wn, t0, nk, z.data());
+          discretise(s, blk, delta.data(), nk, dt.data(), dpre.data());
+          // Recompute the chunk: prev[k] is the state before step t0 + k, decay[k] = exp(dt_k A).
+          std::fill(x.begin(), x.end(), T(0));
+          for (int64_t w = 0; w < blk.wn; ++w)
+            for (int64_t n = 0; n < N; ++n)
+              x[n * W + w] = checkpoints[((b * s.dim + blk.d0 + w) * nchunks + c) * N + n];
+          for (int64_t k = 0; k < nk; ++k) {
+            T* ak = decay.data() + k * N * W;
+            T* pk = prev.data() + k * N * W;
+            const T* Bt = state_input<INV>(s, blk, s.B, blk.B, t0 + k);
+            for (int64_t n = 0; n < N; ++n) {
 #pragma omp simd
-          for (int64_t k = 0; k < t1 - t0; ++k) szp[k] = T(1) / (T(1) + std::exp(-zc[k]));
-        }
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t k = t - t0;
-          const T dt = dts[k], du = dt * u[t];
-          const T* Bt = B + t * bt;
-          const T* ak = decay.data() + k * N;
-          T* pk = prev.data() + k * N;
+              for (int64_t w = 0; w < W; ++w) {
+                pk[n * W + w] = x[n * W + w];
+                ak[n * W + w] = decay_exp(dt[k * W + w] * blk.A[n * W + w]);
+                x[n * W + w] = ak[n * W + w] * x[n * W + w] + dt[k * W + w] * u[k * W + w] * lane<INV>(Bt, n, w);
+              }
+            }
+          }
+          // Adjoint, last step first; x holds the state after the step being undone.
+          for (int64_t k = nk - 1; k >= 0; --k) {
+            const int64_t t = t0 + k;
+            const T* ak = decay.data() + k * N * W;
+            const T* pk = prev.data() + k * N * W;
+            const T* uk = u.data() + k * W;
+            const T* dtk = dt.data() + k * W;
+            T* sBk = sumB.data() + k * N * W;
+            T* sCk = sumC.data() + k * N * W;
+            const T* Bt = state_input<INV>(s, blk, s.B, blk.B, t);
+            const T* Ct = state_input<INV>(s, blk, s.C, blk.C, t);
+            alignas(64) T gy[W], duk[W], ddt[W];
 #pragma omp simd
-          for (int64_t n = 0; n < N; ++n) {
-            pk[n] = xs[n];
-            xs[n] = ak[n] * xs[n] + du * Bt[n];
+            for (int64_t w = 0; w < W; ++w) gy[w] = go[k * W + w];
+            if (s.z.p) {
+              alignas(64) T y[W];
+#pragma omp simd
+              for (int64_t w = 0; w < W; ++w) y[w] = blk.D[w] * uk[w];
+              for (int64_t n = 0; n < N; ++n) {
+#pragma omp simd
+                for (int64_t w = 0; w < W; ++w) y[w] += x[n * W + w] * lane<INV>(Ct, n, w);
+              }
+#pragma omp simd
+              for (int64_t w = 0; w < W; ++w) {
+                const T zt = z[k * W + w], sig = sigmoid(zt);
+                dz[k * W + w] = gy[w] * y[w] * sig * (T(1) + zt * (T(1) - sig));
+                gy[w] *= zt * sig;
+              }
+            }
+#pragma omp simd
+            for (int64_t w = 0; w < W; ++w) {
+              a.dD[w] += gy[w] * uk[w];
+              duk[w] = gy[w] * blk.D[w];
+              ddt[w] = 0;
+            }
+            for (int64_t n = 0; n < N; ++n) {
+              T* h = a.h.data() + n * W;
+              T* dA = a.dA.data() + n * W;
+              T* dBn = INV ? a.dB.data() + n * W : sBk + n * W;
+              T* dCn = INV ? a.dC.data() + n * W : sCk + n * W;
+              const T* An = blk.A.data() + n * W;
+#pragma omp simd
+              for (int64_t w = 0; w < W; ++w) {
+                const T Bv = lane<INV>(Bt, n, w), hh = h[w] + gy[w] * lane<INV>(Ct, n, w);
+                dCn[w] += gy[w] * x[n * W + w];
+                const T ga = hh * pk[n * W + w] * ak[n * W + w];  // d/d(dt*A[n]) through the decay
+                ddt[w] += ga * An[w] + hh * uk[w] * Bv;
+                dA[w] += ga * dtk[w];
+                dBn[w] += hh * dtk[w] * uk[w];
+                duk[w] += hh * dtk[w] * Bv;
+                h[w] = hh * ak[n * W + w];  // on to the previous state
+                x[n * W + w] = pk[n * W + w];
+              }
+            }
+#pragma omp simd
+            for (int64_t w = 0; w < W; ++w) {
+              du[k * W + w] = duk[w];
+              ddelta[k * W + w] = ddt[w] * dpre[k * W + w];
+              a.dbias[w] += ddelta[k * W + w];
+            }
           }
+          store_tile(g.du, b, blk.d0, blk.wn, t0, nk, du.data());
+          store_tile(g.ddelta, b, blk.d0, blk.wn, t0, nk, ddelta.data());
+          if (s.z.p) store_tile(g.dz, b, blk.d0, blk.wn, t0, nk, dz.data());
         }
-        // Adjoint, t1-1 down to t0; x holds the state after the step being undone.
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t k = t - t0;
-          const T ut = u[t], dt = dts[k];
-          const T* Bt = B + t * bt;
-          const T* Ct = C + t * bt;
-          const T* pk = prev.data() + k * N;
-          const T* ak = decay.data() + k * N;
-          T* dBt = dB + t * bt;
-          T* dCt = dC + t * bt;
-          T gy = gout[r + t];
-          if (s.z) {
-            T y = Dd * ut;
-#pragma omp simd reduction(+ : y)
-            for (int64_t n = 0; n < N; ++n) y += xs[n] * Ct[n];
-            const T zt = zr[t], sig = sz[k];
-            g.dz[r + t] = gy * y * sig * (T(1) + zt * (T(1) - sig));
-            gy *= zt * sig;
+        if (!s.invariant) {  // the group's sums over its channels: lanes last
+          T* dBg = dB + s.bc(b, grp) + t0 * N;
+          T* dCg = dC + s.bc(b, grp) + t0 * N;
+          for (int64_t kn = 0; kn < nk * N; ++kn) {
+            T sb = 0, sc = 0;
+#pragma omp simd reduction(+ : sb, sc)
+            for (int64_t w = 0; w < W; ++w) {
+              sb += sumB[kn * W + w];
+              sc += sumC[kn * W + w];
+            }
+            dBg[kn] += sb;
+            dCg[kn] += sc;
           }
-          dD += gy * ut;
-          T du = gy * Dd, ddt = 0;
-#pragma omp simd reduction(+ : du, ddt)
-          for (int64_t n = 0; n < N; ++n) {
-            hs[n] += gy * Ct[n];
-            dCt[n] += gy * xs[n];
-            const T ga = hs[n] * pk[n] * ak[n];  // d/d(dt*A[n]) through the decay
-            ddt += ga * A[n] + hs[n] * ut * Bt[n];
-            dA[n] += ga * dt;
-            dBt[n] += hs[n] * dt * ut;
-            du += hs[n] * dt * Bt[n];
-            hs[n] *= ak[n];  // on to the previous state
-            xs[n] = pk[n];
-          }
-          g.du[r + t] = du;
-          const T dpre_t = ddt * dpre[k];
-          g.ddelta[r + t] = dpre_t;
-          dbias += dpre_t;
         }
       }
-      std::copy(dA, dA + N, g.dA + i * N);
-      g.dD[i] = dD;
-      g.dbias[i] = dbias;
+      for (size_t jb = 0; jb < blocks.size(); ++jb) {
+        const Block<T>& blk = blocks[jb];
+        const Adjoint<T>& a = adj[jb];
+        for (int64_t w = 0; w < blk.wn; ++w) {
+          const int64_t i = b * s.dim + blk.d0 + w;
+          for (int64_t n = 0; n < N; ++n) {
+            g.dA[i * N + n] = a.dA[n * W + w];
+            if (s.invariant) {
+              dB[(blk.d0 + w) * N + n] += a.dB[n * W + w];
+              dC[(blk.d0 + w) * N + n] += a.dC[n * W + w];
+            }
+          }
+          g.dD[i] = a.dD[w];
+          g.dbias[i] = a.dbias[w];
+        }
+      }
     }
   });
 }
-
-// Time is read with stride 1; a length-1 axis may carry any stride.
-inline bool time_contiguous(const at::Tensor& t) { return t.size(2) <= 1 || t.stride(2) == 1; }
 
 template <typename T>
 Scan<T> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
                   const c10::optional<at::Tensor>& delta_bias, bool delta_softplus) {
-  TORCH_CHECK(!z || (z->sizes() == u.sizes() && time_contiguous(*z)), "z must be shaped like u, contiguous along time");
-  const bool invariant = B.dim() == 2;  // (dim, N): one group per channel, no batch or time axis
-  const int64_t N = A.size(1);
-  return Scan<T>{u.data_ptr<T>(),
-                 delta.data_ptr<T>(),
+  TORCH_CHECK(!z || z->sizes() == u.sizes(), "z must be shaped like u");
+  const bool invariant = B.dim() == 2;  // (dim, N): no batch or time axis
+  const Strided<const T> none{nullptr, 0, 0, 0};
+  return Scan<T>{strided<const T>(u),
+                 strided<const T>(delta),
+                 z ? strided<const T>(*z) : none,
                  A.data_ptr<T>(),
                  B.data_ptr<T>(),
                  C.data_ptr<T>(),
                  D ? D->data_ptr<T>() : nullptr,
-                 z ? z->data_ptr<T>() : nullptr,
                  delta_bias ? delta_bias->data_ptr<T>() : nullptr,
                  u.size(0),
                  u.size(1),
                  u.size(2),
-                 N,
-                 invariant ? u.size(1) : B.size(1),
-                 invariant ? 0 : B.size(1) * B.size(2) * N,
-                 invariant ? N : B.size(2) * N,
-                 invariant ? 0 : N,
-                 u.stride(0),
-                 u.stride(1),
-                 delta.stride(0),
-                 delta.stride(1),
-                 z ? z->stride(0) : 0,
-                 z ? z->stride(1) : 0,
+                 A.size(1),
+                 invariant ? 1 : B.size(1),
+                 invariant,
                  delta_softplus};
 }
 
@@ -289,7 +481,6 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                 "B and C must be (batch, groups, L, N) matching u's batch and length and A's N");
     TORCH_CHECK(u.size(1) % B.size(1) == 0, "dim must be a multiple of the number of groups");
   }
-  TORCH_CHECK(time_contiguous(u) && time_contiguous(delta), "u and delta must be contiguous along time");
   for (const auto* t : {&A, &B, &C}) {
     TORCH_CHECK(t->is_contiguous(), "A, B and C must be contiguous");
   }
@@ -312,14 +503,15 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
                                  initial_state->is_contiguous() && initial_state->scalar_type() == u.scalar_type()),
               "initial_state must be a contiguous (batch, dim, N) tensor of u's dtype");
   const int64_t nchunks = (u.size(2) + CHUNK - 1) / CHUNK;
-  auto out = at::empty_like(u);
+  auto out = empty_like_layout(u);
   auto checkpoints = at::empty({u.size(0), u.size(1), nchunks, A.size(1)}, u.options());
   auto last_state = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
     if (initial_state) s.initial_state = initial_state->data_ptr<scalar_t>();
-    auto kernel = s.N == 16 ? forward_kernel<scalar_t, 16> : forward_kernel<scalar_t, 0>;
-    kernel(s, out.data_ptr<scalar_t>(), checkpoints.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>());
+    auto kernel = s.invariant ? (s.N == 16 ? forward_kernel<scalar_t, 16, true> : forward_kernel<scalar_t, 0, true>)
+                              : (s.N == 16 ? forward_kernel<scalar_t, 16, false> : forward_kernel<scalar_t, 0, false>);
+    kernel(s, strided<scalar_t>(out), checkpoints.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>());
   });
   return {out, checkpoints, last_state};
 }
@@ -331,10 +523,10 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
                             bool delta_softplus, const at::Tensor& checkpoints, const at::Tensor& gout,
                             const c10::optional<at::Tensor>& glast) {
   check_inputs(u, delta, A, B, C);
-  TORCH_CHECK(gout.sizes() == u.sizes() && gout.is_contiguous(), "gout must be contiguous like u");
+  TORCH_CHECK(gout.sizes() == u.sizes() && gout.scalar_type() == u.scalar_type(), "gout must be shaped like u");
   const int64_t batch = u.size(0), dim = u.size(1), N = A.size(1), threads = at::get_num_threads();
-  auto du = at::empty_like(u), ddelta = at::empty_like(u);
-  auto dz = z ? at::empty_like(u) : at::Tensor();
+  auto du = empty_like_layout(u), ddelta = empty_like_layout(u);
+  auto dz = z ? empty_like_layout(u) : at::Tensor();
   auto dA = at::empty({batch, dim, N}, u.options());
   auto dD = at::empty({batch, dim}, u.options()), dbias = at::empty({batch, dim}, u.options());
   std::vector<int64_t> per_thread_shape{threads};
@@ -343,15 +535,15 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
   auto dC = at::zeros_like(dB);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
-    Grads<scalar_t> g{du.data_ptr<scalar_t>(),    ddelta.data_ptr<scalar_t>(),
-                      z ? dz.data_ptr<scalar_t>() : nullptr,
-                      dA.data_ptr<scalar_t>(),    dD.data_ptr<scalar_t>(),
-                      dbias.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
-                      dC.data_ptr<scalar_t>(),    B.numel()};
-    auto kernel = s.N == 16 ? backward_kernel<scalar_t, 16> : backward_kernel<scalar_t, 0>;
-    kernel(s, gout.data_ptr<scalar_t>(),
-                              glast ? glast->contiguous().data_ptr<scalar_t>() : nullptr,
-                              checkpoints.data_ptr<scalar_t>(), g);
+    const Strided<scalar_t> none{nullptr, 0, 0, 0};
+    Grads<scalar_t> g{strided<scalar_t>(du),    strided<scalar_t>(ddelta),  z ? strided<scalar_t>(dz) : none,
+                      dA.data_ptr<scalar_t>(),  dD.data_ptr<scalar_t>(),    dbias.data_ptr<scalar_t>(),
+                      dB.data_ptr<scalar_t>(),  dC.data_ptr<scalar_t>(),    B.numel()};
+    auto kernel = s.invariant ? (s.N == 16 ? backward_kernel<scalar_t, 16, true> : backward_kernel<scalar_t, 0, true>)
+                              : (s.N == 16 ? backward_kernel<scalar_t, 16, false> : backward_kernel<scalar_t, 0, false>);
+    const auto glast_c = glast ? glast->contiguous() : at::Tensor();
+    kernel(s, strided<const scalar_t>(gout), glast ? glast_c.data_ptr<scalar_t>() : nullptr,
+           checkpoints.data_ptr<scalar_t>(), g);
   });
   return {du,
           ddelta,

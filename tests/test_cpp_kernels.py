@@ -33,7 +33,7 @@ def inputs(batch, dim, length, N, dtype, bc="variable", groups=1):
 
 def run(x, backend, last_state_weight=None):
     """Output, final state and the gradient of every input under a random linear loss."""
-    leaves = [x[k].clone().requires_grad_() for k in NAMES]
+    leaves = [x[k].detach().requires_grad_() for k in NAMES]  # a view: the layout is kept (clone's is not)
     out, last = selective_scan(*leaves, delta_softplus=True, return_last_state=True, backend=backend)
     g = torch.Generator().manual_seed(1)
     loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
@@ -52,12 +52,14 @@ def assert_matches_reference(x, rtol, last_state_weight=None):
         torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * scale, msg=f"gradient of {name}")
 
 
-SHAPES = [  # (batch, dim, length, N): L = 1, primes, beyond one 64-step chunk; B*D odd
+SHAPES = [  # (batch, dim, length, N): L = 1, primes, beyond one 32-step chunk; B*D odd; blocks of 16
+    # channels: one partial, two full and a partial one (37), split between threads (batch 1)
     (1, 1, 1, 1),
     (2, 3, 7, 4),
     (3, 7, 67, 16),
     (1, 5, 131, 4),
     (2, 9, 200, 1),
+    (1, 37, 75, 16),
 ]
 
 
@@ -76,14 +78,44 @@ def test_other_bc_layouts_match_reference(bc):
     assert_matches_reference(inputs(2, 6, 70, 4, torch.float64, bc=bc, groups=3), rtol=1e-9)
 
 
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """(batch, dim, L) with channels contiguous: a view of a (batch, L, dim) tensor, as Mamba's mixer
+    passes its activations."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def test_strided_rows_are_read_in_place():
-    """u and z as halves of one bigger tensor (as in_proj's output is split): no copy needed."""
+    """u and z as halves of one bigger tensor (as in_proj's output is split), time contiguous."""
     x = inputs(2, 6, 80, 16, torch.float64)
     xz = torch.cat([x["u"], x["z"]], dim=1)  # (batch, 2 dim, L)
     u, z = xz.chunk(2, dim=1)
     assert not u.is_contiguous() and u.stride(-1) == 1
     x_strided = {**x, "u": u, "z": z}
     assert_matches_reference(x_strided, rtol=1e-9)
+
+
+@pytest.mark.parametrize("bc", ["variable", "grouped", "invariant"])
+def test_channels_last_views_match_reference(bc):
+    """u, delta and z as (batch, L, dim) halves viewed (batch, dim, L), as the mixer passes them: 40
+    channels in two groups of 20, so a group's blocks of 16 end in a partial one."""
+    x = inputs(2, 40, 75, 16, torch.float64, bc=bc, groups=2)
+    xz = torch.cat([x["u"].transpose(1, 2), x["z"].transpose(1, 2)], dim=-1)  # (batch, L, 2 dim)
+    u, z = (t.transpose(1, 2) for t in xz.chunk(2, dim=-1))
+    assert u.stride(1) == 1 and not u.is_contiguous()
+    assert_matches_reference({**x, "u": u, "z": z, "delta": channels_last(x["delta"])}, rtol=1e-9)
+
+
+def test_outputs_and_gradients_keep_the_channels_last_layout():
+    """So that out_proj reads the scan's output, and in_proj's backward its gradients, without a copy."""
+    x = {k: v.requires_grad_() for k, v in inputs(2, 20, 9, 4, torch.float32).items()}
+    u, delta, z = (channels_last(x[k].detach()).requires_grad_() for k in ("u", "delta", "z"))
+    out = selective_scan(u, delta, x["A"], x["B"], x["C"], x["D"], z, x["delta_bias"], True, backend="cpp")
+    assert out.transpose(1, 2).is_contiguous()
+    out.sum().backward()
+    for grad in (u.grad, delta.grad, z.grad):
+        assert grad.transpose(1, 2).is_contiguous()
+    conv = causal_conv1d(u, torch.randn(20, 4, requires_grad=True), None, "silu", backend="cpp")
+    assert conv.transpose(1, 2).is_contiguous()
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -96,9 +128,25 @@ def test_causal_conv_matches_reference(dtype, rtol, bias, activation):
     weight = torch.randn(5, 4, generator=g, dtype=dtype)
     b = torch.randn(5, generator=g, dtype=dtype) if bias else None
     grad = torch.randn(3, 5, 67, generator=g, dtype=dtype)
+    assert_conv_matches_reference(x, weight, b, activation, grad, rtol)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_causal_conv_of_channels_last_views_matches_reference(dtype, rtol):
+    """37 channels (blocks of 16 and a partial one), x half of a (batch, L, 2 dim) tensor."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 67, 74, generator=g, dtype=dtype)[..., :37].transpose(1, 2)
+    weight = torch.randn(37, 4, generator=g, dtype=dtype)
+    b = torch.randn(37, generator=g, dtype=dtype)
+    grad = channels_last(torch.randn(2, 37, 67, generator=g, dtype=dtype))
+    assert_conv_matches_reference(x, weight, b, "silu", grad, rtol)
+
+
+def assert_conv_matches_reference(x, weight, b, activation, grad, rtol):
+    bias = b is not None
 
     def run(backend):
-        xs, ws = x.detach().clone().requires_grad_(), weight.clone().requires_grad_()
+        xs, ws = x.detach().requires_grad_(), weight.clone().requires_grad_()  # x's layout kept
         bs = b.clone().requires_grad_() if bias else None
         out = causal_conv1d(xs, ws, bs, activation, backend=backend)
         leaves = [t for t in (xs, ws, bs) if t is not None]

@@ -129,12 +129,6 @@ def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _linear_channels_first(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear`` applied to x (batch, in_features, L), giving (batch, out_features, L)."""
-    out = linear.weight @ x
-    return out if linear.bias is None else out + linear.bias[:, None]
-
-
 class MambaMixer(nn.Module):
     """The selective SSM block: in_proj -> causal conv -> selective scan, gated -> out_proj."""
 
@@ -201,11 +195,10 @@ class MambaMixer(nn.Module):
         """hidden (batch, L, d_model); a cache, if given, receives the final conv and SSM state.
         ``continuing``: the chunk continues the sequence whose state the cache holds.
 
-        Inside, activations are (batch, channels, L), the layout the kernels read: the
-        projections are written W @ x, so no activation is transposed into a copy.
+        Activations stay (batch, L, channels), as nn.Linear reads and writes them; the kernels
+        take (batch, channels, L) views of them (channels contiguous), so nothing is copied.
         """
-        xz = _linear_channels_first(self.in_proj, hidden.transpose(1, 2))  # (batch, 2 d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        x, z = (t.transpose(1, 2) for t in self.in_proj(hidden).chunk(2, dim=-1))  # (batch, d_inner, L)
         before = self.d_conv - 1 if continuing else 0  # the conv's window reaches into the cached inputs
         if continuing:
             x = torch.cat([cache.conv_state[..., 1:], x], dim=-1)
@@ -230,13 +223,14 @@ class MambaMixer(nn.Module):
         if cache is not None:
             y, last_state = y
             cache.ssm_state.copy_(last_state)
-        return _linear_channels_first(self.out_proj, y).transpose(1, 2)
+        return self.out_proj(y.transpose(1, 2))
 
     def _ssm_inputs(self, x: torch.Tensor):
         """(delta, B, C, delta_bias) of the scan from the conv's output x (batch, d_inner, L): the
         selection, delta (batch, d_inner, L), B and C (batch, d_state, L), all computed from x."""
-        dt, B, C = (self.x_proj.weight @ x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        return self.dt_proj.weight @ dt, B, C, self.dt_proj.bias  # the bias is added in the scan
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # the bias is added in the scan
+        return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2), self.dt_proj.bias
 
     def step(self, hidden: torch.Tensor, cache: MambaLayerCache) -> torch.Tensor:
         """hidden (batch, d_model) for one token; advances the cache in place."""

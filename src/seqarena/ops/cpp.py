@@ -100,7 +100,7 @@ class SelectiveScanCpp(torch.autograd.Function):
             grad_out = torch.zeros_like(u)
         grads = _load()[0].bwd(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
-            grad_out.contiguous(), grad_last_state,
+            grad_out, grad_last_state,
         )  # fmt: skip
         return (*grads, None, None)  # None for absent inputs, delta_softplus and initial_state
 
@@ -112,12 +112,9 @@ def _bc_layout(BC: torch.Tensor) -> torch.Tensor:
     return BC if BC.dim() == 2 else BC.transpose(-1, -2)
 
 
-def _rows(t, dtype):
-    """As the kernels read (batch, dim, L) inputs: time contiguous, any batch/channel strides."""
-    if t is None:
-        return None
-    t = t.to(dtype)
-    return t if t.stride(-1) == 1 else t.contiguous()
+def _strided(t, dtype):
+    """(batch, dim, L) inputs as the kernels read them: in any layout, converted only in dtype."""
+    return None if t is None else t.to(dtype)
 
 
 def _dense(t, dtype):
@@ -138,8 +135,8 @@ def selective_scan_cpp(
     dtype_in = u.dtype
     f = torch.promote_types(dtype_in, torch.float32)
     out, last_state = SelectiveScanCpp.apply(
-        _rows(u, f), _rows(delta, f), _dense(A, f), _dense(_bc_layout(B), f), _dense(_bc_layout(C), f),
-        _dense(D, f), _rows(z, f), _dense(delta_bias, f), delta_softplus, _dense(initial_state, f),
+        _strided(u, f), _strided(delta, f), _dense(A, f), _dense(_bc_layout(B), f), _dense(_bc_layout(C), f),
+        _dense(D, f), _strided(z, f), _dense(delta_bias, f), delta_softplus, _dense(initial_state, f),
     )  # fmt: skip
     out = out.to(dtype_in)
     return (out, last_state) if return_last_state else out
@@ -155,7 +152,7 @@ class CausalConv1dCpp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = _load()[0].conv_bwd(x, weight, bias, ctx.silu, grad_out.contiguous())
+        dx, dweight, dbias = _load()[0].conv_bwd(x, weight, bias, ctx.silu, grad_out)
         return dx, dweight, dbias, None
 
 
@@ -163,7 +160,7 @@ def causal_conv1d_cpp(x, weight, bias=None, activation=None):
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_conv1d activation must be None, 'silu' or 'swish', not {activation!r}")
     f = torch.promote_types(x.dtype, torch.float32)
-    out = CausalConv1dCpp.apply(_rows(x, f), _dense(weight, f), _dense(bias, f), activation is not None)
+    out = CausalConv1dCpp.apply(_strided(x, f), _dense(weight, f), _dense(bias, f), activation is not None)
     return out.to(x.dtype)
 
 
