@@ -2,10 +2,11 @@
 // backward, with causal_conv1d's semantics: out[t] = bias + sum_k w[k] * x[t - (K-1) + k].
 //
 // x is (batch, dim, L) with any strides (Mamba's mixer passes a view of (batch, L, dim)
-// activations); outputs and gradients take x's layout. Vectorisation runs over WB channels
-// at once: a block's inputs are copied once into a zero-padded (K-1+L, WB) buffer, so the
-// tap loop runs branch-free over channel lanes. The SiLU's input is recomputed in the
-// backward rather than stored.
+// activations); outputs and gradients take x's layout. Work is split over (batch, tile of
+// TILE steps); within a tile, blocks of WB channels run side by side, so memory is walked
+// along its rows. A block's inputs (with the K-1 steps before the tile) are copied into a
+// small buffer, so the tap loop runs branch-free over channel lanes. The SiLU's input is
+// recomputed in the backward rather than stored.
 
 #include <torch/extension.h>
 
@@ -17,66 +18,90 @@
 
 namespace {
 
-constexpr int64_t WB = 16;  // channels per block
+constexpr int64_t WB = 16;     // channels per block
+constexpr int64_t TILE = 64;   // steps per work item
 
+// A (batch, dim, L) tensor read or written through its strides.
 template <typename T>
-struct Conv {
-  const T *x, *w, *bias;
-  int64_t batch, dim, L, K, x_sb, x_sd, x_st;
-  bool silu;
+struct Strided {
+  T* p;
+  int64_t sb, sd, st;
+  T* at(int64_t b, int64_t d, int64_t t) const { return p + b * sb + d * sd + t * st; }
 };
 
-// to[w] = from[w * stride] for w < n; a full row of contiguous lanes (Mamba's layout) as one vector.
 template <typename T>
-void read_lanes(const T* from, int64_t stride, int64_t n, T* to) {
-  if (stride == 1 && n == WB) {
-#pragma omp simd
-    for (int64_t w = 0; w < WB; ++w) to[w] = from[w];
-  } else {
-    for (int64_t w = 0; w < n; ++w) to[w] = from[w * stride];
-  }
+Strided<T> strided(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
+// buf[(t - t0) * WB + w] = x(b, d0 + w, t) for t0 <= t < t1, zero outside [0, L) and past lane wn.
+// A full block of contiguous channels (Mamba's layout) moves as one vector per step.
 template <typename T>
-void write_lanes(const T* from, int64_t n, T* to, int64_t stride) {
-  if (stride == 1 && n == WB) {
+void read_block(const Strided<const T>& x, int64_t L, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t t1,
+                T* buf) {
+  std::fill(buf, buf + (t1 - t0) * WB, T(0));
+  for (int64_t t = std::max<int64_t>(t0, 0); t < std::min(t1, L); ++t) {
+    const T* row = x.at(b, d0, t);
+    T* to = buf + (t - t0) * WB;
+    if (x.sd == 1 && wn == WB) {
 #pragma omp simd
-    for (int64_t w = 0; w < WB; ++w) to[w] = from[w];
-  } else {
-    for (int64_t w = 0; w < n; ++w) to[w * stride] = from[w];
-  }
-}
-
-// xp[(K-1 + t) * WB + w] = x(b, d0 + w, t), zeros before t = 0 and past lane wn; then
-// pre[t * WB + w] = bias + sum_k w[k] * xp[(t + k) * WB + w].
-template <typename T>
-void convolve_block(const Conv<T>& c, int64_t b, int64_t d0, int64_t wn, T* xp, T* pre, T* wt, T* bias) {
-  std::fill(xp, xp + (c.K - 1 + c.L) * WB, T(0));
-  for (int64_t t = 0; t < c.L; ++t) read_lanes(c.x + b * c.x_sb + d0 * c.x_sd + t * c.x_st, c.x_sd, wn, xp + (c.K - 1 + t) * WB);
-  std::fill(wt, wt + c.K * WB, T(0));
-  std::fill(bias, bias + WB, T(0));
-  for (int64_t w = 0; w < wn; ++w) {
-    for (int64_t k = 0; k < c.K; ++k) wt[k * WB + w] = c.w[(d0 + w) * c.K + k];
-    if (c.bias) bias[w] = c.bias[d0 + w];
-  }
-  for (int64_t t = 0; t < c.L; ++t) {
-    T* p = pre + t * WB;
-#pragma omp simd
-    for (int64_t w = 0; w < WB; ++w) p[w] = bias[w];
-    for (int64_t k = 0; k < c.K; ++k) {
-      const T* xk = xp + (t + k) * WB;
-#pragma omp simd
-      for (int64_t w = 0; w < WB; ++w) p[w] += wt[k * WB + w] * xk[w];
+      for (int64_t w = 0; w < WB; ++w) to[w] = row[w];
+    } else {
+      for (int64_t w = 0; w < wn; ++w) to[w] = row[w * x.sd];
     }
   }
 }
 
-// out and dx take x's layout: (b, d, t) at these strides.
-struct Layout {
-  int64_t sb, sd, st;
+template <typename T>
+void write_block(const T* buf, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t t1, const Strided<T>& x) {
+  for (int64_t t = t0; t < t1; ++t) {
+    T* row = x.at(b, d0, t);
+    const T* from = buf + (t - t0) * WB;
+    if (x.sd == 1 && wn == WB) {
+#pragma omp simd
+      for (int64_t w = 0; w < WB; ++w) row[w] = from[w];
+    } else {
+      for (int64_t w = 0; w < wn; ++w) row[w * x.sd] = from[w];
+    }
+  }
+}
+
+template <typename T>
+struct Conv {
+  Strided<const T> x;
+  const T *w, *bias;
+  int64_t batch, dim, L, K;
+  bool silu;
+
+  int64_t blocks() const { return (dim + WB - 1) / WB; }
+  int64_t tiles() const { return (L + TILE - 1) / TILE; }
+  // A block's taps (K, WB) and bias (WB) as lanes, zero past lane wn.
+  void block_weights(int64_t d0, int64_t wn, T* wt, T* b) const {
+    std::fill(wt, wt + K * WB, T(0));
+    std::fill(b, b + WB, T(0));
+    for (int64_t w = 0; w < wn; ++w) {
+      for (int64_t k = 0; k < K; ++k) wt[k * WB + w] = this->w[(d0 + w) * K + k];
+      if (bias) b[w] = bias[d0 + w];
+    }
+  }
 };
 
-Layout layout(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+// pre[(t - t0) * WB + w] for t0 <= t < t1, from xp holding the inputs of steps t0 - (K-1) .. t1 - 1.
+template <typename T>
+void convolve(int64_t K, int64_t n, const T* xp, const T* wt, const T* bias, T* pre) {
+  for (int64_t i = 0; i < n; ++i) {
+    alignas(64) T acc[WB];
+#pragma omp simd
+    for (int64_t w = 0; w < WB; ++w) acc[w] = bias[w];
+    for (int64_t k = 0; k < K; ++k) {
+      const T* xk = xp + (i + k) * WB;
+#pragma omp simd
+      for (int64_t w = 0; w < WB; ++w) acc[w] += wt[k * WB + w] * xk[w];
+    }
+#pragma omp simd
+    for (int64_t w = 0; w < WB; ++w) pre[i * WB + w] = acc[w];
+  }
+}
 
 at::Tensor empty_like_layout(const at::Tensor& x) {
   if (x.size(1) > 1 && x.stride(1) == 1)
@@ -85,82 +110,89 @@ at::Tensor empty_like_layout(const at::Tensor& x) {
 }
 
 template <typename T>
-void forward_kernel(const Conv<T>& c, T* out, Layout o) {
-  const int64_t blocks = (c.dim + WB - 1) / WB;
-  at::parallel_for(0, c.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> xp((c.K - 1 + c.L) * WB), pre(c.L * WB), wt(c.K * WB), bias(WB);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / blocks, d0 = i % blocks * WB, wn = std::min(WB, c.dim - d0);
-      convolve_block(c, b, d0, wn, xp.data(), pre.data(), wt.data(), bias.data());
-      if (c.silu) {
+void forward_kernel(const Conv<T>& c, const Strided<T>& out) {
+  const int64_t tiles = c.tiles();
+  at::parallel_for(0, c.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> xp((TILE + c.K - 1) * WB), pre(TILE * WB), wt(c.K * WB), bias(WB);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / tiles, t0 = item % tiles * TILE, t1 = std::min(c.L, t0 + TILE), n = t1 - t0;
+      for (int64_t d0 = 0; d0 < c.dim; d0 += WB) {
+        const int64_t wn = std::min(WB, c.dim - d0);
+        c.block_weights(d0, wn, wt.data(), bias.data());
+        read_block(c.x, c.L, b, d0, wn, t0 - (c.K - 1), t1, xp.data());
+        convolve(c.K, n, xp.data(), wt.data(), bias.data(), pre.data());
+        if (c.silu) {
 #pragma omp simd
-        for (int64_t k = 0; k < c.L * WB; ++k) pre[k] = pre[k] / (T(1) + std::exp(-pre[k]));
+          for (int64_t i = 0; i < n * WB; ++i) pre[i] = pre[i] / (T(1) + std::exp(-pre[i]));
+        }
+        write_block(pre.data(), b, d0, wn, t0, t1, out);
       }
-      for (int64_t t = 0; t < c.L; ++t) write_lanes(pre.data() + t * WB, wn, out + b * o.sb + d0 * o.sd + t * o.st, o.sd);
     }
   });
 }
 
-// dx (in x's layout), and per-(b, d) partial sums of dw (batch, dim, K) and dbias (batch, dim).
+// dx (in x's layout), and per-(b, tile, d) partial sums of dw (batch, tiles, dim, K) and dbias
+// (batch, tiles, dim). Step s of x reaches outputs s .. s + K-1: the tile's gradient g runs K-1
+// steps past it, whose pre-activations are recomputed from the inputs K-1 steps before them.
 template <typename T>
-void backward_kernel(const Conv<T>& c, const T* gout, Layout go, T* dx, Layout o, T* dw, T* dbias) {
-  const int64_t blocks = (c.dim + WB - 1) / WB;
-  at::parallel_for(0, c.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> xp((c.K - 1 + c.L) * WB), gp((c.L + c.K - 1) * WB), wt(c.K * WB), bias(WB), dxb(c.L * WB);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / blocks, d0 = i % blocks * WB, wn = std::min(WB, c.dim - d0);
-      T* g = gp.data();  // g[t] = d loss / d pre[t], followed by K-1 zero steps
-      convolve_block(c, b, d0, wn, xp.data(), g, wt.data(), bias.data());
-      std::fill(g + c.L * WB, g + (c.L + c.K - 1) * WB, T(0));
-      for (int64_t t = 0; t < c.L; ++t) {
-        alignas(64) T gt[WB] = {};
-        read_lanes(gout + b * go.sb + d0 * go.sd + t * go.st, go.sd, wn, gt);
-        T* gr = g + t * WB;
-        if (c.silu) {
-#pragma omp simd
-          for (int64_t w = 0; w < WB; ++w) {
-            const T sig = T(1) / (T(1) + std::exp(-gr[w]));
-            gr[w] = gt[w] * sig * (T(1) + gr[w] * (T(1) - sig));
-          }
-        } else {
-          std::copy(gt, gt + WB, gr);
-        }
-      }
-      alignas(64) T gb[WB] = {}, acc[WB];
-      for (int64_t t = 0; t < c.L; ++t) {
-#pragma omp simd
-        for (int64_t w = 0; w < WB; ++w) gb[w] += g[t * WB + w];
-      }
-      std::fill(dxb.begin(), dxb.end(), T(0));
-      for (int64_t k = 0; k < c.K; ++k) {
-        // pre[t] uses x[t - (K-1) + k]: x[s] receives w[k] * g[s + (K-1) - k]
-        const T* wk = wt.data() + k * WB;
-        std::fill(acc, acc + WB, T(0));
-        for (int64_t t = 0; t < c.L; ++t) {
-          const T* gk = g + (t + c.K - 1 - k) * WB;
-          const T* gt = g + t * WB;
-          const T* xk = xp.data() + (t + k) * WB;
-          T* d = dxb.data() + t * WB;
-#pragma omp simd
-          for (int64_t w = 0; w < WB; ++w) {
-            d[w] += wk[w] * gk[w];
-            acc[w] += gt[w] * xk[w];
+void backward_kernel(const Conv<T>& c, const Strided<const T>& gout, const Strided<T>& dx, T* dw, T* dbias) {
+  const int64_t tiles = c.tiles(), K = c.K;
+  at::parallel_for(0, c.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    const int64_t span = TILE + K - 1;  // outputs t0 .. t1 + K-2
+    std::vector<T> xp((span + K - 1) * WB), g(span * WB), go(span * WB), wt(K * WB), bias(WB), dxb(TILE * WB);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / tiles, tile = item % tiles, t0 = tile * TILE, t1 = std::min(c.L, t0 + TILE);
+      const int64_t n = t1 - t0, ng = std::min(c.L, t1 + K - 1) - t0;  // outputs whose gradient reaches the tile
+      for (int64_t d0 = 0; d0 < c.dim; d0 += WB) {
+        const int64_t wn = std::min(WB, c.dim - d0);
+        c.block_weights(d0, wn, wt.data(), bias.data());
+        read_block(c.x, c.L, b, d0, wn, t0 - (K - 1), t0 + ng, xp.data());
+        convolve(K, ng, xp.data(), wt.data(), bias.data(), g.data());
+        read_block(gout, c.L, b, d0, wn, t0, t0 + ng, go.data());
+        for (int64_t i = 0; i < ng * WB; ++i) {
+          if (c.silu) {
+            const T sig = T(1) / (T(1) + std::exp(-g[i]));
+            g[i] = go[i] * sig * (T(1) + g[i] * (T(1) - sig));
+          } else {
+            g[i] = go[i];
           }
         }
-        for (int64_t w = 0; w < wn; ++w) dw[(b * c.dim + d0 + w) * c.K + k] = acc[w];
+        std::fill(g.begin() + ng * WB, g.end(), T(0));
+        alignas(64) T gb[WB] = {};
+        for (int64_t i = 0; i < n; ++i) {
+#pragma omp simd
+          for (int64_t w = 0; w < WB; ++w) gb[w] += g[i * WB + w];
+        }
+        std::fill(dxb.begin(), dxb.end(), T(0));
+        for (int64_t k = 0; k < K; ++k) {
+          // pre[t] uses x[t - (K-1) + k]: x[s] receives w[k] * g[s + (K-1) - k]
+          const T* wk = wt.data() + k * WB;
+          alignas(64) T acc[WB] = {};
+          for (int64_t i = 0; i < n; ++i) {
+            const T* gk = g.data() + (i + K - 1 - k) * WB;
+            const T* gi = g.data() + i * WB;
+            const T* xk = xp.data() + (i + k) * WB;
+            T* d = dxb.data() + i * WB;
+#pragma omp simd
+            for (int64_t w = 0; w < WB; ++w) {
+              d[w] += wk[w] * gk[w];
+              acc[w] += gi[w] * xk[w];
+            }
+          }
+          for (int64_t w = 0; w < wn; ++w) dw[((b * tiles + tile) * c.dim + d0 + w) * K + k] = acc[w];
+        }
+        for (int64_t w = 0; w < wn; ++w) dbias[(b * tiles + tile) * c.dim + d0 + w] = gb[w];
+        write_block(dxb.data(), b, d0, wn, t0, t1, dx);
       }
-      for (int64_t w = 0; w < wn; ++w) dbias[b * c.dim + d0 + w] = gb[w];
-      for (int64_t t = 0; t < c.L; ++t) write_lanes(dxb.data() + t * WB, wn, dx + b * o.sb + d0 * o.sd + t * o.st, o.sd);
     }
   });
 }
 
 template <typename T>
 Conv<T> make_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, bool silu) {
-  return Conv<T>{x.data_ptr<T>(), weight.data_ptr<T>(), bias ? bias->data_ptr<T>() : nullptr,
-                 x.size(0),       x.size(1),           x.size(2),
-                 weight.size(1),  x.stride(0),         x.stride(1),
-                 x.stride(2),     silu};
+  return Conv<T>{strided<const T>(x), weight.data_ptr<T>(), bias ? bias->data_ptr<T>() : nullptr,
+                 x.size(0),           x.size(1),           x.size(2),
+                 weight.size(1),      silu};
 }
 
 void check(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
@@ -176,7 +208,7 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const c10::op
   check(x, weight, bias);
   auto out = empty_like_layout(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_cpu_fwd", [&] {
-    forward_kernel<scalar_t>(make_conv<scalar_t>(x, weight, bias, silu), out.data_ptr<scalar_t>(), layout(out));
+    forward_kernel<scalar_t>(make_conv<scalar_t>(x, weight, bias, silu), strided<scalar_t>(out));
   });
   return out;
 }
@@ -186,13 +218,13 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight, 
                                  bool silu, const at::Tensor& gout) {
   check(x, weight, bias);
   TORCH_CHECK(gout.sizes() == x.sizes() && gout.scalar_type() == x.scalar_type(), "gout must be shaped like x");
+  const int64_t tiles = (x.size(2) + TILE - 1) / TILE;
   auto dx = empty_like_layout(x);
-  auto dw = at::empty({x.size(0), x.size(1), weight.size(1)}, x.options());
-  auto dbias = at::empty({x.size(0), x.size(1)}, x.options());
+  auto dw = at::empty({x.size(0) * tiles, x.size(1), weight.size(1)}, x.options());
+  auto dbias = at::empty({x.size(0) * tiles, x.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_cpu_bwd", [&] {
-    backward_kernel<scalar_t>(make_conv<scalar_t>(x, weight, bias, silu), gout.data_ptr<scalar_t>(), layout(gout),
-                              dx.data_ptr<scalar_t>(), layout(dx), dw.data_ptr<scalar_t>(),
-                              dbias.data_ptr<scalar_t>());
+    backward_kernel<scalar_t>(make_conv<scalar_t>(x, weight, bias, silu), strided<const scalar_t>(gout),
+                              strided<scalar_t>(dx), dw.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>());
   });
   return {dx, dw.sum(0), bias ? dbias.sum(0) : at::Tensor()};
 }

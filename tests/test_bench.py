@@ -6,9 +6,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from seqarena.bench import KERNEL_COLUMNS, bench_training
+from seqarena.bench import KERNEL_COLUMNS, bench_training, cache_bytes
 from seqarena.cli import main
-from seqarena.models import build_model
+from seqarena.models import build_model, from_pretrained
 
 
 def test_kernels_csv(tmp_path):
@@ -42,6 +42,7 @@ def test_generation_json_from_a_checkpoint_lands_in_its_run(arch, tmp_path):
           "--batch-sizes", "1,2,4", "--repeats", "2", "--out", str(out), "--tracking-uri", uri])  # fmt: skip
     result = json.loads(out.read_text())
     assert result["prompt_len"] == 16 and result["new_tokens"] == 8 and result["device"] == "cpu"
+    assert result["cache_bytes_per_sequence"] == cache_bytes(from_pretrained(ckpt).allocate_cache(1, 24))
     assert [r["batch"] for r in result["results"]] == [1, 2, 4]
     for r in result["results"]:
         assert not r["oom"] and r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
@@ -51,6 +52,19 @@ def test_generation_json_from_a_checkpoint_lands_in_its_run(arch, tmp_path):
     assert run.data.tags["seqarena.model_id"] == f"{arch}-tiny"
     history = client.get_metric_history(run.info.run_id, "bench/generation/tokens_per_s")
     assert sorted(m.step for m in history) == [1, 2, 4]  # step = batch size
+
+
+def test_cache_bytes_are_mambas_fixed_state_and_a_kv_cache_growing_with_length():
+    """Against the caches' sizes written out: Mamba-1 keeps, per layer, d_conv inputs and a d_state
+    state per inner channel (float32); a Transformer keeps a key and a value of d_model per layer
+    and position."""
+    mamba, transformer = build_model("mamba-tiny", 64), build_model("transformer-tiny", 64)
+    mixer, c = mamba.backbone.layers[0].mixer, transformer.config
+    for length in (16, 1024):
+        state = mamba.config.n_layer * mixer.d_inner * (mixer.d_conv + mixer.d_state) * 4
+        assert cache_bytes(mamba.allocate_cache(1, length)) == state
+        assert cache_bytes(mamba.allocate_cache(3, length)) == 3 * state
+        assert cache_bytes(transformer.allocate_cache(1, length)) == 2 * c.n_layer * length * c.d_model * 4
 
 
 def test_training_bench_reuses_the_training_loop():

@@ -100,6 +100,9 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     )
     ratio = mamba[0]["tokens_per_s"] / transformer[0]["tokens_per_s"]  # batch 1, said in words
     assert f"{ratio:.2f}x at batch 1" in html and "the tokens/s of transformer-tiny" in html
+    state, kv = (collect(full_results).generation[m]["cache_bytes_per_sequence"] / 2**10
+                 for m in ("mamba-tiny", "transformer-tiny"))  # fmt: skip
+    assert f"its cache holds {state:,.0f} KiB per sequence at any length, the KV cache {kv:,.0f} KiB" in html
     assert ("expected here, not a fault" in html) == (
         ratio < 1 or mamba[1]["tokens_per_s"] < transformer[1]["tokens_per_s"]
     )

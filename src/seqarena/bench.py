@@ -8,6 +8,7 @@ model's MLflow run (the kernels to a run of their own).
 """
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -153,8 +154,21 @@ def load_model(model: str, vocab_size: int, device: torch.device):
     return build_model(model, vocab_size=vocab_size).to(device)
 
 
+def cache_bytes(cache) -> int:
+    """Bytes held by a decoding cache's tensors: a Mamba's fixed-size state, a Transformer's keys and
+    values (allocated for the whole sequence)."""
+    if isinstance(cache, torch.Tensor):
+        return cache.nbytes
+    if dataclasses.is_dataclass(cache):
+        return sum(cache_bytes(getattr(cache, f.name)) for f in dataclasses.fields(cache))
+    if isinstance(cache, list | tuple):
+        return sum(cache_bytes(c) for c in cache)
+    return 0
+
+
 def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, vocab_size=50277, device=None):
-    """Prompt processing + decoding with the model's cache, tokens/s per batch size."""
+    """Prompt processing + decoding with the model's cache, tokens/s per batch size; and the cache's
+    bytes per sequence at the final length (constant in length for Mamba, growing for a KV cache)."""
     device = device or device_default()
     net = load_model(model, vocab_size, device).eval()
     if device.type == "cuda":
@@ -183,6 +197,7 @@ def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, voca
         "device": device_name(device),
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
+        "cache_bytes_per_sequence": cache_bytes(net.allocate_cache(1, prompt_len + new_tokens)),
         "results": results,
     }
 

@@ -175,7 +175,12 @@ def generation_notes(r: Results) -> str:
             slower |= any(ratio < 1 for _, ratio in ratios)
             each = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios)
             setup = f"prompt {data['prompt_len']}, {data['new_tokens']} new tokens, {data['device']}"
-            lines.append(f"- **{model}**: {each} the tokens/s of transformer-{size} ({setup}).")
+            line = f"- **{model}**: {each} the tokens/s of transformer-{size} ({setup})"
+            ours, kv = data.get("cache_bytes_per_sequence"), other.get("cache_bytes_per_sequence")
+            if ours and kv:  # files written before the field lack it
+                line += (f"; its cache holds {ours / 2**10:,.0f} KiB per sequence at any length, the KV "
+                         f"cache {kv / 2**10:,.0f} KiB at this one, growing with it")  # fmt: skip
+            lines.append(line + ".")
     if slower:
         lines.append(
             "\nMamba slower than a Transformer++ is expected here, not a fault. At a short prompt a tiny "

@@ -1,6 +1,6 @@
 """What both architectures share: checkpoint writing, parameter counting, generation.
 
-A model implements ``forward(input_ids, cache=None) -> logits``, ``allocate_cache(batch,
+A model implements ``forward(input_ids, cache=None, num_last_tokens=0) -> logits``, ``allocate_cache(batch,
 max_seqlen)`` and ``step(tokens, cache) -> logits``; ``forward`` with a cache fills it
 (prefill), ``step`` consumes one token per sequence and advances it.
 """
@@ -128,7 +128,7 @@ class LanguageModel(nn.Module):
         """
         batch, length = input_ids.shape
         cache = self.allocate_cache(batch, length + max_new_tokens)
-        logits = self(input_ids, cache=cache)[:, -1]
+        logits = self(input_ids, cache=cache, num_last_tokens=1)[:, -1]
         tokens = [input_ids]
         for i in range(max_new_tokens):
             next_token = self._pick(logits, temperature, top_k, generator)

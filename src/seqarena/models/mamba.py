@@ -409,8 +409,11 @@ class Mamba(LanguageModel):
                 with torch.no_grad():
                     residual_out.weight /= math.sqrt(self.config.n_layer)
 
-    def forward(self, input_ids: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
-        """input_ids (batch, L) -> logits (batch, L, padded vocab).
+    def forward(
+        self, input_ids: torch.Tensor, cache: MambaCache | None = None, num_last_tokens: int = 0
+    ) -> torch.Tensor:
+        """input_ids (batch, L) -> logits (batch, L, padded vocab); ``num_last_tokens`` > 0: logits of
+        the last positions only (mamba_ssm's argument), as a prefill needs.
 
         With a cache that already holds a sequence, the input continues it: through the scan from the
         cached state where every layer is Mamba-1 (or the LTI ablation) and the scan backend takes an
@@ -420,12 +423,13 @@ class Mamba(LanguageModel):
             if all(isinstance(m, MambaMixer) for m in mixers) and scan_continues(self.lm_head.weight):
                 hidden = self.backbone(input_ids, cache, continuing=True)
                 cache.seqlen += input_ids.shape[1]
-                return self.lm_head(hidden)
-            return torch.stack([self.step(t, cache) for t in input_ids.unbind(1)], dim=1)
+                return self.lm_head(hidden[:, -num_last_tokens:])
+            steps = [self.step(t, cache) for t in input_ids.unbind(1)]
+            return torch.stack(steps, dim=1)[:, -num_last_tokens:]
         hidden = self.backbone(input_ids, cache)
         if cache is not None:
             cache.seqlen += input_ids.shape[1]
-        return self.lm_head(hidden)
+        return self.lm_head(hidden[:, -num_last_tokens:])
 
     def mixer_flops_per_token(self, seq_len: int) -> float:
         """Beyond the weights, forward + backward (three times the forward): the selective scan's

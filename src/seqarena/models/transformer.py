@@ -166,8 +166,12 @@ class Transformer(LanguageModel):
             last = module.out_proj if isinstance(module, Attention) else module.down_proj
             nn.init.normal_(last.weight, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """input_ids (batch, L) -> logits (batch, L, padded vocab); a cache is filled and advanced."""
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | None = None, num_last_tokens: int = 0
+    ) -> torch.Tensor:
+        """input_ids (batch, L) -> logits (batch, L, padded vocab); a cache is filled and advanced.
+        ``num_last_tokens`` > 0: logits of the last positions only (mamba_ssm's argument), as a
+        prefill needs."""
         length = input_ids.shape[1]
         offset = cache.seqlen if cache is not None else 0
         x = self.embedding(input_ids)
@@ -181,7 +185,7 @@ class Transformer(LanguageModel):
             x = layer(x, rotary, layer_cache, offset)
         if cache is not None:
             cache.seqlen += length
-        return self.lm_head(self.norm_f(x))
+        return self.lm_head(self.norm_f(x[:, -num_last_tokens:]))
 
     def rotary(self, offset: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         head_dim = self.config.d_model // self.config.n_head
@@ -199,4 +203,4 @@ class Transformer(LanguageModel):
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """tokens (batch,) -> logits (batch, padded vocab); appends to the cache."""
-        return self(tokens[:, None], cache)[:, -1]
+        return self(tokens[:, None], cache, num_last_tokens=1)[:, -1]
