@@ -231,6 +231,13 @@ void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* 
           load_tile(s.u, blk.b, blk.d0, blk.wn, t0, nk, u.data());
           load_tile(s.delta, blk.b, blk.d0, blk.wn, t0, nk, delta.data());
           discretise(s, blk, delta.data(), nk, dt.data(), static_cast<T*>(nullptr));
+          // With N known, the state lives in a local array the compiler can keep in registers.
+          alignas(64) T x_fixed[NC ? NC * W : 1];
+          T* x_block = x;
+          if (NC) {
+            std::copy(x_block, x_block + N * W, x_fixed);
+            x = x_fixed;
+          }
           for (int64_t k = 0; k < nk; ++k) {
             const int64_t t = t0 + k;
             const T* uk = u.data() + k * W;
@@ -243,6 +250,7 @@ void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* 
               du[w] = dtk[w] * uk[w];
               acc[w] = blk.D[w] * uk[w];
             }
+#pragma GCC unroll 16
             for (int64_t n = 0; n < N; ++n) {
 #pragma omp simd
               for (int64_t w = 0; w < W; ++w) {
@@ -255,6 +263,7 @@ void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* 
 #pragma omp simd
             for (int64_t w = 0; w < W; ++w) yk[w] = acc[w];
           }
+          if (NC) std::copy(x_fixed, x_fixed + N * W, x_block);
           if (s.z.p) {
             load_tile(s.z, blk.b, blk.d0, blk.wn, t0, nk, z.data());
 #pragma omp simd
