@@ -6,7 +6,8 @@
 Rows: seqarena's ``cpp`` and ``torch`` backends, a materialised reference in the style of
 mamba_ssm's ``selective_scan_ref`` (every (B, D, L, N) factor built up front, then a loop
 over L), and mambapy's parallel scan (if ``mambapy`` is installed). All compute the same
-thing: softplus(delta + bias), the scan, the D skip and the SiLU gate by z. The floor is
+thing: softplus(delta + bias), the scan, the D skip and the SiLU gate by z, on u, delta and z
+in the layout Mamba's mixer passes them: (B, D, L) views of (B, L, D) tensors. The floor is
 what the forward cannot go below here: B*D*L*N exponentials at the measured exp rate plus
 reading the inputs and writing the output at the measured copy bandwidth.
 """
@@ -102,14 +103,19 @@ def main():
     b, d, L, n = args.batch, args.dim, args.length, args.state
 
     g = torch.Generator().manual_seed(0)
+
+    def activations(shift=0.0):
+        """(b, d, L) views of (b, L, d) tensors: the layout Mamba's mixer passes (channels contiguous)."""
+        return (torch.randn(b, L, d, generator=g) + shift).transpose(1, 2)
+
     inputs = [
-        torch.randn(b, d, L, generator=g),  # u
-        torch.randn(b, d, L, generator=g) - 2,  # delta (softplus ~ 0.1)
+        activations(),  # u
+        activations(-2),  # delta (softplus ~ 0.1)
         -torch.rand(d, n, generator=g) - 0.5,  # A
         torch.randn(b, n, L, generator=g),  # B
         torch.randn(b, n, L, generator=g),  # C
         torch.randn(d, generator=g),  # D
-        torch.randn(b, d, L, generator=g),  # z
+        activations(),  # z
         torch.zeros(d),  # delta_bias
     ]
     methods = {"seqarena cpp": (backend("cpp"), args.repeats)}
