@@ -16,54 +16,35 @@
 #include <cmath>
 #include <vector>
 
+#include "strided.h"
+
 namespace {
 
-constexpr int64_t WB = 16;     // channels per block
-constexpr int64_t TILE = 64;   // steps per work item
+using seqarena::empty_like_layout;
+using seqarena::read_lanes;
+using seqarena::Strided;
+using seqarena::strided;
+using seqarena::write_lanes;
 
-// A (batch, dim, L) tensor read or written through its strides.
-template <typename T>
-struct Strided {
-  T* p;
-  int64_t sb, sd, st;
-  T* at(int64_t b, int64_t d, int64_t t) const { return p + b * sb + d * sd + t * st; }
-};
-
-template <typename T>
-Strided<T> strided(const at::Tensor& t) {
-  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
-}
+constexpr int64_t WB = seqarena::LANES;  // channels per block
+constexpr int64_t TILE = 64;             // steps per work item
 
 // buf[(t - t0) * WB + w] = x(b, d0 + w, t) for t0 <= t < t1, zero outside [0, L) and past lane wn.
-// A full block of contiguous channels (Mamba's layout) moves as one vector per step.
 template <typename T>
 void read_block(const Strided<const T>& x, int64_t L, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t t1,
                 T* buf) {
-  std::fill(buf, buf + (t1 - t0) * WB, T(0));
-  for (int64_t t = std::max<int64_t>(t0, 0); t < std::min(t1, L); ++t) {
-    const T* row = x.at(b, d0, t);
-    T* to = buf + (t - t0) * WB;
-    if (x.sd == 1 && wn == WB) {
-#pragma omp simd
-      for (int64_t w = 0; w < WB; ++w) to[w] = row[w];
+  for (int64_t t = t0; t < t1; ++t) {
+    if (t < 0 || t >= L) {
+      std::fill(buf + (t - t0) * WB, buf + (t - t0 + 1) * WB, T(0));
     } else {
-      for (int64_t w = 0; w < wn; ++w) to[w] = row[w * x.sd];
+      read_lanes(x, b, d0, wn, t, buf + (t - t0) * WB);
     }
   }
 }
 
 template <typename T>
 void write_block(const T* buf, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t t1, const Strided<T>& x) {
-  for (int64_t t = t0; t < t1; ++t) {
-    T* row = x.at(b, d0, t);
-    const T* from = buf + (t - t0) * WB;
-    if (x.sd == 1 && wn == WB) {
-#pragma omp simd
-      for (int64_t w = 0; w < WB; ++w) row[w] = from[w];
-    } else {
-      for (int64_t w = 0; w < wn; ++w) row[w * x.sd] = from[w];
-    }
-  }
+  for (int64_t t = t0; t < t1; ++t) write_lanes(buf + (t - t0) * WB, b, d0, wn, t, x);
 }
 
 template <typename T>
@@ -101,12 +82,6 @@ void convolve(int64_t K, int64_t n, const T* xp, const T* wt, const T* bias, T* 
 #pragma omp simd
     for (int64_t w = 0; w < WB; ++w) pre[i * WB + w] = acc[w];
   }
-}
-
-at::Tensor empty_like_layout(const at::Tensor& x) {
-  if (x.size(1) > 1 && x.stride(1) == 1)
-    return at::empty({x.size(0), x.size(2), x.size(1)}, x.options()).transpose(1, 2);
-  return at::empty(x.sizes(), x.options());
 }
 
 template <typename T>

@@ -28,10 +28,18 @@
 #include <cstring>
 #include <vector>
 
+#include "strided.h"
+
 namespace {
 
+using seqarena::empty_like_layout;
+using seqarena::read_lanes;
+using seqarena::Strided;
+using seqarena::strided;
+using seqarena::write_lanes;
+
 constexpr int64_t CHUNK = 32;  // steps between checkpoints, and per tile
-constexpr int64_t W = 16;      // channels per block
+constexpr int64_t W = seqarena::LANES;  // channels per block
 
 template <typename T>
 inline T softplus(T x) {
@@ -66,55 +74,15 @@ inline float decay_exp(float x) {
 
 inline double decay_exp(double x) { return std::exp(x); }
 
-// A (batch, dim, L) tensor read or written through its strides.
-template <typename T>
-struct Strided {
-  T* p;
-  int64_t sb, sd, st;
-  T* at(int64_t b, int64_t d, int64_t t) const { return p + b * sb + d * sd + t * st; }
-};
-
-template <typename T>
-Strided<T> strided(const at::Tensor& t) {
-  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-// tile[k * W + w] = x(b, d0 + w, t0 + k) for k < nk, w < wn; zero in the lanes past wn.
-// A full block of contiguous channels (Mamba's layout) moves as one vector per step.
+// tile[k * W + w] = x(b, d0 + w, t0 + k) for k < nk; zero in the lanes past wn.
 template <typename T>
 void load_tile(const Strided<const T>& x, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t nk, T* tile) {
-  std::fill(tile, tile + CHUNK * W, T(0));
-  for (int64_t k = 0; k < nk; ++k) {
-    const T* row = x.at(b, d0, t0 + k);
-    T* to = tile + k * W;
-    if (x.sd == 1 && wn == W) {
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) to[w] = row[w];
-    } else {
-      for (int64_t w = 0; w < wn; ++w) to[w] = row[w * x.sd];
-    }
-  }
+  for (int64_t k = 0; k < nk; ++k) read_lanes(x, b, d0, wn, t0 + k, tile + k * W);
 }
 
 template <typename T>
 void store_tile(const Strided<T>& x, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t nk, const T* tile) {
-  for (int64_t k = 0; k < nk; ++k) {
-    T* row = x.at(b, d0, t0 + k);
-    const T* from = tile + k * W;
-    if (x.sd == 1 && wn == W) {
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) row[w] = from[w];
-    } else {
-      for (int64_t w = 0; w < wn; ++w) row[w * x.sd] = from[w];
-    }
-  }
-}
-
-// A tensor shaped like u in u's layout: channels contiguous if u's are, else time contiguous.
-at::Tensor empty_like_layout(const at::Tensor& u) {
-  if (u.size(1) > 1 && u.stride(1) == 1)
-    return at::empty({u.size(0), u.size(2), u.size(1)}, u.options()).transpose(1, 2);
-  return at::empty(u.sizes(), u.options());
+  for (int64_t k = 0; k < nk; ++k) write_lanes(tile + k * W, b, d0, wn, t0 + k, x);
 }
 
 // Pointers and sizes shared by the forward and the backward.

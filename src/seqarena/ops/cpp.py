@@ -26,11 +26,12 @@ from seqarena.ops.ssd import ssd_chunk_scan_torch, ssd_state_update_torch
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "selective_scan_cpu.cpp", CSRC / "causal_conv1d_cpu.cpp"]
+HEADERS = [CSRC / "strided.h"]
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
 def _build_dir() -> Path:
-    """One folder per source, flags, torch, Python and CPU model (-march=native)."""
+    """One folder per source and header, flags, torch, Python and CPU model (-march=native)."""
     cpu = ""
     if Path("/proc/cpuinfo").is_file():
         cpu = next(
@@ -38,7 +39,13 @@ def _build_dir() -> Path:
         )
     key = hashlib.sha256(
         "|".join(
-            [*(s.read_text() for s in SOURCES), *CFLAGS, torch.__version__, platform.python_version(), cpu]
+            [
+                *(f.read_text() for f in SOURCES + HEADERS),
+                *CFLAGS,
+                torch.__version__,
+                platform.python_version(),
+                cpu,
+            ]  # fmt: skip
         ).encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("SEQARENA_EXTENSIONS_DIR", Path.home() / ".cache" / "seqarena" / "extensions"))
@@ -48,7 +55,7 @@ def _build_dir() -> Path:
 @functools.cache
 def _load():
     """(module, None) once built, or (None, reason) if it cannot be."""
-    missing = [str(s) for s in SOURCES if not s.is_file()]
+    missing = [str(s) for s in SOURCES + HEADERS if not s.is_file()]
     if missing:
         return None, f"C++ sources {missing} not found (install seqarena from a clone, pip install -e .)"
     compiler = os.environ.get("CXX", "c++")
