@@ -66,6 +66,22 @@ def test_chunked_prefill_equals_full_forward(arch):
         torch.testing.assert_close(torch.cat(chunks, 1), model(ids), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "hybrid", "transformer"])
+def test_logits_of_the_last_tokens_only_are_those_of_the_full_forward(arch):
+    """num_last_tokens (a prompt's pass needs the last position only), with and without a cache,
+    and continuing a cached sequence."""
+    model = tiny(arch)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, num_last_tokens=3), full[:, -3:], rtol=1e-10, atol=1e-10)
+        cache = model.allocate_cache(2, 12)
+        head = model(ids[:, :7], cache=cache, num_last_tokens=1)
+        tail = model(ids[:, 7:], cache=cache, num_last_tokens=2)
+        torch.testing.assert_close(head, full[:, 6:7], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(tail, full[:, -2:], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("arch", ["mamba", "mamba_lti", "transformer"])
 def test_greedy_generate_equals_argmax_of_full_forward(arch):
     model = tiny(arch, dtype=torch.float32)
