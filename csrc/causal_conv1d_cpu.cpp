@@ -54,7 +54,6 @@ struct Conv {
   int64_t batch, dim, L, K;
   bool silu;
 
-  int64_t blocks() const { return (dim + WB - 1) / WB; }
   int64_t tiles() const { return (L + TILE - 1) / TILE; }
   // A block's taps (K, WB) and bias (WB) as lanes, zero past lane wn.
   void block_weights(int64_t d0, int64_t wn, T* wt, T* b) const {

@@ -7,10 +7,10 @@
 // (dim, N); B and C arrive either as (batch, groups, L, N) or time-invariant as (dim, N).
 //
 // Vectorisation runs over W channels at once (one AVX-512 vector of floats): the state of
-// a block is (N, W), every step is N independent vector FMAs and the exponentials of a
-// chunk are one flat vector loop, so no step waits on a horizontal sum or a scalar exp.
-// Each block's inputs pass through small (CHUNK, W) tiles, so any input layout is read
-// in cache-sized pieces.
+// a block is (N, W), every step is N independent vector FMAs with the decays' exponentials
+// inlined (decay_exp), so no step waits on a horizontal sum or a library call. Each block's
+// inputs pass through small (CHUNK, W) tiles, so any input layout is read in cache-sized
+// pieces.
 //
 // Memory: no (batch, dim, L, N) tensor is ever made. The forward keeps the state only at
 // the start of every CHUNK steps; the backward walks the chunks in reverse, recomputes
@@ -83,6 +83,20 @@ void load_tile(const Strided<const T>& x, int64_t b, int64_t d0, int64_t wn, int
 template <typename T>
 void store_tile(const Strided<T>& x, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t nk, const T* tile) {
   for (int64_t k = 0; k < nk; ++k) write_lanes(tile + k * W, b, d0, wn, t0 + k, x);
+}
+
+// A block's per-channel (N,) rows, row w at rows + w * row_stride, as (N, W) lanes; zero past wn.
+template <typename T>
+void rows_to_lanes(const T* rows, int64_t row_stride, int64_t wn, int64_t N, T* lanes) {
+  std::fill(lanes, lanes + N * W, T(0));
+  for (int64_t w = 0; w < wn; ++w)
+    for (int64_t n = 0; n < N; ++n) lanes[n * W + w] = rows[w * row_stride + n];
+}
+
+template <typename T>
+void lanes_to_rows(const T* lanes, int64_t wn, int64_t N, T* rows, int64_t row_stride) {
+  for (int64_t w = 0; w < wn; ++w)
+    for (int64_t n = 0; n < N; ++n) rows[w * row_stride + n] = lanes[n * W + w];
 }
 
 // Pointers and sizes shared by the forward and the backward.
@@ -181,31 +195,23 @@ void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* 
       std::vector<Block<T>> blocks;
       for (int64_t j = split.j0(item); j < split.j1(item); ++j) blocks.emplace_back(s, split.b(item), split.g(item), j);
       std::vector<T> states(blocks.size() * N * W, T(0));
-      for (size_t jb = 0; jb < blocks.size(); ++jb) {
-        const Block<T>& blk = blocks[jb];
-        if (s.initial_state)
-          for (int64_t w = 0; w < blk.wn; ++w)
-            for (int64_t n = 0; n < N; ++n)
-              states[(jb * N + n) * W + w] = s.initial_state[(blk.b * s.dim + blk.d0 + w) * N + n];
-      }
+      if (s.initial_state)
+        for (size_t jb = 0; jb < blocks.size(); ++jb)
+          rows_to_lanes(s.initial_state + (blocks[jb].b * s.dim + blocks[jb].d0) * N, N, blocks[jb].wn, N,
+                        states.data() + jb * N * W);
       for (int64_t c = 0; c < nchunks; ++c) {
         const int64_t t0 = c * CHUNK, nk = std::min(CHUNK, s.L - t0);
         for (size_t jb = 0; jb < blocks.size(); ++jb) {
           const Block<T>& blk = blocks[jb];
-          T* x = states.data() + jb * N * W;
-          for (int64_t w = 0; w < blk.wn; ++w)
-            for (int64_t n = 0; n < N; ++n)
-              checkpoints[((blk.b * s.dim + blk.d0 + w) * nchunks + c) * N + n] = x[n * W + w];
+          T* state = states.data() + jb * N * W;
+          lanes_to_rows(state, blk.wn, N, checkpoints + ((blk.b * s.dim + blk.d0) * nchunks + c) * N, nchunks * N);
           load_tile(s.u, blk.b, blk.d0, blk.wn, t0, nk, u.data());
           load_tile(s.delta, blk.b, blk.d0, blk.wn, t0, nk, delta.data());
           discretise(s, blk, delta.data(), nk, dt.data(), static_cast<T*>(nullptr));
           // With N known, the state lives in a local array the compiler can keep in registers.
           alignas(64) T x_fixed[NC ? NC * W : 1];
-          T* x_block = x;
-          if (NC) {
-            std::copy(x_block, x_block + N * W, x_fixed);
-            x = x_fixed;
-          }
+          T* x = NC ? x_fixed : state;
+          if (NC) std::copy(state, state + N * W, x_fixed);
           for (int64_t k = 0; k < nk; ++k) {
             const int64_t t = t0 + k;
             const T* uk = u.data() + k * W;
@@ -231,7 +237,7 @@ void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* 
 #pragma omp simd
             for (int64_t w = 0; w < W; ++w) yk[w] = acc[w];
           }
-          if (NC) std::copy(x_fixed, x_fixed + N * W, x_block);
+          if (NC) std::copy(x_fixed, x_fixed + N * W, state);
           if (s.z.p) {
             load_tile(s.z, blk.b, blk.d0, blk.wn, t0, nk, z.data());
 #pragma omp simd
@@ -242,9 +248,8 @@ void forward_kernel(const Scan<T>& s, const Strided<T>& out, T* checkpoints, T* 
       }
       if (last_state)
         for (size_t jb = 0; jb < blocks.size(); ++jb)
-          for (int64_t w = 0; w < blocks[jb].wn; ++w)
-            for (int64_t n = 0; n < N; ++n)
-              last_state[(blocks[jb].b * s.dim + blocks[jb].d0 + w) * N + n] = states[(jb * N + n) * W + w];
+          lanes_to_rows(states.data() + jb * N * W, blocks[jb].wn, N,
+                        last_state + (blocks[jb].b * s.dim + blocks[jb].d0) * N, N);
     }
   });
 }
@@ -275,7 +280,7 @@ void backward_kernel(const Scan<T>& s, const Strided<const T>& gout, const T* gl
   const Split split(s);
   at::parallel_for(0, split.items(s.batch), 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
-    std::vector<T> x(N * W), prev(CHUNK * N * W), decay(CHUNK * N * W), sumB(CHUNK * N * W),
+    std::vector<T> states((CHUNK + 1) * N * W), decay(CHUNK * N * W), sumB(CHUNK * N * W),
         sumC(CHUNK * N * W), u(CHUNK * W), delta(CHUNK * W), z(CHUNK * W), go(CHUNK * W), dt(CHUNK * W),
         dpre(CHUNK * W), du(CHUNK * W), ddelta(CHUNK * W), dz(CHUNK * W);
     for (int64_t item = begin; item < end; ++item) {
@@ -286,9 +291,7 @@ void backward_kernel(const Scan<T>& s, const Strided<const T>& gout, const T* gl
         blocks.emplace_back(s, b, grp, j);
         adj.emplace_back(N, s.invariant);
         if (glast)
-          for (int64_t w = 0; w < blocks.back().wn; ++w)
-            for (int64_t n = 0; n < N; ++n)
-              adj.back().h[n * W + w] = glast[(b * s.dim + blocks.back().d0 + w) * N + n];
+          rows_to_lanes(glast + (b * s.dim + blocks.back().d0) * N, N, blocks.back().wn, N, adj.back().h.data());
       }
       T* dB = g.dB + tid * g.per_thread;
       T* dC = g.dC + tid * g.per_thread;
@@ -299,34 +302,34 @@ void backward_kernel(const Scan<T>& s, const Strided<const T>& gout, const T* gl
         for (size_t jb = 0; jb < blocks.size(); ++jb) {
           const Block<T>& blk = blocks[jb];
           Adjoint<T>& a = adj[jb];
-              load_tile(s.u, b, blk.d0, blk.wn, t0, nk, u.data());
+          load_tile(s.u, b, blk.d0, blk.wn, t0, nk, u.data());
           load_tile(s.delta, b, blk.d0, blk.wn, t0, nk, delta.data());
           load_tile(gout, b, blk.d0, blk.wn, t0, nk, go.data());
           if (s.z.p) load_tile(s.z, b, blk.d0, blk.wn, t0, nk, z.data());
           discretise(s, blk, delta.data(), nk, dt.data(), dpre.data());
-          // Recompute the chunk: prev[k] is the state before step t0 + k, decay[k] = exp(dt_k A).
-          std::fill(x.begin(), x.end(), T(0));
-          for (int64_t w = 0; w < blk.wn; ++w)
-            for (int64_t n = 0; n < N; ++n)
-              x[n * W + w] = checkpoints[((b * s.dim + blk.d0 + w) * nchunks + c) * N + n];
+          // Recompute the chunk: states[k] is the state before step t0 + k (states[k + 1] after
+          // it), decay[k] = exp(dt_k A).
+          rows_to_lanes(checkpoints + ((b * s.dim + blk.d0) * nchunks + c) * N, nchunks * N, blk.wn, N,
+                        states.data());
           for (int64_t k = 0; k < nk; ++k) {
             T* ak = decay.data() + k * N * W;
-            T* pk = prev.data() + k * N * W;
+            const T* pk = states.data() + k * N * W;
+            T* xk = states.data() + (k + 1) * N * W;
             const T* Bt = state_input<INV>(s, blk, s.B, blk.B, t0 + k);
             for (int64_t n = 0; n < N; ++n) {
 #pragma omp simd
               for (int64_t w = 0; w < W; ++w) {
-                pk[n * W + w] = x[n * W + w];
                 ak[n * W + w] = decay_exp(dt[k * W + w] * blk.A[n * W + w]);
-                x[n * W + w] = ak[n * W + w] * x[n * W + w] + dt[k * W + w] * u[k * W + w] * lane<INV>(Bt, n, w);
+                xk[n * W + w] = ak[n * W + w] * pk[n * W + w] + dt[k * W + w] * u[k * W + w] * lane<INV>(Bt, n, w);
               }
             }
           }
-          // Adjoint, last step first; x holds the state after the step being undone.
+          // Adjoint, last step first: x is the state after the step being undone, pk the one before.
           for (int64_t k = nk - 1; k >= 0; --k) {
             const int64_t t = t0 + k;
             const T* ak = decay.data() + k * N * W;
-            const T* pk = prev.data() + k * N * W;
+            const T* pk = states.data() + k * N * W;
+            const T* x = states.data() + (k + 1) * N * W;
             const T* uk = u.data() + k * W;
             const T* dtk = dt.data() + k * W;
             T* sBk = sumB.data() + k * N * W;
@@ -373,7 +376,6 @@ void backward_kernel(const Scan<T>& s, const Strided<const T>& gout, const T* gl
                 dBn[w] += hh * dtk[w] * uk[w];
                 duk[w] += hh * dtk[w] * Bv;
                 h[w] = hh * ak[n * W + w];  // on to the previous state
-                x[n * W + w] = pk[n * W + w];
               }
             }
 #pragma omp simd
@@ -405,17 +407,16 @@ void backward_kernel(const Scan<T>& s, const Strided<const T>& gout, const T* gl
       for (size_t jb = 0; jb < blocks.size(); ++jb) {
         const Block<T>& blk = blocks[jb];
         const Adjoint<T>& a = adj[jb];
+        lanes_to_rows(a.dA.data(), blk.wn, N, g.dA + (b * s.dim + blk.d0) * N, N);
         for (int64_t w = 0; w < blk.wn; ++w) {
           const int64_t i = b * s.dim + blk.d0 + w;
-          for (int64_t n = 0; n < N; ++n) {
-            g.dA[i * N + n] = a.dA[n * W + w];
-            if (s.invariant) {
+          g.dD[i] = a.dD[w];
+          g.dbias[i] = a.dbias[w];
+          if (INV)  // per channel: added into the thread's copy, which other batch rows share
+            for (int64_t n = 0; n < N; ++n) {
               dB[(blk.d0 + w) * N + n] += a.dB[n * W + w];
               dC[(blk.d0 + w) * N + n] += a.dC[n * W + w];
             }
-          }
-          g.dD[i] = a.dD[w];
-          g.dbias[i] = a.dbias[w];
         }
       }
     }
