@@ -95,13 +95,11 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     assert "no evaluation results" not in html
     assert "report.collect(" not in html and "results_dir =" not in html  # no code cells, no parameters
     assert "<code>results/train/*/metrics.jsonl</code>" in html  # a caption's * stays a *, not italics
-    mamba, transformer = (
-        collect(full_results).generation[m]["results"] for m in ("mamba-tiny", "transformer-tiny")
-    )
+    generation, tiny_pair = collect(full_results).generation, ("mamba-tiny", "transformer-tiny")
+    mamba, transformer = (generation[m]["results"] for m in tiny_pair)
     ratio = mamba[0]["tokens_per_s"] / transformer[0]["tokens_per_s"]  # batch 1, said in words
     assert f"{ratio:.2f}x at batch 1" in html and "the tokens/s of transformer-tiny" in html
-    state, kv = (collect(full_results).generation[m]["cache_bytes_per_sequence"] / 2**10
-                 for m in ("mamba-tiny", "transformer-tiny"))  # fmt: skip
+    state, kv = (generation[m]["cache_bytes_per_sequence"] / 2**10 for m in tiny_pair)
     assert f"its cache holds {state:,.0f} KiB per sequence at any length, the KV cache {kv:,.0f} KiB" in html
     assert ("expected here, not a fault" in html) == (
         ratio < 1 or mamba[1]["tokens_per_s"] < transformer[1]["tokens_per_s"]
