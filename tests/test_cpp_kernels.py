@@ -232,6 +232,21 @@ def test_tiny_mamba_trains_identically_on_cpp_and_torch(monkeypatch):
     assert cpp_losses == pytest.approx(torch_losses, rel=1e-9)
 
 
+def test_a_finished_build_is_imported_without_a_compiler(monkeypatch):
+    """A fresh clone or venv on a machine that built the kernels before: the library is imported
+    as it is, with no compiler and no ninja (ninja would rebuild it, its paths being new)."""
+    assert cpp._load()[0] is not None  # built (or imported) once in this extensions folder
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", "")
+    cpp._load.cache_clear()
+    try:
+        assert cpp._load()[1] is None
+        x = inputs(2, 3, 5, 4, torch.float64)
+        torch.testing.assert_close(selective_scan(**x, backend="cpp"), selective_scan(**x, backend="torch"))
+    finally:
+        cpp._load.cache_clear()
+
+
 def test_missing_compiler_is_reported_and_torch_is_chosen(monkeypatch, tmp_path):
     """A machine without a C++ compiler: a clear warning and reason, automatic choice uses torch."""
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))

@@ -6,12 +6,14 @@ on a CPU; this backend uses it as it is.
 Compiled just in time with ``torch.utils.cpp_extension.load`` (ninja from PyPI), once per
 machine and torch version, into ``$SEQARENA_EXTENSIONS_DIR`` (default
 ``~/.cache/seqarena/extensions``), so ``pip install`` needs neither a compiler nor torch at
-build time. Where it cannot be built (no compiler, no sources), the backend reports why
-and automatic choice falls back to ``torch``.
+build time; a fresh clone or venv imports the library an earlier build left there. Where it
+cannot be built (no compiler, no sources), the backend reports why and automatic choice falls
+back to ``torch``.
 """
 
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -28,6 +30,8 @@ CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "selective_scan_cpu.cpp", CSRC / "causal_conv1d_cpu.cpp"]
 HEADERS = [CSRC / "strided.h"]
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+MODULE = "seqarena_cpu_kernels"
+BUILT = "built"  # written once a build has loaded: the library in that folder is complete
 
 
 def _build_dir() -> Path:
@@ -58,6 +62,9 @@ def _load():
     missing = [str(s) for s in SOURCES + HEADERS if not s.is_file()]
     if missing:
         return None, f"C++ sources {missing} not found (install seqarena from a clone, pip install -e .)"
+    build_dir = _build_dir()
+    if (build_dir / BUILT).is_file():
+        return _import_built(build_dir), None
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         reason = f"no C++ compiler: {compiler!r} (from $CXX, default c++) is not on PATH; install g++"
@@ -65,11 +72,10 @@ def _load():
         return None, reason
     from torch.utils.cpp_extension import load
 
-    build_dir = _build_dir()
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         module = load(
-            name="seqarena_cpu_kernels",
+            name=MODULE,
             sources=[str(s) for s in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
@@ -80,7 +86,18 @@ def _load():
         reason = f"building the C++ kernels in {CSRC} failed ({type(e).__name__}: {str(e).strip()[-500:]})"
         warnings.warn(f"seqarena: the cpp scan backend is unavailable: {reason}", stacklevel=3)
         return None, reason
+    (build_dir / BUILT).touch()
     return module, None
+
+
+def _import_built(build_dir: Path):
+    """The library a finished build left, imported as it is. Its folder's key already says it was
+    built from these sources for this torch and CPU; ninja would rebuild it for any other clone or
+    venv, since the paths in its command lines differ."""
+    spec = importlib.util.spec_from_file_location(MODULE, build_dir / f"{MODULE}.so")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _why_not(u: torch.Tensor) -> str | None:
