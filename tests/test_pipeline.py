@@ -287,6 +287,36 @@ def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(t
     assert bad.returncode != 0 and "'five' is not of type 'integer'" in bad.stdout + bad.stderr
 
 
+def job_threads(output: str) -> dict[str, int]:
+    """A dry run's threads per job ('rule train:' ... 'wildcards: model=x' ... 'threads: 2'; a job
+    of one thread prints no threads line): {"train model=x": 2, ...}."""
+    jobs = {}
+    for block in re.findall(r"^rule (\w+):\n(.*?)^Shell command:", output, re.S | re.M):
+        wildcards = re.search(r"^    wildcards: (.*)$", block[1], re.M)
+        threads = re.search(r"^    threads: (\d+)$", block[1], re.M)
+        name = block[0] + (f" {wildcards[1]}" if wildcards else "")
+        jobs[name] = int(threads[1]) if threads else 1
+    return jobs
+
+
+def test_jobs_take_one_thread_each_and_the_benchmarks_the_machine_unless_the_config_says(tmp_path):
+    """One thread a job packs the small CPU jobs side by side; resources.<stage>.<size>.threads
+    changes it for one stage and size."""
+    (tmp_path / "threads.yaml").write_text(
+        "resources: {train: {mini: {threads: 3}}, eval: {default: {threads: 2}}}\n"
+    )
+    done = snakemake("-n", "--cores", "4", "--configfile", str(REPO / "config/config.yaml"),
+                     str(tmp_path / "threads.yaml"), cwd=tmp_path)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    threads = job_threads(output)
+    assert threads["train model=mamba-tiny"] == 1 and threads["train model=mamba-mini"] == 3
+    assert threads["evaluate model=transformer-tiny"] == 2
+    assert threads["bench_training model=mamba-tiny"] == 4  # asks for 8, capped at --cores
+    rest = {job: n for job, n in threads.items() if not job.startswith(("train ", "evaluate ", "bench_"))}
+    assert len(rest) > 10 and set(rest.values()) == {1}, rest
+
+
 def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path):
     config = write_pipeline_config(tmp_path)
     done = snakemake("--configfile", str(config), "--config", 'train={"seeds": [0, 1, 2]}', "-n", "-p",
@@ -304,7 +334,7 @@ def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path)
 
 def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path):
     plan = subprocess.run(["make", "-n", "synthetic-cpu"], cwd=REPO, capture_output=True, text=True)
-    assert "--set-threads synthetic_task=1" in plan.stdout and "seqarena report --results" in plan.stdout
+    assert "seqarena report --results" in plan.stdout
     done = snakemake("synthetic", "-n", "-p", "--configfile", str(REPO / "config/synthetic-cpu.yaml"),
                      cwd=tmp_path)  # fmt: skip
     output = done.stdout + done.stderr
@@ -376,6 +406,7 @@ def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tm
 def test_slurm_profile_plans_the_paper_dag(tmp_path):
     done = snakemake(
         "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+        "--cores", "64",  # a dry run caps each job's threads at it
         "--configfile", str(REPO / "config/paper.yaml"), cwd=tmp_path, timeout=300,
     )  # fmt: skip
     output = done.stdout + done.stderr
@@ -387,6 +418,8 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "seqarena launch --nodes 1 --nproc-per-node 8 -- train --model mamba-2.8b" in output
+    threads = job_threads(output)  # 8 CPUs per GPU
+    assert threads["train model=mamba-2.8b"] == 64 and threads["train model=mamba-130m"] == 8
     # every GPU job runs on GPUs of its own; published Mamba checkpoints get the GPT-NeoX tokenizer
     assert "seqarena gpus --count 1 -- seqarena train --model mamba-130m" in output
     assert "seqarena gpus --count 8 -- seqarena launch" in output

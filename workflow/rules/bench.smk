@@ -1,6 +1,3 @@
-# Benchmarks ask for 8 threads: locally (capped at --cores) they then run alone, not beside training.
-
-
 rule bench_kernels:
     input:
         rules.kernels.output,
@@ -12,7 +9,7 @@ rule bench_kernels:
         f"{RESULTS}/benchmarks/bench/kernels.tsv"
     conda:
         ENV
-    threads: 8
+    threads: job_resources("bench", "threads")
     resources:
         gpu=job_resources("bench", "gpu"),
         mem_mb=job_resources("bench", "mem_mb"),
@@ -35,7 +32,7 @@ rule bench_generation:
         f"{RESULTS}/benchmarks/bench/generation/{{model}}.tsv"
     conda:
         ENV
-    threads: 8
+    threads: job_resources("bench", "threads")
     resources:
         gpu=job_resources("bench", "gpu"),
         mem_mb=job_resources("bench", "mem_mb"),
@@ -59,7 +56,7 @@ rule bench_training:
         f"{RESULTS}/benchmarks/bench/training/{{model}}.tsv"
     conda:
         ENV
-    threads: 8
+    threads: job_resources("bench", "threads")
     resources:
         gpu=job_resources("bench", "gpu"),
         mem_mb=job_resources("bench", "mem_mb"),

@@ -15,7 +15,7 @@ rule download:
     priority: 2
     conda:
         ENV
-    threads: 1
+    threads: job_resources("download", "threads")
     resources:
         mem_mb=job_resources("download", "mem_mb"),
         runtime=job_resources("download", "runtime"),
@@ -40,7 +40,7 @@ rule tokenize:
     priority: 2
     conda:
         ENV
-    threads: 2
+    threads: job_resources("tokenize", "threads")
     resources:
         mem_mb=job_resources("tokenize", "mem_mb"),
         runtime=job_resources("tokenize", "runtime"),

@@ -7,7 +7,7 @@ rule kernels:
         f"{RESULTS}/benchmarks/env/kernels.tsv"
     conda:
         ENV
-    threads: 2
+    threads: job_resources("kernels", "threads")
     resources:
         gpu=job_resources("kernels", "gpu"),
         mem_mb=job_resources("kernels", "mem_mb"),

@@ -9,7 +9,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/eval/{{model}}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: job_resources("eval", "threads")
     resources:
         gpu=job_resources("eval", "gpu"),
         mem_mb=job_resources("eval", "mem_mb"),
@@ -34,7 +34,7 @@ rule evaluate_pretrained:
         f"{RESULTS}/benchmarks/eval/pretrained/{{ref}}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: job_resources("eval", "threads")
     resources:
         gpu=job_resources("eval", "gpu"),
         mem_mb=job_resources("eval", "mem_mb"),

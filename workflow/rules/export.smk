@@ -11,7 +11,7 @@ rule export_hf:
         f"{RESULTS}/benchmarks/export/{{model}}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: job_resources("export", "threads")
     resources:
         mem_mb=job_resources("export", "mem_mb"),
         runtime=job_resources("export", "runtime"),

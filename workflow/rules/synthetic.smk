@@ -9,7 +9,7 @@ rule synthetic_task:
         f"{RESULTS}/benchmarks/synthetic/{{task}}/{{arch}}-d{{width}}/seed{{seed}}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: job_resources("synthetic", "threads")
     resources:
         gpu=job_resources("synthetic", "gpu"),
         mem_mb=job_resources("synthetic", "mem_mb"),

@@ -14,7 +14,7 @@ rule train:
     priority: 1
     conda:
         ENV
-    threads: 2
+    threads: job_resources("train", "threads")
     resources:
         gpu=train_gpus,
         nodes=multinode("nodes"),
