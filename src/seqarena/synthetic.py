@@ -218,8 +218,8 @@ def fit(cfg: SyntheticConfig, log_every: int = 50) -> tuple[torch.nn.Module, lis
     """Train on fresh batches (on a GPU if there is one): the model and its learning curve."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build(cfg).to(device)
-    groups = param_groups(model, cfg.weight_decay, no_decay_names(model))  # as in LM training
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    groups = param_groups(model, cfg.weight_decay, no_decay_names(model))
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=True)  # as in LM training
     gen = torch.Generator().manual_seed(cfg.seed)
     curve = []
     bar = tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5)
