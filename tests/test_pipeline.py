@@ -361,6 +361,24 @@ def test_a_synthetic_task_can_name_its_own_architectures(tmp_path):
     assert "--archs" not in output
 
 
+def test_a_synthetic_task_sets_options_for_one_architecture_over_its_own(tmp_path):
+    """Table 11's attention wants its own rate: by_arch overrides the task's options for one arch,
+    typed by the schema from the command line too."""
+    config = write_pipeline_config(tmp_path)
+    override = (
+        'synthetic={"archs": ["mamba", "transformer"], "tasks": {"mqar": {"d_model": [8], "lr": 0.003,'
+        ' "steps": 9, "by_arch": {"transformer": {"lr": "2.0e-4", "batch": "4"}}}}}'
+    )
+    done = snakemake("--configfile", str(config), "--config", override, "-n", "-p", "synthetic", cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    commands = dict(re.findall(r"seqarena synthetic --task mqar --arch (\w+) (.*)", output))
+    assert "--lr 0.003 " in commands["mamba"] and "--batch" not in commands["mamba"]
+    assert "--lr 0.0002 " in commands["transformer"] and "--batch 4 " in commands["transformer"]
+    assert "--steps 9 " in commands["mamba"] and "--steps 9 " in commands["transformer"]
+    assert not any("--by-arch" in command for command in commands.values())
+
+
 def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tmp_path):
     config = write_pipeline_config(
         tmp_path, models=["mamba-tiny"],
@@ -451,6 +469,11 @@ def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tm
     )
 
 
+def mqar_config(**options):
+    """A synthetic section with one MQAR task of these options."""
+    return {"synthetic": {"archs": ["mamba"], "tasks": {"mqar": {"d_model": [8], **options}}}}
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
@@ -461,6 +484,10 @@ def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tm
         ({"train": {"dataset": "wiki"}}, "config key train.dataset: 'wiki' is not one of data"),
         ({"device": "tpu"}, "'tpu' is not one of \\['cpu', 'cuda'\\]"),
         ({"resources": {"train": {"default": {"gpus": 2}}}}, "'gpus' was unexpected"),
+        (mqar_config(by_arch={"rwkv": {}}), "'rwkv' is not one of"),
+        (mqar_config(by_arch={"mamba": {"lr": 0}}), "0 is less than or equal to the minimum of 0"),
+        (mqar_config(by_arch={"mamba": {"d_model": [4]}}), "'d_model' was unexpected"),
+        (mqar_config(stpes=3), "'stpes' was unexpected"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, message):

@@ -289,10 +289,11 @@ def hf_exports():
 
 
 def synthetic_args(wildcards):
+    """The task's options, with its by_arch entry for this architecture over them."""
+    task = config["synthetic"]["tasks"][wildcards.task]
     options = {
-        k: v
-        for k, v in config["synthetic"]["tasks"][wildcards.task].items()
-        if k not in ("d_model", "archs")
+        **{k: v for k, v in task.items() if k not in ("d_model", "archs", "by_arch")},
+        **task.get("by_arch", {}).get(wildcards.arch, {}),
     }
     return cli_flags(
         {**options, "experiment": config["experiment"], "tracking_uri": tracking_uri()}
