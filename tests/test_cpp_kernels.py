@@ -247,6 +247,26 @@ def test_a_finished_build_is_imported_without_a_compiler(monkeypatch):
         cpp._load.cache_clear()
 
 
+def test_a_finished_build_that_no_longer_loads_is_built_again(monkeypatch, tmp_path):
+    """A library left in the build folder that does not import (a truncated file): a warning,
+    the marker goes, and the build runs again (here it cannot: no compiler, and that is said)."""
+    monkeypatch.setenv("SEQARENA_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    folder = cpp._build_dir()
+    folder.mkdir(parents=True)
+    (folder / f"{cpp.MODULE}.so").write_bytes(b"\x7fELF truncated")
+    (folder / cpp.BUILT).touch()
+    cpp._load.cache_clear()
+    try:
+        with pytest.warns(UserWarning) as warned:
+            module, reason = cpp._load()
+        assert module is None and "no-such-compiler" in reason
+        assert any("rebuilding the C++ kernels" in str(w.message) for w in warned)
+        assert not (folder / cpp.BUILT).exists()
+    finally:
+        cpp._load.cache_clear()
+
+
 def test_missing_compiler_is_reported_and_torch_is_chosen(monkeypatch, tmp_path):
     """A machine without a C++ compiler: a clear warning and reason, automatic choice uses torch."""
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))

@@ -64,7 +64,11 @@ def _load():
         return None, f"C++ sources {missing} not found (install seqarena from a clone, pip install -e .)"
     build_dir = _build_dir()
     if (build_dir / BUILT).is_file():
-        return _import_built(build_dir), None
+        try:
+            return _import_built(build_dir), None
+        except (ImportError, OSError) as e:  # a library that no longer loads: build it again
+            warnings.warn(f"seqarena: rebuilding the C++ kernels in {build_dir} ({e})", stacklevel=3)
+            (build_dir / BUILT).unlink()
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         reason = f"no C++ compiler: {compiler!r} (from $CXX, default c++) is not on PATH; install g++"
