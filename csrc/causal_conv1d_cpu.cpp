@@ -29,6 +29,9 @@ using seqarena::write_lanes;
 constexpr int64_t WB = seqarena::LANES;  // channels per block
 constexpr int64_t TILE = 64;             // steps per work item
 
+// Work items per batch row: tiles of TILE steps, the last one partial.
+inline int64_t tile_count(int64_t L) { return (L + TILE - 1) / TILE; }
+
 // buf[(t - t0) * WB + w] = x(b, d0 + w, t) for t0 <= t < t1, zero outside [0, L) and past lane wn.
 template <typename T>
 void read_block(const Strided<const T>& x, int64_t L, int64_t b, int64_t d0, int64_t wn, int64_t t0, int64_t t1,
@@ -54,7 +57,7 @@ struct Conv {
   int64_t batch, dim, L, K;
   bool silu;
 
-  int64_t tiles() const { return (L + TILE - 1) / TILE; }
+  int64_t tiles() const { return tile_count(L); }
   // A block's taps (K, WB) and bias (WB) as lanes, zero past lane wn.
   void block_weights(int64_t d0, int64_t wn, T* wt, T* b) const {
     std::fill(wt, wt + K * WB, T(0));
@@ -192,7 +195,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight, 
                                  bool silu, const at::Tensor& gout) {
   check(x, weight, bias);
   TORCH_CHECK(gout.sizes() == x.sizes() && gout.scalar_type() == x.scalar_type(), "gout must be shaped like x");
-  const int64_t tiles = (x.size(2) + TILE - 1) / TILE;
+  const int64_t tiles = tile_count(x.size(2));
   auto dx = empty_like_layout(x);
   auto dw = at::empty({x.size(0) * tiles, x.size(1), weight.size(1)}, x.options());
   auto dbias = at::empty({x.size(0) * tiles, x.size(1)}, x.options());
