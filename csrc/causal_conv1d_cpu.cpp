@@ -190,13 +190,16 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const c10::op
   return out;
 }
 
-// Returns (dx, dweight, dbias); dbias undefined without a bias.
+// Returns (dx, dweight, dbias); dbias undefined without a bias. dx is written into dx_out if given
+// (a view of a larger gradient, so that no caller concatenates).
 std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                 bool silu, const at::Tensor& gout) {
+                                 bool silu, const at::Tensor& gout, const c10::optional<at::Tensor>& dx_out) {
   check(x, weight, bias);
   TORCH_CHECK(gout.sizes() == x.sizes() && gout.scalar_type() == x.scalar_type(), "gout must be shaped like x");
+  TORCH_CHECK(!dx_out || (dx_out->sizes() == x.sizes() && dx_out->scalar_type() == x.scalar_type()),
+              "dx_out must be shaped like x");
   const int64_t tiles = tile_count(x.size(2));
-  auto dx = empty_like_layout(x);
+  auto dx = dx_out ? *dx_out : empty_like_layout(x);
   auto dw = at::empty({x.size(0) * tiles, x.size(1), weight.size(1)}, x.options());
   auto dbias = at::empty({x.size(0) * tiles, x.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_cpu_bwd", [&] {

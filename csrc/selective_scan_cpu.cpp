@@ -494,17 +494,20 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
   return {out, checkpoints, last_state};
 }
 
-// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); undefined where the input was absent.
+// Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); undefined where the input was absent. dz is
+// written into dz_out if given (a view of a larger gradient, so that no caller concatenates).
 std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& C, const c10::optional<at::Tensor>& D,
                             const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& delta_bias,
                             bool delta_softplus, const at::Tensor& checkpoints, const at::Tensor& gout,
-                            const c10::optional<at::Tensor>& glast) {
+                            const c10::optional<at::Tensor>& glast, const c10::optional<at::Tensor>& dz_out) {
   check_inputs(u, delta, A, B, C);
   TORCH_CHECK(gout.sizes() == u.sizes() && gout.scalar_type() == u.scalar_type(), "gout must be shaped like u");
+  TORCH_CHECK(!dz_out || (z && dz_out->sizes() == u.sizes() && dz_out->scalar_type() == u.scalar_type()),
+              "dz_out must be shaped like u, with a z");
   const int64_t batch = u.size(0), dim = u.size(1), N = A.size(1), threads = at::get_num_threads();
   auto du = empty_like_layout(u), ddelta = empty_like_layout(u);
-  auto dz = z ? empty_like_layout(u) : at::Tensor();
+  auto dz = dz_out ? *dz_out : z ? empty_like_layout(u) : at::Tensor();
   auto dA = at::empty({batch, dim, N}, u.options());
   auto dD = at::empty({batch, dim}, u.options()), dbias = at::empty({batch, dim}, u.options());
   std::vector<int64_t> per_thread_shape{threads};
@@ -585,7 +588,7 @@ at::Tensor step(at::Tensor state, const at::Tensor& x, const at::Tensor& dt, con
 // causal_conv1d_cpu.cpp
 at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, bool silu);
 std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                 bool silu, const at::Tensor& gout);
+                                 bool silu, const at::Tensor& gout, const c10::optional<at::Tensor>& dx_out);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fwd", &fwd, "selective scan forward (CPU)");

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from seqarena.models import build_model
-from seqarena.ops import available_backends, causal_conv1d, cpp, selective_scan
+from seqarena.ops import available_backends, causal_conv1d, cpp, mamba_inner, selective_scan
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
@@ -150,6 +150,46 @@ def assert_conv_matches_reference(x, weight, b, activation, grad, rtol):
         bs = b.clone().requires_grad_() if bias else None
         out = causal_conv1d(xs, ws, bs, activation, backend=backend)
         leaves = [t for t in (xs, ws, bs) if t is not None]
+        return out, torch.autograd.grad((out * grad).sum(), leaves)
+
+    out, grads = run("cpp")
+    want, want_grads = run("torch")
+    torch.testing.assert_close(out, want, rtol=rtol, atol=rtol)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("conv_bias", [True, False])
+def test_the_fused_mixer_matches_the_references_composed(dtype, rtol, conv_bias):
+    """mamba_inner on cpp, one op whose backward writes x's and z's gradients into one tensor,
+    against the torch references composed op by op: the output and every input's gradient.
+    40 channels are two blocks of 16 and a partial one; 70 steps are three scan chunks and two
+    conv tiles."""
+    g = torch.Generator().manual_seed(3)
+    batch, length, d_inner, N, rank = 2, 70, 40, 16, 3
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=dtype) * scale
+
+    xz = rand(batch, length, 2 * d_inner)
+    weights = {
+        "conv_weight": rand(d_inner, 4, scale=0.5),
+        "conv_bias": rand(d_inner) if conv_bias else None,
+        "x_proj_weight": rand(rank + 2 * N, d_inner, scale=0.3),
+        "dt_proj_weight": rand(d_inner, rank, scale=0.5),
+        "A": -torch.rand(d_inner, N, generator=g, dtype=dtype) - 0.5,
+        "D": rand(d_inner),
+        "delta_bias": rand(d_inner, scale=0.3),
+    }
+    grad = rand(batch, length, d_inner)
+
+    def run(backend):
+        leaves = [xz.clone().requires_grad_()]
+        leaves += [w.clone().requires_grad_() for w in weights.values() if w is not None]
+        given = iter(leaves[1:])
+        args = [next(given) if w is not None else None for w in weights.values()]
+        out = mamba_inner(leaves[0], *args, backend=backend)
         return out, torch.autograd.grad((out * grad).sum(), leaves)
 
     out, grads = run("cpp")

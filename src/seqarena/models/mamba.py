@@ -25,6 +25,7 @@ from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_sha
 from seqarena.ops import (
     causal_conv1d,
     causal_conv1d_update,
+    mamba_inner,
     scan_continues,
     selective_scan,
     selective_state_update,
@@ -198,7 +199,28 @@ class MambaMixer(nn.Module):
         Activations stay (batch, L, channels), as nn.Linear reads and writes them; the kernels
         take (batch, channels, L) views of them (channels contiguous), so nothing is copied.
         """
-        x, z = (t.transpose(1, 2) for t in self.in_proj(hidden).chunk(2, dim=-1))  # (batch, d_inner, L)
+        xz = self.in_proj(hidden)
+        return self.out_proj(self._mix(xz) if cache is None else self._mix_composed(xz, cache, continuing))
+
+    def _mix(self, xz: torch.Tensor) -> torch.Tensor:
+        """in_proj's output to the gated scan output over whole sequences: ops.mamba_inner, one
+        fused op where the backend has one (as mamba_ssm's fast path when there is no cache)."""
+        return mamba_inner(
+            xz,
+            self._conv_weight(),
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            -torch.exp(_fp32_or_wider(self.A_log)),
+            _fp32_or_wider(self.D),
+            _fp32_or_wider(self.dt_proj.bias),
+        )
+
+    def _mix_composed(
+        self, xz: torch.Tensor, cache: MambaLayerCache | None = None, continuing: bool = False
+    ) -> torch.Tensor:
+        """``_mix`` op by op, writing the final conv and SSM state into the cache, if given."""
+        x, z = (t.transpose(1, 2) for t in xz.chunk(2, dim=-1))  # (batch, d_inner, L)
         before = self.d_conv - 1 if continuing else 0  # the conv's window reaches into the cached inputs
         if continuing:
             x = torch.cat([cache.conv_state[..., 1:], x], dim=-1)
@@ -223,7 +245,7 @@ class MambaMixer(nn.Module):
         if cache is not None:
             y, last_state = y
             cache.ssm_state.copy_(last_state)
-        return self.out_proj(y.transpose(1, 2))
+        return y.transpose(1, 2)
 
     def _ssm_inputs(self, x: torch.Tensor):
         """(delta, B, C, delta_bias) of the scan from the conv's output x (batch, d_inner, L): the
@@ -283,6 +305,9 @@ class LTIMixer(MambaMixer):
 
     def _ssm_inputs(self, x: torch.Tensor):
         return x.new_zeros(x.shape), self.B, self.C, self.dt_bias
+
+    def _mix(self, xz: torch.Tensor) -> torch.Tensor:
+        return self._mix_composed(xz)  # B and C per channel: the scan's time-invariant path
 
     def _state_update(self, x: torch.Tensor, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """The time-invariant recurrence for one token, in the state's precision (the

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from seqarena.ops.backends import KernelBackend, register_backend
 from seqarena.ops.conv import causal_conv1d_update_torch
@@ -128,7 +129,7 @@ class SelectiveScanCpp(torch.autograd.Function):
             grad_out = torch.zeros_like(u)
         grads = _load()[0].bwd(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
-            grad_out, grad_last_state,
+            grad_out, grad_last_state, None,
         )  # fmt: skip
         return (*grads, None, None)  # None for absent inputs, delta_softplus and initial_state
 
@@ -180,7 +181,7 @@ class CausalConv1dCpp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = _load()[0].conv_bwd(x, weight, bias, ctx.silu, grad_out)
+        dx, dweight, dbias = _load()[0].conv_bwd(x, weight, bias, ctx.silu, grad_out, None)
         return dx, dweight, dbias, None
 
 
@@ -192,6 +193,54 @@ def causal_conv1d_cpp(x, weight, bias=None, activation=None):
     return out.to(x.dtype)
 
 
+class MambaInnerCpp(torch.autograd.Function):
+    """Mamba-1's mixer between in_proj and out_proj as one op, as mamba_ssm's MambaInnerFn: the
+    conv and SiLU, x_proj, dt_proj, and the scan with its D skip and SiLU(z) gate. Its backward
+    writes the gradients of x and z straight into one tensor shaped like xz, where autograd's
+    split of xz would concatenate them, and adds x_proj's input gradient into the scan's."""
+
+    @staticmethod
+    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias):
+        kernels, d_inner, rank, N = _load()[0], A.shape[0], dt_proj_weight.shape[1], A.shape[1]
+        x, z = (t.transpose(1, 2) for t in xz.split(d_inner, dim=-1))  # (batch, d_inner, L) views
+        u = kernels.conv_fwd(x, conv_weight, conv_bias, True)
+        x_dbl = F.linear(u.transpose(1, 2), x_proj_weight)  # (batch, L, rank + 2N)
+        dt, B, C = (t.unsqueeze(1).contiguous() for t in x_dbl.split([rank, N, N], dim=-1))
+        delta = F.linear(dt.squeeze(1), dt_proj_weight).transpose(1, 2)
+        out, checkpoints, _ = kernels.fwd(u, delta, A, B, C, D, z, delta_bias, True, None)
+        ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias)
+        ctx.intermediates = u, dt, B, C, delta, checkpoints
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias = ctx.saved_tensors
+        u, dt, B, C, delta, checkpoints = ctx.intermediates
+        kernels, d_inner = _load()[0], A.shape[0]
+        x, z = (t.transpose(1, 2) for t in xz.split(d_inner, dim=-1))
+        dxz = torch.empty_like(xz)
+        dx, dz = (t.transpose(1, 2) for t in dxz.split(d_inner, dim=-1))
+        du, ddelta, dA, dB, dC, dD, _, dbias = kernels.bwd(
+            u, delta, A, B, C, D, z, delta_bias, True, checkpoints, grad_out.transpose(1, 2), None, dz
+        )
+        ddelta = ddelta.transpose(1, 2)  # (batch, L, d_inner)
+        ddt = ddelta @ dt_proj_weight
+        d_dt_proj = ddelta.flatten(0, 1).T @ dt.flatten(0, 2)
+        dx_dbl = torch.cat([ddt, dB.squeeze(1), dC.squeeze(1)], dim=-1).flatten(0, 1)
+        d_x_proj = dx_dbl.T @ u.transpose(1, 2).flatten(0, 1)
+        # the gradient of the conv's output: the scan's and x_proj's, in one matmul
+        du = torch.addmm(du.transpose(1, 2).reshape(-1, d_inner), dx_dbl, x_proj_weight)
+        du = du.view(xz.shape[0], -1, d_inner).transpose(1, 2)
+        _, dconv_weight, dconv_bias = kernels.conv_bwd(x, conv_weight, conv_bias, True, du, dx)
+        return dxz, dconv_weight, dconv_bias, d_x_proj, d_dt_proj, dA, dD, dbias
+
+
+def mamba_inner_cpp(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias):
+    f = torch.promote_types(xz.dtype, torch.float32)
+    weights = conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias
+    return MambaInnerCpp.apply(xz.to(f), *(_dense(t, f) for t in weights)).to(xz.dtype)
+
+
 def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """One decoding step on the CPU kernel; ``state`` (contiguous) is updated in place."""
     return _load()[0].step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
@@ -200,6 +249,6 @@ def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 register_backend(
     KernelBackend(
         "cpp", selective_scan_cpp, selective_state_update_cpp, causal_conv1d_cpp, causal_conv1d_update_torch,
-        ssd_chunk_scan_torch, ssd_state_update_torch, priority=10, why_not=_why_not,
+        ssd_chunk_scan_torch, ssd_state_update_torch, priority=10, why_not=_why_not, inner=mamba_inner_cpp,
     )
 )  # fmt: skip
