@@ -16,12 +16,14 @@
 #include <cmath>
 #include <vector>
 
+#include "activations.h"
 #include "strided.h"
 
 namespace {
 
 using seqarena::empty_like_layout;
 using seqarena::read_lanes;
+using seqarena::sigmoid;
 using seqarena::Strided;
 using seqarena::strided;
 using seqarena::write_lanes;
@@ -100,7 +102,7 @@ void forward_kernel(const Conv<T>& c, const Strided<T>& out) {
         convolve(c.K, n, xp.data(), wt.data(), bias.data(), pre.data());
         if (c.silu) {
 #pragma omp simd
-          for (int64_t i = 0; i < n * WB; ++i) pre[i] = pre[i] / (T(1) + std::exp(-pre[i]));
+          for (int64_t i = 0; i < n * WB; ++i) pre[i] *= sigmoid(pre[i]);
         }
         write_block(pre.data(), b, d0, wn, t0, t1, out);
       }
@@ -128,7 +130,7 @@ void backward_kernel(const Conv<T>& c, const Strided<const T>& gout, const Strid
         read_block(gout, c.L, b, d0, wn, t0, t0 + ng, go.data());
         for (int64_t i = 0; i < ng * WB; ++i) {
           if (c.silu) {
-            const T sig = T(1) / (T(1) + std::exp(-g[i]));
+            const T sig = sigmoid(g[i]);
             g[i] = go[i] * sig * (T(1) + g[i] * (T(1) - sig));
           } else {
             g[i] = go[i];

@@ -28,12 +28,14 @@
 #include <cstring>
 #include <vector>
 
+#include "activations.h"
 #include "strided.h"
 
 namespace {
 
 using seqarena::empty_like_layout;
 using seqarena::read_lanes;
+using seqarena::sigmoid;
 using seqarena::Strided;
 using seqarena::strided;
 using seqarena::write_lanes;
@@ -44,11 +46,6 @@ constexpr int64_t W = seqarena::LANES;  // channels per block
 template <typename T>
 inline T softplus(T x) {
   return x > T(20) ? x : std::log1p(std::exp(x));  // torch's threshold
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
 }
 
 // exp for the decays, whose arguments dt * A are <= 0 in Mamba (clamped to float's range), inline

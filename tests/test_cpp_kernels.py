@@ -73,6 +73,21 @@ def test_float32_matches_reference(shape):
     assert_matches_reference(inputs(*shape, torch.float32), rtol=1e-4)
 
 
+def test_pre_activations_where_exp_overflows_float_match_reference():
+    """A gate z or a delta pre-activation far below -88, where exp(-x) overflows float (a model
+    trained without weight decay drives delta's there on noise tokens), gives the reference's
+    finite outputs and gradients, as does a conv input under its SiLU."""
+    x = inputs(2, 37, 75, 16, torch.float32)
+    for key, t in (("z", 4), ("z", 40), ("delta", 9), ("delta", 60)):
+        x[key][1, 5, t] = x[key][0, 30, t] = -120.0
+    x["delta"][0, 2, 11] = 120.0
+    assert_matches_reference(x, rtol=1e-5)
+    conv_input = torch.randn(2, 37, 67, generator=torch.Generator().manual_seed(5))
+    conv_input[0, 3, 10] = conv_input[1, 36, 66] = -300.0
+    weight = torch.rand(37, 4, generator=torch.Generator().manual_seed(6))
+    assert_conv_matches_reference(conv_input, weight, torch.zeros(37), "silu", torch.ones(2, 37, 67), 1e-5)
+
+
 @pytest.mark.parametrize("bc", ["grouped", "invariant"])
 def test_other_bc_layouts_match_reference(bc):
     assert_matches_reference(inputs(2, 6, 70, 4, torch.float64, bc=bc, groups=3), rtol=1e-9)

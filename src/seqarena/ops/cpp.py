@@ -29,7 +29,7 @@ from seqarena.ops.ssd import ssd_chunk_scan_torch, ssd_state_update_torch
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = [CSRC / "selective_scan_cpu.cpp", CSRC / "causal_conv1d_cpu.cpp"]
-HEADERS = [CSRC / "strided.h"]
+HEADERS = [CSRC / "activations.h", CSRC / "strided.h"]
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 MODULE = "seqarena_cpu_kernels"
 BUILT = "built"  # written once a build has loaded: the library in that folder is complete
