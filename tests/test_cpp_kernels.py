@@ -157,6 +157,15 @@ def test_causal_conv_of_channels_last_views_matches_reference(dtype, rtol):
     assert_conv_matches_reference(x, weight, b, "silu", grad, rtol)
 
 
+def assert_cpp_matches_torch(run, rtol):
+    """``run(backend)`` gives (output, gradients): cpp's against torch's."""
+    out, grads = run("cpp")
+    want, want_grads = run("torch")
+    torch.testing.assert_close(out, want, rtol=rtol, atol=rtol)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+
+
 def assert_conv_matches_reference(x, weight, b, activation, grad, rtol):
     bias = b is not None
 
@@ -167,11 +176,7 @@ def assert_conv_matches_reference(x, weight, b, activation, grad, rtol):
         leaves = [t for t in (xs, ws, bs) if t is not None]
         return out, torch.autograd.grad((out * grad).sum(), leaves)
 
-    out, grads = run("cpp")
-    want, want_grads = run("torch")
-    torch.testing.assert_close(out, want, rtol=rtol, atol=rtol)
-    for got, expected in zip(grads, want_grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+    assert_cpp_matches_torch(run, rtol)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -207,11 +212,7 @@ def test_the_fused_mixer_matches_the_references_composed(dtype, rtol, conv_bias)
         out = mamba_inner(leaves[0], *args, backend=backend)
         return out, torch.autograd.grad((out * grad).sum(), leaves)
 
-    out, grads = run("cpp")
-    want, want_grads = run("torch")
-    torch.testing.assert_close(out, want, rtol=rtol, atol=rtol)
-    for got, expected in zip(grads, want_grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+    assert_cpp_matches_torch(run, rtol)
 
 
 @pytest.mark.parametrize("bc", ["variable", "invariant"])
