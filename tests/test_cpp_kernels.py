@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from seqarena.models import build_model
-from seqarena.ops import available_backends, causal_conv1d, cpp, mamba_inner, selective_scan
+from seqarena.models.mamba import SSM_DEFAULTS, MambaMixer
+from seqarena.ops import available_backends, causal_conv1d, cpp, fused_mamba_inner, selective_scan
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
@@ -181,35 +182,26 @@ def assert_conv_matches_reference(x, weight, b, activation, grad, rtol):
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("conv_bias", [True, False])
-def test_the_fused_mixer_matches_the_references_composed(dtype, rtol, conv_bias):
-    """mamba_inner on cpp, one op whose backward writes x's and z's gradients into one tensor,
-    against the torch references composed op by op: the output and every input's gradient.
-    40 channels are two blocks of 16 and a partial one; 70 steps are three scan chunks and two
-    conv tiles."""
-    g = torch.Generator().manual_seed(3)
-    batch, length, d_inner, N, rank = 2, 70, 40, 16, 3
+def test_the_fused_mixer_matches_the_references_composed(monkeypatch, dtype, rtol, conv_bias):
+    """Mamba-1's mixer between in_proj and out_proj on cpp, one op whose backward writes x's and
+    z's gradients into one tensor, against the same mixer on the torch references, composed op by
+    op: the output and the gradient of xz and every parameter. 40 channels are two blocks of 16
+    and a partial one; 70 steps are three scan chunks and two conv tiles."""
+    torch.manual_seed(3)
+    mixer = MambaMixer(20, **{**SSM_DEFAULTS, "d_state": 16, "dt_rank": 3, "conv_bias": conv_bias}).to(dtype)
+    with torch.no_grad():  # off the initialisation, so that every parameter matters
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    xz = torch.randn(2, 70, 80, dtype=dtype)
+    grad = torch.randn(2, 70, 40, dtype=dtype)
+    assert fused_mamba_inner(xz, "cpp") is not None and fused_mamba_inner(xz, "torch") is None
 
-    def rand(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, dtype=dtype) * scale
-
-    xz = rand(batch, length, 2 * d_inner)
-    weights = {
-        "conv_weight": rand(d_inner, 4, scale=0.5),
-        "conv_bias": rand(d_inner) if conv_bias else None,
-        "x_proj_weight": rand(rank + 2 * N, d_inner, scale=0.3),
-        "dt_proj_weight": rand(d_inner, rank, scale=0.5),
-        "A": -torch.rand(d_inner, N, generator=g, dtype=dtype) - 0.5,
-        "D": rand(d_inner),
-        "delta_bias": rand(d_inner, scale=0.3),
-    }
-    grad = rand(batch, length, d_inner)
+    weights = [p for name, p in mixer.named_parameters() if not name.startswith(("in_proj", "out_proj"))]
 
     def run(backend):
-        leaves = [xz.clone().requires_grad_()]
-        leaves += [w.clone().requires_grad_() for w in weights.values() if w is not None]
-        given = iter(leaves[1:])
-        args = [next(given) if w is not None else None for w in weights.values()]
-        out = mamba_inner(leaves[0], *args, backend=backend)
+        monkeypatch.setenv("SEQARENA_SCAN_BACKEND", backend)
+        leaves = [xz.clone().requires_grad_(), *weights]
+        out = mixer._mix(leaves[0])
         return out, torch.autograd.grad((out * grad).sum(), leaves)
 
     assert_cpp_matches_torch(run, rtol)

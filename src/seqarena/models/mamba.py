@@ -25,7 +25,7 @@ from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_sha
 from seqarena.ops import (
     causal_conv1d,
     causal_conv1d_update,
-    mamba_inner,
+    fused_mamba_inner,
     scan_continues,
     selective_scan,
     selective_state_update,
@@ -203,9 +203,12 @@ class MambaMixer(nn.Module):
         return self.out_proj(self._mix(xz) if cache is None else self._mix_composed(xz, cache, continuing))
 
     def _mix(self, xz: torch.Tensor) -> torch.Tensor:
-        """in_proj's output to the gated scan output over whole sequences: ops.mamba_inner, one
-        fused op where the backend has one (as mamba_ssm's fast path when there is no cache)."""
-        return mamba_inner(
+        """in_proj's output to the gated scan output over whole sequences: one fused op where the
+        backend has one (cpp; as mamba_ssm's fast path when there is no cache), else op by op."""
+        fused = fused_mamba_inner(xz)
+        if fused is None:
+            return self._mix_composed(xz)
+        return fused(
             xz,
             self._conv_weight(),
             self.conv1d.bias,
@@ -219,7 +222,8 @@ class MambaMixer(nn.Module):
     def _mix_composed(
         self, xz: torch.Tensor, cache: MambaLayerCache | None = None, continuing: bool = False
     ) -> torch.Tensor:
-        """``_mix`` op by op, writing the final conv and SSM state into the cache, if given."""
+        """The conv, the selection and the scan op by op, writing the final conv and SSM state
+        into the cache, if given."""
         x, z = (t.transpose(1, 2) for t in xz.chunk(2, dim=-1))  # (batch, d_inner, L)
         before = self.d_conv - 1 if continuing else 0  # the conv's window reaches into the cached inputs
         if continuing:

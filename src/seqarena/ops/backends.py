@@ -1,5 +1,5 @@
 """Kernel backends: each implements the selective scan, Mamba-2's SSD, their decoding steps, and
-the causal conv, and may fuse Mamba-1's mixer of them into one op (``mamba_inner``).
+the causal conv, and may fuse Mamba-1's mixer of them into one op (``fused_mamba_inner``).
 
 Backends, best first: ``cuda`` (mamba_ssm and causal_conv1d, on GPU tensors), ``cpp``
 (seqarena's C++ kernels, on CPU tensors) and ``torch`` (the readable references, anywhere).
@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
 from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
@@ -38,7 +37,7 @@ class KernelBackend:
     priority: int
     why_not: Callable[[torch.Tensor], str | None]
     scan_continues: bool = True  # its scan takes an initial_state
-    inner: Callable | None = None  # a fused mamba_inner; None: composed of its conv and scan
+    inner: Callable | None = None  # its fused_mamba_inner op; None: the mixer composes conv and scan
 
 
 _BACKENDS: dict[str, KernelBackend] = {}
@@ -125,25 +124,16 @@ def ssd_state_update(
     return impl(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
 
 
-def mamba_inner(
-    xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias, backend: str | None = None
-):  # fmt: skip
-    """Mamba-1's mixer between in_proj and out_proj over whole sequences, mamba_ssm's
-    ``mamba_inner_fn`` without the projections: xz (batch, L, 2 d_inner), in_proj's output, to the
-    gated scan output y (batch, L, d_inner). x is convolved (+SiLU), x_proj gives dt, B and C,
-    dt_proj gives delta (its bias and the softplus applied in the scan), and z gates.
+def fused_mamba_inner(u: torch.Tensor, backend: str | None = None) -> Callable | None:
+    """The chosen backend's one op for Mamba-1's mixer between in_proj and out_proj over whole
+    sequences (mamba_ssm's ``mamba_inner_fn`` without the projections), or None where it has none
+    and the mixer composes the conv and the scan itself.
 
-    One fused op where the backend has one (cpp), else the backend's conv and scan composed."""
-    impl = _BACKENDS[resolve_backend(xz, backend)]
-    if impl.inner is not None:
-        return impl.inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias)
-    rank, N = dt_proj_weight.shape[1], A.shape[1]
-    x, z = (t.transpose(1, 2) for t in xz.chunk(2, dim=-1))  # (batch, d_inner, L)
-    x = impl.conv(x, conv_weight, conv_bias, "silu")
-    dt, B, C = F.linear(x.transpose(1, 2), x_proj_weight).split([rank, N, N], dim=-1)
-    delta = F.linear(dt, dt_proj_weight)
-    B, C = B.transpose(1, 2), C.transpose(1, 2)
-    return impl.scan(x, delta.transpose(1, 2), A, B, C, D, z, delta_bias, True, False, None).transpose(1, 2)
+    The op: (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias) -> y,
+    from in_proj's output xz (batch, L, 2 d_inner) to the gated scan output y (batch, L, d_inner):
+    x convolved (+SiLU), x_proj's dt, B and C, dt_proj's delta (bias and softplus in the scan), z's gate.
+    """
+    return _BACKENDS[resolve_backend(u, backend)].inner
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):

@@ -235,7 +235,7 @@ class MambaInnerCpp(torch.autograd.Function):
         return dxz, dconv_weight, dconv_bias, d_x_proj, d_dt_proj, dA, dD, dbias
 
 
-def mamba_inner_cpp(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias):
+def fused_mamba_inner_cpp(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias):
     f = torch.promote_types(xz.dtype, torch.float32)
     weights = conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias
     return MambaInnerCpp.apply(xz.to(f), *(_dense(t, f) for t in weights)).to(xz.dtype)
@@ -249,6 +249,7 @@ def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 register_backend(
     KernelBackend(
         "cpp", selective_scan_cpp, selective_state_update_cpp, causal_conv1d_cpp, causal_conv1d_update_torch,
-        ssd_chunk_scan_torch, ssd_state_update_torch, priority=10, why_not=_why_not, inner=mamba_inner_cpp,
+        ssd_chunk_scan_torch, ssd_state_update_torch, priority=10, why_not=_why_not,
+        inner=fused_mamba_inner_cpp,
     )
 )  # fmt: skip
