@@ -200,20 +200,23 @@ class MambaMixer(nn.Module):
         take (batch, channels, L) views of them (channels contiguous), so nothing is copied.
         """
         xz = self.in_proj(hidden)
-        return self.out_proj(self._mix(xz) if cache is None else self._mix_composed(xz, cache, continuing))
+        return self._mix(xz) if cache is None else self.out_proj(self._mix_composed(xz, cache, continuing))
 
     def _mix(self, xz: torch.Tensor) -> torch.Tensor:
-        """in_proj's output to the gated scan output over whole sequences: one fused op where the
-        backend has one (cpp; as mamba_ssm's fast path when there is no cache), else op by op."""
+        """in_proj's output to the mixer's output over whole sequences: one fused op where the
+        backend has one (cpp; cuda: mamba_ssm's mamba_inner_fn, as its fast path when there is no
+        cache), else op by op."""
         fused = fused_mamba_inner(xz)
         if fused is None:
-            return self._mix_composed(xz)
+            return self.out_proj(self._mix_composed(xz))
         return fused(
             xz,
             self._conv_weight(),
             self.conv1d.bias,
             self.x_proj.weight,
             self.dt_proj.weight,
+            self.out_proj.weight,
+            self.out_proj.bias,
             -torch.exp(_fp32_or_wider(self.A_log)),
             _fp32_or_wider(self.D),
             _fp32_or_wider(self.dt_proj.bias),
@@ -311,7 +314,7 @@ class LTIMixer(MambaMixer):
         return x.new_zeros(x.shape), self.B, self.C, self.dt_bias
 
     def _mix(self, xz: torch.Tensor) -> torch.Tensor:
-        return self._mix_composed(xz)  # B and C per channel: the scan's time-invariant path
+        return self.out_proj(self._mix_composed(xz))  # B and C per channel: the scan's time-invariant path
 
     def _state_update(self, x: torch.Tensor, z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """The time-invariant recurrence for one token, in the state's precision (the

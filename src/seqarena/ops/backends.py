@@ -37,7 +37,7 @@ class KernelBackend:
     priority: int
     why_not: Callable[[torch.Tensor], str | None]
     scan_continues: bool = True  # its scan takes an initial_state
-    inner: Callable | None = None  # its fused_mamba_inner op; None: the mixer composes conv and scan
+    inner: Callable | None = None  # its fused_mamba_inner op; None: the mixer composes the ops
 
 
 _BACKENDS: dict[str, KernelBackend] = {}
@@ -125,13 +125,13 @@ def ssd_state_update(
 
 
 def fused_mamba_inner(u: torch.Tensor, backend: str | None = None) -> Callable | None:
-    """The chosen backend's one op for Mamba-1's mixer between in_proj and out_proj over whole
-    sequences (mamba_ssm's ``mamba_inner_fn`` without the projections), or None where it has none
-    and the mixer composes the conv and the scan itself.
+    """The chosen backend's one op for Mamba-1's mixer after in_proj over whole sequences (mamba_ssm's
+    ``mamba_inner_fn``), or None where it has none and the mixer composes the conv and the scan itself.
 
-    The op: (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias) -> y,
-    from in_proj's output xz (batch, L, 2 d_inner) to the gated scan output y (batch, L, d_inner):
-    x convolved (+SiLU), x_proj's dt, B and C, dt_proj's delta (bias and softplus in the scan), z's gate.
+    The op: (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+    out_proj_bias, A, D, delta_bias) -> out, from in_proj's output xz (batch, L, 2 d_inner) to the
+    mixer's output (batch, L, d_model): x convolved (+SiLU), x_proj's dt, B and C, dt_proj's delta
+    (bias and softplus in the scan), z's gate, out_proj. conv_weight is (d_inner, d_conv).
     """
     return _BACKENDS[resolve_backend(u, backend)].inner
 

@@ -235,10 +235,23 @@ class MambaInnerCpp(torch.autograd.Function):
         return dxz, dconv_weight, dconv_bias, d_x_proj, d_dt_proj, dA, dD, dbias
 
 
-def fused_mamba_inner_cpp(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias):
+def fused_mamba_inner_cpp(
+    xz,
+    conv_weight,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    out_proj_weight,
+    out_proj_bias,
+    A,
+    D,
+    delta_bias,
+):
+    """The C++ op up to the gate, then out_proj (a matmul torch does as well as any kernel)."""
     f = torch.promote_types(xz.dtype, torch.float32)
     weights = conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, delta_bias
-    return MambaInnerCpp.apply(xz.to(f), *(_dense(t, f) for t in weights)).to(xz.dtype)
+    y = MambaInnerCpp.apply(xz.to(f), *(_dense(t, f) for t in weights)).to(xz.dtype)
+    return F.linear(y, out_proj_weight, out_proj_bias)
 
 
 def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

@@ -1,0 +1,364 @@
+"""The ``cuda`` backend on a CPU: mamba_ssm's and causal_conv1d's own Python and Triton code, run.
+
+seqarena's cuda backend calls mamba_ssm (2.3.2.post1) and causal_conv1d (1.6.1, the Python of
+tag v1.6.1.post4, which the GPU env builds) as a GPU would. Here that same code runs on CPU
+tensors, with these substitutions and nothing else:
+
+- **The compiled extensions** ``selective_scan_cuda`` and ``causal_conv1d_cuda`` are modules of
+  stand-ins. Each takes the C++ binding's exact argument list (tests/test_cuda_emulation.py checks
+  it against the pinned sources' ``csrc/``), enforces the binding's dtype, shape and stride checks
+  (a call that would fail a ``TORCH_CHECK`` on a GPU fails here), and computes the package's own
+  pure-PyTorch reference (``selective_scan_ref``, ``causal_conv1d_ref``,
+  ``causal_conv1d_update_ref``), writing into the buffers the binding writes into. Backward passes
+  are autograd of those references. causal-conv1d wraps its calls in ``torch.library.custom_op``,
+  whose body runs below autograd's (thread-local) dispatch key, so the backward's autograd runs in
+  a fresh thread, where autograd records again. Outputs the references have no counterpart for
+  (the scan's per-chunk intermediates apart from the last state) are NaN, so a reader of them fails.
+- **The Triton kernels** (Mamba-2's SSD, ``selective_state_update``, the gated RMSNorm) really run,
+  under Triton's interpreter (``TRITON_INTERPRET=1``), with four shims: ``torch.cuda.device(i)``
+  is a no-op (CPU tensors have no index), ``torch.cuda.get_device_properties`` reports 4
+  multiprocessors (they size some grids), the autotuner takes each kernel's first config
+  instead of timing them all, and the interpreter's scalars convert to int through ``.item()``
+  (numpy 2.4 refuses ``int()`` of the one-element arrays that triton 3.6's interpreter holds).
+  The interpreter's bfloat16 is not to be trusted (a kernel run in bfloat16 was off by 1e10
+  here, right in float32), so values are compared in float32 only.
+- **Autocast:** CUDA's autocast cannot be enabled without CUDA, so CPU autocast stands in for it:
+  ``torch.is_autocast_enabled()`` (no argument: CUDA's, which mamba_ssm asks) answers for the CPU,
+  and ``torch.get_autocast_gpu_dtype()`` gives the CPU's autocast dtype.
+- **seqarena's gate** ("the cuda backend runs on CUDA tensors") is lifted inside the context only.
+
+``make oracle`` puts both packages' Python sources, triton and einops in
+$SEQARENA_MAMBA_SSM_REFERENCE (beside the venv, never in it); they are forgotten on exit.
+"""
+
+import dataclasses
+import inspect
+import os
+import sys
+import threading
+import types
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamba_ssm_reference import DEFAULT, ENV_VAR
+
+# The binding's argument lists, in order: csrc/selective_scan/selective_scan.cpp (mamba 2.3.2.post1)
+# and csrc/causal_conv1d.cpp (causal-conv1d 1.6.1.post4). The stand-ins below take exactly these.
+BINDINGS = {
+    ("selective_scan_cuda", "fwd"): "u delta A B C D_ z_ delta_bias_ delta_softplus",
+    ("selective_scan_cuda", "bwd"): (
+        "u delta A B C D_ z_ delta_bias_ dout x_ out_ dz_ delta_softplus recompute_out_z"
+    ),
+    ("causal_conv1d_cuda", "causal_conv1d_fwd"): (
+        "x weight bias_ seq_idx_ initial_states_ out final_states_out_ silu_activation"
+    ),
+    ("causal_conv1d_cuda", "causal_conv1d_bwd"): (
+        "x weight bias_ dout seq_idx_ initial_states_ dfinal_states_ dx dweight dbias_ dinitial_states_ "
+        "silu_activation"
+    ),
+    ("causal_conv1d_cuda", "causal_conv1d_update"): (
+        "x conv_state weight bias_ out silu_activation cache_seqlens_ conv_state_indices_"
+    ),
+}
+FORGOTTEN = {"mamba_ssm", "causal_conv1d", "selective_scan_cuda", "causal_conv1d_cuda"}
+INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class BindingCheckFailed(RuntimeError):
+    """What a TORCH_CHECK in the C++ binding raises on a GPU."""
+
+
+def check(condition: bool, what: str) -> None:
+    if not condition:
+        raise BindingCheckFailed(f"TORCH_CHECK failed: {what}")
+
+
+def check_shape(t: torch.Tensor, *shape, name: str) -> None:
+    check(tuple(t.shape) == shape, f"{name} has shape {tuple(t.shape)}, the binding expects {shape}")
+
+
+def in_fresh_thread(fn):
+    """fn() in a new thread, where autograd records even inside a custom_op's body."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _grads(fn, inputs: dict, dout: torch.Tensor) -> dict:
+    """{name: d(sum(fn(**inputs) * dout))/d input} for every tensor input that is floating point."""
+
+    def run():
+        with torch.enable_grad():
+            leaves = {
+                k: v.detach().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v
+                for k, v in inputs.items()
+            }
+            out = fn(**leaves)
+            wrt = [k for k, v in leaves.items() if torch.is_tensor(v) and v.requires_grad]
+            got = torch.autograd.grad(out, [leaves[k] for k in wrt], dout, allow_unused=True)
+            return {
+                k: (torch.zeros_like(leaves[k]) if g is None else g) for k, g in zip(wrt, got, strict=True)
+            }
+
+    return in_fresh_thread(run)
+
+
+def fill_selective_scan(module: types.ModuleType, selective_scan_ref) -> None:
+    """``selective_scan_cuda``: fwd and bwd with the binding's arguments, over ``selective_scan_ref``."""
+
+    def check_inputs(u, delta, A, B, C, D_, z_, delta_bias_):
+        check(u.dtype in INPUT_DTYPES, f"u's dtype {u.dtype} (float32, float16 or bfloat16)")
+        check(A.dtype == torch.float32, f"A's dtype {A.dtype} (float32; complex is not emulated)")
+        check(delta.dtype == u.dtype, f"delta's dtype {delta.dtype} == u's {u.dtype}")
+        for name, t in (("B", B), ("C", C)):
+            variable = t.dim() >= 3
+            check(t.dtype == (u.dtype if variable else A.dtype), f"{name}'s dtype {t.dtype}")
+            if variable:
+                check(t.stride(-1) == 1 or t.size(-1) == 1, f"{name}.stride(-1) == 1")
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        check(dstate <= 256, "selective_scan only supports state dimension <= 256")
+        check_shape(delta, batch, dim, length, name="delta")
+        check_shape(A, dim, dstate, name="A")
+        for name, t in (("u", u), ("delta", delta)):
+            check(t.stride(-1) == 1 or t.size(-1) == 1, f"{name}.stride(-1) == 1")
+        for name, t in (("D", D_), ("delta_bias", delta_bias_)):
+            if t is not None:
+                check(t.dtype == torch.float32, f"{name}'s dtype {t.dtype} (float32)")
+                check(t.stride(-1) == 1 or t.size(-1) == 1, f"{name}.stride(-1) == 1")
+                check_shape(t, dim, name=name)
+        if z_ is not None:
+            check(z_.dtype == u.dtype, f"z's dtype {z_.dtype} == u's {u.dtype}")
+            check(z_.stride(-1) == 1 or z_.size(-1) == 1, "z.stride(-1) == 1")
+            check_shape(z_, batch, dim, length, name="z")
+
+    def scan(u, delta, A, B, C, D_, z_, delta_bias_, delta_softplus):
+        return selective_scan_ref(
+            u, delta, A, B, C, D_, z_, delta_bias_, delta_softplus, return_last_state=True
+        )
+
+    def fwd(u, delta, A, B, C, D_, z_, delta_bias_, delta_softplus):
+        check_inputs(u, delta, A, B, C, D_, z_, delta_bias_)
+        out_z, last_state = scan(u, delta, A, B, C, D_, z_, delta_bias_, delta_softplus)
+        out = scan(u, delta, A, B, C, D_, None, delta_bias_, delta_softplus)[0] if z_ is not None else out_z
+        # (batch, dim, chunks of 2048 steps, 2 dstate): only the last chunk's state (odd entries) is real
+        chunks = -(-u.shape[-1] // 2048)
+        x = torch.full((*u.shape[:2], chunks, 2 * A.shape[1]), float("nan"), dtype=torch.float32)
+        x[:, :, -1, 1::2] = last_state.float()
+        return [out, x] + ([out_z] if z_ is not None else [])
+
+    def bwd(u, delta, A, B, C, D_, z_, delta_bias_, dout, x_, out_, dz_, delta_softplus, recompute_out_z):
+        check_inputs(u, delta, A, B, C, D_, z_, delta_bias_)
+        check(dout.dtype == u.dtype, f"dout's dtype {dout.dtype} == u's {u.dtype}")
+        check(dout.stride(-1) == 1 or dout.size(-1) == 1, "dout.stride(-1) == 1")
+        if z_ is not None:
+            check(out_ is not None, "out is given when z is")
+
+        def loss(u, delta, A, B, C, D, z, delta_bias):
+            return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)[0]
+
+        g = _grads(loss, dict(u=u, delta=delta, A=A, B=B, C=C, D=D_, z=z_, delta_bias=delta_bias_), dout)
+        grads = [g["u"], g["delta"], g["A"], g["B"], g["C"]]
+        grads += [g["D"] if D_ is not None else None, g["delta_bias"] if delta_bias_ is not None else None]
+        if z_ is None:
+            return grads
+        if dz_ is not None:  # the binding writes dz into the given tensor (mamba_inner_fn's dxz half)
+            dz_.copy_(g["z"])
+        rest = [dz_ if dz_ is not None else g["z"].to(z_.dtype)]
+        if recompute_out_z:
+            rest.append(scan(u, delta, A, B, C, D_, z_, delta_bias_, delta_softplus)[0])
+        return grads + rest
+
+    _fill(module, fwd=fwd, bwd=bwd)
+
+
+def fill_causal_conv1d(module: types.ModuleType, causal_conv1d_ref, causal_conv1d_update_ref) -> None:
+    """``causal_conv1d_cuda``: fwd, bwd and update with the binding's arguments, over the references."""
+
+    def check_inputs(x, weight, bias_):
+        check(x.dtype in INPUT_DTYPES, f"x's dtype {x.dtype}")
+        check(weight.dtype in INPUT_DTYPES, f"weight's dtype {weight.dtype}")
+        batch, dim, length = x.shape
+        width = weight.shape[-1]
+        check_shape(weight, dim, width, name="weight")
+        check(x.stride(2) == 1 or x.stride(1) == 1, "x.stride(2) == 1 || x.stride(1) == 1")
+        channel_last = x.stride(1) == 1 and x.stride(2) > 1
+        if channel_last:
+            check(dim % 8 == 0, "causal_conv1d only supports channel dimension divisible by 8 for now")
+            check(
+                x.stride(2) % 8 == 0 and x.stride(0) % 8 == 0,
+                "causal_conv1d with channel last layout requires strides (x.stride(0) and x.stride(2)) "
+                "to be multiples of 8",
+            )
+        check(2 <= width <= 4, "causal_conv1d only supports width between 2 and 4")
+        if bias_ is not None:
+            check(bias_.dtype == weight.dtype, f"bias's dtype {bias_.dtype} == weight's {weight.dtype}")
+            check(bias_.stride(-1) == 1, "bias.stride(-1) == 1")
+            check_shape(bias_, dim, name="bias")
+        return channel_last
+
+    def not_emulated(**given):
+        named = [k for k, v in given.items() if v is not None]
+        check(not named, f"{', '.join(named)}: not emulated (seqarena passes none)")
+
+    def conv(x, weight, bias, silu_activation):
+        return causal_conv1d_ref(x, weight, bias, activation="silu" if silu_activation else None)
+
+    def causal_conv1d_fwd(
+        x, weight, bias_, seq_idx_, initial_states_, out, final_states_out_, silu_activation
+    ):
+        check_inputs(x, weight, bias_)
+        not_emulated(seq_idx=seq_idx_, initial_states=initial_states_, final_states_out=final_states_out_)
+        out.copy_(conv(x, weight, bias_, silu_activation))
+
+    def causal_conv1d_bwd(
+        x, weight, bias_, dout, seq_idx_, initial_states_, dfinal_states_, dx, dweight, dbias_,
+        dinitial_states_, silu_activation,
+    ):  # fmt: skip
+        check_inputs(x, weight, bias_)
+        check((bias_ is None) == (dbias_ is None), "bias_.has_value() == dbias_.has_value()")
+        check(dx.dtype == x.dtype, f"dx's dtype {dx.dtype} == x's {x.dtype}")
+        not_emulated(seq_idx=seq_idx_, initial_states=initial_states_, dfinal_states=dfinal_states_)
+        g = _grads(lambda x, weight, bias: conv(x, weight, bias, silu_activation),
+                   dict(x=x, weight=weight, bias=bias_), dout)  # fmt: skip
+        dx.copy_(g["x"])
+        dweight.copy_(g["weight"])
+        if dbias_ is not None:
+            dbias_.copy_(g["bias"])
+
+    def causal_conv1d_update(
+        x, conv_state, weight, bias_, out, silu_activation, cache_seqlens_, conv_state_indices_
+    ):
+        check(x.dtype in INPUT_DTYPES, f"x's dtype {x.dtype}")
+        check(weight.dtype in INPUT_DTYPES, f"weight's dtype {weight.dtype}")
+        check(conv_state.dtype == x.dtype, f"conv_state's dtype {conv_state.dtype} == x's {x.dtype}")
+        batch, dim, _ = x.shape
+        width = weight.shape[-1]
+        check(conv_state.shape[2] >= width - 1, "conv_state_len >= width - 1")
+        check_shape(weight, dim, width, name="weight")
+        check(2 <= width <= 4, "causal_conv1d only supports width between 2 and 4")
+        check_shape(conv_state, batch, dim, conv_state.shape[2], name="conv_state")
+        if bias_ is not None:
+            check(bias_.dtype == weight.dtype, f"bias's dtype {bias_.dtype} == weight's {weight.dtype}")
+            check_shape(bias_, dim, name="bias")
+        not_emulated(cache_seqlens=cache_seqlens_, conv_state_indices=conv_state_indices_)
+        activation = "silu" if silu_activation else None
+        out.copy_(causal_conv1d_update_ref(x, conv_state, weight, bias_, activation))
+
+    _fill(
+        module,
+        causal_conv1d_fwd=causal_conv1d_fwd,
+        causal_conv1d_bwd=causal_conv1d_bwd,
+        causal_conv1d_update=causal_conv1d_update,
+    )
+
+
+def _fill(module: types.ModuleType, **functions) -> None:
+    for key, fn in functions.items():
+        params = list(inspect.signature(fn).parameters)
+        assert params == BINDINGS[module.__name__, key].split(), (module.__name__, key, params)
+        setattr(module, key, fn)
+
+
+@contextmanager
+def _patched(obj, name: str, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _first_config_only(run):
+    def run_first(self, *args, **kwargs):
+        self.configs = self.configs[:1]  # one config: no timing, which needs a GPU
+        return run(self, *args, **kwargs)
+
+    return run_first
+
+
+def _index_by_item(patch_lang_tensor):
+    def patch(tensor, scope):
+        patch_lang_tensor(tensor, scope)
+        # numpy >= 2.4 refuses int() of a one-element array, which the interpreter's scalars are
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    return patch
+
+
+def _cpu_autocast_for_cuda(is_autocast_enabled):
+    def enabled(device_type=None):
+        return is_autocast_enabled(device_type or "cpu")
+
+    return enabled
+
+
+def oracle_root() -> Path:
+    root = Path(os.environ.get(ENV_VAR) or DEFAULT)
+    for package in ("mamba_ssm", "causal_conv1d", "triton"):
+        if not (root / package).is_dir():
+            pytest.fail(f"{package}'s sources (the tests' oracle) are not in {root}: run `make oracle`")
+    return root
+
+
+@contextmanager
+def cuda_backend_on_cpu():
+    """seqarena's cuda backend, running mamba_ssm's and causal_conv1d's code on CPU tensors."""
+    from seqarena.ops import backends, cuda
+
+    root = oracle_root()
+    sys.path.insert(0, str(root))
+    old_interpret = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated and when they run
+    saved_backend = backends._BACKENDS["cuda"]
+    try:
+        # the packages import the extensions first; the stand-ins are filled in once their
+        # references (which live in those packages) have imported
+        for name in ("selective_scan_cuda", "causal_conv1d_cuda"):
+            sys.modules[name] = types.ModuleType(name)
+        import triton.runtime.autotuner as autotuner
+        import triton.runtime.interpreter as interpreter
+        from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref, causal_conv1d_update_ref
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+
+        fill_causal_conv1d(sys.modules["causal_conv1d_cuda"], causal_conv1d_ref, causal_conv1d_update_ref)
+        fill_selective_scan(sys.modules["selective_scan_cuda"], selective_scan_ref)
+        properties = types.SimpleNamespace(multi_processor_count=4, gcnArchName="")
+        with (
+            _patched(torch.cuda, "device", lambda index: nullcontext()),
+            _patched(torch.cuda, "get_device_properties", lambda device=None: properties),
+            _patched(autotuner.Autotuner, "run", _first_config_only(autotuner.Autotuner.run)),
+            _patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
+            _patched(torch, "is_autocast_enabled", _cpu_autocast_for_cuda(torch.is_autocast_enabled)),
+            _patched(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cpu")),
+        ):
+            cuda.kernels.cache_clear()
+            reason = cuda.kernels().reason
+            assert reason is None, reason
+            backends._BACKENDS["cuda"] = dataclasses.replace(saved_backend, why_not=lambda u: None)
+            yield
+    finally:
+        backends._BACKENDS["cuda"] = saved_backend
+        cuda.kernels.cache_clear()
+        if old_interpret is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old_interpret
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m.split(".")[0] in FORGOTTEN]:
+            del sys.modules[name]

@@ -1,0 +1,191 @@
+"""The cuda backend, run through mamba_ssm's and causal_conv1d's own code on a CPU (cuda_emulation.py),
+against the torch backend: every family's forward, every gradient and cached decoding; the env
+stage's self-check; a bf16-autocast training step; and the stand-ins' argument lists against the
+pinned packages' C++ bindings."""
+
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cuda_emulation import BINDINGS, BindingCheckFailed, cuda_backend_on_cpu
+from seqarena.models import build_model
+from seqarena.ops import backends, ssd_state_update
+
+VOCAB = 61
+CUDA_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "cuda-sources"
+# The GPU env's source builds (envs/gpu.post-deploy.sh): the tarball and the file with the bindings.
+PINNED_SOURCES = {
+    "selective_scan_cuda": ("mamba-2.3.2.post1", "csrc/selective_scan/selective_scan.cpp"),
+    "causal_conv1d_cuda": ("causal-conv1d-1.6.1.post4", "csrc/causal_conv1d.cpp"),
+}
+
+
+@pytest.fixture(scope="module")
+def emulated_cuda():
+    with cuda_backend_on_cpu():
+        yield
+
+
+def run_on(backend, monkeypatch):
+    monkeypatch.setenv(backends.BACKEND_ENV_VAR, backend)
+
+
+def forward_and_grads(model, ids, backend, monkeypatch):
+    run_on(backend, monkeypatch)
+    model.zero_grad()
+    logits = model(ids)
+    (logits.float() * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def relative_error(got, want) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid", "mamba_lti"])
+def test_every_family_on_cuda_matches_torch_forward_every_gradient_and_decoding(
+    arch, emulated_cuda, monkeypatch
+):
+    """float32, a length past one 32-step SSD chunk; decoding: a prefill with a cache, then steps."""
+    torch.manual_seed(0)
+    model = build_model(f"{arch}-tiny", vocab_size=VOCAB).float()
+    with torch.no_grad():  # off the initialisation, so that every parameter matters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ids = torch.randint(0, VOCAB, (2, 45))
+    want, want_grads = forward_and_grads(model, ids, "torch", monkeypatch)
+    got, got_grads = forward_and_grads(model, ids, "cuda", monkeypatch)
+    assert relative_error(got, want) < 1e-5
+    assert got_grads.keys() == want_grads.keys() == {n for n, _ in model.named_parameters()}
+    worst = max(want_grads, key=lambda n: relative_error(got_grads[n], want_grads[n]))
+    assert relative_error(got_grads[worst], want_grads[worst]) < 1e-4, worst
+
+    run_on("cuda", monkeypatch)
+    with torch.no_grad():
+        cache = model.allocate_cache(2, 45)
+        prefix = model(ids[:, :40], cache=cache)
+        steps = torch.stack([model.step(ids[:, t], cache) for t in range(40, 45)], 1)
+    assert relative_error(prefix, want[:, :40]) < 1e-5
+    assert relative_error(steps, want[:, 40:]) < 1e-5
+
+
+def test_mamba1_on_cuda_trains_through_mamba_ssms_fused_mamba_inner_fn(emulated_cuda, monkeypatch):
+    """Without a cache, Mamba-1 takes mamba_ssm's fast path, as its own Mamba does: one call of
+    mamba_inner_fn per layer, none of the composed scan."""
+    from mamba_ssm.ops import selective_scan_interface
+
+    calls = {"inner": 0, "scan": 0}
+    inner, scan = selective_scan_interface.MambaInnerFn.apply, selective_scan_interface.SelectiveScanFn.apply
+
+    def counted(name, fn):
+        def call(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return call
+
+    monkeypatch.setattr(selective_scan_interface.MambaInnerFn, "apply", counted("inner", inner))
+    monkeypatch.setattr(selective_scan_interface.SelectiveScanFn, "apply", counted("scan", scan))
+    model = build_model("mamba-tiny", vocab_size=VOCAB)
+    run_on("cuda", monkeypatch)
+    model(torch.randint(0, VOCAB, (2, 16))).sum().backward()
+    assert calls == {"inner": model.config.n_layer, "scan": 0}
+
+
+def test_mamba2_decoding_with_a_dt_limit_runs_mamba_ssms_step_kernel(emulated_cuda):
+    """mamba_ssm's selective_state_update reads dt_bias's strides when dt and A are tied over headdim:
+    the dt_limit path must not hand it None."""
+    torch.manual_seed(1)
+    batch, nheads, headdim, d_state = 2, 4, 8, 16
+    state = torch.randn(batch, nheads, headdim, d_state)
+    inputs = dict(
+        x=torch.randn(batch, nheads, headdim), dt=torch.randn(batch, nheads),
+        A=-torch.rand(nheads) - 0.5, B=torch.randn(batch, 1, d_state), C=torch.randn(batch, 1, d_state),
+        D=torch.randn(nheads), z=torch.randn(batch, nheads, headdim), dt_bias=torch.randn(nheads) * 0.1,
+        dt_softplus=True, dt_limit=(0.05, 0.5),
+    )  # fmt: skip
+    want_state = state.clone()
+    want = ssd_state_update(want_state, **inputs, backend="torch")
+    got = ssd_state_update(state, **inputs, backend="cuda")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, want_state, rtol=1e-5, atol=1e-5)
+
+
+def test_the_env_self_check_passes_on_cuda(emulated_cuda):
+    from seqarena.env import TOLERANCE, self_check
+
+    record = self_check("cuda", torch.device("cpu"))
+    assert record["passed"], record
+    assert {"scan", "ssd", "conv", "scan_grad_A", "ssd_grad_dt_bias", "conv_grad_weight"} <= record[
+        "errors"
+    ].keys()
+    assert record["max_relative_error"] < TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_a_bf16_autocast_training_step_runs_on_cuda_with_a_gpus_dtypes(arch, emulated_cuda, monkeypatch):
+    """The interpreter's bfloat16 is not trusted for values: this checks that the step runs, that
+    the kernels see the dtypes a GPU would (bf16 activations, float32 SSM parameters, which the
+    stand-ins' binding checks enforce) and that every gradient is finite and float32."""
+    torch.manual_seed(2)
+    model = build_model(f"{arch}-tiny", vocab_size=VOCAB)
+    run_on("cuda", monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randint(0, VOCAB, (2, 40)))
+    assert logits.dtype == torch.bfloat16
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), torch.randint(0, VOCAB, (80,))).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and p.grad.isfinite().all(), name
+
+
+def test_a_call_a_gpu_would_refuse_is_refused(emulated_cuda):
+    """The stand-ins enforce the bindings' checks: D in bfloat16 fails as TORCH_CHECK would."""
+    u = torch.randn(1, 8, 5)
+    with pytest.raises(BindingCheckFailed, match="D's dtype"):
+        backends.selective_scan(u, u, -torch.ones(8, 4), torch.randn(1, 4, 5), torch.randn(1, 4, 5),
+                                D=torch.ones(8, dtype=torch.bfloat16), backend="cuda")  # fmt: skip
+
+
+def binding_arguments(source: str, function: str) -> list[str]:
+    """The parameter names of a C++ function's definition (``f(const at::Tensor &x, ...)`` -> x, ...)."""
+    found = re.search(
+        rf"\n\s*(?:void|std::vector<at::Tensor>|at::Tensor)\s*\n?{function}\((.*?)\)\s*{{", source, re.S
+    )
+    assert found, f"no definition of {function} in the pinned source"
+    params = re.sub(r"//[^\n]*", "", found[1]).split(",")
+    return [re.search(r"(\w+)\s*$", p.strip())[1] for p in params]
+
+
+@pytest.mark.parametrize("module,function", sorted(BINDINGS))
+def test_each_stand_in_takes_the_pinned_bindings_argument_list(module, function):
+    if not CUDA_SOURCES.is_dir():
+        pytest.skip(f"the pinned CUDA source tarballs are not at {CUDA_SOURCES} (the repo's ../shared)")
+    folder, path = PINNED_SOURCES[module]
+    with tarfile.open(CUDA_SOURCES / f"{folder}.tar.gz") as tar:
+        source = tar.extractfile(f"{folder}/{path}").read().decode()
+    bound = re.search(rf'm\.def\("{function}",\s*&(\w+)', source)
+    assert bound, f"{module}.{function} is not bound in {folder}/{path}"
+    cpp = binding_arguments(source, bound[1])
+    ours = BINDINGS[module, function].split()
+    assert ours == cpp, f"{module}.{function}: the stand-in takes {ours}, the binding {cpp}"
+
+
+def test_the_oracles_causal_conv1d_is_the_python_of_the_pinned_build():
+    """The oracle installs PyPI's causal-conv1d 1.6.1 (its Python only); the GPU env builds tag
+    v1.6.1.post4. Their Python must be the same for the harness to stand for the build."""
+    if not CUDA_SOURCES.is_dir():
+        pytest.skip(f"the pinned CUDA source tarballs are not at {CUDA_SOURCES} (the repo's ../shared)")
+    from cuda_emulation import oracle_root
+
+    folder = PINNED_SOURCES["causal_conv1d_cuda"][0]
+    installed = oracle_root() / "causal_conv1d"
+    with tarfile.open(CUDA_SOURCES / f"{folder}.tar.gz") as tar:
+        pinned = {
+            Path(m.name).name: tar.extractfile(m).read().decode()
+            for m in tar.getmembers()
+            if m.name.startswith(f"{folder}/causal_conv1d/") and m.name.endswith(".py")
+        }
+    assert pinned and pinned == {p.name: p.read_text() for p in installed.glob("*.py")}
