@@ -8,12 +8,15 @@ BIN := $(VENV)/bin
 
 GPU_CHECK_OUT ?= results/gpu-check
 
-# The tests' oracle: mamba_ssm's own Python modules (and the triton and einops they import), put
-# beside the venv rather than in it, so that seqarena never sees a mamba_ssm without its kernels.
-# Only its pure-PyTorch reference paths run on a CPU (tests/mamba_ssm_reference.py).
+# The tests' oracle: mamba_ssm's and causal_conv1d's own Python modules (and the triton and einops
+# they import), put beside the venv rather than in it, so that seqarena never sees a mamba_ssm
+# without its kernels. On a CPU their pure-PyTorch references run (tests/mamba_ssm_reference.py),
+# and so does the cuda backend through their code, the Triton kernels interpreted
+# (tests/cuda_emulation.py). causal-conv1d 1.6.1 on PyPI has the Python of tag v1.6.1.post4, which
+# the GPU env builds (a test compares them).
 MAMBA_SSM_REFERENCE ?= $(VENV)/mamba-ssm-reference
 
-.PHONY: install pipeline synthetic-cpu test lint slurm gpu-check oracle
+.PHONY: install pipeline synthetic-cpu test lint slurm gpu-check gpu-check-offline oracle
 
 install: $(VENV)/.installed
 
@@ -26,10 +29,11 @@ $(VENV)/.installed: pyproject.toml
 
 oracle: $(MAMBA_SSM_REFERENCE)/.installed
 
-$(MAMBA_SSM_REFERENCE)/.installed: $(VENV)/.installed
-	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/python -m pip install -q --no-deps \
+$(MAMBA_SSM_REFERENCE)/.installed: $(VENV)/.installed Makefile
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
+		CAUSAL_CONV1D_FORCE_BUILD=TRUE $(BIN)/python -m pip install -q --no-deps \
 		--no-build-isolation --upgrade --target $(MAMBA_SSM_REFERENCE) \
-		mamba-ssm==2.3.2.post1 triton==3.6.0 einops==0.8.2
+		mamba-ssm==2.3.2.post1 causal-conv1d==1.6.1 triton==3.6.0 einops==0.8.2
 	touch $@
 
 # --logger rich: a live view of the DAG (jobs done of all, per rule, the running ones); each job's
@@ -78,3 +82,10 @@ test: lint slurm oracle
 # parts are skipped, saying so (tests/test_gpu_check.py runs that mode).
 gpu-check: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
+
+# The same on an air-gapped GPU box (no index, no internet, a preinstalled CUDA torch): the machine's
+# own python3, the kernels built from the tarballs in SEQARENA_CUDA_SOURCES (filled on a networked
+# machine: benchmarks/README.md), on every core; seqarena goes into that python without its dependencies.
+PYTHON ?= python3
+gpu-check-offline:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check_offline.sh $(GPU_CHECK_OUT)

@@ -4,26 +4,30 @@
    conda env's own script), timed; the wheels are kept (--wheels) and reused by later runs;
 2. checks every scan backend (cuda, cpp, torch) against the float64 reference: scan and conv,
    output and every gradient, float32 and bfloat16 inputs;
-3. times a bf16-autocast training step of mamba-130m and transformer-125m at the paper's shape
-   (sequences of 2048 tokens): tokens/s, MFU, peak memory;
-4. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, L 512..16K, scan vs SDPA attention
-   (FlashAttention-2 on a GPU);
-5. generation: prompt 2048, 128 new tokens, batch 1..64, Mamba vs Transformer++ of matched size.
+3. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, L 512..16K, scan vs SDPA attention
+   (FlashAttention-2 on a GPU), inputs made on the device before timing;
+4. generation: prompt 2048, 128 new tokens, batch 1..64, Mamba vs Transformer++ of matched size;
+5. times a bf16-autocast training step of mamba-130m and transformer-125m at the paper's shape
+   (sequences of 2048 tokens): tokens/s (the median after the warm-up steps), MFU, peak memory;
+   eager, then compiled as config/paper.yaml trains.
 
 On a machine without CUDA the GPU parts are skipped, each saying why, and the rest runs at tiny
 sizes so that every path stays exercised (CI runs this mode). Writes gpu-check.md (the table
-that benchmarks/README.md quotes), gpu-check.json and build.log under --out; exits non-zero when
-a check fails.
+that benchmarks/README.md quotes), gpu-check.json, build.log and errors.log (a failed section's
+traceback) under --out; exits non-zero when a check fails. On a GPU where the cuda backend does not
+run, the Mamba rows are not measured (they would time the Python-loop reference), and fail.
     make gpu-check  (python benchmarks/gpu_check.py [--out results/gpu-check] [--wheels DIR])
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 # (GPU, CPU): the issue's shapes on a GPU; tiny ones on a CPU, where only the paths are checked.
 SHAPES = {
     "train_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
-    "train": (dict(steps=10, seq_len=2048, micro_batch=8, vocab_size=50277),
-              dict(steps=2, seq_len=64, micro_batch=2, vocab_size=512)),
+    "train": (dict(steps=10, warmup_steps=3, seq_len=2048, micro_batch=8, vocab_size=50277),
+              dict(steps=2, warmup_steps=1, seq_len=64, micro_batch=2, vocab_size=512)),
+    "train_compiled": ((False, True), (False,)),  # eager, then compiled as config/paper.yaml trains
     "kernels": (dict(lengths=[512, 1024, 2048, 4096, 8192, 16384], dim=1024, state=16, repeats=10),
                 dict(lengths=[256, 512], dim=128, state=16, repeats=2)),
     "generation_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
@@ -69,6 +74,7 @@ def build_kernels(out: Path, wheels: Path) -> Row:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHON": sys.executable,
         "SEQARENA_WORKFLOW_DIR": str(REPO),
         "SEQARENA_CUDA_ARCHS": f"{major}{minor}",
         "SEQARENA_CUDA_WHEELS": str(wheels),
@@ -107,15 +113,16 @@ def gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def training_rows(gpu: bool) -> list[Row]:
-    rows, options = [], shape("train", gpu)
+def training_rows(gpu: bool, compile: bool) -> list[Row]:
+    rows, options = [], {**shape("train", gpu), "compile": compile}
     for model in shape("train_models", gpu):
         start = time.perf_counter()
         result = bench_training(model, **options)
         mfu = "n/a" if result["mfu"] is None else f"{result['mfu']:.1%}"
         rows.append(Row(
             f"train step {model} (L {options['seq_len']}, micro-batch {options['micro_batch']}"
-            f"{', bf16 autocast' if gpu else ', float32'})", "measured",
+            f"{', bf16 autocast' if gpu else ', float32'}{', compiled' if options['compile'] else ''}; "
+            f"median of {options['steps'] - options['warmup_steps']} steps)", "measured",
             f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak memory "
             f"{gib(result['peak_memory_bytes'])}, scan backend {result['scan_backend'] or 'none'}",
             time.perf_counter() - start,
@@ -132,8 +139,8 @@ def kernel_rows(gpu: bool) -> list[Row]:
             found = {(r["op"], r["backend"]): r["median_ms"] for r in table
                      if r["seq_len"] == length and r["pass"] == phase}  # fmt: skip
             attention = found[("attention", "sdpa")]
-            scans = ", ".join(f"scan {b} {ms:.3f} ms ({ms / attention:.2f}x attention's time)"
-                              for (op, b), ms in found.items() if op == "scan")  # fmt: skip
+            scans = ", ".join(f"{op} {b} {ms:.3f} ms ({ms / attention:.2f}x attention's time)"
+                              for (op, b), ms in found.items() if op in ("scan", "ssd"))  # fmt: skip
             rows.append(Row(
                 f"kernels {phase} L {length} (batch 1, D {options['dim']}, N {options['state']})", "measured",
                 f"{scans}; attention (SDPA) {attention:.3f} ms",
@@ -164,7 +171,26 @@ def generation_rows(gpu: bool) -> list[Row]:
     return rows
 
 
-def header(gpu: bool) -> str:
+def guarded(section: str, rows_of, log: Path) -> list[Row]:
+    """A section's rows, or one failed row naming the error (the traceback goes to ``log``), so that
+    one broken part still leaves the others' measurements."""
+    try:
+        return rows_of()
+    except Exception as e:
+        with open(log, "a") as f:
+            f.write(f"--- {section}\n{traceback.format_exc()}\n")
+        return [Row(section, "failed", f"{type(e).__name__}: {e} ({log.name})")]
+
+
+def cuda_backend_missing(gpu: bool) -> str | None:
+    """On a GPU, why the cuda backend cannot run (then no Mamba row is measured: it would time the
+    Python-loop reference scan); else None."""
+    if not gpu:
+        return None
+    return backends._BACKENDS["cuda"].why_not(torch.empty(0, device="cuda"))
+
+
+def header(gpu: bool, command: str) -> str:
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})"
     mode = (
         "full (GPU)"
@@ -173,15 +199,22 @@ def header(gpu: bool) -> str:
     )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     software = f"torch {torch.__version__} (CUDA {torch.version.cuda})"
-    return f"Device: {device}; {software}; {mode}; `make gpu-check`, {when}"
+    return f"Device: {device}; {software}; {mode}; `{command}`, {when}"
 
 
-def markdown(rows: list[Row], gpu: bool) -> str:
-    lines = [header(gpu), "", "| check | status | result | s |", "|---|---|---|---|"]
+def markdown(rows: list[Row], gpu: bool, command: str) -> str:
+    lines = [header(gpu, command), "", "| check | status | result | s |", "|---|---|---|---|"]
     for r in rows:
         seconds = "" if r.seconds is None else f"{r.seconds:.1f}"
         lines.append(f"| {r.check} | {r.status} | {r.result.replace('|', '/')} | {seconds} |")
     return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[Row], gpu: bool, command: str, out: Path) -> None:
+    text = markdown(rows, gpu, command)
+    records = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
+    atomic_write(out / "gpu-check.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "gpu-check.json", lambda tmp: Path(tmp).write_text(records))
 
 
 def main() -> None:
@@ -189,19 +222,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results/gpu-check")
     parser.add_argument("--wheels", type=Path, default=Path.home() / ".cache/seqarena/cuda-wheels",
                         help="where the built wheels are kept between runs")  # fmt: skip
+    parser.add_argument("--command", default="make gpu-check", help="what ran this, for the table's header")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.is_available()
-    rows = [build_kernels(args.out, args.wheels)]
-    rows += backend_rows()
-    rows += training_rows(gpu)
-    rows += kernel_rows(gpu)
-    rows += generation_rows(gpu)
-    text = markdown(rows, gpu)
-    records = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
-    atomic_write(args.out / "gpu-check.md", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(args.out / "gpu-check.json", lambda tmp: Path(tmp).write_text(records))
-    print(text)
+    log = args.out / "errors.log"
+    rows = []
+
+    def add(new_rows: list[Row]) -> None:
+        """Rows in, and the table written: a run cut short still leaves what it measured."""
+        rows.extend(new_rows)
+        write_table(rows, gpu, args.command, args.out)
+
+    add([build_kernels(args.out, args.wheels)])
+    add(guarded("backends", backend_rows, log))
+    missing = cuda_backend_missing(gpu)
+    sections = [("kernels", kernel_rows), ("generation", generation_rows)]
+    sections += [(f"training{' compiled' if c else ''}", functools.partial(training_rows, compile=c))
+                 for c in shape("train_compiled", gpu)]  # fmt: skip
+    for section, rows_of in sections:
+        if missing:
+            add([Row(section, "failed", f"not measured: the cuda backend is unavailable ({missing})")])
+        else:
+            add(guarded(section, lambda rows_of=rows_of: rows_of(gpu), log))
+    print((args.out / "gpu-check.md").read_text())
     failed = [r.check for r in rows if r.status == "failed"]
     if failed:
         sys.exit(f"gpu-check: {len(failed)} failed: {', '.join(failed)}")

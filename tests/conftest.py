@@ -29,6 +29,7 @@ def shared_data() -> Path:
 def _seed_and_clean_backend_env(monkeypatch):
     torch.manual_seed(0)
     monkeypatch.delenv("SEQARENA_SCAN_BACKEND", raising=False)
+    monkeypatch.delenv("SEQARENA_DEVICE", raising=False)
 
 
 def free_port() -> int:

@@ -49,9 +49,6 @@ def runtime_dependencies() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
 
 
-CONDA_NAMES = {"torch": "pytorch-gpu"}  # conda-forge's CUDA build of torch
-
-
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_each_env_pins_every_runtime_dependency_exactly_within_pyprojects_bounds(name):
     env = env_file(name)
@@ -67,20 +64,57 @@ def test_each_env_pins_every_runtime_dependency_exactly_within_pyprojects_bounds
             assert pins[key].extras == wanted.extras, key
             version = next(iter(pins[key].specifier)).version
         else:
-            conda_name = CONDA_NAMES.get(key, key)
-            assert conda_name in conda, (
-                f"envs/{name}.yaml pins {key} neither in its pip section nor as {conda_name}"
-            )
-            version = conda[conda_name]
+            assert key in conda, f"envs/{name}.yaml pins {key} neither in its pip section nor from conda"
+            version = conda[key]
         assert wanted.specifier.contains(version), f"envs/{name}.yaml: {key}=={version} is outside {wanted}"
 
 
-def test_the_two_envs_pin_the_same_version_of_every_package_they_share():
+def test_the_two_envs_pin_the_same_version_of_every_package_they_share_but_torch():
     cpu, gpu = pip_pins(env_file("cpu")), pip_pins(env_file("gpu"))
-    assert {k: str(cpu[k]) for k in cpu.keys() & gpu.keys()} == {
-        k: str(gpu[k]) for k in cpu.keys() & gpu.keys()
-    }
-    assert set(cpu) - set(gpu) == {"torch", "ninja"}  # conda packages in the GPU env (the builds use them)
+    shared = cpu.keys() & gpu.keys() - {"torch"}  # a CPU build, and the CUDA 13.0 build the kernels need
+    assert {k: str(cpu[k]) for k in shared} == {k: str(gpu[k]) for k in shared}
+    assert set(cpu) - set(gpu) == {"ninja"}  # from conda in the GPU env (the builds use it)
+    assert set(gpu) - set(cpu) == {"triton", "einops"}  # what mamba-ssm imports, within its bounds
+
+
+def declared_requirements(setup_py: str) -> dict[str, Requirement]:
+    """install_requires of a pinned source's setup.py (the fixtures are the tags' own files)."""
+    source = (FIXTURES / setup_py).read_text()
+    listed = re.search(r"install_requires=\[(.*?)\]", source, re.S)[1]
+    names = re.findall(r'^\s*"([^"]+)"', listed, re.M)  # commented-out lines start with #
+    return {canonicalize_name(r.name): r for r in map(Requirement, names)}
+
+
+def test_the_gpu_envs_torch_triton_and_nvcc_satisfy_what_each_pinned_package_declares():
+    """torch's own Requires-Dist (fixtures/cuda_build/torch-<version>.requires.txt, from PyPI's
+    metadata), mamba-ssm's and causal-conv1d's install_requires (their tags' setup.py): every
+    package they name that the env installs is pinned within their bounds, and torch's CUDA major
+    is nvcc's. mamba-ssm's tilelang, apache-tvm-ffi and quack-kernels serve Mamba-3's MIMO and
+    CuTe kernels only, which it imports inside try/except ImportError: the env leaves them out
+    (tests/test_cuda_emulation.py imports mamba_ssm without them)."""
+    env = env_file("gpu")
+    pins = {k: next(iter(r.specifier)).version for k, r in pip_pins(env).items()}
+    conda = conda_pins(env)
+    pins.update({k: v for k, v in conda.items() if k in ("ninja", "packaging")})
+    requires_file = FIXTURES / f"torch-{pins['torch']}.requires.txt"
+    assert requires_file.is_file(), f"record torch {pins['torch']}'s Requires-Dist in {requires_file}"
+    lines = [line for line in requires_file.read_text().splitlines() if line and not line.startswith("#")]
+    torch_requires = {canonicalize_name(r.name): r for r in map(Requirement, lines)}
+    assert torch_requires["triton"].specifier.contains(pins["triton"])
+    (toolkit,) = torch_requires["cuda-toolkit"].specifier
+    assert (
+        toolkit.version.split(".")[0]
+        == conda["cuda-nvcc"].split(".")[0]
+        == conda["cuda-version"].split(".")[0]
+    )
+
+    not_installed = {"tilelang", "apache-tvm-ffi", "quack-kernels"}
+    for setup_py in ("mamba_ssm-2.3.2.post1.setup.py", "causal_conv1d-1.6.1.post4.setup.py"):
+        declared = declared_requirements(setup_py)
+        assert declared.keys() - not_installed <= pins.keys(), (setup_py, declared.keys() - pins.keys())
+        for key in declared.keys() & pins.keys():
+            assert declared[key].specifier.contains(pins[key]), (setup_py, key, pins[key], declared[key])
+    assert not_installed <= declared_requirements("mamba_ssm-2.3.2.post1.setup.py").keys()
 
 
 # Which conda-forge package ships a CUDA toolkit header, by its path under include/ (CUDA 12
@@ -121,11 +155,12 @@ def snakemakes_copy(tmp_path: Path) -> Path:
     return folder
 
 
-def test_the_pip_sections_of_both_envs_resolve_together_in_a_plain_venv(tmp_path):
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_each_envs_pip_section_resolves_in_a_plain_venv(name, tmp_path):
     """pip's own resolver, against the package index, from the folder of Snakemake's copy."""
     folder = snakemakes_copy(tmp_path)
-    requirements = folder / "pip-sections.txt"
-    requirements.write_text("\n".join(pip_section(env_file("cpu")) + pip_section(env_file("gpu"))) + "\n")
+    requirements = folder / "pip-section.txt"
+    requirements.write_text("\n".join(pip_section(env_file(name))) + "\n")
     venv = tmp_path / "plain"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     report = tmp_path / "report.json"
@@ -137,7 +172,7 @@ def test_the_pip_sections_of_both_envs_resolve_together_in_a_plain_venv(tmp_path
         canonicalize_name(p["metadata"]["name"]): p["metadata"]["version"]
         for p in json.loads(report.read_text())["install"]
     }
-    for key, requirement in {**pip_pins(env_file("cpu")), **pip_pins(env_file("gpu"))}.items():
+    for key, requirement in pip_pins(env_file(name)).items():
         assert requirement.specifier.contains(chosen[key]), (key, chosen[key])
 
 
@@ -193,7 +228,7 @@ def source_tarballs(folder: Path) -> Path:
     """The two tags' tarballs as GitHub names them, holding the real setup.py files (and no
     csrc/: nothing may compile)."""
     for name, version, setup_py in [
-        ("causal-conv1d", "1.5.0.post8", "causal_conv1d-1.5.0.post8.setup.py"),
+        ("causal-conv1d", "1.6.1.post4", "causal_conv1d-1.6.1.post4.setup.py"),
         ("mamba", "2.3.2.post1", "mamba_ssm-2.3.2.post1.setup.py"),
     ]:
         with tarfile.open(folder / f"{name}-{version}.tar.gz", "w:gz") as tar:
@@ -214,7 +249,7 @@ def test_the_gpu_post_deploy_script_installs_seqarena_then_refuses_a_cpu_torch_b
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-3000:]
     assert installed_from(stand_in_env) == REPO.as_uri()
-    assert "CUDA build of causal-conv1d-1.5.0.post8 refused before compiling" in output, output[-3000:]
+    assert "CUDA build of causal-conv1d-1.6.1.post4 refused before compiling" in output, output[-3000:]
     if shutil.which("nvcc"):
         assert re.search(r"torch is a CPU build \(no CUDA\) and nvcc is CUDA \d+\.\d+", output), output[
             -3000:

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,7 +48,7 @@ FIXTURES = Path(__file__).with_name("fixtures") / "cuda_build"
 GENCODE = re.compile(r"arch=compute_(\w+),code=sm_(\w+)")
 
 
-@pytest.mark.parametrize("setup_py", ["mamba_ssm-2.3.2.post1.setup.py", "causal_conv1d-1.5.0.post8.setup.py"])
+@pytest.mark.parametrize("setup_py", ["mamba_ssm-2.3.2.post1.setup.py", "causal_conv1d-1.6.1.post4.setup.py"])
 def test_the_real_setup_py_of_each_pinned_sdist_builds_for_the_configured_arch_only(setup_py):
     source = (FIXTURES / setup_py).read_text()
     shipped = GENCODE.findall(source)
@@ -82,3 +84,24 @@ def test_a_toolchain_mismatch_fails_before_compiling_naming_both_versions():
 def test_a_missing_nvcc_fails_before_compiling_naming_it():
     with pytest.raises(ValueError, match="nvcc-13.9 is not on PATH: the CUDA build needs the toolkit's"):
         check_toolchain(["90"], "13.0", nvcc="nvcc-13.9")
+
+
+def test_device_cuda_refuses_to_run_without_cuda_naming_the_config_key(tmp_path, monkeypatch):
+    """`device: cuda` (SEQARENA_DEVICE, which the workflow exports) is a requirement: on this CPU the
+    env stage fails before writing kernels.json, and so does every job's choice of device."""
+    from seqarena.device import compute_device
+
+    monkeypatch.setenv("SEQARENA_DEVICE", "cuda")
+    out = tmp_path / "env" / "kernels.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "seqarena.cli", "env", "--out", str(out), "--tracking-uri",
+         f"sqlite:///{tmp_path / 'mlflow.db'}"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (
+        done.returncode != 0 and "config device: cuda" in done.stderr and "sees no CUDA device" in done.stderr
+    )
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists()
+    with pytest.raises(RuntimeError, match="device: cpu to run on the CPU"):
+        compute_device()
+    monkeypatch.setenv("SEQARENA_DEVICE", "cpu")
+    assert compute_device() == torch.device("cpu")

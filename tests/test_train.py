@@ -126,7 +126,9 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(shakespeare, tmp_pat
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path, parallel):
-    common = dict(steps=6, batch_tokens=512, micro_batch=4, eval_interval=3, ckpt_interval=4)
+    common = dict(
+        steps=6, batch_tokens=512, micro_batch=4, eval_interval=3, ckpt_interval=4, peak_tflops=100.0
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = seqarena("train", *cli_args(config(shakespeare, tmp_path / "one", **common)), env=env,
                       stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
@@ -143,7 +145,11 @@ def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path, paralle
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    summaries = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two")}
+    assert summaries["two"]["processes"] == 2
+    for name, processes in (("one", 1), ("two", 2)):  # MFU per device: the world's rate over its peaks
+        summary = summaries[name]
+        assert summary["mfu"] == pytest.approx(summary["achieved_tflops"] / (100.0 * processes))
     # the checkpoint at step 4 holds full (gathered) state: it loads into one process
     state = torch.load(tmp_path / "two" / "ckpt" / "step_00000004.pt", weights_only=False)["model"]
     assert state.keys() == build_model("mamba-tiny", vocab_size=512).state_dict().keys()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seqarena.device import compute_device
 from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import atomic_write
 from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
@@ -30,7 +31,7 @@ KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "
 
 
 def device_default() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return compute_device()
 
 
 def _sync(device: torch.device) -> None:
@@ -50,22 +51,27 @@ def median_ms(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _fwd_and_fwd_bwd(make_inputs, op, device, repeats):
-    """(forward ms, forward+backward ms) of op(*inputs)."""
+def _fwd_and_fwd_bwd(inputs: list[torch.Tensor], op, device, repeats):
+    """(forward ms, forward+backward ms) of op(*inputs). The inputs, and the output's gradient, are
+    made once, on the device, before anything is timed: only the op is measured, every op alike."""
+    leaves = [t for t in inputs if t.requires_grad]
+    with torch.no_grad():
+        dout = torch.randn_like(op(*inputs))
 
     def forward():
         with torch.no_grad():
-            op(*make_inputs(False))
+            op(*inputs)
 
     def forward_backward():
-        op(*make_inputs(True)).sum().backward()
+        torch.autograd.grad(op(*inputs), leaves, dout)
 
     return median_ms(forward, device, repeats), median_ms(forward_backward, device, repeats)
 
 
-def _random_input(gen, device, dtype, grad, *shape, shift=0.0):
-    """Standard normal (plus ``shift``), drawn on the CPU from ``gen`` so every device sees the same."""
-    return (torch.randn(*shape, generator=gen) + shift).to(device, dtype).requires_grad_(grad)
+def _random_input(gen, device, dtype, *shape, shift=0.0):
+    """Standard normal (plus ``shift``), drawn on the CPU from ``gen`` so every device sees the same,
+    then moved to the device once; a leaf that takes gradients."""
+    return (torch.randn(*shape, generator=gen) + shift).to(device, dtype).requires_grad_()
 
 
 def bench_kernels(
@@ -90,30 +96,23 @@ def bench_kernels(
             })  # fmt: skip
 
     for length in sorted(lengths):
-
-        def scan_inputs(grad, length=length):
-            g = torch.Generator().manual_seed(length)
-            t = functools.partial(_random_input, g, device, dtype, grad)
-            A = (-torch.rand(dim, state, generator=g) - 0.5).to(device).requires_grad_(grad)
-            u, delta = t(batch, dim, length), t(batch, dim, length, shift=-2.0)
-            return u, delta, A, t(batch, state, length), t(batch, state, length), t(batch, dim, length)
-
+        g = torch.Generator().manual_seed(length)
+        t = functools.partial(_random_input, g, device, dtype)
+        A = (-torch.rand(dim, state, generator=g) - 0.5).to(device).requires_grad_()
+        scan_inputs = [t(batch, dim, length), t(batch, dim, length, shift=-2.0), A,
+                       t(batch, state, length), t(batch, state, length), t(batch, dim, length)]  # fmt: skip
         for name in backends:
 
             def scan(u, delta, A, B, C, z, name=name):
                 return selective_scan(u, delta, A, B, C, None, z, None, True, backend=name)
 
             record("scan", name, length, _fwd_and_fwd_bwd(scan_inputs, scan, device, repeats))
+        del scan_inputs
 
-        def ssd_inputs(grad, length=length):
-            g = torch.Generator().manual_seed(length)
-            heads = max(1, dim // head_dim)
-            t = functools.partial(_random_input, g, device, dtype, grad)
-            A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_(grad)
-            x, dt = t(batch, length, heads, head_dim), t(batch, length, heads, shift=-2.0)
-            B, C = t(batch, length, 1, ssd_state), t(batch, length, 1, ssd_state)
-            return x, dt, A, B, C
-
+        heads = max(1, dim // head_dim)
+        A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_()
+        ssd_inputs = [t(batch, length, heads, head_dim), t(batch, length, heads, shift=-2.0), A,
+                      t(batch, length, 1, ssd_state), t(batch, length, 1, ssd_state)]  # fmt: skip
         for name in backends:
 
             def ssd(x, dt, A, B, C, name=name):
@@ -121,15 +120,16 @@ def bench_kernels(
                 return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
 
             record("ssd", name, length, _fwd_and_fwd_bwd(ssd_inputs, ssd, device, repeats))
+        del ssd_inputs
 
-        def attention_inputs(grad, length=length):
-            shape = (batch, max(1, dim // head_dim), length, head_dim)
-            return [torch.randn(shape, device=device, dtype=dtype).requires_grad_(grad) for _ in range(3)]
+        shape = (batch, heads, length, head_dim)
+        attention_inputs = [torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3)]
 
         def attention(q, k, v):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
         record("attention", "sdpa", length, _fwd_and_fwd_bwd(attention_inputs, attention, device, repeats))
+        del attention_inputs
     return rows
 
 
@@ -202,10 +202,16 @@ def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, voca
     }
 
 
-def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, tracking_uri="none"):
-    """A few steps of the real training loop on random tokens: tokens/s, MFU, peak memory."""
+def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, warmup_steps=1, compile=False):
+    """A few steps of the real training loop on random tokens: tokens/s (the median of the steps after
+    ``warmup_steps``, which pay for compilation, autotuning and the allocator's growth), MFU, peak
+    memory. ``compile`` as training's (config train.compile)."""
+    if not 0 <= warmup_steps < steps:
+        raise ValueError(
+            f"bench training: warmup_steps={warmup_steps} must leave a timed step of steps={steps}"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
+        data, out = Path(tmp) / "data", Path(tmp) / "out"
         data.mkdir()
         dtype = np.uint16 if vocab_size <= 65536 else np.uint32
         rng = np.random.default_rng(0)
@@ -216,15 +222,19 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, trac
                 **{f"{split}_tokens": n for split, n in counts.items()}}  # fmt: skip
         (data / "meta.json").write_text(json.dumps(meta))
         cfg = TrainConfig(
-            model=model_id, data=str(data), out=str(Path(tmp) / "out"), steps=steps,
-            batch_tokens=seq_len * micro_batch, micro_batch=micro_batch, seq_len=seq_len,
-            eval_interval=steps, eval_windows=1, ckpt_interval=steps, tracking_uri="none",
+            model=model_id, data=str(data), out=str(out), steps=steps, batch_tokens=seq_len * micro_batch,
+            micro_batch=micro_batch, seq_len=seq_len, eval_interval=steps, eval_windows=1,
+            ckpt_interval=steps, tracking_uri="none", compile=compile,
         )  # fmt: skip
         summary = train(cfg)
-    keep = ("parameters", "tokens_per_s", "flops_per_token", "achieved_tflops", "mfu", "peak_memory_bytes",
-            "device", "scan_backend")  # fmt: skip
-    return {"model": model_id, "steps": steps, "seq_len": seq_len, "micro_batch": micro_batch,
-            **{k: summary[k] for k in keep}}  # fmt: skip
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tokens_per_s = statistics.median(r["tokens_per_s"] for r in rows[warmup_steps:])
+    achieved = summary["flops_per_token"] * tokens_per_s / 1e12
+    mfu = None if summary["mfu"] is None else summary["mfu"] * tokens_per_s / summary["tokens_per_s"]
+    keep = ("parameters", "flops_per_token", "peak_memory_bytes", "device", "scan_backend")
+    return {"model": model_id, "steps": steps, "warmup_steps": warmup_steps, "seq_len": seq_len,
+            "micro_batch": micro_batch, "compile": compile, "tokens_per_s": tokens_per_s,
+            "achieved_tflops": achieved, "mfu": mfu, **{k: summary[k] for k in keep}}  # fmt: skip
 
 
 def log_to_mlflow(

@@ -127,7 +127,15 @@ def cmd_bench_generation(args: argparse.Namespace) -> None:
 def cmd_bench_training(args: argparse.Namespace) -> None:
     from seqarena.bench import bench_training, log_to_mlflow, write_json
 
-    result = bench_training(args.model, args.steps, args.seq_len, args.micro_batch, args.vocab_size)
+    result = bench_training(
+        args.model,
+        args.steps,
+        args.seq_len,
+        args.micro_batch,
+        args.vocab_size,
+        args.warmup_steps,
+        args.compile,
+    )
     write_json(result, Path(args.out))
     metrics = [
         (f"bench/training/{k}", result[k], 0) for k in ("tokens_per_s", "achieved_tflops") if result[k]
@@ -335,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--steps", type=int, default=5)
     training.add_argument("--seq-len", type=int, default=2048)
     training.add_argument("--micro-batch", type=int, default=8)
+    training.add_argument("--warmup-steps", type=int, default=1, help="steps left out of tokens/s")
+    training.add_argument("--compile", action="store_true", help="torch.compile, as training (train.compile)")
     training.set_defaults(func=cmd_bench_training)
     for p in (kernels, generation, training):
         p.add_argument("--out", required=True)

@@ -8,6 +8,7 @@ recorded with its reason, not raised: a CPU machine is a supported machine.
 """
 
 import json
+import os
 import platform
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from seqarena import __version__
+from seqarena.device import DEVICE_ENV_VAR, compute_device
 from seqarena.models.base import atomic_write
 from seqarena.ops import backends, selective_scan, selective_scan_torch
 from seqarena.ops.conv import causal_conv1d_torch
@@ -137,12 +139,22 @@ def write_kernels_record(out: Path, tracking_uri: str) -> dict:
     """Write ``kernels.json`` (atomically) and create the tracking store before parallel jobs use it.
 
     Fails when an available backend gives wrong numbers: every later result would be wrong too.
+    With config ``device: cuda`` it fails, before writing anything, unless there is a CUDA device
+    and the cuda backend (mamba_ssm's kernels) runs and passes: the GPU jobs after it would
+    otherwise train Mamba through the Python-loop reference scan.
     """
-    init_store(tracking_uri)
+    try:
+        compute_device()
+    except RuntimeError as e:
+        sys.exit(str(e))
     record = environment_record(tracking_uri)
     failed = {n: b["errors"] for n, b in record["backends"].items() if b["available"] and not b["passed"]}
     if failed:
         sys.exit(f"kernel self-check failed (relative errors above {TOLERANCE[torch.float32]}): {failed}")
+    cuda = record["backends"]["cuda"]
+    if os.environ.get(DEVICE_ENV_VAR) == "cuda" and not cuda["available"]:
+        sys.exit(f"config device: cuda, but the cuda backend cannot run: {cuda['reason']}")
+    init_store(tracking_uri)
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text))
     return record

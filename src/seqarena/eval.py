@@ -18,6 +18,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from seqarena.data import EOS, load_hf_tokenizer
+from seqarena.device import compute_device
 from seqarena.models import from_pretrained
 from seqarena.models.base import atomic_write
 
@@ -32,7 +33,7 @@ class SeqarenaLM(LM):
     ):
         super().__init__()
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI asks for cuda by default
+            device = compute_device()  # lm-eval's CLI asks for cuda by default; the config's device decides
         self.model = from_pretrained(pretrained, device=device).eval()
         if tokenizer is None:
             tokenizer = Path(pretrained) / "tokenizer.json"

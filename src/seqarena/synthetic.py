@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from seqarena.device import compute_device
 from seqarena.models import SIZES, Mamba, build_model, model_config
 from seqarena.models.base import atomic_write
 from seqarena.models.sizes import ARCHITECTURES
@@ -216,7 +217,7 @@ def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int
 
 def fit(cfg: SyntheticConfig, log_every: int = 50) -> tuple[torch.nn.Module, list[dict]]:
     """Train on fresh batches (on a GPU if there is one): the model and its learning curve."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = compute_device()
     model = build(cfg).to(device)
     groups = param_groups(model, cfg.weight_decay, no_decay_names(model))
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=True)  # as in LM training

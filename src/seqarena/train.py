@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from seqarena.checkpoints import CheckpointStore
 from seqarena.data import load_tokens
+from seqarena.device import compute_device
 from seqarena.models import SIZES, Mamba, build_model, parse_model_id
 from seqarena.models.base import atomic_write
 
@@ -200,7 +201,7 @@ class Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        self.device = compute_device(local)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -595,7 +596,7 @@ def _finish(cfg, out, data_dir, model, history, tracking, pending, n_params, ste
         "tokens_per_s": tokens_per_s,
         "flops_per_token": flops_per_token,
         "achieved_tflops": achieved,
-        "mfu": achieved / peak if peak else None,
+        "mfu": achieved / (peak * dist_.world) if peak else None,  # per GPU: tokens/s is the world's
         "peak_memory_bytes": peak_memory_bytes(dist_.device),
         "device": device_name(dist_.device),
         "processes": dist_.world,

@@ -33,11 +33,15 @@ wildcard_constraints:
 ENV = f"../../envs/{'gpu' if config['device'] == 'cuda' else 'cpu'}.yaml"
 # The envs' post-deploy scripts run in this process's environment: they install seqarena from
 # this workflow's folder (a path in the env file would not survive Snakemake's copy of it), and
-# the GPU env's builds the kernels for these archs.
+# the GPU env's builds the kernels for these archs. Every job computes on the config's device, a
+# requirement (seqarena.device); with cuda, Mamba's scan runs on mamba_ssm's kernels or fails.
 os.environ.update(
     SEQARENA_WORKFLOW_DIR=os.path.abspath(workflow.basedir),
     SEQARENA_CUDA_ARCHS=";".join(config["kernels"]["cuda_archs"]),
+    SEQARENA_DEVICE=config["device"],
 )
+if config["device"] == "cuda":
+    os.environ.setdefault("SEQARENA_SCAN_BACKEND", "cuda")
 
 
 def check_dataset():
@@ -218,9 +222,13 @@ def train_seed_summaries():
 
 
 def bench_args(kind):
+    """The bench's own options; the training bench compiles as training does."""
+    training = kind == "training"
+    compiles = {"compile": config["train"].get("compile", False)} if training else {}
     return cli_flags(
         {
             **config["bench"][kind],
+            **compiles,
             "experiment": config["experiment"],
             "tracking_uri": tracking_uri(),
         }
