@@ -16,6 +16,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The (op, backend) rows that the kernel benchmark writes on a CPU, at every length.
+KERNEL_ROWS = (
+    ("scan", "cpp"),
+    ("scan", "pytorch-parallel"),
+    ("conv", "fft"),
+    ("ssd", "cpp"),
+    ("attention", "sdpa"),
+)
 
 
 @pytest.fixture

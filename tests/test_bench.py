@@ -6,6 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import KERNEL_ROWS
 from seqarena.bench import KERNEL_COLUMNS, bench_training, cache_bytes
 from seqarena.cli import main
 from seqarena.models import build_model, from_pretrained
@@ -23,7 +24,7 @@ def test_kernels_csv(tmp_path):
     assert [int(r["seq_len"]) for r in rows] == sorted(int(r["seq_len"]) for r in rows)  # monotone
     combos = {(r["op"], r["backend"], r["pass"], int(r["seq_len"])) for r in rows}
     for length in (64, 128, 256):
-        for op, backend in (("scan", "cpp"), ("ssd", "cpp"), ("attention", "sdpa")):
+        for op, backend in KERNEL_ROWS:
             assert {(op, backend, p, length) for p in ("fwd", "fwd+bwd")} <= combos
     assert all(float(r["median_ms"]) > 0 and r["device"] == "cpu" and r["dtype"] == "float32" for r in rows)
     client = MlflowClient(uri)

@@ -15,6 +15,8 @@ from seqarena.ops import (
     selective_scan,
     selective_state_update,
 )
+from seqarena.ops.baselines import fft_conv, selective_scan_parallel
+from seqarena.ops.scan import selective_scan_torch
 
 f64 = torch.float64
 
@@ -196,3 +198,30 @@ def test_backend_choice_on_cpu(monkeypatch):
         resolve_backend(u)
     monkeypatch.setenv("SEQARENA_SCAN_BACKEND", "torch")
     assert resolve_backend(u) == "torch"
+
+
+@pytest.mark.parametrize("length", [1, 37, 64])
+def test_the_papers_pytorch_parallel_scan_baseline_is_the_selective_scan(length):
+    """The benchmark's Hillis-Steele baseline against the step-by-step reference, float64: any
+    length (not only powers of two), with D, the SiLU(z) gate and softplus."""
+    g = torch.Generator().manual_seed(length)
+    batch, dim, state = 2, 5, 4
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    u, delta, z = rand(batch, dim, length), rand(batch, dim, length) - 1, rand(batch, dim, length)
+    A = -torch.rand(dim, state, generator=g, dtype=torch.float64) - 0.5
+    B, C, D = rand(batch, state, length), rand(batch, state, length), rand(dim)
+    want = selective_scan_torch(u, delta, A, B, C, D, z, delta_softplus=True)
+    got = selective_scan_parallel(u, delta, A, B, C, D, z, delta_softplus=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_fft_convolution_baseline_is_a_causal_convolution():
+    """Against a direct convolution (F.conv1d, padded on the left), a kernel as long as the input."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 3, 50, generator=g, dtype=torch.float64)
+    kernel = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    direct = F.conv1d(F.pad(u, (49, 0)), kernel.flip(-1).unsqueeze(1), groups=3)
+    torch.testing.assert_close(fft_conv(u, kernel), direct, rtol=1e-10, atol=1e-10)

@@ -17,7 +17,7 @@ import torch
 import transformers
 import yaml
 
-from conftest import free_port, wait_until_serving, write_pipeline_config
+from conftest import KERNEL_ROWS, free_port, wait_until_serving, write_pipeline_config
 from seqarena.models import from_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,9 +106,11 @@ def test_every_stage_writes_its_contract(pipeline):
         assert (results / f"logs/export/{model}.log").stat().st_size > 0
     with open(results / "bench/kernels.csv") as f:
         rows = list(csv.DictReader(f))
-    for op in ("scan", "ssd", "attention"):
-        lengths = [int(r["seq_len"]) for r in rows if r["op"] == op and r["pass"] == "fwd"]
-        assert lengths == [32, 64, 128]
+    for op, backend in KERNEL_ROWS:
+        lengths = [
+            int(r["seq_len"]) for r in rows if (r["op"], r["backend"], r["pass"]) == (op, backend, "fwd")
+        ]
+        assert lengths == [32, 64, 128], (op, backend)
     html = (results / "reports/report.html").read_text()
     assert html.count('src="data:image/png;base64,') == 5  # loss, scaling, generation, kernels, synthetic
     assert "local_piqa" in html and "All inputs present." in html

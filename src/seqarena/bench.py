@@ -25,6 +25,7 @@ from seqarena.device import compute_device
 from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import atomic_write
 from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
+from seqarena.ops.baselines import fft_conv, selective_scan_parallel
 from seqarena.train import TrainConfig, device_name, peak_memory_bytes, train
 
 KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "median_ms", "device", "dtype"]
@@ -39,11 +40,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn, device: torch.device, repeats: int) -> float:
+def median_ms(fn, device: torch.device, repeats: int, budget_s: float = 5.0) -> float:
+    """The median of ``repeats`` timed runs after a warm-up, fewer (one at least) once the timed
+    runs have taken ``budget_s``: a 512K-step attention takes seconds a run."""
     fn()  # warm-up (and, for the cpp backend, the first-use build)
     _sync(device)
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and sum(times) < budget_s:
         start = time.perf_counter()
         fn()
         _sync(device)
@@ -52,11 +55,10 @@ def median_ms(fn, device: torch.device, repeats: int) -> float:
 
 
 def _fwd_and_fwd_bwd(inputs: list[torch.Tensor], op, device, repeats):
-    """(forward ms, forward+backward ms) of op(*inputs). The inputs, and the output's gradient, are
-    made once, on the device, before anything is timed: only the op is measured, every op alike."""
+    """(forward ms, forward+backward ms) of op(*inputs), None where the device ran out of memory.
+    The inputs, and the output's gradient, are made once, on the device, before anything is
+    timed: only the op is measured, every op alike."""
     leaves = [t for t in inputs if t.requires_grad]
-    with torch.no_grad():
-        dout = torch.randn_like(op(*inputs))
 
     def forward():
         with torch.no_grad():
@@ -65,7 +67,16 @@ def _fwd_and_fwd_bwd(inputs: list[torch.Tensor], op, device, repeats):
     def forward_backward():
         torch.autograd.grad(op(*inputs), leaves, dout)
 
-    return median_ms(forward, device, repeats), median_ms(forward_backward, device, repeats)
+    times = []
+    try:
+        with torch.no_grad():
+            dout = torch.randn_like(op(*inputs))
+        times.append(median_ms(forward, device, repeats))
+        times.append(median_ms(forward_backward, device, repeats))
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return tuple(times + [None] * (2 - len(times)))
 
 
 def _random_input(gen, device, dtype, *shape, shift=0.0):
@@ -79,7 +90,9 @@ def bench_kernels(
 ):
     """Rows of KERNEL_COLUMNS: each backend's selective scan (Mamba-1, d_state ``state``) and SSD
     (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``; 256-step chunks on a GPU,
-    32 on a CPU), and causal attention (heads of ``head_dim``), per sequence length."""
+    32 on a CPU), causal attention (heads of ``head_dim``; FlashAttention-2 on a GPU), and the
+    paper's other two baselines (Fig. 8): the PyTorch parallel scan and an FFT convolution, per
+    sequence length. A measurement that runs out of device memory is left out."""
     device = device or device_default()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     probe = torch.zeros(1, 1, 1, device=device)
@@ -88,6 +101,8 @@ def bench_kernels(
 
     def record(op, backend, length, times):
         for name, ms in zip(("fwd", "fwd+bwd"), times, strict=True):
+            if ms is None:
+                continue  # out of memory
             rows.append({
                 "op": op, "backend": backend, "batch": batch, "dim": dim,
                 "state": {"scan": state, "ssd": ssd_state}.get(op, ""), "seq_len": length, "pass": name,
@@ -107,7 +122,16 @@ def bench_kernels(
                 return selective_scan(u, delta, A, B, C, None, z, None, True, backend=name)
 
             record("scan", name, length, _fwd_and_fwd_bwd(scan_inputs, scan, device, repeats))
-        del scan_inputs
+
+        def parallel_scan(u, delta, A, B, C, z):
+            return selective_scan_parallel(u, delta, A, B, C, None, z, delta_softplus=True)
+
+        record(
+            "scan", "pytorch-parallel", length, _fwd_and_fwd_bwd(scan_inputs, parallel_scan, device, repeats)
+        )
+        conv_inputs = [scan_inputs[0], t(dim, length)]
+        record("conv", "fft", length, _fwd_and_fwd_bwd(conv_inputs, fft_conv, device, repeats))
+        del scan_inputs, conv_inputs
 
         heads = max(1, dim // head_dim)
         A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_()

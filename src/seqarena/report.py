@@ -194,8 +194,8 @@ def generation_notes(r: Results) -> str:
 
 
 def kernels(r: Results):
-    """Mamba-1's scan and Mamba-2's SSD per backend, and causal attention: time against sequence
-    length, log-log."""
+    """Mamba-1's scan and Mamba-2's SSD per backend, causal attention and the paper's baselines (the
+    PyTorch parallel scan, the FFT convolution): time against sequence length, log-log."""
     if not r.kernels:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -210,7 +210,7 @@ def kernels(r: Results):
     ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms")
     _log_axis(ax.xaxis, at=[int(row["seq_len"]) for row in r.kernels])
     _log_axis(ax.yaxis)
-    ax.set_title("Scan and SSD vs attention")
+    ax.set_title("Scan and SSD vs attention and the paper's baselines")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
