@@ -7,6 +7,7 @@ CONFIG ?= config/config.yaml
 BIN := $(VENV)/bin
 
 GPU_CHECK_OUT ?= results/gpu-check
+GPU_CHECK_ARGS ?=  # e.g. --only build, then --only backends,kernels,generation,training
 
 # The tests' oracle: mamba_ssm's and causal_conv1d's own Python modules (and the triton and einops
 # they import), put beside the venv rather than in it, so that seqarena never sees a mamba_ssm
@@ -81,11 +82,11 @@ test: lint slurm oracle
 # venv a CUDA torch: `make gpu-check VENV=.venv-gpu TORCH=torch==2.14.1`. On a CPU the GPU
 # parts are skipped, saying so (tests/test_gpu_check.py runs that mode).
 gpu-check: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # The same on an air-gapped GPU box (no index, no internet, a preinstalled CUDA torch): the machine's
 # own python3, the kernels built from the tarballs in SEQARENA_CUDA_SOURCES (filled on a networked
 # machine: benchmarks/README.md), on every core; seqarena goes into that python without its dependencies.
 PYTHON ?= python3
 gpu-check-offline:
-	PYTHON=$(PYTHON) bash benchmarks/gpu_check_offline.sh $(GPU_CHECK_OUT)
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check_offline.sh $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)

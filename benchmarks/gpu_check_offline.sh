@@ -8,10 +8,11 @@
 #     on a networked machine: SEQARENA_CUDA_FETCH_ONLY=1 SEQARENA_CUDA_SOURCES=DIR bash
 #     envs/gpu.post-deploy.sh), for this GPU's arch, on every core;
 #   - the table in OUT_DIR (gpu-check.md, gpu-check.json, build.log, errors.log).
-#     benchmarks/gpu_check_offline.sh OUT_DIR
+#     benchmarks/gpu_check_offline.sh OUT_DIR [gpu_check.py options, e.g. --only build]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-out="${1:?usage: benchmarks/gpu_check_offline.sh OUT_DIR}"
+out="${1:?usage: benchmarks/gpu_check_offline.sh OUT_DIR [gpu_check.py options]}"
+shift
 python="$(command -v "${PYTHON:-python3}")"
 : "${SEQARENA_CUDA_SOURCES:?names the folder of the CUDA source tarballs (the first lines of benchmarks/gpu_check_offline.sh say how to fill it)}"
 export SEQARENA_CUDA_SOURCES="$(cd "$SEQARENA_CUDA_SOURCES" && pwd)" PIP_NO_INDEX=1
@@ -27,5 +28,5 @@ PY
 "$python" -m pip install -q --no-deps --no-build-isolation -e "$repo"
 echo "installed seqarena into $python without dependencies ($SECONDS s)"
 "$python" "$repo/benchmarks/gpu_check.py" --out "$out" --command "make gpu-check-offline" \
-    --wheels "${SEQARENA_CUDA_WHEELS:-$HOME/.cache/seqarena/cuda-wheels}"
+    --wheels "${SEQARENA_CUDA_WHEELS:-$HOME/.cache/seqarena/cuda-wheels}" "$@"
 echo "gpu-check-offline: $SECONDS s in all"
