@@ -3,6 +3,7 @@ against the torch backend: every family's forward, every gradient and cached dec
 stage's self-check; a bf16-autocast training step; and the stand-ins' argument lists against the
 pinned packages' C++ bindings."""
 
+import json
 import re
 import tarfile
 from pathlib import Path
@@ -15,7 +16,8 @@ from seqarena.models import build_model
 from seqarena.ops import backends, ssd_state_update
 
 VOCAB = 61
-CUDA_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "cuda-sources"
+REPO = Path(__file__).resolve().parents[1]
+CUDA_SOURCES = REPO.parent / "shared" / "cuda-sources"
 # The GPU env's source builds (envs/gpu.post-deploy.sh): the tarball and the file with the bindings.
 PINNED_SOURCES = {
     "selective_scan_cuda": ("mamba-2.3.2.post1", "csrc/selective_scan/selective_scan.cpp"),
@@ -189,3 +191,24 @@ def test_the_oracles_causal_conv1d_is_the_python_of_the_pinned_build():
             if m.name.startswith(f"{folder}/causal_conv1d/") and m.name.endswith(".py")
         }
     assert pinned and pinned == {p.name: p.read_text() for p in installed.glob("*.py")}
+
+
+def test_kernels_json_and_gpu_checks_backend_rows_say_cuda_passed(emulated_cuda, tmp_path):
+    """The env stage's record and `make gpu-check`'s backend rows, through the same code a GPU runs:
+    float32 compared; bfloat16 runs (the interpreter's bf16 values are not compared)."""
+    import importlib.util
+
+    from seqarena.env import write_kernels_record
+
+    record = write_kernels_record(tmp_path / "kernels.json", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cuda = json.loads((tmp_path / "kernels.json").read_text())["backends"]["cuda"]
+    assert cuda["available"] and cuda["passed"] and cuda == record["backends"]["cuda"]
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    rows = {r.check: r for r in gpu_check.backend_rows()}
+    assert rows["backend cuda float32 vs float64 reference"].status == "passed"
+    assert re.search(
+        r"largest relative error \S+ \(", rows["backend cuda bfloat16 vs float64 reference"].result
+    )

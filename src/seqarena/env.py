@@ -102,8 +102,6 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
 def backend_record(name: str, dtype: torch.dtype = torch.float32) -> dict:
     """Whether ``name`` runs here (on the device it is built for) and, if so, its self-check."""
     device = torch.device("cuda" if name == "cuda" and torch.cuda.is_available() else "cpu")
-    if name == "cuda" and device.type != "cuda":
-        return {"available": False, "reason": "no CUDA device (torch.cuda.is_available() is False)"}
     reason = backends._BACKENDS[name].why_not(torch.empty(0, device=device))
     if reason is not None:
         return {"available": False, "reason": reason}

@@ -56,6 +56,8 @@ def kernels() -> SimpleNamespace:
 
 
 def _why_not(u: torch.Tensor) -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
     if not u.is_cuda:
         return f"it runs on CUDA tensors, these are on {u.device}"
     return kernels().reason
