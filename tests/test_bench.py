@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import KERNEL_ROWS
@@ -69,7 +70,28 @@ def test_cache_bytes_are_mambas_fixed_state_and_a_kv_cache_growing_with_length()
 
 
 def test_training_bench_reuses_the_training_loop():
-    result = bench_training("transformer-tiny", steps=3, seq_len=32, micro_batch=2, vocab_size=64)
+    result = bench_training(
+        "transformer-tiny", steps=3, seq_len=32, micro_batch=2, vocab_size=64, warmup_steps=2
+    )
+    assert len(result["tokens_per_s_by_step"]) == 3  # the warm-up steps are recorded, not counted:
+    assert result["tokens_per_s"] == result["tokens_per_s_by_step"][2]
     assert result["tokens_per_s"] > 0 and result["flops_per_token"] > 0 and result["peak_memory_bytes"] > 0
     assert result["mfu"] is None  # no known peak for a CPU
     assert result["parameters"] == build_model("transformer-tiny", vocab_size=64).num_parameters()
+
+
+def test_the_kernel_benchmark_makes_its_inputs_once_before_timing():
+    """Every timed call gets the very tensors made before timing (none drawn or copied inside)."""
+    from seqarena.bench import _fwd_and_fwd_bwd
+
+    inputs = [torch.randn(2, 8, requires_grad=True), torch.randn(8, requires_grad=True)]
+    seen = []
+
+    def op(x, w):
+        seen.append((id(x), id(w)))
+        return x * w
+
+    fwd, fwd_bwd = _fwd_and_fwd_bwd(inputs, op, torch.device("cpu"), repeats=3)
+    assert fwd > 0 and fwd_bwd > 0 and len(seen) == 1 + 2 * (1 + 3)  # the gradient's shape, warm-ups, runs
+    assert set(seen) == {(id(inputs[0]), id(inputs[1]))}
+    assert inputs[0].grad is None  # gradients are returned, not accumulated into the inputs

@@ -252,12 +252,14 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, warm
         )  # fmt: skip
         summary = train(cfg)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    tokens_per_s = statistics.median(r["tokens_per_s"] for r in rows[warmup_steps:])
+    by_step = [r["tokens_per_s"] for r in rows]
+    tokens_per_s = statistics.median(by_step[warmup_steps:])
     achieved = summary["flops_per_token"] * tokens_per_s / 1e12
     mfu = None if summary["mfu"] is None else summary["mfu"] * tokens_per_s / summary["tokens_per_s"]
     keep = ("parameters", "flops_per_token", "peak_memory_bytes", "device", "scan_backend")
     return {"model": model_id, "steps": steps, "warmup_steps": warmup_steps, "seq_len": seq_len,
             "micro_batch": micro_batch, "compile": compile, "tokens_per_s": tokens_per_s,
+            "tokens_per_s_by_step": by_step,
             "achieved_tflops": achieved, "mfu": mfu, **{k: summary[k] for k in keep}}  # fmt: skip
 
 
