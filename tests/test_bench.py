@@ -75,6 +75,8 @@ def test_training_bench_reuses_the_training_loop():
     )
     assert len(result["tokens_per_s_by_step"]) == 3  # the warm-up steps are recorded, not counted:
     assert result["tokens_per_s"] == result["tokens_per_s_by_step"][2]
+    with pytest.raises(ValueError, match=r"--warmup-steps 3 \(config bench.training.warmup_steps\)"):
+        bench_training("transformer-tiny", steps=3, seq_len=32, micro_batch=2, vocab_size=64, warmup_steps=3)
     assert result["tokens_per_s"] > 0 and result["flops_per_token"] > 0 and result["peak_memory_bytes"] > 0
     assert result["mfu"] is None  # no known peak for a CPU
     assert result["parameters"] == build_model("transformer-tiny", vocab_size=64).num_parameters()

@@ -349,6 +349,10 @@ def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path)
     assert "--length 256 --vocab 16 --n-data 16 " in output  # the selective-copying shape
     assert "--test-lengths 256,512,1024,4096,16384,65536 " in output
     assert "--max-attention-length 4096" in output
+    # a configured 0 reaches the command line (0 == False in Python; it was once dropped, and the
+    # runs took the default decay of 0.1)
+    heads = [line for line in output.splitlines() if "--task induction_heads --arch mamba " in line]
+    assert len(heads) == 3 and all("--weight-decay 0 " in line for line in heads), heads
 
 
 def test_a_synthetic_task_can_name_its_own_architectures(tmp_path):

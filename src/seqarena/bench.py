@@ -232,7 +232,8 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, warm
     memory. ``compile`` as training's (config train.compile)."""
     if not 0 <= warmup_steps < steps:
         raise ValueError(
-            f"bench training: warmup_steps={warmup_steps} must leave a timed step of steps={steps}"
+            f"bench training: --warmup-steps {warmup_steps} (config bench.training.warmup_steps) must be "
+            f"0 or more and leave a timed step of --steps {steps} (bench.training.steps)"
         )
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp) / "data", Path(tmp) / "out"

@@ -161,8 +161,9 @@ def tracking_uri():
 
 
 def cli_flags(options: dict) -> str:
-    """{'vocab_size': 4096, 'streaming': True, 'lengths': [1, 2]} -> '--vocab-size 4096 --streaming
-    --lengths 1,2' (None, False and "" dropped)."""
+    """{'vocab_size': 4096, 'streaming': True, 'lengths': [1, 2], 'weight_decay': 0} -> '--vocab-size
+    4096 --streaming --lengths 1,2 --weight-decay 0' (None, False and "" dropped; 0 kept: in
+    Python 0 == False, so a test of membership in (None, False, "") would drop it)."""
     flags = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -170,7 +171,7 @@ def cli_flags(options: dict) -> str:
             value = ",".join(map(str, value))
         if value is True:
             flags.append(flag)
-        elif value not in (None, False, ""):
+        elif value is not None and value is not False and value != "":
             flags += [flag, shlex.quote(str(value))]
     return " ".join(flags)
 
