@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ import torch
 
 from seqarena.env import self_check, write_kernels_record
 from seqarena.ops import backends, selective_scan_torch
-from seqarena.ops.cuda_build import check_toolchain, nvcc_version, raise_cxx_standard, restrict_archs
+from seqarena.ops.cuda_build import (
+    check_toolchain,
+    nvcc_version,
+    raise_cxx_standard,
+    restrict_archs,
+    split_instantiations,
+    split_sources,
+)
 
 
 def test_kernels_record_names_every_backend_and_creates_the_store(tmp_path):
@@ -105,3 +113,42 @@ def test_device_cuda_refuses_to_run_without_cuda_naming_the_config_key(tmp_path,
         compute_device()
     monkeypatch.setenv("SEQARENA_DEVICE", "cpu")
     assert compute_device() == torch.device("cpu")
+
+
+SHARED_CUDA_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "cuda-sources"
+
+
+def test_a_cu_file_of_many_instantiations_is_split_keeping_each_once():
+    source = "#include <x.h>\ntemplate<typename T> void f(T t) {}\n\n" + "".join(
+        f"template void f<T{i}>(T{i} t);\n" for i in range(5)
+    )
+    parts = split_instantiations(source, per_file=2)
+    assert len(parts) == 3
+    for part in parts:
+        assert part.startswith("#include <x.h>\ntemplate<typename T> void f(T t) {}")
+    found = [line for part in parts for line in part.splitlines() if line.startswith("template void")]
+    assert found == [f"template void f<T{i}>(T{i} t);" for i in range(5)]  # each once, in order
+    assert split_instantiations(source, per_file=5) == [source]
+
+
+def test_the_pinned_causal_conv1d_builds_from_parts_listed_in_its_setup_py(tmp_path):
+    """The real tag: causal_conv1d_bwd.cu's 18 instantiations (one translation unit, 231 s on one
+    core) become 9 files listed in setup.py in its place; mamba-ssm's files, one or two each, stay."""
+    if not SHARED_CUDA_SOURCES.is_dir():
+        pytest.skip(
+            f"the pinned CUDA source tarballs are not at {SHARED_CUDA_SOURCES} (the repo's ../shared)"
+        )
+    for name in ("causal-conv1d-1.6.1.post4", "mamba-2.3.2.post1"):
+        with tarfile.open(SHARED_CUDA_SOURCES / f"{name}.tar.gz") as tar:
+            tar.extractall(tmp_path, filter="data")
+    causal = tmp_path / "causal-conv1d-1.6.1.post4"
+    setup = split_sources(causal / "setup.py")
+    listed = re.findall(r'"(csrc/[\w.]+\.cu)"', setup)
+    assert [p for p in listed if "bwd" in p] == [f"csrc/causal_conv1d_bwd_part{i}.cu" for i in range(9)]
+    whole = (causal / "csrc/causal_conv1d_bwd.cu").read_text()
+    parts = [(causal / p).read_text() for p in listed if "bwd" in p]
+    assert sorted(
+        line for p in parts for line in p.splitlines() if line.startswith("template void")
+    ) == sorted(line for line in whole.splitlines() if line.startswith("template void"))
+    mamba = tmp_path / "mamba-2.3.2.post1" / "setup.py"
+    assert split_sources(mamba) == mamba.read_text()

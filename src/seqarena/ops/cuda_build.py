@@ -7,6 +7,12 @@ Before touching anything it checks the toolchain: every arch must be one the ins
 compiles for, and torch's CUDA major must equal nvcc's (an extension built against another
 CUDA does not load), so a mismatch fails in a second, naming both versions, not after an hour.
 Where torch's headers require C++20 (torch 2.14), the ``-std=c++17`` flags are raised too.
+
+A source file that explicitly instantiates its templates many times is split into files of
+``INSTANTIATIONS_PER_FILE`` each, listed in ``setup.py`` in its place: a translation unit compiles
+on one core, and causal-conv1d's ``causal_conv1d_bwd.cu`` (18 instantiations) took 231 s on one
+core here and kept a 16-core build waiting about 8 minutes. The parts hold the same definitions
+and, between them, each instantiation once, so the extension has the same symbols.
 Usage: ``python -m seqarena.ops.cuda_build setup.py "80;90"``.
 """
 
@@ -21,6 +27,8 @@ GENCODE_PAIR = re.compile(
     r'\n[ \t]*cc_flag\.append\("arch=compute_\w+,code=sm_\w+"\)'
 )
 CC_FLAG_INIT = re.compile(r"(?P<indent>\n[ \t]*)cc_flag = \[\]")
+EXPLICIT_INSTANTIATION = re.compile(r"^template (?:void|class|struct) .*;[ \t]*$", re.M)
+INSTANTIATIONS_PER_FILE = 2
 
 
 def restrict_archs(source: str, archs: list[str]) -> str:
@@ -40,6 +48,36 @@ def raise_cxx_standard(source: str, standard: str) -> str:
     """Every ``-std=c++NN`` flag becomes ``-std=c++<standard>``: torch 2.14's headers refuse C++17,
     and mamba-ssm's setup.py asks for it."""
     return re.sub(r"-std=c\+\+\d+", f"-std=c++{standard}", source)
+
+
+def split_instantiations(source: str, per_file: int = INSTANTIATIONS_PER_FILE) -> list[str]:
+    """The texts of the parts of a .cu file: each the whole file with only its share of the explicit
+    instantiations (``template void f<...>(...);``), at most ``per_file`` of them. A file with no
+    more than ``per_file`` stays whole."""
+    lines = EXPLICIT_INSTANTIATION.findall(source)
+    if len(lines) <= per_file:
+        return [source]
+    common = EXPLICIT_INSTANTIATION.sub("", source)
+    shares = [lines[i : i + per_file] for i in range(0, len(lines), per_file)]
+    return [common.rstrip() + "\n\n" + "\n".join(share) + "\n" for share in shares]
+
+
+def split_sources(setup_py: Path) -> list[str]:
+    """Split each .cu file that ``setup_py`` lists (as ``"csrc/...cu",``) with many explicit
+    instantiations into parts beside it, listed in its place; the rewritten setup.py's text."""
+    source = setup_py.read_text()
+    for listed in re.findall(r'"([\w/.-]+\.cu)",', source):
+        path = setup_py.parent / listed
+        parts = split_instantiations(path.read_text())
+        if len(parts) == 1:
+            continue
+        names = []
+        for i, text in enumerate(parts):
+            part = path.with_name(f"{path.stem}_part{i}.cu")
+            part.write_text(text)
+            names.append(f'"{part.relative_to(setup_py.parent).as_posix()}",')
+        source = source.replace(f'"{listed}",', " ".join(names))
+    return source
 
 
 def torch_cxx_standard() -> str | None:
@@ -95,10 +133,11 @@ def main(argv: list[str]) -> None:
         check_toolchain(archs, torch.version.cuda)
     except ValueError as e:
         sys.exit(f"CUDA build of {path.parent.name} refused before compiling: {e}")
-    source = restrict_archs(path.read_text(), archs)
+    source = restrict_archs(split_sources(path), archs)
     standard = torch_cxx_standard()
     path.write_text(raise_cxx_standard(source, standard) if standard else source)
-    print(f"{path}: building for sm_{', sm_'.join(archs)} only")
+    files = len(re.findall(r'\.cu",', source))
+    print(f"{path}: building for sm_{', sm_'.join(archs)} only, {files} CUDA files")
 
 
 if __name__ == "__main__":
