@@ -225,12 +225,71 @@ def test_an_evaluation_run_again_computes_only_the_missing_answers(checkpoint, t
     assert again["results"]["toy_piqa"]["acc"]["value"] == pytest.approx(
         accuracy_by_hand(checkpoint), abs=1e-12
     )
-    assert [p.name for p in cache.iterdir()] == [f"{cache_key(str(checkpoint))}_rank0.db"]
+    (db,) = cache.iterdir()
+    assert db.name == f"{cache_key(str(checkpoint), None, [task_dir / 'toy_piqa.yaml'])}_rank0.db"
 
-    before = cache_key(str(checkpoint))
-    torch.manual_seed(1)
-    build_model("mamba-tiny", vocab_size=257).save_pretrained(checkpoint)  # retrained: other answers
-    assert cache_key(str(checkpoint)) != before
+
+def test_the_eval_cache_key_changes_with_everything_that_changes_an_answer(
+    checkpoint, task_dir, tmp_path, monkeypatch
+):
+    """The model's weights by content (same size, same modification time, other bytes), the given
+    tokenizer by content, a hub id's resolved revision, lm-eval's version, a task's definition: each
+    changed in turn misses; nothing changed hits."""
+    import os
+
+    from seqarena import eval as seqarena_eval
+    from seqarena.eval import cache_key
+
+    tokenizer_a, tokenizer_b = tmp_path / "a.json", tmp_path / "b.json"
+    tokenizer_a.write_text('{"model": "a"}')
+    tokenizer_b.write_text('{"model": "b"}')
+    task = task_dir / "toy_piqa.yaml"
+
+    def key(model=str(checkpoint), tokenizer=str(tokenizer_a)):
+        return cache_key(model, tokenizer, [task])
+
+    before = key()
+    assert key() == before  # nothing changed: the cache is hit
+
+    weights = next(Path(checkpoint).glob("*.safetensors"))
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight: same size
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same time
+    assert key() != before
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert key() == before
+
+    assert key(tokenizer=str(tokenizer_b)) != before
+
+    original = task.read_text()
+    task.write_text(original.replace("Answer:", "Answer :"))
+    assert key() != before
+    task.write_text(original)
+    assert key() == before
+
+    version = seqarena_eval.metadata.version
+    monkeypatch.setattr(
+        seqarena_eval.metadata, "version", lambda name: "0.0.1" if name == "lm_eval" else version(name)
+    )
+    assert key() != before
+    monkeypatch.undo()
+
+    # a hub id by the revision its cache resolves to (huggingface_hub's own lookup, offline)
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    repo = hub / "models--someone--model"
+    keys = []
+    for revision in ("1" * 40, "2" * 40):
+        (repo / "snapshots" / revision).mkdir(parents=True)
+        (repo / "snapshots" / revision / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(revision)
+        keys.append(key(model="someone/model"))
+    assert keys[0] != keys[1]
 
 
 def test_the_shipped_tasks_score_as_lm_evals_definitions_over_the_shared_files(

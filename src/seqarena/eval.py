@@ -9,6 +9,7 @@ windows, and greedy ``generate_until`` with the model's cache.
 
 import hashlib
 import json
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -159,18 +160,44 @@ def is_seqarena_checkpoint(pretrained: str) -> bool:
     return "ssm_cfg" in config or config.get("arch") == "transformer"
 
 
-def cache_key(pretrained: str) -> str:
-    """Which weights a cache of model answers belongs to: a local checkpoint by its config and its
-    weight files' names, sizes and times (retraining changes them), a hub id by its name."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        return hashlib.sha256(str(pretrained).encode()).hexdigest()[:16]
-    digest = hashlib.sha256(
-        (folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b""
-    )
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+# The files of a model folder that loading reads: config, weights, tokenizer.
+LOADED_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*.json", "tokenizer.model",
+                "special_tokens_map.json", "vocab.json", "merges.txt")  # fmt: skip
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_identity(name_or_path: str, file: str) -> str:
+    """A local folder by the contents of the files loading reads (or a file by its contents), a hub
+    id by the revision it resolves to (the snapshot folder of ``file``, a commit hash)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return f"{path.name} {_file_digest(path)}"
+    if path.is_dir():
+        files = sorted({f for pattern in LOADED_FILES for f in path.glob(pattern) if f.is_file()})
+        return "\n".join(f"{f.name} {_file_digest(f)}" for f in files)
+    from huggingface_hub import hf_hub_download
+
+    return f"{name_or_path}@{Path(hf_hub_download(name_or_path, file)).parent.name}"
+
+
+def cache_key(pretrained: str, tokenizer: str | None, task_yamls: list[Path]) -> str:
+    """Which answers a cache of model answers may serve: lm-eval keys each by its request text only,
+    so the file's name carries everything else that changes an answer: the model (its config,
+    weights and own tokenizer files by content; a hub id by its resolved revision), the tokenizer
+    given for a model that ships none (by content or revision), lm-eval's version and the tasks'
+    definitions (their YAML files' contents)."""
+    parts = [_source_identity(pretrained, "config.json"), f"lm_eval {metadata.version('lm_eval')}"]
+    if tokenizer is not None:
+        parts.append(f"tokenizer {_source_identity(tokenizer, 'tokenizer.json')}")
+    parts += [f"task {path.name} {_file_digest(path)}" for path in sorted(task_yamls)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def task_manager(tasks, include_paths):
@@ -190,8 +217,8 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
     those in ``include_path``. ``tokenizer`` serves checkpoints that ship none (published
     ``state-spaces/mamba-*`` use GPT-NeoX's); ours and other HF models bring their own, which wins.
     ``cache_dir`` keeps every answer of the model as soon as it is computed (lm-eval's
-    ``use_cache``, one sqlite file per checkpoint): an interrupted evaluation, run again, computes
-    only what is missing."""
+    ``use_cache``, one sqlite file per ``cache_key``: checkpoint, tokenizer, lm-eval version and
+    task definitions): an interrupted evaluation, run again, computes only what is missing."""
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers lm-eval's own models, "hf" among them)
 
@@ -201,12 +228,18 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
     own_tokenizer = (Path(pretrained) / "tokenizer.json").is_file()
     model_args = f"pretrained={pretrained}"
     include_paths = [TASKS, include_path] if include_path else [TASKS]  # the shipped tasks, always
-    if tokenizer and model == "seqarena" and not own_tokenizer:  # HF models and ours bring their own
-        model_args += f",tokenizer={tokenizer}"
+    given_tokenizer = tokenizer if tokenizer and model == "seqarena" and not own_tokenizer else None
+    if given_tokenizer:  # HF models and ours bring their own
+        model_args += f",tokenizer={given_tokenizer}"
+    manager = task_manager(tasks, include_paths)
+    use_cache = None
+    if cache_dir:
+        entries = [manager.task_index.get(t) for t in tasks]
+        yamls = [e.yaml_path for e in entries if e is not None and e.yaml_path]
+        use_cache = str(Path(cache_dir) / cache_key(str(pretrained), given_tokenizer, yamls))
     results = lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
-        num_fewshot=num_fewshot, device=device, task_manager=task_manager(tasks, include_paths),
-        use_cache=str(Path(cache_dir) / cache_key(str(pretrained))) if cache_dir else None,
+        num_fewshot=num_fewshot, device=device, task_manager=manager, use_cache=use_cache,
     )  # fmt: skip
     table = {}
     for task, metrics in results["results"].items():
