@@ -18,7 +18,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from seqarena.data import EOS, load_hf_tokenizer
+from seqarena.data import EOS, load_hf_tokenizer, sha256_file
 from seqarena.device import compute_device
 from seqarena.models import from_pretrained
 from seqarena.models.base import atomic_write
@@ -165,23 +165,15 @@ LOADED_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*.json", "tok
                 "special_tokens_map.json", "vocab.json", "merges.txt")  # fmt: skip
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_identity(name_or_path: str, file: str) -> str:
     """A local folder by the contents of the files loading reads (or a file by its contents), a hub
     id by the revision it resolves to (the snapshot folder of ``file``, a commit hash)."""
     path = Path(name_or_path)
     if path.is_file():
-        return f"{path.name} {_file_digest(path)}"
+        return f"{path.name} {sha256_file(path)}"
     if path.is_dir():
         files = sorted({f for pattern in LOADED_FILES for f in path.glob(pattern) if f.is_file()})
-        return "\n".join(f"{f.name} {_file_digest(f)}" for f in files)
+        return "\n".join(f"{f.name} {sha256_file(f)}" for f in files)
     from huggingface_hub import hf_hub_download
 
     return f"{name_or_path}@{Path(hf_hub_download(name_or_path, file)).parent.name}"
@@ -196,7 +188,7 @@ def cache_key(pretrained: str, tokenizer: str | None, task_yamls: list[Path]) ->
     parts = [_source_identity(pretrained, "config.json"), f"lm_eval {metadata.version('lm_eval')}"]
     if tokenizer is not None:
         parts.append(f"tokenizer {_source_identity(tokenizer, 'tokenizer.json')}")
-    parts += [f"task {path.name} {_file_digest(path)}" for path in sorted(task_yamls)]
+    parts += [f"task {path.name} {sha256_file(path)}" for path in sorted(task_yamls)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
