@@ -33,6 +33,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def cuda_sources() -> Path:
+    """The pinned CUDA source tarballs (the GPU env's builds), in the repo's ../shared/cuda-sources."""
+    folder = SHARED_DATA.parent / "cuda-sources"
+    if not folder.is_dir():
+        pytest.skip(f"the pinned CUDA source tarballs are not at {folder} (the repo's ../shared)")
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_clean_backend_env(monkeypatch):
     torch.manual_seed(0)

@@ -38,12 +38,10 @@ import sys
 import threading
 import types
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
-import pytest
 import torch
 
-from mamba_ssm_reference import DEFAULT, ENV_VAR
+from mamba_ssm_reference import oracle_on_path
 
 # The binding's argument lists, in order: csrc/selective_scan/selective_scan.cpp (mamba 2.3.2.post1)
 # and csrc/causal_conv1d.cpp (causal-conv1d 1.6.1.post4). The stand-ins below take exactly these.
@@ -308,24 +306,33 @@ def _cpu_autocast_for_cuda(is_autocast_enabled):
     return enabled
 
 
-def oracle_root() -> Path:
-    root = Path(os.environ.get(ENV_VAR) or DEFAULT)
-    for package in ("mamba_ssm", "causal_conv1d", "triton"):
-        if not (root / package).is_dir():
-            pytest.fail(f"{package}'s sources (the tests' oracle) are not in {root}: run `make oracle`")
-    return root
-
-
 @contextmanager
 def cuda_backend_on_cpu():
     """seqarena's cuda backend, running mamba_ssm's and causal_conv1d's code on CPU tensors."""
     from seqarena.ops import backends, cuda
 
-    root = oracle_root()
-    sys.path.insert(0, str(root))
+    with (
+        oracle_on_path(("mamba_ssm", "causal_conv1d", "triton"), FORGOTTEN),
+        _emulated_extensions_and_kernels(),
+    ):
+        saved_backend = backends._BACKENDS["cuda"]
+        try:
+            cuda.kernels.cache_clear()
+            reason = cuda.kernels().reason
+            assert reason is None, reason
+            backends._BACKENDS["cuda"] = dataclasses.replace(saved_backend, why_not=lambda u: None)
+            yield
+        finally:
+            backends._BACKENDS["cuda"] = saved_backend
+            cuda.kernels.cache_clear()
+
+
+@contextmanager
+def _emulated_extensions_and_kernels():
+    """The stand-in extensions in sys.modules and Triton's interpreter with its shims (the module's
+    docstring), while the packages' modules import and run."""
     old_interpret = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated and when they run
-    saved_backend = backends._BACKENDS["cuda"]
     try:
         # the packages import the extensions first; the stand-ins are filled in once their
         # references (which live in those packages) have imported
@@ -347,18 +354,9 @@ def cuda_backend_on_cpu():
             _patched(torch, "is_autocast_enabled", _cpu_autocast_for_cuda(torch.is_autocast_enabled)),
             _patched(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cpu")),
         ):
-            cuda.kernels.cache_clear()
-            reason = cuda.kernels().reason
-            assert reason is None, reason
-            backends._BACKENDS["cuda"] = dataclasses.replace(saved_backend, why_not=lambda u: None)
             yield
     finally:
-        backends._BACKENDS["cuda"] = saved_backend
-        cuda.kernels.cache_clear()
         if old_interpret is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old_interpret
-        sys.path.remove(str(root))
-        for name in [m for m in sys.modules if m.split(".")[0] in FORGOTTEN]:
-            del sys.modules[name]

@@ -51,14 +51,28 @@ def _patch_kernels_with_references():
 
 
 @contextmanager
+def oracle_on_path(packages: tuple[str, ...], forgotten: set[str]):
+    """The oracle's folder first on sys.path, yielded; it must hold ``packages`` (else the test fails,
+    naming what is missing). On exit the folder leaves sys.path and the ``forgotten`` top-level
+    modules leave sys.modules, so seqarena never finds them later."""
+    root = Path(os.environ.get(ENV_VAR) or DEFAULT)
+    for package in packages:
+        if not (root / package).is_dir():
+            pytest.fail(f"{package}'s sources (the tests' oracle) are not in {root}: run `make oracle`")
+    sys.path.insert(0, str(root))
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m.split(".")[0] in forgotten]:
+            del sys.modules[name]
+
+
+@contextmanager
 def mamba_ssm_on_cpu():
     """Yields mamba_ssm's MambaConfig, MambaLMHeadModel and its SSD references, runnable here."""
-    root = Path(os.environ.get(ENV_VAR) or DEFAULT)
-    if not (root / "mamba_ssm").is_dir():
-        pytest.fail(f"mamba_ssm's sources (the tests' oracle) are not at {root}: run `make oracle`")
-    sys.path.insert(0, str(root))
-    sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-    try:
+    with oracle_on_path(("mamba_ssm",), FORGOTTEN):
+        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
         from mamba_ssm.models.config_mamba import MambaConfig
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
@@ -71,10 +85,6 @@ def mamba_ssm_on_cpu():
             ssd_minimal_discrete=ssd_minimal_discrete,
             ssd_chunk_scan_combined_ref=ssd_chunk_scan_combined_ref,
         )
-    finally:
-        sys.path.remove(str(root))
-        for name in [m for m in sys.modules if m.split(".")[0] in FORGOTTEN]:
-            del sys.modules[name]
 
 
 def reference_config(ours: dict, mamba_ssm) -> object:

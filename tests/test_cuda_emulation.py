@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from cuda_emulation import BINDINGS, BindingCheckFailed, cuda_backend_on_cpu
+from mamba_ssm_reference import oracle_on_path
 from seqarena.models import build_model
 from seqarena.ops import backends, ssd_state_update
 
 VOCAB = 61
 REPO = Path(__file__).resolve().parents[1]
-CUDA_SOURCES = REPO.parent / "shared" / "cuda-sources"
 # The GPU env's source builds (envs/gpu.post-deploy.sh): the tarball and the file with the bindings.
 PINNED_SOURCES = {
     "selective_scan_cuda": ("mamba-2.3.2.post1", "csrc/selective_scan/selective_scan.cpp"),
@@ -162,11 +162,9 @@ def binding_arguments(source: str, function: str) -> list[str]:
 
 
 @pytest.mark.parametrize("module,function", sorted(BINDINGS))
-def test_each_stand_in_takes_the_pinned_bindings_argument_list(module, function):
-    if not CUDA_SOURCES.is_dir():
-        pytest.skip(f"the pinned CUDA source tarballs are not at {CUDA_SOURCES} (the repo's ../shared)")
+def test_each_stand_in_takes_the_pinned_bindings_argument_list(module, function, cuda_sources):
     folder, path = PINNED_SOURCES[module]
-    with tarfile.open(CUDA_SOURCES / f"{folder}.tar.gz") as tar:
+    with tarfile.open(cuda_sources / f"{folder}.tar.gz") as tar:
         source = tar.extractfile(f"{folder}/{path}").read().decode()
     bound = re.search(rf'm\.def\("{function}",\s*&(\w+)', source)
     assert bound, f"{module}.{function} is not bound in {folder}/{path}"
@@ -175,22 +173,19 @@ def test_each_stand_in_takes_the_pinned_bindings_argument_list(module, function)
     assert ours == cpp, f"{module}.{function}: the stand-in takes {ours}, the binding {cpp}"
 
 
-def test_the_oracles_causal_conv1d_is_the_python_of_the_pinned_build():
+def test_the_oracles_causal_conv1d_is_the_python_of_the_pinned_build(cuda_sources):
     """The oracle installs PyPI's causal-conv1d 1.6.1 (its Python only); the GPU env builds tag
     v1.6.1.post4. Their Python must be the same for the harness to stand for the build."""
-    if not CUDA_SOURCES.is_dir():
-        pytest.skip(f"the pinned CUDA source tarballs are not at {CUDA_SOURCES} (the repo's ../shared)")
-    from cuda_emulation import oracle_root
-
     folder = PINNED_SOURCES["causal_conv1d_cuda"][0]
-    installed = oracle_root() / "causal_conv1d"
-    with tarfile.open(CUDA_SOURCES / f"{folder}.tar.gz") as tar:
+    with oracle_on_path(("causal_conv1d",), set()) as root:
+        installed = {p.name: p.read_text() for p in (root / "causal_conv1d").glob("*.py")}
+    with tarfile.open(cuda_sources / f"{folder}.tar.gz") as tar:
         pinned = {
             Path(m.name).name: tar.extractfile(m).read().decode()
             for m in tar.getmembers()
             if m.name.startswith(f"{folder}/causal_conv1d/") and m.name.endswith(".py")
         }
-    assert pinned and pinned == {p.name: p.read_text() for p in installed.glob("*.py")}
+    assert pinned and pinned == installed
 
 
 def test_kernels_json_and_gpu_checks_backend_rows_say_cuda_passed(emulated_cuda, tmp_path):

@@ -115,9 +115,6 @@ def test_device_cuda_refuses_to_run_without_cuda_naming_the_config_key(tmp_path,
     assert compute_device() == torch.device("cpu")
 
 
-SHARED_CUDA_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "cuda-sources"
-
-
 def test_a_cu_file_of_many_instantiations_is_split_keeping_each_once():
     source = "#include <x.h>\ntemplate<typename T> void f(T t) {}\n\n" + "".join(
         f"template void f<T{i}>(T{i} t);\n" for i in range(5)
@@ -131,15 +128,11 @@ def test_a_cu_file_of_many_instantiations_is_split_keeping_each_once():
     assert split_instantiations(source, per_file=5) == [source]
 
 
-def test_the_pinned_causal_conv1d_builds_from_parts_listed_in_its_setup_py(tmp_path):
+def test_the_pinned_causal_conv1d_builds_from_parts_listed_in_its_setup_py(tmp_path, cuda_sources):
     """The real tag: causal_conv1d_bwd.cu's 18 instantiations (one translation unit, 231 s on one
     core) become 9 files listed in setup.py in its place; mamba-ssm's files, one or two each, stay."""
-    if not SHARED_CUDA_SOURCES.is_dir():
-        pytest.skip(
-            f"the pinned CUDA source tarballs are not at {SHARED_CUDA_SOURCES} (the repo's ../shared)"
-        )
     for name in ("causal-conv1d-1.6.1.post4", "mamba-2.3.2.post1"):
-        with tarfile.open(SHARED_CUDA_SOURCES / f"{name}.tar.gz") as tar:
+        with tarfile.open(cuda_sources / f"{name}.tar.gz") as tar:
             tar.extractall(tmp_path, filter="data")
     causal = tmp_path / "causal-conv1d-1.6.1.post4"
     setup = split_sources(causal / "setup.py")

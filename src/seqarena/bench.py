@@ -31,10 +31,6 @@ from seqarena.train import TrainConfig, device_name, peak_memory_bytes, train
 KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "median_ms", "device", "dtype"]
 
 
-def device_default() -> torch.device:
-    return compute_device()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -93,7 +89,7 @@ def bench_kernels(
     32 on a CPU), causal attention (heads of ``head_dim``; FlashAttention-2 on a GPU), and the
     paper's other two baselines (Fig. 8): the PyTorch parallel scan and an FFT convolution, per
     sequence length. A measurement that runs out of device memory is left out."""
-    device = device or device_default()
+    device = device or compute_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     probe = torch.zeros(1, 1, 1, device=device)
     backends = backends or [b for b in available_backends(probe) if b != "torch"] or ["torch"]
@@ -193,7 +189,7 @@ def cache_bytes(cache) -> int:
 def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, vocab_size=50277, device=None):
     """Prompt processing + decoding with the model's cache, tokens/s per batch size; and the cache's
     bytes per sequence at the final length (constant in length for Mamba, growing for a KV cache)."""
-    device = device or device_default()
+    device = device or compute_device()
     net = load_model(model, vocab_size, device).eval()
     if device.type == "cuda":
         net = net.to(torch.bfloat16)
