@@ -88,23 +88,27 @@ def test_what_transformers_cannot_build_is_refused_naming_it(model_id, overrides
         main(["export", str(tmp_path / "model"), str(tmp_path / "hf")])
 
 
-def test_the_drivers_exportable_families_are_exactly_those_the_export_accepts():
-    """The driver cannot import seqarena, so common.smk restates the families; they must agree."""
-    import re
+def test_the_exportable_families_agree_in_the_table_the_schema_and_the_export():
+    """The driver cannot import seqarena, so the schema restates the exportable families; the
+    families table, the schema and what the export accepts must agree."""
+    import yaml
 
     from seqarena.hf import hf_config
-    from seqarena.models import SIZES
+    from seqarena.models import FAMILIES
 
-    common = (Path(__file__).resolve().parents[1] / "workflow/rules/common.smk").read_text()
-    listed = set(re.findall(r'"(\w+)"', re.search(r"HF_EXPORTABLE = \(([^)]*)\)", common).group(1)))
+    schema = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    )
+    listed = set(schema["$defs"]["hf_exportable_family"]["enum"])
+    in_table = {name for name, family in FAMILIES.items() if family.hf_model_type}
     accepted = set()
-    for arch in SIZES:
+    for arch in FAMILIES:
         try:
             hf_config(build_model(f"{arch}-tiny", vocab_size=VOCAB), eos_id=0)
             accepted.add(arch)
         except NotExportable:
             pass
-    assert listed == accepted == {"mamba", "mamba2", "transformer"}
+    assert listed == in_table == accepted == {"mamba", "mamba2", "transformer"}
 
 
 def test_a_checkpoint_without_its_tokenizer_is_refused_naming_the_file(tmp_path):

@@ -505,11 +505,30 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, overrides, mes
     assert not (tmp_path / "results").exists()
 
 
-def test_the_schema_lists_exactly_the_size_registrys_model_ids():
-    from seqarena.models import model_ids
+def test_the_schema_lists_exactly_the_size_registrys_model_ids_and_the_families_table():
+    from seqarena.models import FAMILIES, SIZES, model_ids
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     assert schema["properties"]["models"]["items"]["enum"] == model_ids()
+    families = schema["$defs"]["family"]["enum"]  # the {arch} wildcard's
+    assert sorted(families) == sorted(FAMILIES) == sorted(SIZES)
+
+
+def test_the_schema_allows_exactly_the_config_fields_of_training_and_the_synthetic_tasks():
+    """A key the schema lists reaches its stage's config, and every config field has a key (the
+    driver-only keys aside)."""
+    import dataclasses
+
+    from seqarena.synthetic import SyntheticConfig
+    from seqarena.training import TrainConfig
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    train = set(schema["properties"]["train"]["properties"]) - {"seeds"}  # dataset: the data key, a tag
+    set_by_the_driver = {"model", "data", "out", "tracking_uri", "experiment", "run_name"}
+    assert train == {f.name for f in dataclasses.fields(TrainConfig)} - set_by_the_driver
+    synthetic = set(schema["$defs"]["synthetic_run"]["properties"])
+    per_task = {"task", "arch", "d_model", "seed"}  # the task's name, its archs, widths and seeds
+    assert synthetic == {f.name for f in dataclasses.fields(SyntheticConfig)} - per_task
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from seqarena.data import Source, download, tokenize
 from seqarena.eval import evaluate
 from seqarena.report import collect, render, save_figures
 from seqarena.synthetic import SyntheticConfig, train_synthetic
-from seqarena.train import TrainConfig, train
+from seqarena.training import TrainConfig, train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb"
 

@@ -17,16 +17,9 @@ from conftest import SHARED_DATA, free_port, wait_until_serving
 from seqarena.checkpoints import CheckpointStore
 from seqarena.data import Source, download, tokenize
 from seqarena.models import build_model, from_pretrained
-from seqarena.train import (
-    Distributed,
-    StopSignals,
-    TrainConfig,
-    TrainingDiverged,
-    lr_at,
-    no_decay_names,
-    param_groups,
-    train,
-)
+from seqarena.training import StopSignals, TrainConfig, TrainingDiverged, train
+from seqarena.training.optim import lr_at, no_decay_names, param_groups
+from seqarena.training.parallel import Distributed
 
 DETERMINISTIC = ("step", "tokens", "loss", "lr", "grad_norm", "val_loss")
 

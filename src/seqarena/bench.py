@@ -13,11 +13,9 @@ import functools
 import io
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +24,8 @@ from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import atomic_write
 from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
-from seqarena.train import TrainConfig, device_name, peak_memory_bytes, train
+from seqarena.training import TokenData, TrainConfig, Trainer
+from seqarena.training.summary import device_name, peak_memory_bytes
 
 KERNEL_COLUMNS = ["op", "backend", "batch", "dim", "state", "seq_len", "pass", "median_ms", "device", "dtype"]
 
@@ -231,45 +230,38 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, warm
             f"bench training: --warmup-steps {warmup_steps} (config bench.training.warmup_steps) must be "
             f"0 or more and leave a timed step of --steps {steps} (bench.training.steps)"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        data, out = Path(tmp) / "data", Path(tmp) / "out"
-        data.mkdir()
-        dtype = np.uint16 if vocab_size <= 65536 else np.uint32
-        rng = np.random.default_rng(0)
-        counts = {"train": 64 * seq_len * micro_batch, "val": 4 * seq_len}
-        for split, n in counts.items():
-            rng.integers(0, vocab_size, n, dtype=dtype).tofile(data / f"{split}.bin")
-        meta = {"vocab_size": vocab_size, "dtype": np.dtype(dtype).name,
-                **{f"{split}_tokens": n for split, n in counts.items()}}  # fmt: skip
-        (data / "meta.json").write_text(json.dumps(meta))
-        cfg = TrainConfig(
-            model=model_id, data=str(data), out=str(out), steps=steps, batch_tokens=seq_len * micro_batch,
-            micro_batch=micro_batch, seq_len=seq_len, eval_interval=steps, eval_windows=1,
-            ckpt_interval=steps, tracking_uri="none", compile=compile,
-        )  # fmt: skip
-        summary = train(cfg)
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    by_step = [r["tokens_per_s"] for r in rows]
+    data = TokenData.random(vocab_size, train_tokens=64 * seq_len * micro_batch, val_tokens=4 * seq_len)
+    cfg = TrainConfig(
+        model=model_id,
+        data=data.name,
+        out="",
+        steps=steps,
+        batch_tokens=seq_len * micro_batch,
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        eval_interval=steps,
+        eval_windows=1,
+        ckpt_interval=steps,
+        tracking_uri="none",
+        compile=compile,
+    )
+    trainer = Trainer.from_tokens(cfg, data)
+    by_step = [r["tokens_per_s"] for r in trainer.train()]
+    summary = trainer.summary()
     tokens_per_s = statistics.median(by_step[warmup_steps:])
     achieved = summary["flops_per_token"] * tokens_per_s / 1e12
     mfu = None if summary["mfu"] is None else summary["mfu"] * tokens_per_s / summary["tokens_per_s"]
     keep = ("parameters", "flops_per_token", "peak_memory_bytes", "device", "scan_backend")
-    return {"model": model_id, "steps": steps, "warmup_steps": warmup_steps, "seq_len": seq_len,
-            "micro_batch": micro_batch, "compile": compile, "tokens_per_s": tokens_per_s,
-            "tokens_per_s_by_step": by_step,
-            "achieved_tflops": achieved, "mfu": mfu, **{k: summary[k] for k in keep}}  # fmt: skip
-
-
-def log_to_mlflow(
-    uri: str, experiment: str, model_id: str, rows: list[tuple[str, float, int]], artifact: Path,
-    artifact_dir: str,
-):  # fmt: skip
-    """Results into the model's run (found by its tag; created, and ended, if training logged none),
-    the artifact into the stage's own folder of that run (``bench/generation``, ``eval``, ...)."""
-    if uri == "none":
-        return
-    from seqarena.tracking import ModelRun
-
-    with ModelRun(uri, experiment, model_id) as run:
-        run.log_metrics(rows)
-        run.log_artifact(artifact, artifact_dir)
+    return {
+        "model": model_id,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "seq_len": seq_len,
+        "micro_batch": micro_batch,
+        "compile": compile,
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_by_step": by_step,
+        "achieved_tflops": achieved,
+        "mfu": mfu,
+        **{k: summary[k] for k in keep},
+    }

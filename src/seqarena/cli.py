@@ -77,7 +77,7 @@ def config_from_args(config_cls, args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from seqarena.train import STOPPED_EXIT_STATUS, TrainConfig, TrainingStopped, train
+    from seqarena.training import STOPPED_EXIT_STATUS, TrainConfig, TrainingStopped, train
 
     try:
         summary = train(config_from_args(TrainConfig, args))
@@ -93,39 +93,43 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_bench_kernels(args: argparse.Namespace) -> None:
-    from seqarena.bench import bench_kernels, log_to_mlflow, write_csv
+    from seqarena.bench import bench_kernels, write_csv
+    from seqarena.tracking import kernel_metrics, log_stage
 
-    rows = bench_kernels(args.lengths, args.batch, args.dim, args.state, repeats=args.repeats,
-                         backends=args.backends.split(",") if args.backends else None)  # fmt: skip
+    backends = args.backends.split(",") if args.backends else None
+    rows = bench_kernels(
+        args.lengths, args.batch, args.dim, args.state, repeats=args.repeats, backends=backends
+    )
     write_csv(rows, Path(args.out))
-    metrics = [  # MLflow names allow no "+": fwd+bwd is logged as fwd_bwd
-        (
-            f"bench/kernels/{r['op']}-{r['backend']}/{r['pass'].replace('+', '_')}_ms",
-            r["median_ms"],
-            r["seq_len"],
-        )
-        for r in rows
-    ]
-    log_to_mlflow(args.tracking_uri, args.experiment, "kernels", metrics, Path(args.out), "bench/kernels")
+    log_stage(
+        args.tracking_uri, args.experiment, "kernels", kernel_metrics(rows), Path(args.out), "bench/kernels"
+    )
     print(Path(args.out).read_text())
 
 
 def cmd_bench_generation(args: argparse.Namespace) -> None:
-    from seqarena.bench import bench_generation, log_to_mlflow, write_json
+    from seqarena.bench import bench_generation, write_json
+    from seqarena.tracking import generation_metrics, log_stage
 
-    result = bench_generation(args.model, args.prompt_len, args.new_tokens, args.batch_sizes, args.repeats,
-                              args.vocab_size)  # fmt: skip
+    result = bench_generation(
+        args.model, args.prompt_len, args.new_tokens, args.batch_sizes, args.repeats, args.vocab_size
+    )
     write_json(result, Path(args.out))
-    metrics = [("bench/generation/tokens_per_s", r["tokens_per_s"], r["batch"]) for r in result["results"]
-               if not r["oom"]]  # fmt: skip
-    log_to_mlflow(
-        args.tracking_uri, args.experiment, Path(args.model).name, metrics, Path(args.out), "bench/generation"
+    run_name = Path(args.model).name
+    log_stage(
+        args.tracking_uri,
+        args.experiment,
+        run_name,
+        generation_metrics(result),
+        Path(args.out),
+        "bench/generation",
     )
     print(json.dumps(result, indent=2))
 
 
 def cmd_bench_training(args: argparse.Namespace) -> None:
-    from seqarena.bench import bench_training, log_to_mlflow, write_json
+    from seqarena.bench import bench_training, write_json
+    from seqarena.tracking import log_stage, training_bench_metrics
 
     result = bench_training(
         args.model,
@@ -137,23 +141,29 @@ def cmd_bench_training(args: argparse.Namespace) -> None:
         args.compile,
     )
     write_json(result, Path(args.out))
-    metrics = [
-        (f"bench/training/{k}", result[k], 0) for k in ("tokens_per_s", "achieved_tflops") if result[k]
-    ]
-    log_to_mlflow(args.tracking_uri, args.experiment, args.model, metrics, Path(args.out), "bench/training")
+    metrics = training_bench_metrics(result)
+    log_stage(args.tracking_uri, args.experiment, args.model, metrics, Path(args.out), "bench/training")
     print(json.dumps(result, indent=2))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from seqarena.bench import log_to_mlflow
     from seqarena.eval import evaluate
+    from seqarena.tracking import eval_metrics, log_stage
 
-    report = evaluate(args.model, args.tasks.split(","), Path(args.out), args.tokenizer, args.include_path,
-                      args.limit, args.batch_size, args.num_fewshot, args.device, args.cache_dir)  # fmt: skip
-    metrics = [(f"eval/{task}/{name}", entry["value"], 0) for task, entries in report["results"].items()
-               for name, entry in entries.items() if isinstance(entry["value"], (int, float))]  # fmt: skip
+    report = evaluate(
+        args.model,
+        args.tasks.split(","),
+        Path(args.out),
+        args.tokenizer,
+        args.include_path,
+        args.limit,
+        args.batch_size,
+        args.num_fewshot,
+        args.device,
+        args.cache_dir,
+    )
     run_name = args.run_name or Path(args.model).name
-    log_to_mlflow(args.tracking_uri, args.experiment, run_name, metrics, Path(args.out), "eval")
+    log_stage(args.tracking_uri, args.experiment, run_name, eval_metrics(report), Path(args.out), "eval")
     print(json.dumps(report["results"], indent=2))
 
 
@@ -187,20 +197,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
-    from seqarena.bench import log_to_mlflow
     from seqarena.synthetic import SyntheticConfig, train_synthetic
+    from seqarena.tracking import log_stage, synthetic_metrics
 
     cfg = config_from_args(SyntheticConfig, args)
     result = train_synthetic(cfg, Path(args.out))
-    metrics = [(f"synthetic/{cfg.task}/accuracy_at_length", acc, int(length))
-               for length, acc in result["accuracy_by_length"].items() if acc is not None]  # fmt: skip
-    metrics += [
-        (f"synthetic/{cfg.task}/train_accuracy", row["accuracy"], row["step"]) for row in result["curve"]
-    ]
     run = f"{cfg.task}/{cfg.model_name}/seed{cfg.seed}"
-    log_to_mlflow(
-        args.tracking_uri, f"{args.experiment}-synthetic", run, metrics, Path(args.out), "synthetic"
-    )
+    metrics = synthetic_metrics(cfg.task, result)
+    log_stage(args.tracking_uri, f"{args.experiment}-synthetic", run, metrics, Path(args.out), "synthetic")
     print(
         json.dumps(
             {k: result[k] for k in ("task", "model", "final_accuracy", "accuracy_by_length")}, indent=2
@@ -317,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--max-tokens", type=int, help="train tokens to write at most (the rest is not read)")
     tok.set_defaults(func=cmd_data_tokenize)
 
-    from seqarena.train import TrainConfig
+    from seqarena.training import TrainConfig
 
     train = sub.add_parser("train", help="train (or resume) one model")
     add_config_arguments(train, TrainConfig)

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from seqarena.device import compute_device
 from seqarena.models import SIZES, Mamba, build_model, model_config
 from seqarena.models.base import atomic_write
-from seqarena.models.sizes import ARCHITECTURES
-from seqarena.train import lr_at, no_decay_names, param_groups
+from seqarena.models.families import FAMILIES
+from seqarena.training.optim import adamw, lr_at, set_lr
 
 IGNORE = -100
 TASKS = ("selective_copying", "induction_heads", "mqar")
@@ -105,11 +105,14 @@ class SyntheticConfig:
     d_state: int = 0  # SSM state size N of the Mamba families (0: their CPU sizes'); Transformer++ has none
     steps: int = 1000
     batch: int = 32
-    lr: float = 3e-3  # peak; the schedule is training's (train.lr_at): warmup, then cosine to the floor
+    lr: float = 3e-3  # peak; the schedule is training's (training.optim): warmup, then cosine to the floor
     warmup: float = 0.05  # fraction of the steps
     min_lr_ratio: float = 0.1  # 1 with warmup 0: a constant rate (the paper's Table 1 and Table 11 runs)
     min_lr: float = 0.0  # an absolute floor instead of the ratio
     weight_decay: float = 0.1
+    beta1: float = 0.9  # AdamW's betas and the gradient clip: language-model training's
+    beta2: float = 0.95
+    grad_clip: float = 1.0
     test_lengths: list[int] = field(default_factory=list)  # default: the training length
     eval_sequences: int = 256
     # Attention is scored by its full forward (cost quadratic in the length): past this length it
@@ -150,7 +153,7 @@ class SyntheticConfig:
     @property
     def has_state(self) -> bool:
         """The Mamba families have an SSM state (``d_state``); the Transformers have none."""
-        return ARCHITECTURES[self.arch][0] is Mamba
+        return FAMILIES[self.arch].has_ssm_state
 
     def batch_at(self, length: int, size: int, gen: torch.Generator):
         if self.task == "selective_copying":
@@ -219,20 +222,18 @@ def fit(cfg: SyntheticConfig, log_every: int = 50) -> tuple[torch.nn.Module, lis
     """Train on fresh batches (on a GPU if there is one): the model and its learning curve."""
     device = compute_device()
     model = build(cfg).to(device)
-    groups = param_groups(model, cfg.weight_decay, no_decay_names(model))
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=True)  # as in LM training
+    optimizer = adamw(model, cfg, cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     curve = []
     bar = tqdm(range(cfg.steps), desc=f"{cfg.task} {cfg.model_name}", mininterval=5)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg, cfg.lr)
+        set_lr(optimizer, lr_at(step, cfg.steps, cfg, cfg.lr))
         seq, labels = (t.to(device) for t in cfg.batch_at(cfg.length, cfg.batch, gen))
         logits = model(seq)[..., : cfg.vocab]
         loss = F.cross_entropy(logits.reshape(-1, cfg.vocab), labels.reshape(-1), ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             acc = accuracy(model, cfg, cfg.length, 64, seed=cfg.seed + 1)

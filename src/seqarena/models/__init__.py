@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from seqarena.models.base import CONFIG_NAME, WEIGHTS_NAME, LanguageModel
+from seqarena.models.families import FAMILIES, Family, family_of
 from seqarena.models.mamba import Mamba, MambaConfig
 from seqarena.models.sizes import SIZES, build_model, model_config, model_ids, parse_model_id
 from seqarena.models.transformer import Transformer, TransformerConfig
@@ -19,7 +20,9 @@ WEIGHT_FILES = (WEIGHTS_NAME, SHARDED_WEIGHTS_NAME, TORCH_WEIGHTS_NAME)
 HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
 
 __all__ = [
+    "FAMILIES",
     "SIZES",
+    "Family",
     "LanguageModel",
     "Mamba",
     "MambaConfig",
@@ -27,6 +30,7 @@ __all__ = [
     "TransformerConfig",
     "build_model",
     "config_from_dict",
+    "family_of",
     "from_pretrained",
     "model_config",
     "model_ids",

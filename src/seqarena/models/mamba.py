@@ -13,6 +13,7 @@ backend available (mamba_ssm's CUDA and Triton kernels on a GPU, ours on a CPU).
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,13 +47,7 @@ SSM_DEFAULTS = dict(
     bias=False,
 )
 # Keys mamba_ssm accepts in ssm_cfg that change no weight or result here.
-SSM_IGNORED = {"use_fast_path"}
-# MambaLTI: the paper's Table 1 ablation (not a mamba_ssm layer), Mamba-1's block and arguments.
-LAYER_DEFAULTS = {
-    "Mamba1": (SSM_DEFAULTS, SSM_IGNORED),
-    "Mamba2": (MAMBA2_DEFAULTS, MAMBA2_IGNORED),
-    "MambaLTI": (SSM_DEFAULTS, SSM_IGNORED),
-}
+SSM_IGNORED = frozenset({"use_fast_path"})
 
 
 @dataclass
@@ -74,14 +69,14 @@ class MambaConfig:
 
     def __post_init__(self):
         """Every mistake mamba_ssm would make an assertion (or a wrong model) of, named by field."""
-        if self.layer not in LAYER_DEFAULTS:
-            raise ValueError(f"ssm_cfg.layer={self.layer!r}: unknown; known: {sorted(LAYER_DEFAULTS)}")
-        defaults, ignored = LAYER_DEFAULTS[self.layer]
-        unknown = set(self.ssm_cfg) - set(defaults) - ignored - {"layer"}
+        if self.layer not in SSM_LAYERS:
+            raise ValueError(f"ssm_cfg.layer={self.layer!r}: unknown; known: {sorted(SSM_LAYERS)}")
+        layer = SSM_LAYERS[self.layer]
+        unknown = set(self.ssm_cfg) - set(layer.defaults) - layer.ignored - {"layer"}
         if unknown:
             raise ValueError(f"unknown ssm_cfg keys for layer {self.layer}: {sorted(unknown)}")
-        if self.layer == "Mamba2":
-            check_mamba2_shape(self.d_model, self.ssm)
+        if layer.check_shape is not None:
+            layer.check_shape(self.d_model, self.ssm)
         if self.d_intermediate < 0:
             raise ValueError(f"d_intermediate={self.d_intermediate} must be 0 (no MLP) or positive")
         outside = [i for i in self.attn_layer_idx if not 0 <= i < self.n_layer]
@@ -110,7 +105,7 @@ class MambaConfig:
     @property
     def ssm(self) -> dict:
         """The SSM mixer's keyword arguments, defaults filled in."""
-        defaults = LAYER_DEFAULTS[self.layer][0]
+        defaults = SSM_LAYERS[self.layer].defaults
         return {**defaults, **{k: v for k, v in self.ssm_cfg.items() if k in defaults}}
 
     @property
@@ -328,6 +323,26 @@ class LTIMixer(MambaMixer):
         return (y * F.silu(z.to(compute))).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class SSMLayer:
+    """A sequence mixer that ``ssm_cfg.layer`` names: its module, its keyword arguments' defaults,
+    the keys it accepts and ignores, and a check of its shapes against d_model."""
+
+    mixer: type[nn.Module]
+    defaults: dict
+    ignored: frozenset = frozenset()
+    check_shape: Callable[[int, dict], None] | None = None
+
+
+# mamba_ssm's ``ssm_layer_map``: a new mixer is one entry. MambaLTI is ours: the paper's Table 1
+# ablation (not a mamba_ssm layer), Mamba-1's block and arguments.
+SSM_LAYERS = {
+    "Mamba1": SSMLayer(MambaMixer, SSM_DEFAULTS, SSM_IGNORED),
+    "Mamba2": SSMLayer(Mamba2Mixer, MAMBA2_DEFAULTS, MAMBA2_IGNORED, check_mamba2_shape),
+    "MambaLTI": SSMLayer(LTIMixer, SSM_DEFAULTS, SSM_IGNORED),
+}
+
+
 class GatedMLP(nn.Module):
     """mamba_ssm's GatedMLP (``d_intermediate``): fc1 to value and gate, value * silu(gate), fc2."""
 
@@ -352,12 +367,8 @@ class Block(nn.Module):
         self.norm = _norm(config)
         if layer_idx in config.attn_layer_idx:
             self.mixer = MHA(config.d_model, **config.attn)
-        elif config.layer == "Mamba2":
-            self.mixer = Mamba2Mixer(config.d_model, **config.ssm)
-        elif config.layer == "MambaLTI":
-            self.mixer = LTIMixer(config.d_model, **config.ssm)
         else:
-            self.mixer = MambaMixer(config.d_model, **config.ssm)
+            self.mixer = SSM_LAYERS[config.layer].mixer(config.d_model, **config.ssm)
         if config.d_intermediate > 0:
             self.norm2 = _norm(config)
             self.mlp = GatedMLP(config.d_model, config.d_intermediate)

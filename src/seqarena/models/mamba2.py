@@ -38,7 +38,7 @@ MAMBA2_DEFAULTS = dict(
     chunk_size=256,
 )
 # Keys mamba_ssm accepts that change no weight or result here (its fused-kernel switch).
-MAMBA2_IGNORED = {"use_mem_eff_path"}
+MAMBA2_IGNORED = frozenset({"use_mem_eff_path"})
 
 
 def check_mamba2_shape(d_model: int, cfg: dict) -> None:

@@ -22,19 +22,10 @@ fastest chunk for a training step on a CPU: benchmarks/README.md).
 
 from dataclasses import dataclass
 
-from seqarena.models.mamba import Mamba, MambaConfig
-from seqarena.models.transformer import Transformer, TransformerConfig
+from seqarena.models.families import FAMILIES, family_of
 
 GPT_NEOX_VOCAB = 50277  # the paper's tokenizer; padded to 50280 in the embedding
 
-ARCHITECTURES = {
-    "mamba": (Mamba, MambaConfig),
-    "mamba_lti": (Mamba, MambaConfig),
-    "mamba2": (Mamba, MambaConfig),
-    "hybrid": (Mamba, MambaConfig),
-    "transformer": (Transformer, TransformerConfig),
-    "transformer_abs": (Transformer, TransformerConfig),
-}
 MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=32)
 
 
@@ -128,7 +119,7 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
 def model_config(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):
     """The config of a named size; ``overrides`` replace single fields."""
     arch, size = parse_model_id(model_id)
-    config_cls = ARCHITECTURES[arch][1]
+    config_cls = FAMILIES[arch].config
     dims = SIZES[arch][size].dims
     if arch == "hybrid" and {"d_model", "n_layer"} & overrides.keys():  # the attention layout follows
         shape = {k: overrides.get(k, dims[k]) for k in ("d_model", "n_layer")}
@@ -139,8 +130,7 @@ def model_config(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):
 def build_model(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):
     """A freshly initialised model of a named size, e.g. ``build_model("mamba-tiny", 256)``."""
     config = model_config(model_id, vocab_size, **overrides)
-    model_cls = ARCHITECTURES[parse_model_id(model_id)[0]][0]
-    return model_cls(config)
+    return family_of(model_id).model(config)
 
 
 def model_ids() -> list[str]:

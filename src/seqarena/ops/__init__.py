@@ -21,6 +21,7 @@ from seqarena.ops.backends import (
     selective_state_update,
     ssd_chunk_scan,
     ssd_state_update,
+    use_backend,
 )
 from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
 from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
@@ -47,4 +48,5 @@ __all__ = [
     "ssd_chunk_scan_torch",
     "ssd_state_update",
     "ssd_state_update_torch",
+    "use_backend",
 ]

@@ -7,7 +7,8 @@ The functions below run on the backend that ``resolve_backend`` picks.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -57,21 +58,39 @@ def available_backends(u: torch.Tensor) -> list[str]:
     return [name for name in backend_names() if _BACKENDS[name].why_not(u) is None]
 
 
+_chosen: str | None = None  # set by ``use_backend``
+
+
+@contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Every kernel called inside runs on backend ``name`` (None: as ``resolve_backend`` chooses).
+    A training run passes its configured backend this way, leaving the environment as it was."""
+    global _chosen
+    before, _chosen = _chosen, name
+    try:
+        yield
+    finally:
+        _chosen = before
+
+
 def resolve_backend(u: torch.Tensor, backend: str | None = None) -> str:
     """The backend that the kernels will use for ``u``.
 
-    An explicit ``backend`` wins, then the ``SEQARENA_SCAN_BACKEND`` environment variable,
-    then the best available one. A named backend that cannot run is an error, never a
-    silent fallback, so results always say truthfully what produced them.
+    An explicit ``backend`` wins, then ``use_backend``'s, then the ``SEQARENA_SCAN_BACKEND``
+    environment variable, then the best available one. A named backend that cannot run is an
+    error, never a silent fallback, so results always say truthfully what produced them.
     """
-    requested = backend or os.environ.get(BACKEND_ENV_VAR) or None
+    requested = backend or _chosen or os.environ.get(BACKEND_ENV_VAR) or None
     if requested is None:
         return available_backends(u)[0]
     if requested not in _BACKENDS:
         raise ValueError(f"unknown selective-scan backend {requested!r}; known: {', '.join(backend_names())}")
     reason = _BACKENDS[requested].why_not(u)
     if reason is not None:
-        source = "argument" if backend else f"environment variable {BACKEND_ENV_VAR}"
+        if backend or _chosen:
+            source = "argument" if backend else "run's configuration"
+        else:
+            source = f"environment variable {BACKEND_ENV_VAR}"
         raise RuntimeError(
             f"selective-scan backend {requested!r} (from the {source}) is unavailable: {reason}"
         )

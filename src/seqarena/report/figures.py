@@ -1,0 +1,277 @@
+"""The report's figures, each registered with what it is drawn from and its caption (``FIGURES``).
+
+A figure is a function of the gathered ``Results`` that returns a matplotlib figure, or None when
+its inputs are missing; adding one is that function and one ``FIGURES`` entry.
+"""
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+from seqarena.models.base import atomic_write
+from seqarena.report.results import Results, architecture, collect
+from seqarena.report.tables import by_length, mean_std
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _compact(value: float, _position=None) -> str:
+    """4096 -> 4096, 140000 -> 140k, 2.4e9 -> 2.4G: short tick labels (whole numbers below 100k
+    as they are: lengths and batch sizes are powers of two)."""
+    if value == int(value) and abs(value) < 1e5:
+        return f"{int(value)}"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def _log_axis(axis, at=None) -> None:
+    """A log axis labelled with short plain numbers: at ``at`` (the measured values; of values
+    within 10% of each other only the first) if given, else at 1, 2 and 5 times each power of
+    ten; no minor labels (on a narrow range matplotlib's overlap)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    ticks = []
+    for value in sorted(set(at or [])):
+        if not ticks or value > 1.1 * ticks[-1]:
+            ticks.append(value)
+    axis.set_major_locator(FixedLocator(ticks) if ticks else LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(_compact))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def loss_curves_figure(curves: dict[str, list[dict]], title: str):
+    """Training (line) and validation (dots) loss against tokens seen, one colour per curve
+    (rows of metrics.jsonl per name)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in curves.items():
+        line = ax.plot([x["tokens"] for x in rows], [x["loss"] for x in rows], label=name, alpha=0.8)[0]
+        val = [x for x in rows if "val_loss" in x]
+        ax.plot([x["tokens"] for x in val], [x["val_loss"] for x in val], "o", color=line.get_color())
+    ax.set(xlabel="tokens", ylabel="loss (nats/token)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(r: Results):
+    """Every model's loss curves (training: lines, validation: dots)."""
+    if not r.train:
+        return None
+    curves = {model: data["metrics"] for model, data in r.train.items()}
+    return loss_curves_figure(curves, "Training (lines) and validation (dots) loss")
+
+
+def scaling(r: Results):
+    """Final validation loss against parameters and against training FLOPs (log x), per architecture."""
+    if not r.train:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xs: tuple[list, list] = ([], [])
+    for arch in sorted({architecture(m) for m in r.train}):
+        points = sorted(
+            (d["summary"]["parameters"], d["summary"]["flops_per_token"] * d["summary"]["tokens"],
+             d["summary"]["final_val_loss"])
+            for m, d in r.train.items() if architecture(m) == arch
+        )  # fmt: skip
+        for ax, x, column in zip(axes, xs, (0, 1), strict=True):
+            ax.plot([p[column] for p in points], [p[2] for p in points], "o-", label=arch)
+            x += [p[column] for p in points]
+    for ax, x, xlabel in zip(axes, xs, ["parameters", "training FLOPs"], strict=True):
+        ax.set(xscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)")
+        _log_axis(ax.xaxis, at=x if len(set(x)) <= 6 else None)
+        ax.legend()
+    fig.suptitle("Scaling: final validation loss")
+    fig.tight_layout()
+    return fig
+
+
+def generation(r: Results):
+    """Generation throughput (tokens/s, prompt + decoding) against batch size."""
+    if not r.generation:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    batches = []
+    for model, data in r.generation.items():
+        ok = [x for x in data["results"] if not x["oom"]]
+        ax.plot([x["batch"] for x in ok], [x["tokens_per_s"] for x in ok], "o-", label=model)
+        batches += [x["batch"] for x in ok]
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens/s", title="Generation throughput")
+    _log_axis(ax.xaxis, at=batches)
+    _log_axis(ax.yaxis)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def kernels(r: Results):
+    """Mamba-1's scan and Mamba-2's SSD per backend, causal attention and the paper's baselines (the
+    PyTorch parallel scan, the FFT convolution): time against sequence length, log-log."""
+    if not r.kernels:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict[str, list] = {}
+    for row in r.kernels:
+        series.setdefault(f"{row['op']} ({row['backend']}) {row['pass']}", []).append(
+            (int(row["seq_len"]), float(row["median_ms"]))
+        )
+    for name, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms")
+    _log_axis(ax.xaxis, at=[int(row["seq_len"]) for row in r.kernels])
+    _log_axis(ax.yaxis)
+    ax.set_title("Scan and SSD vs attention and the paper's baselines")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def synthetic(r: Results):
+    """Accuracy against test length for each task tested at several lengths (log x, the training
+    length dashed): the mean over seeds as a line, every seed as a point. Tasks tested at their
+    training length alone share one bar panel (the mean, each seed a point)."""
+    if not r.synthetic:
+        return None
+    lengths = {task: set() for task, _ in r.synthetic}
+    for (task, _), runs in r.synthetic.items():
+        lengths[task] |= {k for run in runs for k, v in run["accuracy_by_length"].items() if v is not None}
+    curves = sorted(task for task, found in lengths.items() if len(found) > 1)
+    bars = sorted(task for task in lengths if task not in curves)
+    panels = len(curves) + bool(bars)
+    colors = {model: f"C{i}" for i, model in enumerate(sorted({model for _, model in r.synthetic}))}
+    fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.8), squeeze=False)
+    for ax, task in zip(axes[0], curves, strict=False):
+        for (t, model), runs in sorted(r.synthetic.items()):
+            if t != task:
+                continue
+            points = sorted((int(k), v) for k, v in by_length(runs).items() if v is not None)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "-", color=colors[model],
+                    label=f"{model} ({len(runs)} seeds)")  # fmt: skip
+            seeds = [
+                (int(k), v) for run in runs for k, v in run["accuracy_by_length"].items() if v is not None
+            ]
+            ax.plot([p[0] for p in seeds], [p[1] for p in seeds], "o", color=colors[model], alpha=0.6)
+            ax.axvline(runs[0]["config"]["length"], color="grey", lw=0.5, ls="--")
+        ax.set(xscale="log", ylim=(0, 1.05), xlabel="test length", ylabel="accuracy", title=task)
+        _log_axis(ax.xaxis, at=[int(k) for k in lengths[task]])
+        ax.legend(fontsize=8)
+    if bars:
+        ax = axes[0][-1]
+        models = sorted({model for task, model in r.synthetic if task in bars})
+        width = 0.8 / len(models)
+        for i, model in enumerate(models):
+            label = model  # on the model's first bar, whichever task that is
+            for j, task in enumerate(bars):
+                accuracies = [v for run in r.synthetic.get((task, model), [])
+                              for v in run["accuracy_by_length"].values() if v is not None]  # fmt: skip
+                if accuracies:
+                    x = j + (i - (len(models) - 1) / 2) * width
+                    ax.bar(x, mean_std(accuracies)[0], width, color=colors[model], label=label)
+                    ax.plot([x] * len(accuracies), accuracies, "o", color="black", ms=3)
+                    label = None
+        ax.set_xticks(range(len(bars)), bars)
+        ax.set(ylim=(0, 1.05), ylabel="accuracy", title="at the training length")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _train_caption(r: Results) -> str:
+    devices = sorted({d["summary"].get("device", "?") for d in r.train.values()})
+    backends = sorted({str(d["summary"].get("scan_backend")) for d in r.train.values()})
+    return f"Loss curves (devices: {', '.join(devices)}; scan backends: {', '.join(backends)})."
+
+
+def _kernels_caption(r: Results) -> str:
+    devices = sorted({row["device"] for row in r.kernels})
+    return f"Median times on {', '.join(devices) or '?'}: forward and forward+backward."
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A report figure: how it is drawn, the result files it is drawn from, and its caption
+    (Markdown; ``caption`` may say what the results themselves record)."""
+
+    draw: Callable[[Results], object]
+    source: str
+    caption: Callable[[Results], str]
+
+
+FIGURES = {
+    "loss_curves": Figure(loss_curves, "results/train/*/metrics.jsonl", _train_caption),
+    "scaling": Figure(
+        scaling,
+        "results/train/*/summary.json",
+        lambda r: (
+            "Final validation loss against parameters and against training FLOPs (FLOPs per token x tokens)."
+        ),
+    ),
+    "generation": Figure(
+        generation,
+        "results/bench/generation/*.json",
+        lambda r: "Prompt + greedy decoding throughput (Mamba: recurrent state; Transformer++: KV cache).",
+    ),
+    "kernels": Figure(kernels, "results/bench/kernels.csv", _kernels_caption),
+    "synthetic": Figure(
+        synthetic,
+        "results/synthetic/*/*/seed*.json",
+        lambda r: (
+            "Accuracy at each test length: the mean over seeds (lines) and each seed (points); dashed: "
+            "the training length. Mamba is evaluated through its recurrent step path, Transformer++ by full "
+            "attention."
+        ),
+    ),
+}
+
+
+def caption(name: str, r: Results) -> str:
+    """A figure's caption, ending with the files it was drawn from (as code, so their `*` stays a `*`)."""
+    figure = FIGURES[name]
+    return f"{figure.caption(r)} From `{figure.source}`."
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG (100 dpi), closed."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    return png.getvalue()
+
+
+def save_figure(fig, path: Path) -> None:
+    """The figure as a PNG file, written atomically, and closed."""
+    data = png_bytes(fig)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Each figure whose inputs exist as ``<out_dir>/<name>.png`` (for ``snakemake --report``).
+
+    The folder is written beside and renamed into place, so it is never seen half-written.
+    """
+    import shutil
+    import tempfile
+
+    from seqarena.models.base import current_umask
+
+    r = collect(results_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for name, figure in FIGURES.items():
+            fig = figure.draw(r)
+            if fig is not None:
+                (tmp / f"{name}.png").write_bytes(png_bytes(fig))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp's folder is owner-only
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(out_dir.glob("*.png"))

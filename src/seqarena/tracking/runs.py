@@ -1,0 +1,117 @@
+"""Run identity: one MLflow run per model id, found again by its tag, continued by every stage."""
+
+import subprocess
+from pathlib import Path
+
+from seqarena.tracking.store import (
+    client_for,
+    file_lock,
+    find_or_create_experiment,
+    log_metric_rows,
+    retry,
+    runs_lock,
+)
+
+MODEL_TAG = "seqarena.model_id"
+
+
+def git_commit() -> str:
+    """The commit of the checkout seqarena runs from (an editable install), whatever the cwd."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)  # fmt: skip
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:6000]
+    return flat
+
+
+# What a finished training run keeps as artifacts (the Trainer writes them beside its journal).
+TRAINING_OUTPUTS = ("config.json", "tokenizer.json", "loss_curve.png", "summary.json")
+
+
+def finish_training_run(client, run_id: str, out: Path) -> None:
+    """A finished training's outputs as its run's artifacts, and the run marked FINISHED."""
+    for name in TRAINING_OUTPUTS:
+        if (Path(out) / name).is_file():
+            retry(client.log_artifact, run_id, str(Path(out) / name))
+    retry(client.set_terminated, run_id, "FINISHED")
+
+
+class ModelRun:
+    """The MLflow run of one model id: created once, continued by every later stage or resume.
+
+    Training reopens its run (``reopen``: RUNNING until it ends). A later stage (bench, eval) adds
+    its results and leaves the run's status as training left it. Used as a context manager, a run
+    that the stage itself created (no training made one) ends when the stage does, FINISHED or
+    FAILED."""
+
+    def __init__(
+        self, uri: str, experiment: str, model_id: str, tags: dict | None = None, params=None, new=False,
+        reopen=False,
+    ):  # fmt: skip
+        from mlflow.entities import Param
+
+        self.client, self.uri = client_for(uri), uri
+        experiment_id = find_or_create_experiment(self.client, experiment, uri)
+        # Find-or-create and the params, as one step: two stages of one model (train, bench_training)
+        # start together, and each must find the run the other made.
+        flat = _flatten(params or {})
+        with file_lock(runs_lock(uri)):
+            run = self._find_or_create(experiment_id, model_id, tags, flat, new, reopen)
+            self.run_id = run.info.run_id
+            new_params = [Param(k, v) for k, v in flat.items() if k not in run.data.params]
+            for start in range(0, len(new_params), 100):
+                retry(self.client.log_batch, self.run_id, params=new_params[start : start + 100])
+
+    def __enter__(self) -> "ModelRun":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if self.created:
+            self.finish("FAILED" if error_type else "FINISHED")
+
+    def _find_or_create(self, experiment_id, model_id, tags, flat: dict[str, str], new, reopen):
+        from mlflow.entities import RunTag
+
+        found = retry(
+            self.client.search_runs,
+            [experiment_id],
+            filter_string=f"tags.`{MODEL_TAG}` = '{model_id}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        run = found[0] if found and not new else None
+        if run is not None and any(run.data.params.get(k, v) != v for k, v in flat.items()):
+            run = None  # the configuration changed: a new run, the old one stays for comparison
+        all_tags = {MODEL_TAG: model_id, "seqarena.git_commit": git_commit(), **(tags or {})}
+        self.created = run is None
+        if run is None:
+            run = retry(self.client.create_run, experiment_id, tags=all_tags, run_name=model_id)
+        elif reopen:
+            retry(self.client.update_run, run.info.run_id, status="RUNNING")
+        retry(self.client.log_batch, run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        return run
+
+    def last_step(self, key: str) -> int:
+        """The last step logged for a metric (-1 if none): a resume logs only what comes after."""
+        history = retry(self.client.get_metric_history, self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def log_metrics(self, rows: list[tuple[str, float, int]]) -> None:
+        log_metric_rows(self.client, self.run_id, rows)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        retry(self.client.log_artifact, self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        retry(self.client.set_terminated, self.run_id, status)
