@@ -12,6 +12,8 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 include: "workflow/rules/config.smk"
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
+include: "workflow/rules/checks.smk"
 include: "workflow/rules/env.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

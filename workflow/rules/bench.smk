@@ -16,7 +16,7 @@ rule bench_kernels:
         runtime=job_resources("bench", "runtime"),
     params:
         gpus=gpu_slot,
-        args=bench_args("kernels"),
+        args=lambda w: stage_args("bench_kernels", w),
     shell:
         "{params.gpus}seqarena bench kernels --out {output:q} {params.args} > {log:q} 2>&1"
 
@@ -39,7 +39,7 @@ rule bench_generation:
         runtime=job_resources("bench", "runtime"),
     params:
         gpus=gpu_slot,
-        args=bench_args("generation"),
+        args=lambda w: stage_args("bench_generation", w),
         model=lambda wildcards, input: os.path.dirname(input[0]),
     shell:
         "{params.gpus}seqarena bench generation --model {params.model:q} --out {output:q} {params.args} > {log:q} 2>&1"
@@ -63,7 +63,7 @@ rule bench_training:
         runtime=job_resources("bench", "runtime"),
     params:
         gpus=gpu_slot,
-        args=bench_args("training"),
+        args=lambda w: stage_args("bench_training", w),
     shell:
         "{params.gpus}seqarena bench training --model {wildcards.model} --out {output:q} {params.args} > {log:q} 2>&1"
 

@@ -20,7 +20,7 @@ rule download:
         mem_mb=job_resources("download", "mem_mb"),
         runtime=job_resources("download", "runtime"),
     params:
-        args=download_args,
+        args=lambda w: stage_args("download", w),
     shell:
         "seqarena data download {params.args} --out {output:q} > {log:q} 2>&1"
 
@@ -45,7 +45,7 @@ rule tokenize:
         mem_mb=job_resources("tokenize", "mem_mb"),
         runtime=job_resources("tokenize", "runtime"),
     params:
-        args=tokenize_args,
+        args=lambda w: stage_args("tokenize", w),
         out=lambda wildcards, output: os.path.dirname(output.meta),
     shell:
         "seqarena data tokenize --raw {input:q} --out {params.out:q} {params.args} > {log:q} 2>&1"

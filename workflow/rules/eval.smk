@@ -16,7 +16,7 @@ rule evaluate:
         runtime=job_resources("eval", "runtime"),
     params:
         gpus=gpu_slot,
-        args=eval_args,
+        args=lambda w: stage_args("eval", w),
         model=lambda wildcards, input: os.path.dirname(input[0]),
         cache=f"{RESULTS}/eval/cache",
     shell:
@@ -41,7 +41,7 @@ rule evaluate_pretrained:
         runtime=job_resources("eval", "runtime"),
     params:
         gpus=gpu_slot,
-        args=pretrained_eval_args,
+        args=lambda w: stage_args("eval", w),
         model=pretrained_id,
         cache=f"{RESULTS}/eval/cache",
     shell:

@@ -18,7 +18,7 @@ rule export_hf:
     params:
         model=lambda wildcards, input: os.path.dirname(input[0]),
         out=lambda wildcards, output: os.path.dirname(output.config),
-        args=export_args,
+        args=lambda w: stage_args("export", w),
     shell:
         "seqarena export --format hf {params.model:q} {params.out:q} {params.args} > {log:q} 2>&1"
 

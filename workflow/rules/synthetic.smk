@@ -16,7 +16,7 @@ rule synthetic_task:
         runtime=job_resources("synthetic", "runtime"),
     params:
         gpus=gpu_slot,
-        args=synthetic_args,
+        args=lambda w: stage_args("synthetic", w),
     shell:
         "{params.gpus}seqarena synthetic --task {wildcards.task} --arch {wildcards.arch} --d-model {wildcards.width}"
         " --seed {wildcards.seed}"

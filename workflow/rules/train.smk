@@ -25,7 +25,7 @@ rule train:
         mem_mb=job_resources("train", "mem_mb"),
         runtime=job_resources("train", "runtime"),
     params:
-        args=train_args,
+        args=lambda w: stage_args("train", w),
         launch=launcher,
         data=lambda wildcards, input: os.path.dirname(input.meta),
         out=lambda wildcards, output: os.path.dirname(output.summary),

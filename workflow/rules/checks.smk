@@ -1,0 +1,116 @@
+"""Checks before any job runs: the config's dataset, the hub where this run needs it, and one config
+per results folder. `onstart` runs them on real runs only, never dry runs or a cluster job's own run.
+"""
+
+import glob
+import re
+import urllib.error
+import urllib.request
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+
+def check_dataset():
+    """The training data must be one of `data`, before any job runs."""
+    if config["train"]["dataset"] not in config["data"]:
+        raise ValueError(
+            f"config key train.dataset: {config['train']['dataset']!r} is not one of data: {sorted(config['data'])}"
+        )
+
+
+check_dataset()
+
+
+def local_task_names():
+    """The lm-eval tasks this run has on disk: the package's shipped ones and eval.include_path's."""
+    folders = [os.path.join(workflow.basedir, "src/seqarena/embedded/tasks")]
+    folders += (
+        [config["eval"]["include_path"]] if config["eval"].get("include_path") else []
+    )
+    names = set()
+    for folder in folders:
+        for path in glob.glob(os.path.join(folder, "**", "*.yaml"), recursive=True):
+            with open(path) as f:
+                names.update(re.findall(r"^task:\s*(\S+)", f.read(), flags=re.M))
+    return names
+
+
+def hub_inputs():
+    """(config key, what) for each thing this run would fetch from the hub because the output
+    that needs it is still missing."""
+    needed, dataset = [], config["train"]["dataset"]
+    data = config["data"][dataset]
+    if data["source"]["kind"] == "hf" and not os.path.exists(
+        f"{RESULTS}/data/{dataset}/raw/source.json"
+    ):
+        needed.append((f"data.{dataset}.source.path", data["source"]["path"]))
+    name = data["tokenizer"].get("tokenizer_name", "")
+    if data["tokenizer"]["kind"] == "hf" and not os.path.isfile(name):
+        if not os.path.exists(f"{RESULTS}/data/{dataset}/meta.json"):
+            needed.append((f"data.{dataset}.tokenizer.tokenizer_name", name))
+    if not all(os.path.exists(path) for path in eval_results()):
+        hub_tasks = sorted(set(config["eval"]["tasks"]) - local_task_names())
+        if hub_tasks:
+            needed.append(("eval.tasks", ", ".join(hub_tasks)))
+        hub_models = [p for p in config["eval"]["pretrained"] if not os.path.isdir(p)]
+        if hub_models:
+            needed.append(("eval.pretrained", ", ".join(hub_models)))
+    return needed
+
+
+def check_hub():
+    """Fail at once, naming what needs the hub, when the hub does not answer: not after hours of
+    jobs that need no network."""
+    needed = hub_inputs()
+    if not needed:
+        return
+    what = "; ".join(f"{key}: {value}" for key, value in needed)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
+        logger.warning(
+            f"HF_HUB_OFFLINE is set: these must be in the Hugging Face cache: {what}"
+        )
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:  # urllib honours the proxy variables, as the hub's own client does
+        urllib.request.urlopen(
+            urllib.request.Request(endpoint, method="HEAD"), timeout=10
+        )
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except OSError as e:
+        raise WorkflowError(
+            f"this config needs the Hugging Face hub, which does not answer "
+            f"({endpoint}: {e}), for {what}. Without a network, run the embedded "
+            f"default (config/config.yaml: data and tasks shipped in the package), or point "
+            f"these keys at local files (data: kind local; eval.include_path: local task YAMLs)."
+        ) from None
+
+
+CONFIG_RECORD = f"{RESULTS}/configfiles.txt"
+
+
+def check_config_record():
+    """One results folder holds one config's results: the config files of its first run are
+    recorded there, and a run with other config files is refused, naming both."""
+    files = sorted({os.path.abspath(f) for f in workflow.configfiles})
+    if os.path.exists(CONFIG_RECORD):
+        with open(CONFIG_RECORD) as f:
+            recorded = f.read().splitlines()
+        if recorded != files:
+            raise WorkflowError(
+                f"{RESULTS}/ holds the results of config files {recorded} ({CONFIG_RECORD}); "
+                f"this run's are {files}. Results of different configs are not mixed: run with "
+                f"the same --configfile, give this config its own `results:` folder, or delete "
+                f"{CONFIG_RECORD} to mix them."
+            )
+        return
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(f"{CONFIG_RECORD}.tmp", "w") as f:
+        f.write("\n".join(files) + "\n")
+    os.replace(f"{CONFIG_RECORD}.tmp", CONFIG_RECORD)
+
+
+onstart:
+    check_hub()
+    check_config_record()
