@@ -98,19 +98,33 @@ def bench_kernels(
         for name, ms in zip(("fwd", "fwd+bwd"), times, strict=True):
             if ms is None:
                 continue  # out of memory
-            rows.append({
-                "op": op, "backend": backend, "batch": batch, "dim": dim,
-                "state": {"scan": state, "ssd": ssd_state}.get(op, ""), "seq_len": length, "pass": name,
-                "median_ms": round(ms, 4), "device": device_name(device),
-                "dtype": str(dtype).removeprefix("torch."),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "op": op,
+                    "backend": backend,
+                    "batch": batch,
+                    "dim": dim,
+                    "state": {"scan": state, "ssd": ssd_state}.get(op, ""),
+                    "seq_len": length,
+                    "pass": name,
+                    "median_ms": round(ms, 4),
+                    "device": device_name(device),
+                    "dtype": str(dtype).removeprefix("torch."),
+                }
+            )
 
     for length in sorted(lengths):
         g = torch.Generator().manual_seed(length)
         t = functools.partial(_random_input, g, device, dtype)
         A = (-torch.rand(dim, state, generator=g) - 0.5).to(device).requires_grad_()
-        scan_inputs = [t(batch, dim, length), t(batch, dim, length, shift=-2.0), A,
-                       t(batch, state, length), t(batch, state, length), t(batch, dim, length)]  # fmt: skip
+        scan_inputs = [
+            t(batch, dim, length),
+            t(batch, dim, length, shift=-2.0),
+            A,
+            t(batch, state, length),
+            t(batch, state, length),
+            t(batch, dim, length),
+        ]
         for name in backends:
 
             def scan(u, delta, A, B, C, z, name=name):
@@ -130,8 +144,13 @@ def bench_kernels(
 
         heads = max(1, dim // head_dim)
         A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_()
-        ssd_inputs = [t(batch, length, heads, head_dim), t(batch, length, heads, shift=-2.0), A,
-                      t(batch, length, 1, ssd_state), t(batch, length, 1, ssd_state)]  # fmt: skip
+        ssd_inputs = [
+            t(batch, length, heads, head_dim),
+            t(batch, length, heads, shift=-2.0),
+            A,
+            t(batch, length, 1, ssd_state),
+            t(batch, length, 1, ssd_state),
+        ]
         for name in backends:
 
             def ssd(x, dt, A, B, C, name=name):
@@ -203,13 +222,15 @@ def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, voca
             results.append({"batch": batch, "oom": True})
             torch.cuda.empty_cache()
             continue
-        results.append({
-            "batch": batch,
-            "oom": False,
-            "median_ms": round(ms, 3),
-            "tokens_per_s": batch * new_tokens / (ms / 1e3),
-            "peak_memory_bytes": peak_memory_bytes(device),
-        })  # fmt: skip
+        results.append(
+            {
+                "batch": batch,
+                "oom": False,
+                "median_ms": round(ms, 3),
+                "tokens_per_s": batch * new_tokens / (ms / 1e3),
+                "peak_memory_bytes": peak_memory_bytes(device),
+            }
+        )
     return {
         "model": model,
         "parameters": net.num_parameters(),

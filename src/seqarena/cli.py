@@ -39,20 +39,35 @@ def cmd_data_download(args: argparse.Namespace) -> None:
     from seqarena.data import Source, download
 
     source = Source(
-        kind=args.kind, path=args.path, name=args.name, format=args.format, text_field=args.text_field,
-        sample_by=args.sample_by, streaming=args.streaming, max_chars=args.max_chars,
+        kind=args.kind,
+        path=args.path,
+        name=args.name,
+        format=args.format,
+        text_field=args.text_field,
+        sample_by=args.sample_by,
+        streaming=args.streaming,
+        max_chars=args.max_chars,
         document_start=args.document_start,
-    )  # fmt: skip
+    )
     print(f"downloaded to {download(source, Path(args.out))}")
 
 
 def cmd_data_tokenize(args: argparse.Namespace) -> None:
     from seqarena.data import tokenize
 
-    meta = tokenize(Path(args.raw), Path(args.out), args.tokenizer, args.vocab_size, args.tokenizer_name,
-                    args.val_fraction, args.max_tokens)  # fmt: skip
-    print(f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-          f"vocab {meta['vocab_size']}")  # fmt: skip
+    meta = tokenize(
+        Path(args.raw),
+        Path(args.out),
+        args.tokenizer,
+        args.vocab_size,
+        args.tokenizer_name,
+        args.val_fraction,
+        args.max_tokens,
+    )
+    print(
+        f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+        f"vocab {meta['vocab_size']}"
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
@@ -192,8 +207,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         model_id = args.model_id or Path(args.model_dir).name
         version = register_hf_model(args.tracking_uri, args.experiment, model_id, Path(args.model_dir), out)
-        print(f"registered as {model_id!r} version {version.version} (run {version.run_id}): "
-              f"mlflow.transformers.load_model('models:/{model_id}/{version.version}')")  # fmt: skip
+        print(
+            f"registered as {model_id!r} version {version.version} (run {version.run_id}): "
+            f"mlflow.transformers.load_model('models:/{model_id}/{version.version}')"
+        )
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:

@@ -305,8 +305,9 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def _write_tokens(tokenizer, batches: Iterable[list[str]], path: Path, dtype, desc: str,
-                  max_tokens: int | None = None) -> tuple[int, int]:  # fmt: skip
+def _write_tokens(
+    tokenizer, batches: Iterable[list[str]], path: Path, dtype, desc: str, max_tokens: int | None = None
+) -> tuple[int, int]:
     """Encode batches of documents (tokenizers encodes a batch on all cores), EOS after each, straight
     into the file, stopping at max_tokens; returns (tokens, documents) written."""
     eos, tokens, documents = eos_id(tokenizer), 0, 0
@@ -410,10 +411,16 @@ def tokenize(
     tokenizer_json = tokenizer.to_str()
     atomic_write(out_dir / "tokenizer.json", lambda tmp: Path(tmp).write_text(tokenizer_json))
     written = {
-        split: _write_tokens(tokenizer, _raw_texts(*part), out_dir / f"{split}.bin", dtype,
-                             f"tokenizing {split}", max_tokens if split == "train" else None)
+        split: _write_tokens(
+            tokenizer,
+            _raw_texts(*part),
+            out_dir / f"{split}.bin",
+            dtype,
+            f"tokenizing {split}",
+            max_tokens if split == "train" else None,
+        )
         for split, part in parts.items()
-    }  # fmt: skip
+    }
     meta = {
         "train_tokens": written["train"][0],
         "val_tokens": written["val"][0],

@@ -70,22 +70,30 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
 
     errors = {}
     scan_inputs = {
-        "u": rand(batch, dim, length), "delta": rand(batch, dim, length, scale=0.5),
+        "u": rand(batch, dim, length),
+        "delta": rand(batch, dim, length, scale=0.5),
         "A": (-torch.rand(dim, state, generator=gen, dtype=torch.float64) - 0.5).requires_grad_(),
-        "B": rand(batch, state, length), "C": rand(batch, state, length), "D": rand(dim),
-        "z": rand(batch, dim, length), "delta_bias": rand(dim, scale=0.1),
-    }  # fmt: skip
+        "B": rand(batch, state, length),
+        "C": rand(batch, state, length),
+        "D": rand(dim),
+        "z": rand(batch, dim, length),
+        "delta_bias": rand(dim, scale=0.1),
+    }
     scan_ours = ours(scan_inputs, ("A", "D", "delta_bias"))
     got = selective_scan(**scan_ours, delta_softplus=True, backend=backend)
     compare("scan", got, selective_scan_torch(**scan_inputs, delta_softplus=True), scan_ours, scan_inputs)
 
     nheads, headdim, groups = 4, 3, 2
     ssd_inputs = {
-        "x": rand(batch, length, nheads, headdim), "dt": rand(batch, length, nheads, scale=0.5),
+        "x": rand(batch, length, nheads, headdim),
+        "dt": rand(batch, length, nheads, scale=0.5),
         "A": (-torch.rand(nheads, generator=gen, dtype=torch.float64) - 0.5).requires_grad_(),
-        "B": rand(batch, length, groups, state), "C": rand(batch, length, groups, state),
-        "D": rand(nheads), "z": rand(batch, length, nheads, headdim), "dt_bias": rand(nheads, scale=0.1),
-    }  # fmt: skip
+        "B": rand(batch, length, groups, state),
+        "C": rand(batch, length, groups, state),
+        "D": rand(nheads),
+        "z": rand(batch, length, nheads, headdim),
+        "dt_bias": rand(nheads, scale=0.1),
+    }
     ssd_ours = ours(ssd_inputs, ("A", "D", "dt_bias"))
     got = backends.ssd_chunk_scan(**ssd_ours, chunk_size=16, dt_softplus=True, backend=backend)
     want = ssd_chunk_scan_torch(**ssd_inputs, chunk_size=16, dt_softplus=True)

@@ -114,9 +114,11 @@ class SeqarenaLM(LM):
         pairs, owner = [], []
         for index, request in enumerate(requests):
             windows = get_rolling_token_windows(
-                token_list=self._encode(request.args[0]), prefix_token=self.eos_id,
-                max_seq_len=self.max_length, context_len=1,
-            )  # fmt: skip
+                token_list=self._encode(request.args[0]),
+                prefix_token=self.eos_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
             for window in windows:
                 pairs.append(make_disjoint_window(window))
                 owner.append(index)
@@ -161,8 +163,16 @@ def is_seqarena_checkpoint(pretrained: str) -> bool:
 
 
 # The files of a model folder that loading reads: config, weights, tokenizer.
-LOADED_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer*.json", "tokenizer.model",
-                "special_tokens_map.json", "vocab.json", "merges.txt")  # fmt: skip
+LOADED_FILES = (
+    "config.json",
+    "*.safetensors",
+    "*.bin",
+    "tokenizer*.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def _source_identity(name_or_path: str, file: str) -> str:
@@ -201,8 +211,18 @@ def task_manager(tasks, include_paths):
     return local if set(tasks) <= set(local.all_tasks) else TaskManager(include_path=include_paths)
 
 
-def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=None, batch_size=8,
-             num_fewshot=None, device=None, cache_dir=None) -> dict:  # fmt: skip
+def evaluate(
+    pretrained,
+    tasks,
+    out,
+    tokenizer=None,
+    include_path=None,
+    limit=None,
+    batch_size=8,
+    num_fewshot=None,
+    device=None,
+    cache_dir=None,
+) -> dict:
     """Run lm-eval on the tasks and write {task: {metric: {value, stderr}}} plus lm-eval's config.
 
     Tasks are lm-eval's, the package's shipped ones (``seqarena.embedded``: ``*_embedded``) and
@@ -230,9 +250,16 @@ def evaluate(pretrained, tasks, out, tokenizer=None, include_path=None, limit=No
         yamls = [e.yaml_path for e in entries if e is not None and e.yaml_path]
         use_cache = str(Path(cache_dir) / cache_key(str(pretrained), given_tokenizer, yamls))
     results = lm_eval.simple_evaluate(
-        model=model, model_args=model_args, tasks=list(tasks), batch_size=batch_size, limit=limit,
-        num_fewshot=num_fewshot, device=device, task_manager=manager, use_cache=use_cache,
-    )  # fmt: skip
+        model=model,
+        model_args=model_args,
+        tasks=list(tasks),
+        batch_size=batch_size,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        device=device,
+        task_manager=manager,
+        use_cache=use_cache,
+    )
     table = {}
     for task, metrics in results["results"].items():
         entries = {}

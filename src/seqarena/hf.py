@@ -44,33 +44,56 @@ def _refuse(family: str, what: str, needed: str) -> None:
 def hf_config(model: LanguageModel, eos_id: int) -> dict:
     """The transformers config (as a dict with ``model_type``) of one of our models."""
     config = model.config
-    vocab = config.vocab_size
     special = dict(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, dtype="float32")
     if isinstance(config, TransformerConfig):
-        if config.position != "rope":
-            _refuse(
-                "a Transformer with absolute sinusoidal positions (transformer_abs)",
-                f"position={config.position!r}",
-                "LlamaForCausalLM has rotary positions only (it would need a GPT-2-like class)",
-            )
-        return dict(
-            model_type="llama",
-            vocab_size=vocab,
-            hidden_size=config.d_model,
-            intermediate_size=config.d_ff,
-            num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head,
-            num_key_value_heads=config.n_head,
-            hidden_act="silu",
-            max_position_embeddings=EVAL_MAX_LENGTH,
-            rms_norm_eps=config.norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-            attention_bias=False,
-            mlp_bias=False,
-            tie_word_embeddings=config.tie_embeddings,
-            **special,
-        )
+        return _llama_config(config, special)
     family = "Mamba-2" if config.layer == "Mamba2" else "Mamba"
+    _check_mamba_exportable(config, family)
+    common = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layer,
+        layer_norm_epsilon=1e-5,
+        hidden_act="silu",
+        residual_in_fp32=config.residual_in_fp32,
+        tie_word_embeddings=config.tie_embeddings,
+        use_cache=True,
+        **special,
+    )
+    mixer = model.backbone.layers[0].mixer
+    if config.layer == "Mamba2":
+        return _mamba2_config(config.ssm, mixer, family) | common
+    return _mamba_config(config.ssm, mixer) | common
+
+
+def _llama_config(config: TransformerConfig, special: dict) -> dict:
+    if config.position != "rope":
+        _refuse(
+            "a Transformer with absolute sinusoidal positions (transformer_abs)",
+            f"position={config.position!r}",
+            "LlamaForCausalLM has rotary positions only (it would need a GPT-2-like class)",
+        )
+    return dict(
+        model_type="llama",
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_head,
+        hidden_act="silu",
+        max_position_embeddings=EVAL_MAX_LENGTH,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=config.tie_embeddings,
+        **special,
+    )
+
+
+def _check_mamba_exportable(config: MambaConfig, family: str) -> None:
+    """Refuse, naming the field, a Mamba that transformers' Mamba and Mamba2 classes cannot build."""
     if config.layer == "MambaLTI":
         _refuse(
             "the non-selective Mamba (ssm_cfg.layer MambaLTI)",
@@ -91,48 +114,39 @@ def hf_config(model: LanguageModel, eos_id: int) -> dict:
         )
     if not config.rms_norm:
         _refuse(family, "rms_norm=False (LayerNorm)", "transformers' Mamba classes use RMSNorm only")
-    common = dict(
-        vocab_size=vocab,
-        hidden_size=config.d_model,
-        num_hidden_layers=config.n_layer,
-        layer_norm_epsilon=1e-5,
-        hidden_act="silu",
-        residual_in_fp32=config.residual_in_fp32,
-        tie_word_embeddings=config.tie_embeddings,
-        use_cache=True,
-        **special,
-    )
-    ssm = config.ssm
-    if config.layer == "Mamba2":
-        mixer = model.backbone.layers[0].mixer
-        for field, supported in (("D_has_hdim", False), ("norm_before_gate", False), ("rmsnorm", True)):
-            if ssm[field] != supported:
-                _refuse(
-                    family, f"ssm_cfg.{field}={ssm[field]!r}", f"transformers' Mamba2 has {field}={supported}"
-                )
-        if mixer.d_ssm != mixer.d_inner:
+
+
+def _mamba2_config(ssm: dict, mixer, family: str) -> dict:
+    for field, supported in (("D_has_hdim", False), ("norm_before_gate", False), ("rmsnorm", True)):
+        if ssm[field] != supported:
             _refuse(
-                family,
-                f"ssm_cfg.d_ssm={mixer.d_ssm} below expand * d_model = {mixer.d_inner}",
-                "transformers' Mamba2 has no gated-MLP channels beside the SSM",
+                family, f"ssm_cfg.{field}={ssm[field]!r}", f"transformers' Mamba2 has {field}={supported}"
             )
-        return dict(
-            model_type="mamba2",
-            num_heads=mixer.nheads,
-            head_dim=ssm["headdim"],
-            state_size=ssm["d_state"],
-            expand=ssm["expand"],
-            conv_kernel=ssm["d_conv"],
-            n_groups=ssm["ngroups"],
-            use_bias=ssm["bias"],
-            use_conv_bias=ssm["conv_bias"],
-            time_step_min=ssm["dt_min"],
-            time_step_max=ssm["dt_max"],
-            time_step_floor=ssm["dt_init_floor"],
-            time_step_limit=list(ssm["dt_limit"]),
-            chunk_size=ssm["chunk_size"],
-            **common,
+    if mixer.d_ssm != mixer.d_inner:
+        _refuse(
+            family,
+            f"ssm_cfg.d_ssm={mixer.d_ssm} below expand * d_model = {mixer.d_inner}",
+            "transformers' Mamba2 has no gated-MLP channels beside the SSM",
         )
+    return dict(
+        model_type="mamba2",
+        num_heads=mixer.nheads,
+        head_dim=ssm["headdim"],
+        state_size=ssm["d_state"],
+        expand=ssm["expand"],
+        conv_kernel=ssm["d_conv"],
+        n_groups=ssm["ngroups"],
+        use_bias=ssm["bias"],
+        use_conv_bias=ssm["conv_bias"],
+        time_step_min=ssm["dt_min"],
+        time_step_max=ssm["dt_max"],
+        time_step_floor=ssm["dt_init_floor"],
+        time_step_limit=list(ssm["dt_limit"]),
+        chunk_size=ssm["chunk_size"],
+    )
+
+
+def _mamba_config(ssm: dict, mixer) -> dict:
     return dict(
         model_type="mamba",
         state_size=ssm["d_state"],
@@ -140,13 +154,12 @@ def hf_config(model: LanguageModel, eos_id: int) -> dict:
         conv_kernel=ssm["d_conv"],
         use_bias=ssm["bias"],
         use_conv_bias=ssm["conv_bias"],
-        time_step_rank=model.backbone.layers[0].mixer.dt_rank,
+        time_step_rank=mixer.dt_rank,
         time_step_scale=ssm["dt_scale"],
         time_step_min=ssm["dt_min"],
         time_step_max=ssm["dt_max"],
         time_step_init_scheme=ssm["dt_init"],
         time_step_floor=ssm["dt_init_floor"],
-        **common,
     )
 
 

@@ -49,10 +49,23 @@ def command(nodes: int, nproc_per_node: int, args: list[str]) -> list[str]:
         )
     endpoint = f"{first_node(job_id)}:{RENDEZVOUS_PORT + int(job_id) % 10000}"
     return [
-        "srun", "--ntasks", str(nodes), "--kill-on-bad-exit=1", *torchrun, "--nnodes", str(nodes),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", job_id,
-        "-m", "seqarena.cli", *args,
-    ]  # fmt: skip
+        "srun",
+        "--ntasks",
+        str(nodes),
+        "--kill-on-bad-exit=1",
+        *torchrun,
+        "--nnodes",
+        str(nodes),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        job_id,
+        "-m",
+        "seqarena.cli",
+        *args,
+    ]
 
 
 def launch(nodes: int, nproc_per_node: int, args: list[str]) -> None:

@@ -212,7 +212,10 @@ class Mamba2Mixer(nn.Module):
         return MambaLayerCache(
             conv_state=weight.new_zeros(batch_size, self.conv_dim, self.d_conv),
             ssm_state=weight.new_zeros(
-                batch_size, self.nheads, self.headdim, self.d_state,
+                batch_size,
+                self.nheads,
+                self.headdim,
+                self.d_state,
                 dtype=torch.promote_types(weight.dtype, torch.float32),
             ),
-        )  # fmt: skip
+        )

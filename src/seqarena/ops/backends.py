@@ -98,9 +98,19 @@ def resolve_backend(u: torch.Tensor, backend: str | None = None) -> str:
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    initial_state=None, backend: str | None = None,
-):  # fmt: skip
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    initial_state=None,
+    backend: str | None = None,
+):
     """The selective scan (see scan.py) on the chosen backend."""
     impl = _BACKENDS[resolve_backend(u, backend)].scan
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
@@ -124,9 +134,21 @@ def selective_state_update(
 
 
 def ssd_chunk_scan(
-    x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT,
-    initial_state=None, return_final_state=False, backend: str | None = None,
-):  # fmt: skip
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    return_final_state=False,
+    backend: str | None = None,
+):
     """Mamba-2's chunked SSD (see ssd.py) on the chosen backend."""
     impl = _BACKENDS[resolve_backend(x, backend)].ssd
     return impl(
@@ -135,9 +157,19 @@ def ssd_chunk_scan(
 
 
 def ssd_state_update(
-    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT,
+    state,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
     backend: str | None = None,
-):  # fmt: skip
+):
     """One SSD decoding step: updates ``state`` (batch, nheads, headdim, N) in place, returns y."""
     impl = _BACKENDS[resolve_backend(x, backend)].ssd_step
     return impl(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
@@ -167,8 +199,14 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
 
 register_backend(
     KernelBackend(
-        "torch", selective_scan_torch, selective_state_update_torch, causal_conv1d_torch,
-        causal_conv1d_update_torch, ssd_chunk_scan_torch, ssd_state_update_torch, priority=0,
+        "torch",
+        selective_scan_torch,
+        selective_state_update_torch,
+        causal_conv1d_torch,
+        causal_conv1d_update_torch,
+        ssd_chunk_scan_torch,
+        ssd_state_update_torch,
+        priority=0,
         why_not=lambda u: None,
     )
-)  # fmt: skip
+)

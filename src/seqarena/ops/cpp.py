@@ -50,7 +50,7 @@ def _build_dir() -> Path:
                 torch.__version__,
                 platform.python_version(),
                 cpu,
-            ]  # fmt: skip
+            ]
         ).encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("SEQARENA_EXTENSIONS_DIR", Path.home() / ".cache" / "seqarena" / "extensions"))
@@ -128,9 +128,20 @@ class SelectiveScanCpp(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(u)
         grads = _load()[0].bwd(
-            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
-            grad_out, grad_last_state, None,
-        )  # fmt: skip
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            ctx.delta_softplus,
+            checkpoints,
+            grad_out,
+            grad_last_state,
+            None,
+        )
         return (*grads, None, None)  # None for absent inputs, delta_softplus and initial_state
 
 
@@ -151,9 +162,18 @@ def _dense(t, dtype):
 
 
 def selective_scan_cpp(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
     initial_state=None,
-):  # fmt: skip
+):
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if (
         initial_state is not None
@@ -164,9 +184,17 @@ def selective_scan_cpp(
     dtype_in = u.dtype
     f = torch.promote_types(dtype_in, torch.float32)
     out, last_state = SelectiveScanCpp.apply(
-        _strided(u, f), _strided(delta, f), _dense(A, f), _dense(_bc_layout(B), f), _dense(_bc_layout(C), f),
-        _dense(D, f), _strided(z, f), _dense(delta_bias, f), delta_softplus, _dense(initial_state, f),
-    )  # fmt: skip
+        _strided(u, f),
+        _strided(delta, f),
+        _dense(A, f),
+        _dense(_bc_layout(B), f),
+        _dense(_bc_layout(C), f),
+        _dense(D, f),
+        _strided(z, f),
+        _dense(delta_bias, f),
+        delta_softplus,
+        _dense(initial_state, f),
+    )
     out = out.to(dtype_in)
     return (out, last_state) if return_last_state else out
 
@@ -261,8 +289,15 @@ def selective_state_update_cpp(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
 register_backend(
     KernelBackend(
-        "cpp", selective_scan_cpp, selective_state_update_cpp, causal_conv1d_cpp, causal_conv1d_update_torch,
-        ssd_chunk_scan_torch, ssd_state_update_torch, priority=10, why_not=_why_not,
+        "cpp",
+        selective_scan_cpp,
+        selective_state_update_cpp,
+        causal_conv1d_cpp,
+        causal_conv1d_update_torch,
+        ssd_chunk_scan_torch,
+        ssd_state_update_torch,
+        priority=10,
+        why_not=_why_not,
         inner=fused_mamba_inner_cpp,
     )
-)  # fmt: skip
+)

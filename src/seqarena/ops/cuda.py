@@ -42,8 +42,10 @@ def kernels() -> SimpleNamespace:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except Exception as e:  # ImportError, or a CUDA/driver error raised while importing
-        return SimpleNamespace(reason=f"mamba_ssm or causal_conv1d does not import ({type(e).__name__}: {e}; "
-                                      f"{installed_versions()})")  # fmt: skip
+        return SimpleNamespace(
+            reason=f"mamba_ssm or causal_conv1d does not import ({type(e).__name__}: {e}; "
+            f"{installed_versions()})"
+        )
     return SimpleNamespace(
         reason=None,
         scan=selective_scan_fn,
@@ -63,36 +65,98 @@ def _why_not(u: torch.Tensor) -> str | None:
     return kernels().reason
 
 
-def _scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-          initial_state=None):  # fmt: skip
+def _scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    initial_state=None,
+):
     if initial_state is not None:
         raise ValueError("mamba_ssm's selective_scan_fn takes no initial state: continue token by token")
     return kernels().scan(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
         return_last_state=return_last_state,
-    )  # fmt: skip
+    )
 
 
-def _inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, out_proj_bias, A, D,
-           delta_bias):  # fmt: skip
+def _inner(
+    xz,
+    conv_weight,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    out_proj_weight,
+    out_proj_bias,
+    A,
+    D,
+    delta_bias,
+):
     """mamba_ssm's mamba_inner_fn, as its Mamba's forward calls it without a cache; it takes xz as
     (batch, 2 d_inner, L) and the conv weight as nn.Conv1d holds it."""
     return kernels().inner(
-        xz.transpose(1, 2), conv_weight.unsqueeze(1), conv_bias, x_proj_weight, dt_proj_weight,
-        out_proj_weight, out_proj_bias, A, D=D, delta_bias=delta_bias, delta_softplus=True,
-    )  # fmt: skip
+        xz.transpose(1, 2),
+        conv_weight.unsqueeze(1),
+        conv_bias,
+        x_proj_weight,
+        dt_proj_weight,
+        out_proj_weight,
+        out_proj_bias,
+        A,
+        D=D,
+        delta_bias=delta_bias,
+        delta_softplus=True,
+    )
 
 
 def _step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     return kernels().step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
-def _ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT,
-         initial_state=None, return_final_state=False):  # fmt: skip
+def _ssd(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    return_final_state=False,
+):
     return kernels().ssd(
-        x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_state,
-        dt_softplus=dt_softplus, dt_limit=tuple(dt_limit), return_final_states=return_final_state,
-    )  # fmt: skip
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=D,
+        z=z,
+        dt_bias=dt_bias,
+        initial_states=initial_state,
+        dt_softplus=dt_softplus,
+        dt_limit=tuple(dt_limit),
+        return_final_states=return_final_state,
+    )
 
 
 def _ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT):
@@ -133,7 +197,16 @@ def _conv_step(x, conv_state, weight, bias=None, activation=None):
 
 register_backend(
     KernelBackend(
-        "cuda", _scan, _step, _conv, _conv_step, _ssd, _ssd_step, priority=20, why_not=_why_not,
-        scan_continues=False, inner=_inner,
+        "cuda",
+        _scan,
+        _step,
+        _conv,
+        _conv_step,
+        _ssd,
+        _ssd_step,
+        priority=20,
+        why_not=_why_not,
+        scan_continues=False,
+        inner=_inner,
     )
-)  # fmt: skip
+)

@@ -60,9 +60,20 @@ def _segment_sums(a: torch.Tensor) -> torch.Tensor:
 
 
 def ssd_chunk_scan_torch(
-    x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_DT_LIMIT,
-    initial_state=None, return_final_state=False,
-):  # fmt: skip
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    return_final_state=False,
+):
     """The chunked SSD in at least float32; any length (the last chunk is padded with dt = 0,
     which neither decays nor feeds the state, so the final state is exact).
 

@@ -52,8 +52,10 @@ def table3_vs_paper(r: Results) -> list[dict]:
             name = paper_task(task)
             if name is None:
                 continue
-            for metric, scale, published in ((PAPER_METRIC[name], 100.0, row[name]),
-                                             ("perplexity", 1.0, row.get(f"{name}_ppl"))):  # fmt: skip
+            for metric, scale, published in (
+                (PAPER_METRIC[name], 100.0, row[name]),
+                ("perplexity", 1.0, row.get(f"{name}_ppl")),
+            ):
                 if metric not in metrics or published is None:
                     continue
                 ours, stderr = metrics[metric]["value"] * scale, metrics[metric]["stderr"]
@@ -61,11 +63,20 @@ def table3_vs_paper(r: Results) -> list[dict]:
                 difference = ours - published
                 tolerance = max(2 * (stderr or 0.0), noise if scale == 100.0 else 0.0)
                 flag = "outside noise" if abs(difference) > tolerance else ""
-                rows.append({
-                    "model": model, "paper row": row["model"], "budget": budget, "task": task,
-                    "metric": metric, "ours": ours, "paper": published, "difference": difference,
-                    "stderr": stderr, "flag": flag if budget == "the same checkpoint" else "n/a",
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "model": model,
+                        "paper row": row["model"],
+                        "budget": budget,
+                        "task": task,
+                        "metric": metric,
+                        "ours": ours,
+                        "paper": published,
+                        "difference": difference,
+                        "stderr": stderr,
+                        "flag": flag if budget == "the same checkpoint" else "n/a",
+                    }
+                )
     return rows
 
 
@@ -85,11 +96,19 @@ def table1_vs_paper(r: Results) -> list[dict]:
         mean, std = mean_std([100 * run["final_accuracy"] for run in runs])
         cfg = runs[0]["config"]
         kind = TABLE1_ROWS.get(cfg["arch"])
-        rows.append({
-            "model": model, "architecture, layer": ", ".join(kind or ("-", "-")), "ours (%)": mean,
-            "std": std, "seeds": len(runs), "paper (%)": paper.get(kind), "train length": cfg["length"],
-            "steps": runs[0]["steps"], "paper setup": "length 4096, 400K steps",
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "architecture, layer": ", ".join(kind or ("-", "-")),
+                "ours (%)": mean,
+                "std": std,
+                "seeds": len(runs),
+                "paper (%)": paper.get(kind),
+                "train length": cfg["length"],
+                "steps": runs[0]["steps"],
+                "paper setup": "length 4096, 400K steps",
+            }
+        )
     return rows
 
 
@@ -103,13 +122,24 @@ def table11_vs_paper(r: Results) -> list[dict]:
         if task != "induction_heads":
             continue
         lengths = by_length(runs)
-        rows.append({"model": model, "seeds": len(runs), "train length": runs[0]["config"]["length"],
-                     **{k: "x" if v is None else 100 * v for k, v in lengths.items()}})  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "seeds": len(runs),
+                "train length": runs[0]["config"]["length"],
+                **{k: "x" if v is None else 100 * v for k, v in lengths.items()},
+            }
+        )
         published = paper.get(TABLE11_ROWS.get(runs[0]["config"]["arch"]))
         if published is not None:
             values = {k: published.get(k) for k in lengths}
-            rows.append({"model": f"paper: {published['model']}", "train length": 256,
-                         **{k: "x" if v == "oom" else v for k, v in values.items()}})  # fmt: skip
+            rows.append(
+                {
+                    "model": f"paper: {published['model']}",
+                    "train length": 256,
+                    **{k: "x" if v == "oom" else v for k, v in values.items()},
+                }
+            )
     return rows
 
 
@@ -123,11 +153,19 @@ def mqar_vs_findings(r: Results) -> tuple[list[dict], str]:
             continue
         mean, std = mean_std([run["final_accuracy"] for run in runs])
         cfg = runs[0]["config"]
-        rows.append({
-            "model": model, "accuracy": mean, "std": std, "seeds": len(runs), "chance": runs[0]["chance"],
-            "length": cfg["length"], "pairs": cfg["n_pairs"], "vocab": cfg["vocab"],
-            "steps": runs[0]["steps"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "accuracy": mean,
+                "std": std,
+                "seeds": len(runs),
+                "chance": runs[0]["chance"],
+                "length": cfg["length"],
+                "pairs": cfg["n_pairs"],
+                "vocab": cfg["vocab"],
+                "steps": runs[0]["steps"],
+            }
+        )
     findings = "\n".join(f"- {row['finding']} ({row['source']})" for row in paper_table("mqar_findings"))
     return rows, findings
 
@@ -141,13 +179,23 @@ def recipe_table(r: Results) -> list[dict]:
         summary = d["summary"]
         ours = summary.get("recipe", {})
         size = _nearest(sizes, summary["parameters"], name_of=lambda row: row["params"])
-        rows.append({
-            "model": model, "parameters": summary["parameters"], "peak lr": ours.get("peak_lr"),
-            "warmup steps": ours.get("warmup_steps"), "min lr": ours.get("min_lr"),
-            "batch tokens": ours.get("batch_tokens"), "steps": summary["steps"], "tokens": summary["tokens"],
-            "paper size": size["params"], "paper lr": size["gpt3_lr"] * multiple,
-            "paper warmup steps": recipe("warmup_fraction") * size["steps"], "paper min lr": recipe("min_lr"),
-            "paper batch tokens": size["batch_tokens"], "paper steps": size["steps"],
-            "paper tokens": size["tokens"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "parameters": summary["parameters"],
+                "peak lr": ours.get("peak_lr"),
+                "warmup steps": ours.get("warmup_steps"),
+                "min lr": ours.get("min_lr"),
+                "batch tokens": ours.get("batch_tokens"),
+                "steps": summary["steps"],
+                "tokens": summary["tokens"],
+                "paper size": size["params"],
+                "paper lr": size["gpt3_lr"] * multiple,
+                "paper warmup steps": recipe("warmup_fraction") * size["steps"],
+                "paper min lr": recipe("min_lr"),
+                "paper batch tokens": size["batch_tokens"],
+                "paper steps": size["steps"],
+                "paper tokens": size["tokens"],
+            }
+        )
     return rows

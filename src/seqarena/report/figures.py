@@ -75,10 +75,14 @@ def scaling(r: Results):
     xs: tuple[list, list] = ([], [])
     for arch in sorted({architecture(m) for m in r.train}):
         points = sorted(
-            (d["summary"]["parameters"], d["summary"]["flops_per_token"] * d["summary"]["tokens"],
-             d["summary"]["final_val_loss"])
-            for m, d in r.train.items() if architecture(m) == arch
-        )  # fmt: skip
+            (
+                d["summary"]["parameters"],
+                d["summary"]["flops_per_token"] * d["summary"]["tokens"],
+                d["summary"]["final_val_loss"],
+            )
+            for m, d in r.train.items()
+            if architecture(m) == arch
+        )
         for ax, x, column in zip(axes, xs, (0, 1), strict=True):
             ax.plot([p[column] for p in points], [p[2] for p in points], "o-", label=arch)
             x += [p[column] for p in points]
@@ -151,8 +155,13 @@ def synthetic(r: Results):
             if t != task:
                 continue
             points = sorted((int(k), v) for k, v in by_length(runs).items() if v is not None)
-            ax.plot([p[0] for p in points], [p[1] for p in points], "-", color=colors[model],
-                    label=f"{model} ({len(runs)} seeds)")  # fmt: skip
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                "-",
+                color=colors[model],
+                label=f"{model} ({len(runs)} seeds)",
+            )
             seeds = [
                 (int(k), v) for run in runs for k, v in run["accuracy_by_length"].items() if v is not None
             ]
@@ -168,8 +177,12 @@ def synthetic(r: Results):
         for i, model in enumerate(models):
             label = model  # on the model's first bar, whichever task that is
             for j, task in enumerate(bars):
-                accuracies = [v for run in r.synthetic.get((task, model), [])
-                              for v in run["accuracy_by_length"].values() if v is not None]  # fmt: skip
+                accuracies = [
+                    v
+                    for run in r.synthetic.get((task, model), [])
+                    for v in run["accuracy_by_length"].values()
+                    if v is not None
+                ]
                 if accuracies:
                     x = j + (i - (len(models) - 1) / 2) * width
                     ax.bar(x, mean_std(accuracies)[0], width, color=colors[model], label=label)

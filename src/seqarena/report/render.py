@@ -14,9 +14,12 @@ def render(notebook: Path, results_dir: Path, out_ipynb: Path, out_html: Path) -
 
     def execute(tmp):
         papermill.execute_notebook(
-            str(notebook), tmp, parameters={"results_dir": str(Path(results_dir).resolve())},
-            kernel_name="python3", progress_bar=False,
-        )  # fmt: skip
+            str(notebook),
+            tmp,
+            parameters={"results_dir": str(Path(results_dir).resolve())},
+            kernel_name="python3",
+            progress_bar=False,
+        )
 
     atomic_write(Path(out_ipynb), execute)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)

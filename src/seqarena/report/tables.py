@@ -8,8 +8,14 @@ from seqarena.report.results import Results
 
 # Accuracy of a uniform guess per Table 3 task: 1 / number of choices (ARC's questions have 4, a few
 # 3 or 5); LAMBADA's target is one word out of the whole vocabulary, so its chance is about 0.
-CHANCE_ACCURACY = {"lambada_openai": 0.0, "hellaswag": 0.25, "piqa": 0.5, "arc_easy": 0.25,
-                   "arc_challenge": 0.25, "winogrande": 0.5}  # fmt: skip
+CHANCE_ACCURACY = {
+    "lambada_openai": 0.0,
+    "hellaswag": 0.25,
+    "piqa": 0.5,
+    "arc_easy": 0.25,
+    "arc_challenge": 0.25,
+    "winogrande": 0.5,
+}
 
 
 def eval_table(r: Results) -> list[dict]:
@@ -19,8 +25,11 @@ def eval_table(r: Results) -> list[dict]:
     rows = []
     for model, report in r.evaluation.items():
         for task, metrics in report["results"].items():
-            row = {"model": model, "source": "published checkpoint" if "/" in model else "trained here",
-                   "task": task}  # fmt: skip
+            row = {
+                "model": model,
+                "source": "published checkpoint" if "/" in model else "trained here",
+                "task": task,
+            }
             for metric, entry in sorted(metrics.items()):
                 row[metric], row[f"{metric} stderr"] = entry["value"], entry["stderr"]
             row["chance acc"] = CHANCE_ACCURACY.get(paper_task(task))
@@ -63,10 +72,16 @@ def seed_table(r: Results) -> list[dict]:
         runs.sort(key=lambda run: run.get("seed", 0))
         losses = [run["final_val_loss"] for run in runs]
         mean, std = mean_std(losses)
-        rows.append({
-            "model": model, "seeds": ", ".join(str(run.get("seed", 0)) for run in runs),
-            "val loss mean": mean, "val loss std": std, "min": min(losses), "max": max(losses),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "seeds": ", ".join(str(run.get("seed", 0)) for run in runs),
+                "val loss mean": mean,
+                "val loss std": std,
+                "min": min(losses),
+                "max": max(losses),
+            }
+        )
     return rows
 
 
@@ -83,11 +98,19 @@ def synthetic_table(r: Results) -> list[dict]:
     for (task, model), runs in sorted(r.synthetic.items()):
         mean, std = mean_std([run["final_accuracy"] for run in runs])
         cfg = runs[0]["config"]
-        rows.append({
-            "task": task, "model": model, "seeds": len(runs), "train length": cfg["length"],
-            "steps": runs[0]["steps"], "accuracy": mean, "std": std, "chance": runs[0]["chance"],
-            "train s": round(sum(run["train_seconds"] for run in runs) / len(runs), 1),
-        })  # fmt: skip
+        rows.append(
+            {
+                "task": task,
+                "model": model,
+                "seeds": len(runs),
+                "train length": cfg["length"],
+                "steps": runs[0]["steps"],
+                "accuracy": mean,
+                "std": std,
+                "chance": runs[0]["chance"],
+                "train s": round(sum(run["train_seconds"] for run in runs) / len(runs), 1),
+            }
+        )
     return rows
 
 
@@ -110,8 +133,11 @@ def generation_notes(r: Results) -> str:
         if arch not in FAMILIES or not FAMILIES[arch].has_ssm_state or other is None:
             continue
         theirs = {x["batch"]: x["tokens_per_s"] for x in other["results"] if not x["oom"]}
-        ratios = [(x["batch"], x["tokens_per_s"] / theirs[x["batch"]]) for x in data["results"]
-                  if not x["oom"] and x["batch"] in theirs]  # fmt: skip
+        ratios = [
+            (x["batch"], x["tokens_per_s"] / theirs[x["batch"]])
+            for x in data["results"]
+            if not x["oom"] and x["batch"] in theirs
+        ]
         if ratios:
             slower |= any(ratio < 1 for _, ratio in ratios)
             each = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios)
@@ -119,8 +145,10 @@ def generation_notes(r: Results) -> str:
             line = f"- **{model}**: {each} the tokens/s of transformer-{size} ({setup})"
             ours, kv = data.get("cache_bytes_per_sequence"), other.get("cache_bytes_per_sequence")
             if ours and kv:  # files written before the field lack it
-                line += (f"; its cache holds {ours / 2**10:,.0f} KiB per sequence at any length, the KV "
-                         f"cache {kv / 2**10:,.0f} KiB at this one, growing with it")  # fmt: skip
+                line += (
+                    f"; its cache holds {ours / 2**10:,.0f} KiB per sequence at any length, the KV "
+                    f"cache {kv / 2**10:,.0f} KiB at this one, growing with it"
+                )
             lines.append(line + ".")
     if slower:
         lines.append(
@@ -141,9 +169,20 @@ def environment_table(r: Results) -> list[dict]:
     if not r.env:
         return []
     env = r.env
-    rows = [{"what": key, "value": str(env.get(key))}
-            for key in ("seqarena", "git_commit", "python", "platform", "cpu_threads", "torch", "torch_cuda",
-                        "gpu", "gpu_count")]  # fmt: skip
+    rows = [
+        {"what": key, "value": str(env.get(key))}
+        for key in (
+            "seqarena",
+            "git_commit",
+            "python",
+            "platform",
+            "cpu_threads",
+            "torch",
+            "torch_cuda",
+            "gpu",
+            "gpu_count",
+        )
+    ]
     rows += [{"what": name, "value": version or "not installed"} for name, version in env["packages"].items()]
     for name, backend in env["backends"].items():
         if not backend["available"]:

@@ -42,9 +42,12 @@ class MetricsJournal:
             sent = sum(replay_journal(self.path).values())
         except Exception as e:
             if self.reachable:
-                print(f"tracking store {self.run.uri} does not answer ({type(e).__name__}): metrics are kept "
-                      f"in {self.path} and sent when it does (or: seqarena tracking sync {self.path})",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"tracking store {self.run.uri} does not answer ({type(e).__name__}): metrics are kept "
+                    f"in {self.path} and sent when it does (or: seqarena tracking sync {self.path})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.reachable = False
             return False
         if not self.reachable:

@@ -36,8 +36,14 @@ def register_hf_model(uri: str, experiment: str, model_id: str, model_dir: Path,
     mlflow.set_registry_uri(uri)
     retry(mlflow.start_run, run_id=run_id)  # every call may meet a locked sqlite file: each retries
     try:
-        retry(mlflow.transformers.log_model, components, name="hf-model", task="text-generation",
-              registered_model_name=model_id, pip_requirements=requirements)  # fmt: skip
+        retry(
+            mlflow.transformers.log_model,
+            components,
+            name="hf-model",
+            task="text-generation",
+            registered_model_name=model_id,
+            pip_requirements=requirements,
+        )
     finally:
         retry(mlflow.end_run)
     return versions()[0]

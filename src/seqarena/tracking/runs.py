@@ -18,8 +18,9 @@ MODEL_TAG = "seqarena.model_id"
 def git_commit() -> str:
     """The commit of the checkout seqarena runs from (an editable install), whatever the cwd."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -56,9 +57,15 @@ class ModelRun:
     FAILED."""
 
     def __init__(
-        self, uri: str, experiment: str, model_id: str, tags: dict | None = None, params=None, new=False,
+        self,
+        uri: str,
+        experiment: str,
+        model_id: str,
+        tags: dict | None = None,
+        params=None,
+        new=False,
         reopen=False,
-    ):  # fmt: skip
+    ):
         from mlflow.entities import Param
 
         self.client, self.uri = client_for(uri), uri
