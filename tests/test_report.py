@@ -1,5 +1,6 @@
 """Report: papermill renders the notebook from results made by the real stages; partial results too."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -297,3 +298,16 @@ def test_the_eval_table_has_a_row_per_model_and_task_with_every_metric_and_chanc
         assert row["chance acc"] == (
             0.5 if row["task"] == "piqa_local" else None
         )  # toy_even is no Table 3 task
+
+
+def test_every_registered_figure_is_in_the_notebook_and_snakemakes_caption():
+    """A figure is one function and one FIGURES entry: the notebook shows each by name, and
+    workflow/report/figures.rst names each with the files it is drawn from."""
+    from seqarena.report import FIGURES
+
+    repo = Path(__file__).resolve().parents[1]
+    notebook = "".join("".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text())["cells"])
+    rst = " ".join((repo / "workflow/report/figures.rst").read_text().split())
+    for name, figure in FIGURES.items():
+        assert f'show("{name}")' in notebook, name
+        assert f"``{name}`` (``{figure.source}``" in rst, name
