@@ -357,3 +357,14 @@ def test_the_lti_mixer_is_a_convolution_with_a_kernel_that_does_not_depend_on_th
     with torch.no_grad():
         assert torch.allclose(mixer(hidden), expected, rtol=1e-9, atol=1e-10)
     assert not hasattr(mixer, "x_proj") and not hasattr(mixer, "dt_proj")  # nothing selects on the input
+
+
+@pytest.mark.parametrize("arch", sorted(SIZES))
+def test_a_family_is_recurrent_exactly_when_its_decoding_cache_does_not_grow_with_the_length(arch):
+    from seqarena.bench import cache_bytes
+    from seqarena.models import FAMILIES
+
+    model = tiny(arch, dtype=torch.float32)
+    short, long = (cache_bytes(model.allocate_cache(1, length)) for length in (16, 64))
+    assert short > 0
+    assert FAMILIES[arch].recurrent == (short == long)

@@ -531,6 +531,39 @@ def test_the_schema_allows_exactly_the_config_fields_of_training_and_the_synthet
     assert synthetic == {f.name for f in dataclasses.fields(SyntheticConfig)} - per_task
 
 
+def test_every_stages_config_section_is_exactly_its_commands_config_fields():
+    """Each section the driver turns into flags (stage_args) has a key for every field of the
+    stage's config that the config file sets, and no key the command would refuse."""
+    import dataclasses
+
+    from seqarena.bench import GenerationBenchConfig, KernelBenchConfig, TrainingBenchConfig
+    from seqarena.data import Source, TokenizeConfig
+    from seqarena.eval import EvalConfig
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    dataset = schema["properties"]["data"]["additionalProperties"]["properties"]
+    bench = schema["properties"]["bench"]["properties"]
+    tracked = {"tracking_uri", "experiment"}  # where to log: the driver's, for every tracked stage
+
+    def fields(config_cls):
+        return {f.name for f in dataclasses.fields(config_cls)}
+
+    assert set(dataset["source"]["properties"]) == fields(Source)
+    tokenizer = set(dataset["tokenizer"]["properties"]) - {"kind"} | {"tokenizer"}  # kind: --tokenizer
+    assert tokenizer == fields(TokenizeConfig) - {"raw", "out"}
+    assert set(bench["kernels"]["properties"]) == fields(KernelBenchConfig) - tracked - {"out"}
+    by_path = {"model", "out", "vocab_size"}  # a checkpoint's vocabulary is its own
+    assert set(bench["generation"]["properties"]) == fields(GenerationBenchConfig) - tracked - by_path
+    from_train = {"compile"}  # the training bench compiles as training does
+    training_bench = fields(TrainingBenchConfig) - tracked - {"model", "out"} - from_train
+    assert set(bench["training"]["properties"]) == training_bench
+    per_job = {"model", "out", "cache_dir", "run_name", "device"}  # device: config's `device`, for all
+    assert (
+        set(schema["properties"]["eval"]["properties"]) - {"pretrained"}
+        == fields(EvalConfig) - tracked - per_job
+    )
+
+
 @pytest.fixture(scope="module")
 def driver_venv(tmp_path_factory) -> Path:
     """A venv with Snakemake and the SLURM plugin only, as on a login node: no torch, no seqarena."""

@@ -9,8 +9,8 @@ model's MLflow run (the kernels to a run of their own).
 
 import csv
 import dataclasses
-import functools
 import io
+import itertools
 import json
 import statistics
 import time
@@ -21,9 +21,11 @@ import torch.nn.functional as F
 
 from seqarena.device import compute_device
 from seqarena.models import build_model, from_pretrained, parse_model_id
-from seqarena.models.base import atomic_write
+from seqarena.models.base import GPT_NEOX_VOCAB, atomic_write
 from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
+from seqarena.options import Tracked, option
+from seqarena.tracking import generation_metrics, kernel_metrics, log_stage, training_bench_metrics
 from seqarena.training import TokenData, TrainConfig, Trainer
 from seqarena.training.summary import device_name, peak_memory_bytes
 
@@ -80,94 +82,106 @@ def _random_input(gen, device, dtype, *shape, shift=0.0):
     return (torch.randn(*shape, generator=gen) + shift).to(device, dtype).requires_grad_()
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelGrid:
+    """The shape of one kernel comparison and where it runs (one sequence length at a time)."""
+
+    batch: int
+    dim: int  # Mamba-1's channels D; Mamba-2's and attention's heads are dim // head_dim
+    state: int  # Mamba-1's d_state
+    ssd_state: int  # Mamba-2's d_state
+    head_dim: int
+    device: torch.device
+    dtype: torch.dtype
+    repeats: int
+
+    def random(self, gen, *shape, shift=0.0):
+        return _random_input(gen, self.device, self.dtype, *shape, shift=shift)
+
+    def time(self, inputs, op):
+        return _fwd_and_fwd_bwd(inputs, op, self.device, self.repeats)
+
+
+def _scan_timings(grid: KernelGrid, length: int, backends: list[str], gen):
+    """(op, backend, times) of Mamba-1's selective scan per backend, the PyTorch parallel scan and
+    the FFT convolution (the paper's Fig. 8 baselines)."""
+    b, d, n = grid.batch, grid.dim, grid.state
+    A = (-torch.rand(d, n, generator=gen) - 0.5).to(grid.device).requires_grad_()
+    u, delta = grid.random(gen, b, d, length), grid.random(gen, b, d, length, shift=-2.0)
+    inputs = [u, delta, A, grid.random(gen, b, n, length), grid.random(gen, b, n, length)]
+    inputs.append(grid.random(gen, b, d, length))  # z
+    for name in backends:
+
+        def scan(u, delta, A, B, C, z, name=name):
+            return selective_scan(u, delta, A, B, C, None, z, None, True, backend=name)
+
+        yield "scan", name, grid.time(inputs, scan)
+
+    def parallel_scan(u, delta, A, B, C, z):
+        return selective_scan_parallel(u, delta, A, B, C, None, z, delta_softplus=True)
+
+    yield "scan", "pytorch-parallel", grid.time(inputs, parallel_scan)
+    yield "conv", "fft", grid.time([u, grid.random(gen, d, length)], fft_conv)
+
+
+def _ssd_timings(grid: KernelGrid, length: int, backends: list[str], gen):
+    """(op, backend, times) of Mamba-2's SSD per backend: 256-step chunks on a GPU, 32 on a CPU."""
+    heads, b, n = max(1, grid.dim // grid.head_dim), grid.batch, grid.ssd_state
+    A = (-torch.rand(heads, generator=gen) - 0.5).to(grid.device).requires_grad_()
+    inputs = [
+        grid.random(gen, b, length, heads, grid.head_dim),
+        grid.random(gen, b, length, heads, shift=-2.0),
+    ]
+    inputs += [A, grid.random(gen, b, length, 1, n), grid.random(gen, b, length, 1, n)]
+    chunk = 256 if grid.device.type == "cuda" else 32
+    for name in backends:
+
+        def ssd(x, dt, A, B, C, name=name):
+            return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
+
+        yield "ssd", name, grid.time(inputs, ssd)
+
+
+def _attention_timings(grid: KernelGrid, length: int):
+    """(op, backend, times) of causal attention (FlashAttention-2 on a GPU)."""
+    shape = (grid.batch, max(1, grid.dim // grid.head_dim), length, grid.head_dim)
+    inputs = [torch.randn(shape, device=grid.device, dtype=grid.dtype).requires_grad_() for _ in range(3)]
+
+    def attention(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    yield "attention", "sdpa", grid.time(inputs, attention)
+
+
 def bench_kernels(
     lengths, batch=1, dim=1024, state=16, ssd_state=64, head_dim=64, repeats=5, backends=None, device=None
 ):
     """Rows of KERNEL_COLUMNS: each backend's selective scan (Mamba-1, d_state ``state``) and SSD
-    (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``; 256-step chunks on a GPU,
-    32 on a CPU), causal attention (heads of ``head_dim``; FlashAttention-2 on a GPU), and the
-    paper's other two baselines (Fig. 8): the PyTorch parallel scan and an FFT convolution, per
-    sequence length. A measurement that runs out of device memory is left out."""
+    (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``), causal attention (heads of
+    ``head_dim``), and the paper's other two baselines (Fig. 8): the PyTorch parallel scan and an
+    FFT convolution, per sequence length. A measurement that runs out of device memory is left
+    out. Each op's inputs are freed before the next op's are made (its generator has ended)."""
     device = device or compute_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    grid = KernelGrid(batch, dim, state, ssd_state, head_dim, device, dtype, repeats)
     probe = torch.zeros(1, 1, 1, device=device)
     backends = backends or [b for b in available_backends(probe) if b != "torch"] or ["torch"]
     rows = []
-
-    def record(op, backend, length, times):
-        for name, ms in zip(("fwd", "fwd+bwd"), times, strict=True):
-            if ms is None:
-                continue  # out of memory
-            rows.append(
-                {
-                    "op": op,
-                    "backend": backend,
-                    "batch": batch,
-                    "dim": dim,
-                    "state": {"scan": state, "ssd": ssd_state}.get(op, ""),
-                    "seq_len": length,
-                    "pass": name,
-                    "median_ms": round(ms, 4),
-                    "device": device_name(device),
-                    "dtype": str(dtype).removeprefix("torch."),
-                }
-            )
-
     for length in sorted(lengths):
-        g = torch.Generator().manual_seed(length)
-        t = functools.partial(_random_input, g, device, dtype)
-        A = (-torch.rand(dim, state, generator=g) - 0.5).to(device).requires_grad_()
-        scan_inputs = [
-            t(batch, dim, length),
-            t(batch, dim, length, shift=-2.0),
-            A,
-            t(batch, state, length),
-            t(batch, state, length),
-            t(batch, dim, length),
-        ]
-        for name in backends:
-
-            def scan(u, delta, A, B, C, z, name=name):
-                return selective_scan(u, delta, A, B, C, None, z, None, True, backend=name)
-
-            record("scan", name, length, _fwd_and_fwd_bwd(scan_inputs, scan, device, repeats))
-
-        def parallel_scan(u, delta, A, B, C, z):
-            return selective_scan_parallel(u, delta, A, B, C, None, z, delta_softplus=True)
-
-        record(
-            "scan", "pytorch-parallel", length, _fwd_and_fwd_bwd(scan_inputs, parallel_scan, device, repeats)
+        gen = torch.Generator().manual_seed(length)
+        timings = itertools.chain(
+            _scan_timings(grid, length, backends, gen),
+            _ssd_timings(grid, length, backends, gen),
+            _attention_timings(grid, length),
         )
-        conv_inputs = [scan_inputs[0], t(dim, length)]
-        record("conv", "fft", length, _fwd_and_fwd_bwd(conv_inputs, fft_conv, device, repeats))
-        del scan_inputs, conv_inputs
-
-        heads = max(1, dim // head_dim)
-        A = (-torch.rand(heads, generator=g) - 0.5).to(device).requires_grad_()
-        ssd_inputs = [
-            t(batch, length, heads, head_dim),
-            t(batch, length, heads, shift=-2.0),
-            A,
-            t(batch, length, 1, ssd_state),
-            t(batch, length, 1, ssd_state),
-        ]
-        for name in backends:
-
-            def ssd(x, dt, A, B, C, name=name):
-                chunk = 256 if device.type == "cuda" else 32
-                return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
-
-            record("ssd", name, length, _fwd_and_fwd_bwd(ssd_inputs, ssd, device, repeats))
-        del ssd_inputs
-
-        shape = (batch, heads, length, head_dim)
-        attention_inputs = [torch.randn(shape, device=device, dtype=dtype).requires_grad_() for _ in range(3)]
-
-        def attention(q, k, v):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-        record("attention", "sdpa", length, _fwd_and_fwd_bwd(attention_inputs, attention, device, repeats))
-        del attention_inputs
+        for op, backend, times in timings:
+            for name, ms in zip(("fwd", "fwd+bwd"), times, strict=True):
+                if ms is None:
+                    continue  # out of memory
+                row = {"op": op, "backend": backend, "batch": batch, "dim": dim}
+                row |= {"state": {"scan": state, "ssd": ssd_state}.get(op, ""), "seq_len": length}
+                row |= {"pass": name, "median_ms": round(ms, 4), "device": device_name(device)}
+                rows.append(row | {"dtype": str(dtype).removeprefix("torch.")})
     return rows
 
 
@@ -204,7 +218,9 @@ def cache_bytes(cache) -> int:
     return 0
 
 
-def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, vocab_size=50277, device=None):
+def bench_generation(
+    model, prompt_len, new_tokens, batch_sizes, repeats=3, vocab_size=GPT_NEOX_VOCAB, device=None
+):
     """Prompt processing + decoding with the model's cache, tokens/s per batch size; and the cache's
     bytes per sequence at the final length (constant in length for Mamba, growing for a KV cache)."""
     device = device or compute_device()
@@ -242,7 +258,9 @@ def bench_generation(model, prompt_len, new_tokens, batch_sizes, repeats=3, voca
     }
 
 
-def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, warmup_steps=1, compile=False):
+def bench_training(
+    model_id, steps, seq_len, micro_batch, vocab_size=GPT_NEOX_VOCAB, warmup_steps=1, compile=False
+):
     """A few steps of the real training loop on random tokens: tokens/s (the median of the steps after
     ``warmup_steps``, which pay for compilation, autotuning and the allocator's growth), MFU, peak
     memory. ``compile`` as training's (config train.compile)."""
@@ -286,3 +304,76 @@ def bench_training(model_id, steps, seq_len, micro_batch, vocab_size=50277, warm
         "mfu": mfu,
         **{k: summary[k] for k in keep},
     }
+
+
+@dataclasses.dataclass(kw_only=True)
+class BenchConfig(Tracked):
+    out: str = option(help="the table to write")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TimedBenchConfig(BenchConfig):
+    repeats: int = option(5, help="timed runs of each measurement (their median is kept)")
+
+
+@dataclasses.dataclass(kw_only=True)
+class KernelBenchConfig(TimedBenchConfig):
+    lengths: list[int] = option([512, 1024, 2048, 4096, 8192, 16384], help="sequence lengths")
+    batch: int = 1
+    dim: int = option(1024, help="Mamba-1's channels; Mamba-2's and attention's heads are dim // 64")
+    state: int = option(16, help="Mamba-1's d_state")
+    backends: str = option("", help="comma-separated; default: all available but torch")
+
+
+def kernels_command(cfg: KernelBenchConfig) -> None:
+    """The selective scan's backends and the SSD's against causal attention, per length."""
+    backends = cfg.backends.split(",") if cfg.backends else None
+    rows = bench_kernels(cfg.lengths, cfg.batch, cfg.dim, cfg.state, repeats=cfg.repeats, backends=backends)
+    write_csv(rows, Path(cfg.out))
+    log_stage(
+        cfg.tracking_uri, cfg.experiment, "kernels", kernel_metrics(rows), Path(cfg.out), "bench/kernels"
+    )
+    print(Path(cfg.out).read_text())
+
+
+@dataclasses.dataclass(kw_only=True)
+class GenerationBenchConfig(TimedBenchConfig):
+    model: str = option(help="checkpoint folder, hub id, or model id (random weights)")
+    prompt_len: int = 2048
+    new_tokens: int = 128
+    batch_sizes: list[int] = option([1, 2, 4, 8, 16, 32, 64, 128], help="comma-separated")
+    vocab_size: int = option(GPT_NEOX_VOCAB, help="for a model built by id")
+
+
+def generation_command(cfg: GenerationBenchConfig) -> None:
+    """Prompt and decoding throughput per batch size, logged to the model's run."""
+    result = bench_generation(
+        cfg.model, cfg.prompt_len, cfg.new_tokens, cfg.batch_sizes, cfg.repeats, cfg.vocab_size
+    )
+    write_json(result, Path(cfg.out))
+    run_name = Path(cfg.model).name
+    metrics = generation_metrics(result)
+    log_stage(cfg.tracking_uri, cfg.experiment, run_name, metrics, Path(cfg.out), "bench/generation")
+    print(json.dumps(result, indent=2))
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainingBenchConfig(BenchConfig):
+    model: str = option(help="model id")
+    steps: int = 5
+    seq_len: int = 2048
+    micro_batch: int = 8
+    warmup_steps: int = option(1, help="steps left out of tokens/s")
+    compile: bool = option(False, help="torch.compile, as training (train.compile)")
+    vocab_size: int = option(GPT_NEOX_VOCAB, help="of the random tokens and the model")
+
+
+def training_command(cfg: TrainingBenchConfig) -> None:
+    """Tokens/s, MFU and memory of a few steps of the training loop, logged to the model's run."""
+    result = bench_training(
+        cfg.model, cfg.steps, cfg.seq_len, cfg.micro_batch, cfg.vocab_size, cfg.warmup_steps, cfg.compile
+    )
+    write_json(result, Path(cfg.out))
+    metrics = training_bench_metrics(result)
+    log_stage(cfg.tracking_uri, cfg.experiment, cfg.model, metrics, Path(cfg.out), "bench/training")
+    print(json.dumps(result, indent=2))

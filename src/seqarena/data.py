@@ -24,11 +24,14 @@ import numpy as np
 from tqdm import tqdm
 
 from seqarena.models.base import atomic_write
+from seqarena.options import narrowed, option
 
 EOS = "<|endoftext|>"
 LOCAL_FORMATS = {"text": "text", "jsonl": "json", "json": "json", "parquet": "parquet"}
 VALIDATION_SPLITS = ("validation", "valid", "val")  # never "test": that split stays unseen
 BATCH = 1000  # records per read, encode and write
+SAMPLE_BY = ["line", "paragraph", "document"]
+TOKENIZERS = ["bpe", "hf", "byte"]
 
 
 @dataclass
@@ -36,15 +39,23 @@ class Source:
     """Where a corpus comes from: a hub dataset (``hf``), local files (``local``) or a file the
     package ships (``embedded``: seqarena.embedded, checked against its checksum)."""
 
-    kind: str  # "hf", "local" or "embedded"
-    path: str  # hub id (Salesforce/wikitext), a file, glob or folder, or a shipped file's name
-    name: str | None = None  # hub config, e.g. wikitext-2-raw-v1
-    format: str = "text"  # local: text, jsonl (also .jsonl.zst, the Pile's shards), json, parquet
+    kind: str = option(help="hf, local or embedded", choices=["hf", "local", "embedded"])
+    path: str = option(help="hub id (Salesforce/wikitext), a file, glob or folder, or a shipped file's name")
+    name: str | None = option(None, help="hub config, e.g. wikitext-2-raw-v1")
+    format: str = option(
+        "text", help="local: text, jsonl (also .jsonl.zst, the Pile's shards), json, parquet"
+    )
     text_field: str = "text"
-    sample_by: str = "paragraph"  # local text: line, paragraph or document per record
-    streaming: bool = False  # hub: stream instead of downloading everything first
-    max_chars: int | None = None  # stop reading train after this many characters (other splits: a tenth)
-    document_start: str | None = None  # a regex: rows are lines, and a matching row starts a document
+    sample_by: str = option(
+        "paragraph", help="local text: a record per line, paragraph or document", choices=SAMPLE_BY
+    )
+    streaming: bool = option(False, help="hub: stream instead of downloading everything first")
+    max_chars: int | None = option(
+        None, help="stop reading train after this many characters (other splits: a tenth)"
+    )
+    document_start: str | None = option(
+        None, help="a regex: rows are lines, and a matching row starts a document"
+    )
 
     def __post_init__(self):
         if self.kind not in ("hf", "local", "embedded"):
@@ -210,6 +221,16 @@ def download(source: Source, raw_dir: Path) -> Path:
     return raw_dir
 
 
+@dataclass(kw_only=True)
+class DownloadConfig(Source):
+    out: str = option(help="the raw/ folder to write")
+
+
+def download_command(cfg: DownloadConfig) -> None:
+    """Fetch a corpus (HF hub or local files) into a raw/ folder."""
+    print(f"downloaded to {download(narrowed(cfg, Source), Path(cfg.out))}")
+
+
 # --- tokenizers ----------------------------------------------------------------------------
 
 
@@ -364,28 +385,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tokenize(
-    raw_dir: Path,
-    out_dir: Path,
-    tokenizer_kind: str,
-    vocab_size: int | None = None,
-    tokenizer_name: str | None = None,
-    val_fraction: float = 0.05,
-    max_tokens: int | None = None,
-) -> dict:
-    """raw/ -> tokenizer.json, train.bin, val.bin, meta.json (meta written last), in constant memory.
-
-    Validation is the source's validation split, else the last ``val_fraction`` of the train
-    records (a ``test`` split is never used); train stops at ``max_tokens`` tokens."""
+def _train_and_validation(raw_dir: Path, val_fraction: float) -> tuple[dict, str]:
+    """{"train": (file, rows), "val": (file, rows)} (rows None: all) and how validation was chosen:
+    the source's validation split, else the last ``val_fraction`` of the train records (a
+    ``test`` split is never used)."""
     import pyarrow.parquet as pq
 
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if not (raw_dir / "source.json").is_file() or not (raw_dir / "train.parquet").is_file():
-        raise FileNotFoundError(
-            f"{raw_dir} is not a downloaded corpus (no source.json or train.parquet): run the download first"
-        )
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be positive, not {max_tokens}")
     splits = sorted(p.stem for p in raw_dir.glob("*.parquet"))
     val_split = next((s for s in VALIDATION_SPLITS if s in splits), None)
     train_file = raw_dir / "train.parquet"
@@ -401,6 +406,30 @@ def tokenize(
         validation = f"last {val_fraction:.0%} of train records"
     if "test" in splits:
         validation += " (the source's test split is left unused)"
+    return parts, validation
+
+
+def tokenize(
+    raw_dir: Path,
+    out_dir: Path,
+    tokenizer_kind: str,
+    vocab_size: int | None = None,
+    tokenizer_name: str | None = None,
+    val_fraction: float = 0.05,
+    max_tokens: int | None = None,
+) -> dict:
+    """raw/ -> tokenizer.json, train.bin, val.bin, meta.json (meta written last), in constant memory.
+
+    Validation is the source's validation split, else the last ``val_fraction`` of the train
+    records (a ``test`` split is never used); train stops at ``max_tokens`` tokens."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not (raw_dir / "source.json").is_file() or not (raw_dir / "train.parquet").is_file():
+        raise FileNotFoundError(
+            f"{raw_dir} is not a downloaded corpus (no source.json or train.parquet): run the download first"
+        )
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, not {max_tokens}")
+    parts, validation = _train_and_validation(raw_dir, val_fraction)
     if any(next(_raw_texts(*part), None) is None for part in parts.values()):
         raise ValueError(f"{raw_dir}: the corpus has no non-empty text to tokenize in train or validation")
 
@@ -439,6 +468,34 @@ def tokenize(
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(out_dir / "meta.json", lambda tmp: Path(tmp).write_text(text))
     return meta
+
+
+@dataclass
+class TokenizeConfig:
+    raw: str = option(help="a downloaded raw/ folder")
+    out: str = option(help="the folder to write")
+    tokenizer: str = option(help="bpe: train one; hf: a hub id or tokenizer.json; byte", choices=TOKENIZERS)
+    vocab_size: int | None = option(None, help="bpe: the vocabulary to train")
+    tokenizer_name: str | None = option(None, help="hf: hub id or tokenizer.json path")
+    val_fraction: float = option(0.05, help="held out when the source has no validation split")
+    max_tokens: int | None = option(None, help="train tokens to write at most (the rest is not read)")
+
+
+def tokenize_command(cfg: TokenizeConfig) -> None:
+    """A tokenizer and train.bin, val.bin, meta.json from a raw/ folder."""
+    meta = tokenize(
+        Path(cfg.raw),
+        Path(cfg.out),
+        cfg.tokenizer,
+        cfg.vocab_size,
+        cfg.tokenizer_name,
+        cfg.val_fraction,
+        cfg.max_tokens,
+    )
+    print(
+        f"{cfg.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+        f"vocab {meta['vocab_size']}"
+    )
 
 
 def load_tokens(data_dir: Path, split: str, verify: bool = False) -> np.memmap:

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from seqarena.models.base import atomic_write
 from seqarena.ops import backends, selective_scan, selective_scan_torch
 from seqarena.ops.conv import causal_conv1d_torch
 from seqarena.ops.ssd import ssd_chunk_scan_torch
-from seqarena.tracking import git_commit, init_store
+from seqarena.options import option
+from seqarena.tracking import default_uri, git_commit, init_store
 
 # Largest relative error a kernel may have against the float64 reference: float32 kernels, and
 # bfloat16 inputs, where rounding the inputs alone costs about 1e-2.
@@ -42,6 +44,24 @@ def _max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
+def _rounded(inputs: dict, weights: tuple, device: torch.device, dtype: torch.dtype) -> dict:
+    """The references' inputs, rounded to ``dtype`` (the ``weights`` to float32), on ``device``."""
+    return {
+        k: v.detach().to(device, torch.float32 if k in weights else dtype).requires_grad_()
+        for k, v in inputs.items()
+    }
+
+
+def _relative_errors(name: str, got, want, got_inputs: dict, want_inputs: dict) -> dict:
+    """{name: output's error, name_grad_<input>: each gradient's}, against the reference's."""
+    grads = torch.autograd.grad(got.float().sum(), list(got_inputs.values()))
+    want_grads = torch.autograd.grad(want.sum(), list(want_inputs.values()))
+    errors = {name: _max_relative_error(got, want.detach())}
+    for key, g, w in zip(got_inputs, grads, want_grads, strict=True):
+        errors[f"{name}_grad_{key}"] = _max_relative_error(g, w)
+    return errors
+
+
 def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     """Scan (with z, D, delta bias, softplus; input-dependent B and C), Mamba-2's SSD (grouped B and
     C, a length that is no multiple of the chunk) and causal conv on ``backend`` against the
@@ -54,20 +74,6 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
 
-    def ours(inputs: dict, weights: tuple) -> dict:
-        """The references' inputs, rounded to ``dtype`` (weights to float32), on ``device``."""
-        return {
-            k: v.detach().to(device, torch.float32 if k in weights else dtype).requires_grad_()
-            for k, v in inputs.items()
-        }
-
-    def compare(name, got, want, got_inputs, want_inputs):
-        grads = torch.autograd.grad(got.float().sum(), list(got_inputs.values()))
-        want_grads = torch.autograd.grad(want.sum(), list(want_inputs.values()))
-        errors[name] = _max_relative_error(got, want.detach())
-        for key, g, w in zip(got_inputs, grads, want_grads, strict=True):
-            errors[f"{name}_grad_{key}"] = _max_relative_error(g, w)
-
     errors = {}
     scan_inputs = {
         "u": rand(batch, dim, length),
@@ -79,9 +85,10 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
         "z": rand(batch, dim, length),
         "delta_bias": rand(dim, scale=0.1),
     }
-    scan_ours = ours(scan_inputs, ("A", "D", "delta_bias"))
+    scan_ours = _rounded(scan_inputs, ("A", "D", "delta_bias"), device, dtype)
     got = selective_scan(**scan_ours, delta_softplus=True, backend=backend)
-    compare("scan", got, selective_scan_torch(**scan_inputs, delta_softplus=True), scan_ours, scan_inputs)
+    want = selective_scan_torch(**scan_inputs, delta_softplus=True)
+    errors |= _relative_errors("scan", got, want, scan_ours, scan_inputs)
 
     nheads, headdim, groups = 4, 3, 2
     ssd_inputs = {
@@ -94,15 +101,16 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
         "z": rand(batch, length, nheads, headdim),
         "dt_bias": rand(nheads, scale=0.1),
     }
-    ssd_ours = ours(ssd_inputs, ("A", "D", "dt_bias"))
+    ssd_ours = _rounded(ssd_inputs, ("A", "D", "dt_bias"), device, dtype)
     got = backends.ssd_chunk_scan(**ssd_ours, chunk_size=16, dt_softplus=True, backend=backend)
     want = ssd_chunk_scan_torch(**ssd_inputs, chunk_size=16, dt_softplus=True)
-    compare("ssd", got, want, ssd_ours, ssd_inputs)
+    errors |= _relative_errors("ssd", got, want, ssd_ours, ssd_inputs)
 
     conv_inputs = {"x": rand(batch, dim, length), "weight": rand(dim, 4), "bias": rand(dim)}
-    conv_ours = ours(conv_inputs, ())  # all in dtype, as in a model cast to bfloat16
+    conv_ours = _rounded(conv_inputs, (), device, dtype)  # all in dtype, as in a model cast to bfloat16
     got = backends.causal_conv1d(*conv_ours.values(), activation="silu", backend=backend)
-    compare("conv", got, causal_conv1d_torch(*conv_inputs.values(), "silu"), conv_ours, conv_inputs)
+    want = causal_conv1d_torch(*conv_inputs.values(), "silu")
+    errors |= _relative_errors("conv", got, want, conv_ours, conv_inputs)
     worst = max(errors.values())
     return {"passed": worst <= TOLERANCE[dtype], "max_relative_error": worst, "errors": errors}
 
@@ -164,3 +172,16 @@ def write_kernels_record(out: Path, tracking_uri: str) -> dict:
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text))
     return record
+
+
+@dataclass
+class EnvConfig:
+    out: str = option("results/env/kernels.json", help="the record to write")
+    tracking_uri: str = option("", help="default: sqlite:///<results>/mlflow.db beside --out's results")
+
+
+def check_environment(cfg: EnvConfig) -> None:
+    """Build the kernels, self-check every backend, write kernels.json, create the MLflow store."""
+    out = Path(cfg.out)
+    record = write_kernels_record(out, cfg.tracking_uri or default_uri(out.parents[1]))
+    print(json.dumps(record, indent=2))

@@ -9,6 +9,8 @@ windows, and greedy ``generate_until`` with the model's cache.
 
 import hashlib
 import json
+import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from seqarena.data import EOS, load_hf_tokenizer, sha256_file
 from seqarena.device import compute_device
 from seqarena.models import from_pretrained
 from seqarena.models.base import atomic_write
+from seqarena.options import Tracked, option
+from seqarena.paper import PAPER_TASKS
+from seqarena.tracking import eval_metrics, log_stage
 
 
 @register_model("seqarena")
@@ -211,6 +216,25 @@ def task_manager(tasks, include_paths):
     return local if set(tasks) <= set(local.all_tasks) else TaskManager(include_path=include_paths)
 
 
+def answer_cache(cache_dir: Path, pretrained: str, tokenizer: str | None, tasks, manager) -> str:
+    """The sqlite file under ``cache_dir`` whose answers this evaluation may use (``cache_key``)."""
+    entries = [manager.task_index.get(t) for t in tasks]
+    yamls = [e.yaml_path for e in entries if e is not None and e.yaml_path]
+    return str(cache_dir / cache_key(pretrained, tokenizer, yamls))
+
+
+def _metrics(results: dict) -> dict:
+    """lm-eval's {"acc,none": v, "acc_stderr,none": s, "alias": ...} -> {"acc": {value, stderr}}."""
+    entries = {}
+    for key, value in results.items():
+        name, comma, _filter = key.partition(",")
+        if not comma or name.endswith("_stderr"):  # a metric is "name,filter"; not alias, sample_len
+            continue
+        stderr = results.get(f"{name}_stderr,{_filter}")
+        entries[name] = {"value": value, "stderr": None if stderr in (None, "N/A") else stderr}
+    return entries
+
+
 def evaluate(
     pretrained,
     tasks,
@@ -246,9 +270,7 @@ def evaluate(
     manager = task_manager(tasks, include_paths)
     use_cache = None
     if cache_dir:
-        entries = [manager.task_index.get(t) for t in tasks]
-        yamls = [e.yaml_path for e in entries if e is not None and e.yaml_path]
-        use_cache = str(Path(cache_dir) / cache_key(str(pretrained), given_tokenizer, yamls))
+        use_cache = answer_cache(Path(cache_dir), str(pretrained), given_tokenizer, tasks, manager)
     results = lm_eval.simple_evaluate(
         model=model,
         model_args=model_args,
@@ -260,20 +282,10 @@ def evaluate(
         task_manager=manager,
         use_cache=use_cache,
     )
-    table = {}
-    for task, metrics in results["results"].items():
-        entries = {}
-        for key, value in metrics.items():
-            name, comma, _filter = key.partition(",")
-            if not comma or name.endswith("_stderr"):  # a metric is "name,filter"; not alias, sample_len
-                continue
-            stderr = metrics.get(f"{name}_stderr,{_filter}")
-            entries[name] = {"value": value, "stderr": None if stderr in (None, "N/A") else stderr}
-        table[task] = entries
     report = {
         "model": str(pretrained),
         "lm_eval_model": model,
-        "results": table,
+        "results": {task: _metrics(values) for task, values in results["results"].items()},
         "n_samples": results.get("n-samples"),
         "config": {k: str(v) for k, v in results.get("config", {}).items()},
         "versions": results.get("versions"),
@@ -282,3 +294,53 @@ def evaluate(
     text = json.dumps(report, indent=2, default=str) + "\n"
     atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text))
     return report
+
+
+@dataclass(kw_only=True)
+class EvalConfig(Tracked):
+    model: str = option(help="checkpoint folder (ours or state-spaces layout) or hub id")
+    tokenizer: str | None = option(
+        None,
+        help="for a checkpoint that ships no tokenizer.json: a tokenizer.json, folder or hub id "
+        "(state-spaces/mamba-* use EleutherAI/gpt-neox-20b)",
+    )
+    tasks: str = option(",".join(PAPER_TASKS), help="comma-separated (default: the paper's Table 3)")
+    include_path: str | None = option(None, help="a folder of local task YAMLs")
+    limit: float | None = option(None, help="examples per task (a fraction if below 1)")
+    batch_size: int = 8
+    num_fewshot: int | None = None
+    device: str | None = option(None, help="default: cuda if available, else cpu")
+    cache_dir: str | None = option(
+        None, help="keep the model's answers here: a rerun computes only the missing ones"
+    )
+    out: str = option(help="the scores to write")
+    run_name: str | None = option(
+        None, help="the MLflow run's model id (default: the checkpoint folder's name)"
+    )
+
+
+def eval_command(cfg: EvalConfig) -> None:
+    """Score a checkpoint with lm-evaluation-harness and log the scores to its run."""
+    report = evaluate(
+        cfg.model,
+        cfg.tasks.split(","),
+        Path(cfg.out),
+        cfg.tokenizer,
+        cfg.include_path,
+        cfg.limit,
+        cfg.batch_size,
+        cfg.num_fewshot,
+        cfg.device,
+        cfg.cache_dir,
+    )
+    run_name = cfg.run_name or Path(cfg.model).name
+    log_stage(cfg.tracking_uri, cfg.experiment, run_name, eval_metrics(report), Path(cfg.out), "eval")
+    print(json.dumps(report["results"], indent=2))
+
+
+def lm_eval_command(args: list[str]) -> None:
+    """lm-eval's own command line, with ``--model seqarena`` registered (this module did)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm-eval", *args]
+    cli_evaluate()

@@ -13,7 +13,10 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from seqarena.options import option
 
 # Machine-wide, so that two pipelines on one machine share the GPUs too.
 LOCK_DIR = Path(tempfile.gettempdir()) / "seqarena-gpus"
@@ -65,3 +68,14 @@ def run_on_gpus(count: int, command: list[str]) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu for gpu, _ in held)
     print(f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     os.execvp(command[0], command)
+
+
+@dataclass
+class GpusConfig:
+    count: int = option(help="how many GPUs the command gets")
+    command: list[str] = option(help="-- then the command", remainder=True)
+
+
+def gpus_command(cfg: GpusConfig) -> None:
+    """Run a command on GPUs of its own: seqarena gpus --count N -- COMMAND (CUDA_VISIBLE_DEVICES)."""
+    run_on_gpus(cfg.count, cfg.command)

@@ -15,7 +15,9 @@ then exactly ours.
 import math
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +26,8 @@ from seqarena.models import HF_MODEL_TYPES
 from seqarena.models.base import LanguageModel, pad_vocab
 from seqarena.models.mamba import SSM_DEFAULTS, Mamba, MambaConfig
 from seqarena.models.transformer import TransformerConfig
+from seqarena.options import option
+from seqarena.tracking import register_hf_model
 
 # seqarena's evaluation window (SeqarenaLM.max_length): an exported model tells lm-eval the same.
 EVAL_MAX_LENGTH = 2048
@@ -266,8 +270,43 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+@dataclass
+class ExportConfig:
+    model_dir: str = option(help="a seqarena checkpoint folder with its tokenizer.json", positional=True)
+    out_dir: str = option(help="the folder to write (replaced whole)", positional=True)
+    format: str = option("hf", help="hf: Llama, Mamba or Mamba2 classes", choices=["hf"])
+    tracking_uri: str = option("none", help="also register it in this MLflow store; none: do not")
+    experiment: str = option("seqarena", help="where its run is looked for if need be")
+    model_id: str | None = option(None, help="the registered name (default: the checkpoint folder's name)")
+
+
+def export_command(cfg: ExportConfig) -> None:
+    """A checkpoint as a transformers folder; with a tracking store, also an MLflow model registered
+    under its model id and linked to its training run."""
+    try:
+        out = export_hf(cfg.model_dir, cfg.out_dir)
+    except NotExportable as e:
+        sys.exit(str(e))
+    print(f"exported {cfg.model_dir} to {out} (transformers' AutoModelForCausalLM.from_pretrained reads it)")
+    if cfg.tracking_uri != "none":
+        model_id = cfg.model_id or Path(cfg.model_dir).name
+        version = register_hf_model(cfg.tracking_uri, cfg.experiment, model_id, Path(cfg.model_dir), out)
+        print(
+            f"registered as {model_id!r} version {version.version} (run {version.run_id}): "
+            f"mlflow.transformers.load_model('models:/{model_id}/{version.version}')"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # transformers -> seqarena
+
+
+def _require(hf, config_file: Path, field: str, wanted) -> None:
+    value = getattr(hf, field, wanted)
+    if value != wanted:
+        raise ValueError(
+            f"{config_file}: {field}={value!r}; seqarena's {hf.model_type} model needs {wanted!r}"
+        )
 
 
 def config_from_hf(config_file: Path) -> MambaConfig | TransformerConfig:
@@ -276,59 +315,58 @@ def config_from_hf(config_file: Path) -> MambaConfig | TransformerConfig:
     import transformers
 
     hf = transformers.AutoConfig.from_pretrained(Path(config_file).parent)
-    kind = hf.model_type
-
-    def need(field, wanted):
-        value = getattr(hf, field, wanted)
-        if value != wanted:
-            raise ValueError(f"{config_file}: {field}={value!r}; seqarena's {kind} model needs {wanted!r}")
-
-    need("hidden_act", "silu")
+    _require(hf, config_file, "hidden_act", "silu")
     common = dict(
         n_layer=hf.num_hidden_layers,
         d_model=hf.hidden_size,
         vocab_size=hf.vocab_size,
         tie_embeddings=hf.tie_word_embeddings,
     )
-    if kind == "llama":
-        rope = dict(
-            getattr(hf, "rope_parameters", None) or {"rope_theta": getattr(hf, "rope_theta", 10000.0)}
-        )
-        need("num_key_value_heads", hf.num_attention_heads)
-        need("head_dim", hf.hidden_size // hf.num_attention_heads)
-        need("attention_bias", False)
-        need("mlp_bias", False)
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(
-                f"{config_file}: rope_type={rope['rope_type']!r}; seqarena's llama needs 'default'"
-            )
-        return TransformerConfig(
-            n_head=hf.num_attention_heads,
-            d_ff=hf.intermediate_size,
-            rope_theta=rope["rope_theta"],
-            norm_eps=hf.rms_norm_eps,
-            **common,
-        )
-    need("layer_norm_epsilon", 1e-5)  # mamba_ssm's norms (ours) use 1e-5
-    common["residual_in_fp32"] = hf.residual_in_fp32
-    if kind == "mamba2":
-        need("num_heads", hf.expand * hf.hidden_size // hf.head_dim)
-        ssm = dict(
-            layer="Mamba2",
-            d_state=hf.state_size,
-            d_conv=hf.conv_kernel,
-            expand=hf.expand,
-            headdim=hf.head_dim,
-            ngroups=hf.n_groups,
-            bias=hf.use_bias,
-            conv_bias=hf.use_conv_bias,
-            dt_min=hf.time_step_min,
-            dt_max=hf.time_step_max,
-            dt_init_floor=hf.time_step_floor,
-            dt_limit=tuple(hf.time_step_limit),
-            chunk_size=hf.chunk_size,
-        )
-        return MambaConfig(ssm_cfg=ssm, **common)
+    if hf.model_type == "llama":
+        return _config_from_llama(hf, config_file, common)
+    _require(hf, config_file, "layer_norm_epsilon", 1e-5)  # mamba_ssm's norms (ours) use 1e-5
+    ssm = _mamba2_ssm_cfg(hf, config_file) if hf.model_type == "mamba2" else _mamba_ssm_cfg(hf)
+    return MambaConfig(ssm_cfg=ssm, residual_in_fp32=hf.residual_in_fp32, **common)
+
+
+def _config_from_llama(hf, config_file: Path, common: dict) -> TransformerConfig:
+    rope = dict(getattr(hf, "rope_parameters", None) or {"rope_theta": getattr(hf, "rope_theta", 10000.0)})
+    _require(hf, config_file, "num_key_value_heads", hf.num_attention_heads)
+    _require(hf, config_file, "head_dim", hf.hidden_size // hf.num_attention_heads)
+    _require(hf, config_file, "attention_bias", False)
+    _require(hf, config_file, "mlp_bias", False)
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"{config_file}: rope_type={rope['rope_type']!r}; seqarena's llama needs 'default'")
+    return TransformerConfig(
+        n_head=hf.num_attention_heads,
+        d_ff=hf.intermediate_size,
+        rope_theta=rope["rope_theta"],
+        norm_eps=hf.rms_norm_eps,
+        **common,
+    )
+
+
+def _mamba2_ssm_cfg(hf, config_file: Path) -> dict:
+    _require(hf, config_file, "num_heads", hf.expand * hf.hidden_size // hf.head_dim)
+    return dict(
+        layer="Mamba2",
+        d_state=hf.state_size,
+        d_conv=hf.conv_kernel,
+        expand=hf.expand,
+        headdim=hf.head_dim,
+        ngroups=hf.n_groups,
+        bias=hf.use_bias,
+        conv_bias=hf.use_conv_bias,
+        dt_min=hf.time_step_min,
+        dt_max=hf.time_step_max,
+        dt_init_floor=hf.time_step_floor,
+        dt_limit=tuple(hf.time_step_limit),
+        chunk_size=hf.chunk_size,
+    )
+
+
+def _mamba_ssm_cfg(hf) -> dict:
+    """Mamba-1's ssm_cfg, holding only what differs from mamba_ssm's defaults (as mamba_ssm's own)."""
     ssm = dict(
         d_state=hf.state_size,
         d_conv=hf.conv_kernel,
@@ -344,7 +382,7 @@ def config_from_hf(config_file: Path) -> MambaConfig | TransformerConfig:
     )
     if ssm["dt_rank"] == math.ceil(hf.hidden_size / 16):
         ssm["dt_rank"] = "auto"
-    return MambaConfig(ssm_cfg={k: v for k, v in ssm.items() if v != SSM_DEFAULTS[k]}, **common)
+    return {k: v for k, v in ssm.items() if v != SSM_DEFAULTS[k]}
 
 
 def state_from_hf(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:

@@ -10,6 +10,9 @@
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+
+from seqarena.options import option
 
 RENDEZVOUS_PORT = 29500  # plus the job id modulo 10000, so two jobs on one node do not collide
 
@@ -75,3 +78,15 @@ def launch(nodes: int, nproc_per_node: int, args: list[str]) -> None:
     line = command(nodes, nproc_per_node, args)
     print(" ".join(line), file=sys.stderr, flush=True)
     os.execvp(line[0], line)
+
+
+@dataclass(kw_only=True)
+class LaunchConfig:
+    nodes: int = option(1, help="several: srun inside a SLURM allocation")
+    nproc_per_node: int = option(1, help="processes per node (one per GPU)")
+    job: list[str] = option(help="-- then seqarena's arguments, e.g. train ...", remainder=True)
+
+
+def launch_command(cfg: LaunchConfig) -> None:
+    """Run seqarena on several processes: torchrun on one node, srun + torchrun on many."""
+    launch(cfg.nodes, cfg.nproc_per_node, cfg.job)

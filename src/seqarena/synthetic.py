@@ -20,7 +20,7 @@ attention models through their full forward.
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +31,8 @@ from seqarena.device import compute_device
 from seqarena.models import SIZES, Mamba, build_model, model_config
 from seqarena.models.base import atomic_write
 from seqarena.models.families import FAMILIES
+from seqarena.options import Tracked, narrowed, option
+from seqarena.tracking import log_stage, synthetic_metrics
 from seqarena.training.optim import adamw, lr_at, set_lr
 
 IGNORE = -100
@@ -96,24 +98,30 @@ def mqar(batch: int, length: int, vocab: int, n_pairs: int, gen: torch.Generator
 class SyntheticConfig:
     task: str
     arch: str
-    length: int = 256  # training length (of the noise/data part for selective copying)
+    length: int = option(256, help="training length (of the noise/data part for selective copying)")
     vocab: int = 16
-    n_data: int = 16  # selective copying: tokens to copy
-    n_pairs: int = 8  # mqar: key-value pairs
+    n_data: int = option(16, help="selective copying: tokens to copy")
+    n_pairs: int = option(8, help="mqar: key-value pairs")
     d_model: int = 64
     n_layer: int = 2
-    d_state: int = 0  # SSM state size N of the Mamba families (0: their CPU sizes'); Transformer++ has none
+    d_state: int = option(
+        0, help="SSM state size N of the Mamba families (0: their CPU sizes'); Transformer++ has none"
+    )
     steps: int = 1000
     batch: int = 32
-    lr: float = 3e-3  # peak; the schedule is training's (training.optim): warmup, then cosine to the floor
-    warmup: float = 0.05  # fraction of the steps
-    min_lr_ratio: float = 0.1  # 1 with warmup 0: a constant rate (the paper's Table 1 and Table 11 runs)
-    min_lr: float = 0.0  # an absolute floor instead of the ratio
+    lr: float = option(
+        3e-3, help="peak; the schedule is training's (training.optim): warmup, then cosine to the floor"
+    )
+    warmup: float = option(0.05, help="fraction of the steps")
+    min_lr_ratio: float = option(
+        0.1, help="1 with warmup 0: a constant rate (the paper's Table 1 and Table 11 runs)"
+    )
+    min_lr: float = option(0.0, help="an absolute floor instead of the ratio")
     weight_decay: float = 0.1
-    beta1: float = 0.9  # AdamW's betas and the gradient clip: language-model training's
+    beta1: float = option(0.9, help="AdamW's betas and the gradient clip: language-model training's")
     beta2: float = 0.95
     grad_clip: float = 1.0
-    test_lengths: list[int] = field(default_factory=list)  # default: the training length
+    test_lengths: list[int] = option([], help="default: the training length")
     eval_sequences: int = 256
     # Attention is scored by its full forward (cost quadratic in the length): past this length it
     # is not run and recorded as out of memory, as the paper's attention models past 2^14.
@@ -149,6 +157,11 @@ class SyntheticConfig:
     def model_name(self) -> str:
         with_state = self.d_state and self.has_state
         return f"{self.arch}-d{self.d_model}" + (f"-n{self.d_state}" if with_state else "")
+
+    @property
+    def recurrent(self) -> bool:
+        """Scored as a recurrence (memory constant in the length): the families without attention."""
+        return FAMILIES[self.arch].recurrent
 
     @property
     def has_state(self) -> bool:
@@ -193,18 +206,13 @@ def scored_logits(model, seq: torch.Tensor, labels: torch.Tensor, span: int = RE
     return torch.cat(kept)[order]
 
 
-def recurrent(model) -> bool:
-    """Scored as a recurrence (memory constant in the length): Mamba without attention layers."""
-    return isinstance(model, Mamba) and not model.config.attn_layer_idx
-
-
 def accuracy(model, cfg: SyntheticConfig, length: int, sequences: int, seed: int) -> float:
     """Fraction of labelled positions predicted exactly (argmax over the real vocabulary).
 
     Sequences go through in chunks: for attention few enough that the (length x length) scores
     stay near 256 MB; the recurrent path holds only its state, so its chunks can be large."""
     device = next(model.parameters()).device
-    chunk = EVAL_CHUNK if recurrent(model) else max(1, min(EVAL_CHUNK, 2**26 // length**2))
+    chunk = EVAL_CHUNK if cfg.recurrent else max(1, min(EVAL_CHUNK, 2**26 // length**2))
     gen = torch.Generator().manual_seed(seed)
     correct = total = 0
     model.eval()
@@ -249,7 +257,7 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
     train_seconds = time.perf_counter() - start
     by_length, not_run = {}, {}
     for length in cfg.test_lengths:
-        if not recurrent(model) and length > cfg.max_attention_length:
+        if not cfg.recurrent and length > cfg.max_attention_length:
             by_length[str(length)] = None
             not_run[str(length)] = f"attention past max_attention_length {cfg.max_attention_length}"
             continue
@@ -275,3 +283,25 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+@dataclass(kw_only=True)
+class SyntheticJob(SyntheticConfig, Tracked):
+    """A synthetic run as the command takes it: its config, where its result goes, and the MLflow
+    experiment (runs go to ``<experiment>-synthetic``)."""
+
+    out: str = option(help="the result JSON")
+
+
+def synthetic_command(job: SyntheticJob) -> None:
+    """Train and test a small model on a synthetic task; log the result to its own run."""
+    cfg = narrowed(job, SyntheticConfig)
+    result = train_synthetic(cfg, Path(job.out))
+    run = f"{cfg.task}/{cfg.model_name}/seed{cfg.seed}"
+    metrics = synthetic_metrics(cfg.task, result)
+    log_stage(job.tracking_uri, f"{job.experiment}-synthetic", run, metrics, Path(job.out), "synthetic")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("task", "model", "final_accuracy", "accuracy_by_length")}, indent=2
+        )
+    )

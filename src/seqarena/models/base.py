@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+GPT_NEOX_VOCAB = 50277  # the paper's tokenizer (and mamba_ssm's default); padded to 50280 in the embedding
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqarena.models.base import LanguageModel, MambaLayerCache, pad_vocab
+from seqarena.models.base import GPT_NEOX_VOCAB, LanguageModel, MambaLayerCache, pad_vocab
 from seqarena.models.mamba2 import MAMBA2_DEFAULTS, MAMBA2_IGNORED, Mamba2Mixer, check_mamba2_shape
 from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_shape
 from seqarena.ops import (
@@ -57,7 +57,7 @@ class MambaConfig:
     d_model: int = 768
     d_intermediate: int = 0
     n_layer: int = 24
-    vocab_size: int = 50277
+    vocab_size: int = GPT_NEOX_VOCAB
     ssm_cfg: dict = field(default_factory=dict)
     attn_layer_idx: list = field(default_factory=list)
     attn_cfg: dict = field(default_factory=dict)

@@ -22,9 +22,11 @@ fastest chunk for a training step on a CPU: benchmarks/README.md).
 
 from dataclasses import dataclass
 
-from seqarena.models.families import FAMILIES, family_of
+import torch
 
-GPT_NEOX_VOCAB = 50277  # the paper's tokenizer; padded to 50280 in the embedding
+from seqarena.models.base import GPT_NEOX_VOCAB
+from seqarena.models.families import FAMILIES, family_of
+from seqarena.options import option
 
 MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=32)
 
@@ -135,3 +137,21 @@ def build_model(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):
 
 def model_ids() -> list[str]:
     return [f"{arch}-{size}" for arch, sizes in SIZES.items() for size in sizes]
+
+
+@dataclass
+class SizesConfig:
+    vocab_size: int = option(GPT_NEOX_VOCAB, help="the vocabulary the counts are for (default: GPT-NeoX's)")
+
+
+def print_sizes(cfg: SizesConfig) -> None:
+    """The size registry with parameter counts computed from the real modules."""
+    print(f"{'model id':<22} {'d_model':>7} {'n_layer':>7} {'params':>14} {'nominal':>14}")
+    for model_id in model_ids():
+        arch, size = parse_model_id(model_id)
+        spec = SIZES[arch][size]
+        with torch.device("meta"):  # counts without allocating memory
+            params = build_model(model_id, vocab_size=cfg.vocab_size).num_parameters()
+        nominal = f"{spec.nominal_params:,}" if spec.nominal_params else "-"
+        dims = spec.dims
+        print(f"{model_id:<22} {dims['d_model']:>7} {dims['n_layer']:>7} {params:>14,} {nominal:>14}")

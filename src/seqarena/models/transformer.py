@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqarena.models.base import LanguageModel, pad_vocab
+from seqarena.models.base import GPT_NEOX_VOCAB, LanguageModel, pad_vocab
 
 
 def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
@@ -32,7 +32,7 @@ class TransformerConfig:
     d_model: int = 768
     n_layer: int = 12
     n_head: int = 12
-    vocab_size: int = 50277
+    vocab_size: int = GPT_NEOX_VOCAB
     d_ff: int = 0  # 0: swiglu_hidden(d_model)
     rope_theta: float = 10000.0
     position: str = "rope"  # or "sinusoidal": absolute positions added to the embeddings

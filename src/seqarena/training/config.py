@@ -3,22 +3,25 @@
 from dataclasses import asdict, dataclass
 
 from seqarena.models import parse_model_id
+from seqarena.options import option
 
 
 @dataclass
 class TrainConfig:
-    model: str  # model id, e.g. mamba-tiny
-    data: str  # folder with train.bin, val.bin, meta.json
-    out: str  # results/train/{model}
-    steps: int = 0  # optimizer steps; 0: from `tokens`
-    tokens: int = 0  # token budget; with steps 0 as well: 20 tokens per parameter (Chinchilla)
-    batch_tokens: int = 8192  # global tokens per optimizer step
-    micro_batch: int = 8  # sequences per forward pass and process
+    model: str = option(help="model id, e.g. mamba-tiny")
+    data: str = option(help="folder with train.bin, val.bin, meta.json")
+    out: str = option(help="the folder to write, e.g. results/train/{model}")
+    steps: int = option(0, help="optimizer steps; 0: from `tokens`")
+    tokens: int = option(0, help="token budget; with steps 0 as well: 20 tokens per parameter (Chinchilla)")
+    batch_tokens: int = option(8192, help="global tokens per optimizer step")
+    micro_batch: int = option(8, help="sequences per forward pass and process")
     seq_len: int = 128
-    lr: float = 0.0  # peak learning rate; 0: the size registry's (the paper recipe)
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    min_lr: float = 0.0  # cosine floor, absolute (the paper's recipe: 1e-5); 0: lr * min_lr_ratio
-    warmup: float = 0.1  # fraction of the steps
+    lr: float = option(0.0, help="peak learning rate; 0: the size registry's (the paper recipe)")
+    min_lr_ratio: float = option(0.1, help="cosine floor as a fraction of lr")
+    min_lr: float = option(
+        0.0, help="cosine floor, absolute (the paper's recipe: 1e-5); 0: lr * min_lr_ratio"
+    )
+    warmup: float = option(0.1, help="fraction of the steps")
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -26,18 +29,22 @@ class TrainConfig:
     eval_interval: int = 50
     eval_windows: int = 32
     ckpt_interval: int = 50
-    keep_checkpoints: int = 2  # the newest ones kept (at least 1)
-    force_restart: bool = False  # discard existing checkpoints and start at step 0
-    verify_data: bool = False  # compare the token files' sha256 with meta.json (their size always is)
+    keep_checkpoints: int = option(2, help="the newest ones kept (at least 1)")
+    force_restart: bool = option(False, help="discard existing checkpoints and start at step 0")
+    verify_data: bool = option(
+        False, help="compare the token files' sha256 with meta.json (their size always is)"
+    )
     seed: int = 0
     compile: bool = False
-    parallel: str = "ddp"  # with several processes: ddp or fsdp
-    scan_backend: str = ""  # force a selective-scan backend (cuda, cpp, torch); "" chooses
-    tracking_uri: str = ""  # "": sqlite:///<out>/../../mlflow.db; "none" disables MLflow
+    parallel: str = option("ddp", help="with several processes: ddp or fsdp")
+    scan_backend: str = option("", help="force a selective-scan backend (cuda, cpp, torch); '' chooses")
+    tracking_uri: str = option("", help="'': sqlite:///<out>/../../mlflow.db; 'none' disables MLflow")
     experiment: str = "seqarena"
-    run_name: str = ""  # the MLflow run's key; "": the model id (a repeat at another seed: <model>/seed<n>)
-    dataset: str = ""  # a name for tags; "" uses the data folder's name
-    peak_tflops: float = 0.0  # for MFU where the device is not in summary.PEAK_TFLOPS
+    run_name: str = option(
+        "", help="the MLflow run's key; '': the model id (a repeat at another seed: <model>/seed<n>)"
+    )
+    dataset: str = option("", help="a name for tags; '' uses the data folder's name")
+    peak_tflops: float = option(0.0, help="for MFU where the device is not in summary.PEAK_TFLOPS")
 
     def __post_init__(self):
         parse_model_id(self.model)

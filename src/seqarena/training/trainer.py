@@ -34,7 +34,7 @@ from seqarena.training.batches import TokenData, val_windows, windows
 from seqarena.training.config import TrainConfig, describe_changes, run_fingerprint
 from seqarena.training.optim import adamw, lr_at, no_decay_names, set_lr
 from seqarena.training.parallel import Distributed, full_state_dicts, load_full_state_dicts, wrap
-from seqarena.training.signals import StopSignals, TrainingStopped
+from seqarena.training.signals import STOPPED_EXIT_STATUS, StopSignals, TrainingStopped
 from seqarena.training.summary import device_name, peak_memory_bytes, peak_tflops, recipe
 
 
@@ -370,3 +370,15 @@ def train(cfg: TrainConfig) -> dict:
             return trainer.finish()
     finally:
         dist_.close()
+
+
+def train_command(cfg: TrainConfig) -> None:
+    """Train (or resume) one model; stopped by a signal, exit with STOPPED_EXIT_STATUS (75), which
+    the train rule and SLURM's requeue read as "resume me"."""
+    try:
+        summary = train(cfg)
+    except TrainingStopped as stopped:
+        print(stopped, file=sys.stderr, flush=True)
+        sys.exit(STOPPED_EXIT_STATUS)
+    if summary:
+        print(json.dumps(summary, indent=2))
