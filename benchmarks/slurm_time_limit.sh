@@ -23,9 +23,11 @@ train: {tokens: 358400, eval_interval: 1000, ckpt_interval: 1000, keep_checkpoin
 eval: {pretrained: []}
 resources: {train: {tiny: {gpu: 1, runtime: 2}}}
 YAML
+# The profile without its conda deployment: the test cluster's machine has no conda.
+mkdir profile && grep -v '^software-deployment-method:' "$repo/profiles/slurm/config.yaml" >profile/config.yaml
 SECONDS=0
 "$bin/snakemake" --snakefile "$repo/Snakefile" --configfile "$repo/config/rehearsal.yaml" time-limit.yaml \
-    --workflow-profile "$repo/profiles/slurm" \
+    --workflow-profile profile \
     --set-resources "train:slurm_extra='--signal=TERM@30'" train:cpus_per_task=1 kernels:cpus_per_task=2 \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 --retries 2 --jobs 1 \
     results/train/mamba-tiny/summary.json >snakemake.log 2>&1 || { tail -40 snakemake.log; exit 1; }

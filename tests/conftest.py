@@ -15,7 +15,8 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 # The (op, backend) rows that the kernel benchmark writes on a CPU, at every length.
 KERNEL_ROWS = (
     ("scan", "cpp"),
@@ -39,6 +40,19 @@ def cuda_sources() -> Path:
     folder = SHARED_DATA.parent / "cuda-sources"
     if not folder.is_dir():
         pytest.skip(f"the pinned CUDA source tarballs are not at {folder} (the repo's ../shared)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def slurm_profile(tmp_path_factory) -> Path:
+    """profiles/slurm as it is but for its conda deployment, which it must ask for (a user's jobs
+    run in the pinned envs): these machines have no conda, and Snakemake with it calls `conda info`
+    even to plan (README, "Conda")."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile.pop("software-deployment-method") == "conda"
+    folder = tmp_path_factory.mktemp("profile") / "slurm"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
     return folder
 
 

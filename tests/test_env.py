@@ -22,6 +22,7 @@ from seqarena.ops.cuda_build import (
     split_instantiations,
     split_sources,
 )
+from seqarena.ops.ssd import ssd_chunk_scan_torch
 
 
 def test_kernels_record_names_every_backend_and_creates_the_store(tmp_path):
@@ -50,6 +51,24 @@ def test_self_check_catches_a_backend_that_is_slightly_wrong(monkeypatch):
     bad = self_check("broken", torch.device("cpu"))
     assert not bad["passed"] and bad["errors"]["scan"] == pytest.approx(0.01, rel=0.05)
     assert self_check("torch", torch.device("cpu"))["passed"]
+
+
+def test_the_cuda_backends_float32_ssd_is_held_to_tf32s_tolerance_and_nothing_else_is(monkeypatch):
+    """mamba_ssm's Triton SSD multiplies float32 in TF32: an error of 5e-3 there passes; the same in
+    its scan or in bfloat16's checks of others is judged as before."""
+
+    def tf32_like(*args, **kwargs):
+        return ssd_chunk_scan_torch(*args, **kwargs) * 1.005
+
+    ref = backends._BACKENDS["torch"]
+    as_cuda = dataclasses.replace(ref, name="cuda", ssd=tf32_like)
+    monkeypatch.setitem(backends._BACKENDS, "cuda", as_cuda)
+    check = self_check("cuda", torch.device("cpu"))
+    assert check["errors"]["ssd"] == pytest.approx(0.005, rel=0.05)
+    assert check["passed"] and check["tolerances"] == {"scan": 1e-3, "ssd": 1e-2, "conv": 1e-3}
+    monkeypatch.setitem(backends._BACKENDS, "cpp", dataclasses.replace(ref, name="cpp", ssd=tf32_like))
+    other = self_check("cpp", torch.device("cpu"))
+    assert not other["passed"] and {name.split("_")[0] for name in other["failed"]} == {"ssd"}
 
 
 FIXTURES = Path(__file__).with_name("fixtures") / "cuda_build"

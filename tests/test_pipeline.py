@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -427,14 +428,23 @@ def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tm
     assert summary["steps"] == 30 and [r["step"] for r in rows if "loss" in r] == list(range(1, 31))
 
 
-def test_slurm_profile_plans_the_paper_dag(tmp_path):
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory, slurm_profile) -> str:
+    """`snakemake -n` of config/paper.yaml through profiles/slurm: the cluster run as planned."""
+    cwd = tmp_path_factory.mktemp("paper")
     done = snakemake(
-        "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+        "-n", "--workflow-profile", str(slurm_profile),
         "--cores", "64",  # a dry run caps each job's threads at it
-        "--configfile", str(REPO / "config/paper.yaml"), cwd=tmp_path, timeout=300,
+        "--configfile", str(REPO / "config/paper.yaml"), cwd=cwd, timeout=300,
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
+    assert not (cwd / "results").exists()
+    return output
+
+
+def test_slurm_profile_plans_the_paper_dag(paper_plan):
+    output = paper_plan
     assert job_counts(output) == {
         "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1, "bench_generation": 10,
         "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "export_hf": 10,
@@ -452,14 +462,122 @@ def test_slurm_profile_plans_the_paper_dag(tmp_path):
     )
     assert re.search(r"seqarena eval --model results/paper/train/mamba-130m ", output)  # its own folder
     assert not re.search(r"seqarena eval --model results/paper/train/.*--tokenizer", output)
-    assert not (tmp_path / "results").exists()
 
 
-def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tmp_path):
+def _fields(line: str) -> dict[str, str]:
+    """ "a=1, b=x" -> {"a": "1", "b": "x"}."""
+    return dict(item.split("=", 1) for item in line.split(", ") if item)
+
+
+def planned_jobs(output: str) -> list[dict]:
+    """Each job of a dry run with its shell command: rule, wildcards, resources, the command's flags
+    ({"--steps": "100", "--compile": True}, up to the log redirection)."""
+    jobs = []
+    for rule, block, command in re.findall(
+        r"^rule (\w+):\n(.*?)^Shell command: ([^\n]*)", output, re.S | re.M
+    ):
+        wildcards = re.search(r"^    wildcards: (.*)$", block, re.M)
+        words = shlex.split(command.split(" > ")[0])
+        flags = {}
+        for i, word in enumerate(words):
+            if word.startswith("--"):
+                following = words[i + 1] if i + 1 < len(words) else "--"
+                flags[word] = True if following.startswith("--") else following
+        resources = _fields(re.search(r"^    resources: (.*)$", block, re.M)[1])
+        jobs.append(
+            {
+                "rule": rule,
+                "wildcards": _fields(wildcards[1] if wildcards else ""),
+                "resources": resources,
+                "flags": flags,
+            }
+        )
+    return jobs
+
+
+def merged(base: dict, over: dict) -> dict:
+    """A config file over the default, as Snakemake merges them (dicts key by key)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return out
+
+
+def expected_options(rule: str, wildcards: dict, config: dict) -> dict:
+    """The options the config sets for one job, key by key, read from the config as its README
+    documents them (config/README.md)."""
+    if rule in ("train", "train_seed"):
+        return {k: v for k, v in config["train"].items() if k not in ("seeds", "dataset")}
+    if rule == "synthetic_task":
+        task = config["synthetic"]["tasks"][wildcards["task"]]
+        options = {k: v for k, v in task.items() if k not in ("d_model", "archs", "by_arch")}
+        return options | task.get("by_arch", {}).get(wildcards["arch"], {})
+    if rule.startswith("bench_"):
+        return config["bench"][rule.removeprefix("bench_")]
+    if rule in ("evaluate", "evaluate_pretrained"):
+        options = {k: v for k, v in config["eval"].items() if k not in ("pretrained", "tokenizer")}
+        return options | ({"tokenizer": config["eval"]["tokenizer"]} if rule == "evaluate_pretrained" else {})
+    if rule in ("download", "tokenize"):
+        dataset = config["data"][config["train"]["dataset"]]
+        if rule == "download":
+            return dataset["source"]
+        tokenizer = dict(dataset["tokenizer"])
+        return {"tokenizer": tokenizer.pop("kind"), **tokenizer}
+    return {}
+
+
+def assert_options_reach(job: dict, config: dict) -> None:
+    """Each option the config sets for the job is on its command line as set: a switch present
+    where true and absent where false, a list comma-separated, 0 as 0."""
+    for key, value in expected_options(job["rule"], job["wildcards"], config).items():
+        flag, where = "--" + key.replace("_", "-"), (job["rule"], job["wildcards"], key, value)
+        if value is None or value is False:
+            assert flag not in job["flags"], where
+        elif value is True:
+            assert job["flags"].get(flag) is True, where
+        else:
+            rendered = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            assert job["flags"].get(flag) == rendered, where
+
+
+# The config's `resources` entry of each rule's jobs.
+RESOURCE_STAGES = {
+    "kernels": "kernels", "download": "download", "tokenize": "tokenize", "train": "train",
+    "train_seed": "train", "bench_kernels": "bench", "bench_generation": "bench",
+    "bench_training": "bench", "evaluate": "eval", "evaluate_pretrained": "eval",
+    "export_hf": "export", "synthetic_task": "synthetic",
+}  # fmt: skip
+
+
+def test_every_job_of_the_paper_dag_on_slurm_gets_its_partition_options_and_resources(paper_plan):
+    """For each job of the paper run: its partition matches its `gpu` resource; its command carries
+    every option the config sets, zeros and false included; its memory and runtime are the config's
+    for its size."""
+    config = merged(
+        *(yaml.safe_load((REPO / f"config/{name}.yaml").read_text()) for name in ("config", "paper"))
+    )
+    jobs = planned_jobs(paper_plan)
+    assert {job["rule"] for job in jobs} >= {"train", "synthetic_task", "evaluate", "tokenize", "export_hf"}
+    for job in jobs:
+        rule, resources = job["rule"], job["resources"]
+        gpus = int(resources.get("gpu", 0))
+        assert resources["slurm_partition"] == ("gpu" if gpus else "cpu"), (rule, job["wildcards"], resources)
+        assert_options_reach(job, config)
+        table = config["resources"].get(RESOURCE_STAGES.get(rule), {})
+        size = job["wildcards"]["model"].split("-", 1)[1] if "model" in job["wildcards"] else None
+        for key in ("mem_mb", "runtime"):
+            want = table.get(size, {}).get(key, table.get("default", {}).get(key))
+            if want is not None:
+                assert int(resources[key]) == want, (rule, job["wildcards"], key)
+
+
+def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tmp_path, slurm_profile):
     (tmp_path / "nodes.yaml").write_text("resources: {train: {2.8b: {gpu: 8, nodes: 4}}}\n")
     done = snakemake(
         "results/paper/train/mamba-2.8b/summary.json", "-n",
-        "--workflow-profile", str(REPO / "profiles/slurm"),
+        "--workflow-profile", str(slurm_profile),
         "--configfile", str(REPO / "config/paper.yaml"), str(tmp_path / "nodes.yaml"),
         cwd=tmp_path, timeout=300,
     )  # fmt: skip
@@ -581,18 +699,93 @@ def driver_venv(tmp_path_factory) -> Path:
     return venv
 
 
-PAPER_ON_SLURM = [
-    "--workflow-profile",
-    str(REPO / "profiles/slurm"),
-    "--configfile",
-    str(REPO / "config/paper.yaml"),
-]
-
-
-@pytest.mark.parametrize("args,jobs", [([], 32), (PAPER_ON_SLURM, 86)], ids=["default", "paper-slurm"])
-def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(driver_venv, tmp_path, args, jobs):
+@pytest.mark.parametrize("paper,jobs", [(False, 32), (True, 86)], ids=["default", "paper-slurm"])
+def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(
+    driver_venv, tmp_path, slurm_profile, paper, jobs
+):
+    on_slurm = ["--workflow-profile", str(slurm_profile), "--configfile", str(REPO / "config/paper.yaml")]
+    args = on_slurm if paper else []
     plan = [str(driver_venv / "bin/snakemake"), "--snakefile", str(REPO / "Snakefile"), "-n", *args]
     done = subprocess.run(plan, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert sum(job_counts(output).values()) == jobs
+
+
+RULE_ENVS = """
+import json, os, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+repo, configfiles = Path(sys.argv[1]), [Path(f) for f in sys.argv[2:]]
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=configfiles),
+        storage_settings=StorageSettings(),
+        snakefile=repo / "Snakefile",
+        workdir=Path.cwd(),
+    )._workflow
+    envs = {rule.name: rule.conda_env for rule in workflow.rules if rule.shellcmd}
+print(json.dumps({"envs": envs, "override": os.environ.get("CONDA_OVERRIDE_CUDA")}))
+"""
+
+
+@pytest.mark.parametrize("name,env", [("paper", "gpu"), ("config", "cpu")])
+def test_every_job_runs_in_the_devices_conda_env_which_a_host_without_a_gpu_can_create(tmp_path, name, env):
+    """Each rule's conda env is the config's device's (--use-conda, or the SLURM profile's conda
+    deployment); a CUDA config sets CONDA_OVERRIDE_CUDA to the GPU env's CUDA series where
+    Snakemake creates the envs, so a login node without a GPU can solve them."""
+    without = {k: v for k, v in ENV.items() if k != "CONDA_OVERRIDE_CUDA"}
+    command = [str(BIN / "python"), "-c", RULE_ENVS, str(REPO), str(REPO / f"config/{name}.yaml")]
+    done = subprocess.run(command, cwd=tmp_path, env=without, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    planned = json.loads(done.stdout.splitlines()[-1])
+    assert len(planned["envs"]) >= 12 and set(planned["envs"].values()) == {f"../../envs/{env}.yaml"}
+    pins = yaml.safe_load((REPO / "envs/gpu.yaml").read_text())["dependencies"]
+    assert planned["override"] == ("13.0" if env == "gpu" else None)
+    assert "cuda-version=13.0" in pins  # the series the override names is the env's own
+
+
+# Every key a stage's command takes, each set apart from the command's own default: zeros where
+# the default is not zero, true where it is false, a number where it is None.
+SWEEP = {
+    "train": {
+        "steps": 3, "tokens": 4096, "batch_tokens": 512, "micro_batch": 2, "seq_len": 16, "lr": 0.002,
+        "min_lr_ratio": 0, "min_lr": 1e-5, "warmup": 0, "weight_decay": 0, "beta1": 0, "beta2": 0.5,
+        "grad_clip": 0.5, "eval_interval": 1, "eval_windows": 2, "ckpt_interval": 1, "keep_checkpoints": 3,
+        "force_restart": True, "verify_data": True, "seed": 7, "compile": True, "deterministic": True,
+        "parallel": "fsdp", "scan_backend": "torch", "peak_tflops": 12.5,
+    },
+    "bench": {
+        "kernels": {"lengths": [16, 32], "batch": 2, "dim": 8, "state": 4, "backends": ["torch"],
+                    "repeats": 1},
+        "generation": {"prompt_len": 4, "new_tokens": 2, "batch_sizes": [3], "repeats": 2},
+        "training": {"steps": 2, "warmup_steps": 0, "seq_len": 8, "micro_batch": 1, "vocab_size": 300},
+    },
+    "eval": {"limit": 0.5, "batch_size": 3, "num_fewshot": 0},
+    "synthetic": {"archs": ["mamba"], "tasks": {"mqar": {
+        "d_model": [8], "length": 8, "vocab": 8, "n_pairs": 1, "n_layer": 1, "d_state": 2, "steps": 1,
+        "batch": 1, "lr": 0.01, "weight_decay": 0, "beta1": 0, "beta2": 0.5, "grad_clip": 0.5,
+        "test_lengths": [8, 16], "eval_sequences": 2, "max_attention_length": 8, "warmup": 0,
+        "min_lr_ratio": 0, "min_lr": 0.001,
+    }}},
+}  # fmt: skip
+
+
+def test_every_configured_value_reaches_its_command_zeros_and_false_included(tmp_path):
+    """A config that sets every key of training, the benchmarks, evaluation, tokenizing and the
+    synthetic tasks apart from the command's default: each reaches its job's command line as set."""
+    config = merged(yaml.safe_load((REPO / "config/config.yaml").read_text()), SWEEP)
+    dataset = config["train"]["dataset"]
+    config["data"][dataset]["tokenizer"] |= {"vocab_size": 300, "val_fraction": 0.1, "max_tokens": 1000}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake("-n", "--configfile", str(tmp_path / "sweep.yaml"), cwd=tmp_path, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    jobs = planned_jobs(output)
+    assert {"tokenize", "train", "bench_kernels", "bench_generation", "bench_training", "evaluate",
+            "synthetic_task"} <= {job["rule"] for job in jobs}  # fmt: skip
+    for job in jobs:
+        assert_options_reach(job, config)

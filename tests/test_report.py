@@ -262,6 +262,7 @@ def test_the_report_sets_the_papers_tables_beside_ours(full_results):
     summary = json.loads((full_results / "train/mamba-tiny/summary.json").read_text())
     assert recipes["mamba-tiny"]["peak lr"] == summary["recipe"]["peak_lr"] > 0
     assert recipes["mamba-tiny"]["paper size"] == "125M"  # Table 12's smallest, the nearest
+    assert recipes["mamba-tiny"]["paper row"] == "nearest (a CPU size)"
 
 
 def test_the_seed_table_spreads_each_models_loss_over_its_training_seeds(full_results):
@@ -311,3 +312,47 @@ def test_every_registered_figure_is_in_the_notebook_and_snakemakes_caption():
     for name, figure in FIGURES.items():
         assert f'show("{name}")' in notebook, name
         assert f"``{name}`` (``{figure.source}``" in rst, name
+
+
+def _summary(parameters: int) -> dict:
+    return {"summary": {"parameters": parameters, "steps": 1, "tokens": 1, "recipe": {}}, "metrics": []}
+
+
+def test_paper_sizes_are_set_beside_their_own_partners_not_the_nearest_name_or_size(tmp_path):
+    """The Mamba paper's pairs (mamba-130m with transformer-125m, ... 2.8b with 2.7b) from the size
+    registry: the generation notes compare them, and the recipe table sets each model beside its
+    own Table 12 row, or says that Table 12 has none (it stops at 1.3B)."""
+    from seqarena.models import matched_model
+    from seqarena.report import Results, generation_notes, recipe_table
+
+    pairs = {
+        "mamba-130m": "transformer-125m",
+        "mamba-790m": "transformer-760m",
+        "mamba2-780m": "transformer-760m",
+    }
+    pairs |= {
+        "mamba-1.4b": "transformer-1.3b",
+        "mamba-2.8b": "transformer-2.7b",
+        "hybrid-370m": "transformer-350m",
+    }
+    assert {model: matched_model(model, "transformer") for model in pairs} == pairs
+    assert (
+        matched_model("hybrid-370m", "mamba2") == "mamba2-370m"
+        and matched_model("mamba-tiny", "hybrid") == "hybrid-tiny"
+    )
+
+    bench = {"prompt_len": 2048, "new_tokens": 128, "device": "H100", "results": []}
+    generation = {
+        "mamba-130m": bench | {"results": [{"batch": 1, "oom": False, "tokens_per_s": 300.0}]},
+        "transformer-125m": bench | {"results": [{"batch": 1, "oom": False, "tokens_per_s": 100.0}]},
+    }
+    notes = generation_notes(Results(tmp_path, generation=generation))
+    assert "**mamba-130m**: 3.00x at batch 1 the tokens/s of transformer-125m" in notes
+
+    train = {"mamba-1.4b": _summary(1_372_000_000), "mamba-2.8b": _summary(2_768_000_000)}
+    rows = {row["model"]: row for row in recipe_table(Results(tmp_path, train=train))}
+    assert rows["mamba-1.4b"]["paper size"] == "1.3B" and rows["mamba-1.4b"]["paper row"] == "its own size"
+    assert (
+        "paper lr" not in rows["mamba-2.8b"]
+        and rows["mamba-2.8b"]["paper row"] == "none: Table 12 has no 2.7B row"
+    )

@@ -1,5 +1,6 @@
 """Training: learning, exact resume after SIGKILL, DDP on CPU, MLflow under concurrency and over HTTP."""
 
+import dataclasses
 import json
 import math
 import os
@@ -564,3 +565,98 @@ def test_token_files_that_changed_after_tokenizing_are_named_before_training(sha
     with pytest.raises(ValueError, match=rf"{data / 'val.bin'} has \d+ bytes, but meta.json records"):
         train(config(data, tmp_path / "grown", steps=1))
     assert not (tmp_path / "grown").exists() and not (tmp_path / "verified").exists()
+
+
+def test_deterministic_training_turns_on_the_switch_that_mamba_ssms_kernels_read_and_restores_it(
+    shakespeare, tmp_path
+):
+    from mamba_ssm_reference import mamba_ssm_on_cpu
+    from seqarena.training.trainer import deterministic_algorithms
+
+    summary = train(config(shakespeare, tmp_path / "run", steps=4, deterministic=True))
+    assert summary["deterministic"] and not torch.are_deterministic_algorithms_enabled()
+    plain = train(config(shakespeare, tmp_path / "plain", steps=4))
+    assert not plain["deterministic"]
+    with mamba_ssm_on_cpu():
+        from mamba_ssm.utils.determinism import use_deterministic_mode
+
+        with deterministic_algorithms(True):
+            assert use_deterministic_mode()
+        assert not use_deterministic_mode()
+
+
+def test_a_resume_after_a_resumable_change_continues_the_same_mlflow_run_and_says_what_changed(
+    shakespeare, tmp_path
+):
+    """Stopped at step N, then resumed with other validation settings: one run holds steps 1..end
+    once each, a tag names the changes and the step they took effect at, the validation series
+    says over how many windows each point was averaged, and the report names the change."""
+    from mlflow.tracking import MlflowClient
+
+    from seqarena.report import collect, validation_notes
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "train/mamba-tiny"
+    before = config(shakespeare, out, steps=16, ckpt_interval=50, eval_interval=4, tracking_uri=uri)
+    job = seqarena("train", *cli_args(before), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 5):
+        assert job.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(300) == 75
+    stopped_at = len(metrics(out))
+    after = config(
+        shakespeare, out, steps=16, ckpt_interval=50, eval_interval=2, eval_windows=8, tracking_uri=uri
+    )
+    summary = train(after)
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert summary["mlflow_run_id"] == run.info.run_id
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(
+        range(1, 17)
+    )
+    changes = run.data.tags[f"seqarena.resumed_at_step_{stopped_at}"]
+    assert changes == "train.eval_interval: 4 -> 2; train.eval_windows: 16 -> 8"
+    windows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/windows")}
+    assert windows == {s: 16 for s in range(4, stopped_at + 1, 4)} | {
+        s: 8 for s in range(stopped_at + 1, 17) if s % 2 == 0
+    }
+    notes = validation_notes(collect(tmp_path))
+    assert (
+        "**mamba-tiny**: validation loss on 16 windows at steps 4-" in notes
+        and "then 8 windows at steps" in notes
+    )
+
+
+def test_a_training_that_starts_at_step_0_gets_a_run_of_its_own_unless_the_newest_holds_no_history(
+    shakespeare, tmp_path
+):
+    """--force-restart without checkpoints (and a plain rerun after a finished run that kept none)
+    starts a new run with all of its steps; a run that another stage made first (the training
+    benchmark runs beside training) is continued."""
+    from mlflow.tracking import MlflowClient
+
+    from seqarena.tracking import log_stage
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "bench.json").write_text("{}")
+    log_stage(
+        uri,
+        "seqarena",
+        "mamba-tiny",
+        [("bench/training/tokens_per_s", 1.0, 0)],
+        tmp_path / "bench.json",
+        "bench",
+    )
+    cfg = config(shakespeare, tmp_path / "run", steps=4, ckpt_interval=50, tracking_uri=uri)
+    first = train(cfg)
+    again = train(dataclasses.replace(cfg, force_restart=True))
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert len(runs) == 2 and again["mlflow_run_id"] != first["mlflow_run_id"]
+    bench_run = client.get_run(first["mlflow_run_id"])
+    assert "bench/training/tokens_per_s" in bench_run.data.metrics  # the benchmark's run, continued
+    for summary in (first, again):
+        steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")]
+        assert sorted(steps) == [1, 2, 3, 4]

@@ -30,6 +30,16 @@ from seqarena.tracking import default_uri, git_commit, init_store
 # Largest relative error a kernel may have against the float64 reference: float32 kernels, and
 # bfloat16 inputs, where rounding the inputs alone costs about 1e-2.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
+# mamba_ssm's Triton SSD (the cuda backend's) multiplies float32 inputs in TF32, a 10-bit mantissa;
+# its own tests allow a relative 1e-2 there, and so does this check, for that kernel in float32.
+TF32_KERNELS = {("cuda", "ssd")}
+
+
+def tolerance(backend: str, op: str, dtype: torch.dtype) -> float:
+    """The largest relative error ``op`` (scan, ssd, conv) may show on ``backend`` in ``dtype``."""
+    if dtype == torch.float32 and (backend, op) in TF32_KERNELS:
+        return 1e-2
+    return TOLERANCE[dtype]
 
 
 def _version(package: str) -> str | None:
@@ -111,8 +121,16 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
     got = backends.causal_conv1d(*conv_ours.values(), activation="silu", backend=backend)
     want = causal_conv1d_torch(*conv_inputs.values(), "silu")
     errors |= _relative_errors("conv", got, want, conv_ours, conv_inputs)
+    tolerances = {op: tolerance(backend, op, dtype) for op in ("scan", "ssd", "conv")}
+    failed = sorted(name for name, error in errors.items() if error > tolerances[name.split("_")[0]])
     worst = max(errors.values())
-    return {"passed": worst <= TOLERANCE[dtype], "max_relative_error": worst, "errors": errors}
+    return {
+        "passed": not failed,
+        "failed": failed,
+        "max_relative_error": worst,
+        "tolerances": tolerances,
+        "errors": errors,
+    }
 
 
 def backend_record(name: str, dtype: torch.dtype = torch.float32) -> dict:
@@ -162,9 +180,13 @@ def write_kernels_record(out: Path, tracking_uri: str) -> dict:
     except RuntimeError as e:
         sys.exit(str(e))
     record = environment_record(tracking_uri)
-    failed = {n: b["errors"] for n, b in record["backends"].items() if b["available"] and not b["passed"]}
+    failed = {
+        name: {check: b["errors"][check] for check in b["failed"]} | {"tolerances": b["tolerances"]}
+        for name, b in record["backends"].items()
+        if b["available"] and not b["passed"]
+    }
     if failed:
-        sys.exit(f"kernel self-check failed (relative errors above {TOLERANCE[torch.float32]}): {failed}")
+        sys.exit(f"kernel self-check failed (relative errors above the tolerances): {failed}")
     cuda = record["backends"]["cuda"]
     if os.environ.get(DEVICE_ENV_VAR) == "cuda" and not cuda["available"]:
         sys.exit(f"config device: cuda, but the cuda backend cannot run: {cuda['reason']}")

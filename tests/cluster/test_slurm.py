@@ -70,7 +70,9 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert all((wa[k] - wb[k]).norm() <= 1e-4 * wb[k].norm() for k in wa)
 
 
-def test_paper_path_rehearsal_through_the_slurm_profile_survives_a_cancelled_training_job(cluster, tmp_path):
+def test_paper_path_rehearsal_through_the_slurm_profile_survives_a_cancelled_training_job(
+    cluster, tmp_path, slurm_profile
+):
     """config/rehearsal.yaml (the paper's code paths at miniature scale) through profiles/slurm."""
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared test data not found at {SHARED_DATA}")
@@ -79,7 +81,7 @@ def test_paper_path_rehearsal_through_the_slurm_profile_survives_a_cancelled_tra
         # the report and all it needs: the paper path (the export to transformers is no cluster matter)
         str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "report",
         "--configfile", str(REHEARSAL),
-        "--workflow-profile", str(REPO / "profiles/slurm"),
+        "--workflow-profile", str(slurm_profile),
         # the test cluster: one node of two CPUs, no accounting database (so squeue, not sacct)
         "--set-resources", "kernels:cpus_per_task=2", "train:cpus_per_task=1", "train:nodes=1",
         "--set-threads", "bench_kernels=2", "bench_generation=2", "bench_training=2",

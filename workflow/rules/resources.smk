@@ -17,6 +17,24 @@ if config["device"] == "cuda":
     os.environ.setdefault("SEQARENA_SCAN_BACKEND", "cuda")
 
 
+def cuda_series(env_file):
+    """The CUDA series an env file pins (its cuda-version=X.Y)."""
+    with open(env_file) as f:
+        dependencies = yaml.safe_load(f)["dependencies"]
+    pins = [d for d in dependencies if isinstance(d, str)]
+    return next(d.split("=", 1)[1] for d in pins if d.startswith("cuda-version="))
+
+
+# Snakemake creates the envs in this process, on the host you submit from, which often has no
+# GPU: conda then sees no `__cuda` virtual package and refuses packages that require one. The
+# GPU env's CUDA series stands in for it (conda's documented override), unless already set.
+if config["device"] == "cuda":
+    os.environ.setdefault(
+        "CONDA_OVERRIDE_CUDA",
+        cuda_series(os.path.join(workflow.basedir, "envs/gpu.yaml")),
+    )
+
+
 # Stages that never use a GPU, whatever the device.
 CPU_STAGES = ("download", "tokenize")
 # One thread a job: on a CPU, two small jobs side by side finish sooner than one after the other at

@@ -8,7 +8,7 @@ import torch
 from seqarena.models.base import CONFIG_NAME, WEIGHTS_NAME, LanguageModel
 from seqarena.models.families import FAMILIES, Family, family_of
 from seqarena.models.mamba import Mamba, MambaConfig
-from seqarena.models.sizes import SIZES, build_model, model_config, model_ids, parse_model_id
+from seqarena.models.sizes import SIZES, build_model, matched_model, model_config, model_ids, parse_model_id
 from seqarena.models.transformer import Transformer, TransformerConfig
 
 # state-spaces/mamba-* (and mamba_ssm's save_pretrained) write PyTorch pickles.
@@ -32,6 +32,7 @@ __all__ = [
     "config_from_dict",
     "family_of",
     "from_pretrained",
+    "matched_model",
     "model_config",
     "model_ids",
     "parse_model_id",

@@ -20,6 +20,7 @@ ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes
 fastest chunk for a training step on a CPU: benchmarks/README.md).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,21 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
     if size not in SIZES[arch]:
         raise ValueError(f"model id {model_id!r}: unknown {arch} size {size!r}; known: {list(SIZES[arch])}")
     return arch, size
+
+
+def matched_model(model_id: str, arch: str) -> str | None:
+    """The model of ``arch`` that the papers set beside ``model_id``: a CPU size's namesake, else the
+    paper size nearest in nominal parameters within 25% (mamba-130m -> transformer-125m, 790m ->
+    760m, 1.4b -> 1.3b, 2.8b -> 2.7b, as the Mamba paper pairs them); None where ``arch`` has none."""
+    own, size = parse_model_id(model_id)
+    nominal = SIZES[own][size].nominal_params
+    if nominal is None:
+        return f"{arch}-{size}" if size in SIZES[arch] else None
+    paper = {s: spec.nominal_params for s, spec in SIZES[arch].items() if spec.nominal_params}
+    nearest = min(paper, key=lambda s: abs(math.log(paper[s] / nominal)), default=None)
+    if nearest is None or abs(math.log(paper[nearest] / nominal)) > math.log(1.25):
+        return None
+    return f"{arch}-{nearest}"
 
 
 def model_config(model_id: str, vocab_size: int = GPT_NEOX_VOCAB, **overrides):

@@ -41,6 +41,7 @@ from seqarena.report.tables import (
     seed_table,
     synthetic_table,
     table3,
+    validation_notes,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "extrapolation_table",
     "generation",
     "generation_notes",
+    "validation_notes",
     "kernels",
     "loss_curves",
     "mean_std",

@@ -5,6 +5,7 @@ The published numbers are ``seqarena.paper``'s data, each with its source.
 
 import math
 
+from seqarena.models import SIZES, matched_model, parse_model_id
 from seqarena.models.families import FAMILIES
 from seqarena.paper import PAPER_METRIC, paper_table, paper_task, recipe
 from seqarena.report.results import Results, architecture
@@ -170,15 +171,39 @@ def mqar_vs_findings(r: Results) -> tuple[list[dict], str]:
     return rows, findings
 
 
+def _table12_row(model: str, parameters: int, sizes: list[dict]) -> tuple[dict | None, str]:
+    """The Table 12 row a model trained here is set beside, and why: a paper size's own (its
+    Transformer++ partner's size: Table 12 lists those), none past 1.3B, the nearest for a CPU size."""
+    partner = matched_model(model, "transformer")
+    arch, size = parse_model_id(model)
+    if SIZES[arch][size].nominal_params is None:
+        return _nearest(sizes, parameters, name_of=lambda row: row["params"]), "nearest (a CPU size)"
+    own = next((row for row in sizes if partner and row["params"].lower() == partner.split("-", 1)[1]), None)
+    return own, "its own size" if own else f"none: Table 12 has no {partner.split('-', 1)[1].upper()} row"
+
+
 def recipe_table(r: Results) -> list[dict]:
-    """The recipe each model was trained with (summary.json) beside Table 12's nearest size, whose
-    learning rate is the improved recipe's multiple of GPT-3's (Appendix E.2.1)."""
+    """The recipe each model was trained with (summary.json) beside its Table 12 row (``_table12_row``),
+    whose learning rate is the improved recipe's multiple of GPT-3's (Appendix E.2.1)."""
     sizes, multiple = paper_table("table12"), recipe("improved_recipe_lr_multiple")
     rows = []
     for model, d in r.train.items():
         summary = d["summary"]
         ours = summary.get("recipe", {})
-        size = _nearest(sizes, summary["parameters"], name_of=lambda row: row["params"])
+        size, which = _table12_row(model, summary["parameters"], sizes)
+        paper = (
+            {
+                "paper size": size["params"],
+                "paper lr": size["gpt3_lr"] * multiple,
+                "paper warmup steps": recipe("warmup_fraction") * size["steps"],
+                "paper min lr": recipe("min_lr"),
+                "paper batch tokens": size["batch_tokens"],
+                "paper steps": size["steps"],
+                "paper tokens": size["tokens"],
+            }
+            if size
+            else {}
+        )
         rows.append(
             {
                 "model": model,
@@ -189,13 +214,8 @@ def recipe_table(r: Results) -> list[dict]:
                 "batch tokens": ours.get("batch_tokens"),
                 "steps": summary["steps"],
                 "tokens": summary["tokens"],
-                "paper size": size["params"],
-                "paper lr": size["gpt3_lr"] * multiple,
-                "paper warmup steps": recipe("warmup_fraction") * size["steps"],
-                "paper min lr": recipe("min_lr"),
-                "paper batch tokens": size["batch_tokens"],
-                "paper steps": size["steps"],
-                "paper tokens": size["tokens"],
+                "paper row": which,
+                **paper,
             }
         )
     return rows

@@ -2,6 +2,7 @@
 
 import math
 
+from seqarena.models import matched_model
 from seqarena.models.families import FAMILIES
 from seqarena.paper import PAPER_METRIC, PAPER_TASKS, paper_task
 from seqarena.report.results import Results
@@ -123,14 +124,40 @@ def extrapolation_table(r: Results) -> list[dict]:
     ]
 
 
+def validation_notes(r: Results) -> str:
+    """Models whose validation loss was averaged over different numbers of windows in one run (a
+    resume after ``eval_windows`` changed): the curve's points before and after are not alike
+    (Markdown; empty when every run kept its windows)."""
+    lines = []
+    for model, data in sorted(r.train.items()):
+        spans = []  # [windows, first step, last step]
+        for row in data["metrics"]:
+            if "val_windows" not in row:
+                continue
+            if spans and spans[-1][0] == row["val_windows"]:
+                spans[-1][2] = row["step"]
+            else:
+                spans.append([row["val_windows"], row["step"], row["step"]])
+        if len(spans) > 1:
+            each = ", then ".join(f"{w} windows at steps {a}-{b}" for w, a, b in spans)
+            lines.append(
+                f"- **{model}**: validation loss on {each} (`train.eval_windows` changed on a resume)."
+            )
+    return "\n".join(lines)
+
+
 def generation_notes(r: Results) -> str:
-    """Mamba's generation throughput over the Transformer++ of the same size, per batch, in words;
+    """Mamba's generation throughput over its Transformer++ (``matched_model``: the paper's pairs,
+    130m beside 125m), per batch, in words;
     and, where Mamba is the slower, why that is expected on a CPU at these sizes (Markdown)."""
     lines, slower = [], False
     for model, data in sorted(r.generation.items()):
-        arch, _, size = model.partition("-")
-        other = r.generation.get(f"transformer-{size}")
-        if arch not in FAMILIES or not FAMILIES[arch].has_ssm_state or other is None:
+        arch = model.partition("-")[0]
+        if arch not in FAMILIES or not FAMILIES[arch].has_ssm_state:
+            continue
+        partner = matched_model(model, "transformer")  # mamba-130m's is transformer-125m
+        other = r.generation.get(partner)
+        if other is None:
             continue
         theirs = {x["batch"]: x["tokens_per_s"] for x in other["results"] if not x["oom"]}
         ratios = [
@@ -142,7 +169,7 @@ def generation_notes(r: Results) -> str:
             slower |= any(ratio < 1 for _, ratio in ratios)
             each = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios)
             setup = f"prompt {data['prompt_len']}, {data['new_tokens']} new tokens, {data['device']}"
-            line = f"- **{model}**: {each} the tokens/s of transformer-{size} ({setup})"
+            line = f"- **{model}**: {each} the tokens/s of {partner} ({setup})"
             ours, kv = data.get("cache_bytes_per_sequence"), other.get("cache_bytes_per_sequence")
             if ours and kv:  # files written before the field lack it
                 line += (

@@ -10,13 +10,18 @@ from pathlib import Path
 Row = tuple[str, float, int]  # (key, value, step)
 
 
+# The metric whose steps are a run's training history: a resume logs past its last step, and a
+# training that starts at step 0 does not continue a run that holds one (tracking.runs.ModelRun).
+TRAINING_HISTORY = "train/loss"
+VALIDATION = {"val_loss": "val/loss", "val_windows": "val/windows"}
+
+
 def training_metrics(row: dict) -> list[Row]:
-    """One row of metrics.jsonl: train/<key> for each, and val/loss where the step validated."""
+    """One row of metrics.jsonl: train/<key> for each (``loss`` is TRAINING_HISTORY), and val/loss
+    with val/windows (how many windows it averaged) where the step validated."""
     step = row["step"]
-    rows = [(f"train/{k}", v, step) for k, v in row.items() if k not in ("step", "val_loss")]
-    if "val_loss" in row:
-        rows.append(("val/loss", row["val_loss"], step))
-    return rows
+    rows = [(f"train/{k}", v, step) for k, v in row.items() if k != "step" and k not in VALIDATION]
+    return rows + [(VALIDATION[k], row[k], step) for k in VALIDATION if k in row]
 
 
 def final_training_metrics(summary: dict) -> list[Row]:

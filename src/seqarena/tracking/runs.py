@@ -3,6 +3,7 @@
 import subprocess
 from pathlib import Path
 
+from seqarena.tracking.metrics import TRAINING_HISTORY
 from seqarena.tracking.store import (
     client_for,
     file_lock,
@@ -51,10 +52,14 @@ def finish_training_run(client, run_id: str, out: Path) -> None:
 class ModelRun:
     """The MLflow run of one model id: created once, continued by every later stage or resume.
 
-    Training reopens its run (``reopen``: RUNNING until it ends). A later stage (bench, eval) adds
-    its results and leaves the run's status as training left it. Used as a context manager, a run
-    that the stage itself created (no training made one) ends when the stage does, FINISHED or
-    FAILED."""
+    A training history is one run: a resume continues the run its checkpoint names (``run_id``),
+    whatever resumable setting changed (``changed`` holds each such param's old and new value; the
+    run's params keep the values it started with). A training that starts at step 0 (``fresh``)
+    continues the model's newest run only while that holds no training history (another stage
+    may have made it first), else it gets a run of its own. Training reopens its run (``reopen``:
+    RUNNING until it ends). A later stage (bench, eval) adds its results to the model's newest run
+    and leaves its status as training left it. Used as a context manager, a run that the stage
+    itself created (no training made one) ends when the stage does, FINISHED or FAILED."""
 
     def __init__(
         self,
@@ -63,7 +68,8 @@ class ModelRun:
         model_id: str,
         tags: dict | None = None,
         params=None,
-        new=False,
+        run_id: str | None = None,
+        fresh=False,
         reopen=False,
     ):
         from mlflow.entities import Param
@@ -74,9 +80,11 @@ class ModelRun:
         # start together, and each must find the run the other made.
         flat = _flatten(params or {})
         with file_lock(runs_lock(uri)):
-            run = self._find_or_create(experiment_id, model_id, tags, flat, new, reopen)
+            run = self._find_or_create(experiment_id, model_id, tags, run_id, fresh, reopen)
             self.run_id = run.info.run_id
-            new_params = [Param(k, v) for k, v in flat.items() if k not in run.data.params]
+            held = run.data.params
+            self.changed = {k: (held[k], v) for k, v in flat.items() if k in held and held[k] != v}
+            new_params = [Param(k, v) for k, v in flat.items() if k not in held]
             for start in range(0, len(new_params), 100):
                 retry(self.client.log_batch, self.run_id, params=new_params[start : start + 100])
 
@@ -87,9 +95,7 @@ class ModelRun:
         if self.created:
             self.finish("FAILED" if error_type else "FINISHED")
 
-    def _find_or_create(self, experiment_id, model_id, tags, flat: dict[str, str], new, reopen):
-        from mlflow.entities import RunTag
-
+    def _newest(self, experiment_id, model_id):
         found = retry(
             self.client.search_runs,
             [experiment_id],
@@ -97,9 +103,21 @@ class ModelRun:
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        run = found[0] if found and not new else None
-        if run is not None and any(run.data.params.get(k, v) != v for k, v in flat.items()):
-            run = None  # the configuration changed: a new run, the old one stays for comparison
+        return found[0] if found else None
+
+    def _find_or_create(self, experiment_id, model_id, tags, run_id, fresh, reopen):
+        from mlflow.entities import RunTag
+        from mlflow.exceptions import MlflowException
+
+        if run_id is not None:
+            try:
+                run = retry(self.client.get_run, run_id)
+            except MlflowException:  # deleted from the store since: the history starts a new run
+                run = None
+        else:
+            run = self._newest(experiment_id, model_id)
+            if run is not None and fresh and self._has_training_history(run.info.run_id):
+                run = None
         all_tags = {MODEL_TAG: model_id, "seqarena.git_commit": git_commit(), **(tags or {})}
         self.created = run is None
         if run is None:
@@ -108,6 +126,12 @@ class ModelRun:
             retry(self.client.update_run, run.info.run_id, status="RUNNING")
         retry(self.client.log_batch, run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         return run
+
+    def _has_training_history(self, run_id: str) -> bool:
+        return bool(retry(self.client.get_metric_history, run_id, TRAINING_HISTORY))
+
+    def tag(self, key: str, value: str) -> None:
+        retry(self.client.set_tag, self.run_id, key, value)
 
     def last_step(self, key: str) -> int:
         """The last step logged for a metric (-1 if none): a resume logs only what comes after."""

@@ -36,6 +36,9 @@ class TrainConfig:
     )
     seed: int = 0
     compile: bool = False
+    deterministic: bool = option(
+        False, help="PyTorch's deterministic algorithms, which mamba_ssm's Triton kernels follow too"
+    )
     parallel: str = option("ddp", help="with several processes: ddp or fsdp")
     scan_backend: str = option("", help="force a selective-scan backend (cuda, cpp, torch); '' chooses")
     tracking_uri: str = option("", help="'': sqlite:///<out>/../../mlflow.db; 'none' disables MLflow")
@@ -90,6 +93,7 @@ RESUMABLE_CHANGES = frozenset(
         "dataset",
         "eval_interval",
         "eval_windows",
+        "deterministic",
         "ckpt_interval",
         "keep_checkpoints",
         "compile",

@@ -16,6 +16,7 @@ whole one and ends with the same weights and metrics as a run never killed. A st
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -30,6 +31,7 @@ from seqarena.checkpoints import CheckpointStore
 from seqarena.models import SIZES, Mamba, build_model, parse_model_id
 from seqarena.models.base import atomic_write
 from seqarena.ops import resolve_backend, use_backend
+from seqarena.tracking.metrics import TRAINING_HISTORY
 from seqarena.training.batches import TokenData, val_windows, windows
 from seqarena.training.config import TrainConfig, describe_changes, run_fingerprint
 from seqarena.training.optim import adamw, lr_at, no_decay_names, set_lr
@@ -74,6 +76,7 @@ class Trainer:
         self.checkpoints = CheckpointStore(Path(cfg.out) / "ckpt", cfg.keep_checkpoints)
         self.fingerprint = run_fingerprint(cfg, data.sha256)
         self.step, self.train_seconds, self.history = 0, 0.0, []
+        self.run_id: str | None = None  # the MLflow run of the history a checkpoint continues
         self.metrics_file: Path | None = None  # set by open_outputs; without it nothing is written
         self.tracking = None
         self.logged_until, self.pending = -1, []
@@ -87,12 +90,12 @@ class Trainer:
         """A single-process trainer on tokens in memory (a benchmark's): ``train`` writes nothing."""
         return cls(cfg, data, Distributed())
 
-    def resume(self) -> bool:
-        """Continue from the newest whole checkpoint of this config; checkpoints of another config (or
-        all, with force_restart) are moved aside. True when that restarts the run at step 0."""
+    def resume(self) -> None:
+        """Continue from the newest whole checkpoint of this config, and its MLflow run; checkpoints
+        of another config (or all, with force_restart) are moved aside, and the run starts at step 0."""
         path, ckpt = self.checkpoints.newest()
         if ckpt is None:
-            return False
+            return
         if self.cfg.force_restart or ckpt.get("fingerprint") != self.fingerprint:
             reason = (
                 "--force-restart"
@@ -108,14 +111,14 @@ class Trainer:
                     flush=True,
                 )
             self.dist.barrier()
-            return True
+            return
         load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"], self.sharded)
         torch.set_rng_state(ckpt["rng"])
         self.step, self.train_seconds, self.history = ckpt["step"], ckpt["train_seconds"], ckpt["history"]
+        self.run_id = ckpt.get("mlflow_run_id")
         print(f"resuming from {path} at step {self.step}", flush=True)
-        return False
 
-    def open_outputs(self, restart: bool) -> None:
+    def open_outputs(self) -> None:
         """metrics.jsonl as of the checkpoint (steps after it are forgotten), and the MLflow run."""
         if not self.dist.main:
             return
@@ -124,12 +127,13 @@ class Trainer:
         self.metrics_file = out / "metrics.jsonl"
         text = "".join(json.dumps(r) + "\n" for r in self.history)
         atomic_write(self.metrics_file, lambda tmp: Path(tmp).write_text(text))
-        self.tracking = self.open_tracking(restart)
-        self.logged_until = self.tracking.run.last_step("train/loss") if self.tracking else -1
+        self.tracking = self.open_tracking()
+        self.logged_until = self.tracking.run.last_step(TRAINING_HISTORY) if self.tracking else -1
 
-    def open_tracking(self, restart: bool):
-        """The model's MLflow run, written through a journal beside the outputs; a restart from step 0
-        gets a new run (the old keeps its steps)."""
+    def open_tracking(self):
+        """The training history's MLflow run, written through a journal beside the outputs: a resume
+        continues its checkpoint's run (a changed resumable setting is tagged with the step it took
+        effect at), a start at step 0 gets a run of its own (ModelRun says when)."""
         cfg = self.cfg
         if cfg.tracking_uri == "none":
             return None
@@ -155,8 +159,18 @@ class Trainer:
         ignored = ("out", "tracking_uri", "force_restart")
         params = {"train": {k: v for k, v in asdict(cfg).items() if k not in ignored}, "resolved": resolved}
         run = ModelRun(
-            uri, cfg.experiment, cfg.run_name or cfg.model, tags=tags, params=params, new=restart, reopen=True
+            uri,
+            cfg.experiment,
+            cfg.run_name or cfg.model,
+            tags=tags,
+            params=params,
+            run_id=self.run_id,
+            fresh=self.step == 0,
+            reopen=True,
         )
+        if run.changed:
+            changes = "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in sorted(run.changed.items()))
+            run.tag(f"seqarena.resumed_at_step_{self.step}", changes)
         return MetricsJournal(run, out / "mlflow-journal.jsonl")
 
     def train(self) -> list[dict]:
@@ -174,7 +188,7 @@ class Trainer:
             for _ in bar:
                 row = self.train_step()
                 if self.step % self.cfg.eval_interval == 0 or self.step == self.steps:
-                    row["val_loss"] = self.evaluate()
+                    row |= {"val_loss": self.evaluate(), "val_windows": len(self.val_x)}
                 self.record(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 self.maybe_checkpoint()
@@ -283,6 +297,7 @@ class Trainer:
                 "config": asdict(self.cfg),
                 "fingerprint": self.fingerprint,
                 "history": self.history,
+                "mlflow_run_id": self.tracking.run.run_id if self.tracking else None,
             }
             saved = self.checkpoints.save(self.step, state)
         self.dist.barrier()
@@ -315,6 +330,7 @@ class Trainer:
             "device": device_name(device),
             "processes": self.dist.world,
             "scan_backend": self.scan_backend,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
             "mlflow_run_id": self.tracking.run.run_id if self.tracking else None,
         }
 
@@ -357,15 +373,34 @@ class Trainer:
             )
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """With ``enabled``, PyTorch's deterministic algorithms for the run (mamba_ssm's Triton SSD
+    follows the same switch), restored after. An op without one warns, naming itself, rather than
+    fail: on a GPU, reruns then still differ in the last bits where such ops run. cuBLAS needs a
+    fixed workspace for it."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) one model on its tokenized folder; write its weights, metrics.jsonl and
     summary.json. Returns the summary (on the main process; {} on the others)."""
     dist_ = Distributed()
     try:
-        with StopSignals() as stop:
+        with StopSignals() as stop, deterministic_algorithms(cfg.deterministic):
             trainer = Trainer(cfg, TokenData.from_folder(cfg.data, cfg.verify_data), dist_, stop)
-            restart = trainer.resume()
-            trainer.open_outputs(restart)
+            trainer.resume()
+            trainer.open_outputs()
             trainer.train()
             return trainer.finish()
     finally:
