@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from seqarena.training.optim import lr_at, no_decay_names, param_groups
 from seqarena.training.parallel import Distributed
 
 DETERMINISTIC = ("step", "tokens", "loss", "lr", "grad_norm", "val_loss")
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -526,6 +528,23 @@ def test_the_checkpoint_store_skips_flipped_bytes_and_a_missing_manifest_naming_
                     "step_00000004.pt"]  # fmt: skip
 
 
+def test_a_checkpoint_is_hashed_as_it_is_written_not_read_back(tmp_path, monkeypatch):
+    """A stop signal's checkpoint must finish within torchrun's and SLURM's grace: at 2.8B the state
+    is about 34 GB, and reading it back for its sha256 doubled the time on disk."""
+    import hashlib
+
+    import seqarena.checkpoints
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read back")
+
+    monkeypatch.setattr(seqarena.checkpoints, "sha256_file", no_reading)
+    path = CheckpointStore(tmp_path, keep=1).save(7, {"weights": torch.randn(4096)})
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest["bytes"] == path.stat().st_size
+
+
 def test_a_full_disk_fails_naming_the_checkpoint_and_keeps_the_one_before(
     shakespeare, tmp_path, uninterrupted
 ):
@@ -660,3 +679,46 @@ def test_a_training_that_starts_at_step_0_gets_a_run_of_its_own_unless_the_newes
     for summary in (first, again):
         steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")]
         assert sorted(steps) == [1, 2, 3, 4]
+
+
+SLOW_CHECKPOINT = """
+import os, time
+import seqarena.checkpoints as checkpoints
+
+save = checkpoints.CheckpointStore.save
+
+
+def slow_save(self, step, state):
+    time.sleep(float(os.environ["SEQARENA_TEST_SLOW_CHECKPOINT_S"]))
+    return save(self, step, state)
+
+
+checkpoints.CheckpointStore.save = slow_save
+"""
+
+
+def test_a_stop_under_torchrun_finishes_a_checkpoint_that_takes_longer_than_torchruns_default_grace(
+    shakespeare, tmp_path
+):
+    """SIGTERM to `seqarena launch` (torchrun, two processes): the checkpoint of the step in flight
+    takes 40 s, past the 30 s after which torchrun used to kill its workers, and is written whole."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject/sitecustomize.py").write_text(SLOW_CHECKPOINT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEQARENA_TEST_SLOW_CHECKPOINT_S": "40"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "inject"), env.get("PYTHONPATH", "")])
+    out = tmp_path / "run"
+    cfg = config(shakespeare, out, steps=500, batch_tokens=512, micro_batch=4, ckpt_interval=1000)
+    job = subprocess.Popen(
+        [str(BIN / "seqarena"), "launch", "--nproc-per-node", "2", "--", "train", *cli_args(cfg)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, "training ended before the signal"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)  # to torchrun, which passes it on, as SLURM's signal reaches it
+    _, stderr = job.communicate(timeout=300)
+    (saved,) = (out / "ckpt").glob("step_*.pt")
+    store = CheckpointStore(out / "ckpt", keep=2)
+    assert store.problem(saved) is None, stderr[-3000:]  # whole, with its manifest
+    assert not list((out / "ckpt").glob(".*tmp*")) and "SIGKILL" not in stderr

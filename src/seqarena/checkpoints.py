@@ -25,6 +25,20 @@ def fingerprint_hash(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class _Hashing:
+    """A file that updates a digest with every byte written to it (torch.save only writes)."""
+
+    def __init__(self, file, digest):
+        self.file, self.digest = file, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 class CheckpointStore:
     """The checkpoints of one run, in ``folder``; the newest ``keep`` are kept."""
 
@@ -35,12 +49,21 @@ class CheckpointStore:
         return sorted(self.folder.glob("step_*.pt"))
 
     def save(self, step: int, state: dict) -> Path:
+        """Write the state and then its manifest; the sha256 is taken as the bytes go out, so a
+        multi-GB state is not read back (a stop signal's checkpoint must finish within the grace
+        that torchrun and SLURM give it)."""
         path = self.folder / f"step_{step:08d}.pt"
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        digest = hashlib.sha256()
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                torch.save(state, _Hashing(f, digest))
+
+        atomic_write(path, write)
         manifest = {
             "step": step,
             "bytes": path.stat().st_size,
-            "sha256": sha256_file(path),
+            "sha256": digest.hexdigest(),
             "fingerprint_sha256": fingerprint_hash(state.get("fingerprint") or {}),
         }
         text = json.dumps(manifest, indent=2) + "\n"

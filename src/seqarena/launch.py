@@ -71,11 +71,19 @@ def command(nodes: int, nproc_per_node: int, args: list[str]) -> list[str]:
     ]
 
 
+# torchrun passes a stop signal on to its workers and kills them 30 s later by default: too soon
+# for a large model's checkpoint. profiles/slurm signals 300 s before the time limit; the workers
+# get 240 of them: TORCH_ELASTIC_SHUTDOWN_TIMEOUT (pytorch PR #172596; torch 2.13 reads it, an
+# older torchrun ignores it and keeps its 30 s).
+STOP_GRACE_S = 240
+
+
 def launch(nodes: int, nproc_per_node: int, args: list[str]) -> None:
     """Replace this process with the job's processes (see ``command``)."""
     if not args:
         raise ValueError("seqarena launch: no seqarena arguments given after --")
     line = command(nodes, nproc_per_node, args)
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(STOP_GRACE_S))
     print(" ".join(line), file=sys.stderr, flush=True)
     os.execvp(line[0], line)
 

@@ -1,10 +1,16 @@
 """Several processes: torchrun's environment, DDP or FSDP2 around the model, full state dicts."""
 
 import os
+from datetime import timedelta
 
 import torch
 
 from seqarena.device import compute_device
+
+# How long a collective may wait: the other ranks wait at a barrier while rank 0 writes a checkpoint
+# (at 2.8B parameters with AdamW's state about 34 GB: 6 minutes at 100 MB/s), longer than NCCL's
+# default of 10 minutes allows on a slow shared file system.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
 class Distributed:
@@ -20,7 +26,8 @@ class Distributed:
 
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
 
     @property
     def main(self) -> bool:
