@@ -509,7 +509,8 @@ def expected_options(rule: str, wildcards: dict, config: dict) -> dict:
     """The options the config sets for one job, key by key, read from the config as its README
     documents them (config/README.md)."""
     if rule in ("train", "train_seed"):
-        return {k: v for k, v in config["train"].items() if k not in ("seeds", "dataset")}
+        size = config["train"].get("by_size", {}).get(wildcards["model"].split("-", 1)[1], {})
+        return {k: v for k, v in config["train"].items() if k not in ("seeds", "dataset", "by_size")} | size
     if rule == "synthetic_task":
         task = config["synthetic"]["tasks"][wildcards["task"]]
         options = {k: v for k, v in task.items() if k not in ("d_model", "archs", "by_arch")}
@@ -641,7 +642,7 @@ def test_the_schema_allows_exactly_the_config_fields_of_training_and_the_synthet
     from seqarena.training import TrainConfig
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    train = set(schema["properties"]["train"]["properties"]) - {"seeds"}  # dataset: the data key, a tag
+    train = set(schema["properties"]["train"]["properties"]) - {"seeds", "by_size"}  # dataset: a tag
     set_by_the_driver = {"model", "data", "out", "tracking_uri", "experiment", "run_name"}
     assert train == {f.name for f in dataclasses.fields(TrainConfig)} - set_by_the_driver
     synthetic = set(schema["$defs"]["synthetic_run"]["properties"])
@@ -756,6 +757,7 @@ SWEEP = {
         "min_lr_ratio": 0, "min_lr": 1e-5, "warmup": 0, "weight_decay": 0, "beta1": 0, "beta2": 0.5,
         "grad_clip": 0.5, "eval_interval": 1, "eval_windows": 2, "ckpt_interval": 1, "keep_checkpoints": 3,
         "force_restart": True, "verify_data": True, "seed": 7, "compile": True, "deterministic": True,
+        "activation_checkpointing": True,
         "parallel": "fsdp", "scan_backend": "torch", "peak_tflops": 12.5,
     },
     "bench": {

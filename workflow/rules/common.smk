@@ -67,11 +67,14 @@ def tokenizer_options(wildcards):
 
 
 def train_options(wildcards):
-    """train.*, but the keys only the driver reads; a repeat at another seed (train_seed) gets an
-    MLflow run of its own."""
+    """train.*, with the model size's by_size entry over it, but the keys only the driver reads; a
+    repeat at another seed (train_seed) gets an MLflow run of its own."""
     options = {
-        k: v for k, v in config["train"].items() if k not in ("dataset", "seeds")
+        k: v
+        for k, v in config["train"].items()
+        if k not in ("dataset", "seeds", "by_size")
     }
+    options |= config["train"].get("by_size", {}).get(model_size(wildcards.model), {})
     if "seed" in wildcards.keys():
         seed = wildcards.seed
         options |= {"seed": int(seed), "run_name": f"{wildcards.model}/seed{seed}"}

@@ -36,6 +36,9 @@ class TrainConfig:
     )
     seed: int = 0
     compile: bool = False
+    activation_checkpointing: bool = option(
+        False, help="recompute each block's activations in the backward pass: less memory, more compute"
+    )
     deterministic: bool = option(
         False, help="PyTorch's deterministic algorithms, which mamba_ssm's Triton kernels follow too"
     )
@@ -94,6 +97,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_interval",
         "eval_windows",
         "deterministic",
+        "activation_checkpointing",
         "ckpt_interval",
         "keep_checkpoints",
         "compile",

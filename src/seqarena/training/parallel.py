@@ -1,5 +1,6 @@
 """Several processes: torchrun's environment, DDP or FSDP2 around the model, full state dicts."""
 
+import functools
 import os
 from datetime import timedelta
 
@@ -55,6 +56,21 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def blocks(model) -> torch.nn.ModuleList:
+    """The model's residual blocks: a Mamba's backbone.layers, a Transformer's layers."""
+    return model.backbone.layers if hasattr(model, "backbone") else model.layers
+
+
+def checkpoint_activations(model) -> None:
+    """Each block's activations recomputed in the backward pass instead of kept from the forward:
+    memory for the blocks' inputs and one block's activations, for one more forward of compute.
+    The blocks stay the same modules (their state dicts do not change)."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks(model):
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
 def wrap(model, parallel: str, dist_: Distributed):
     """DDP or FSDP2 (``parallel``) around the model when there are several processes."""
     if dist_.world == 1:
@@ -62,9 +78,8 @@ def wrap(model, parallel: str, dist_: Distributed):
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        layers = model.backbone.layers if hasattr(model, "backbone") else model.layers
-        for layer in layers:
-            fully_shard(layer)
+        for block in blocks(model):
+            fully_shard(block)
         return fully_shard(model)
     from torch.nn.parallel import DistributedDataParallel
 

@@ -35,7 +35,13 @@ from seqarena.tracking.metrics import TRAINING_HISTORY
 from seqarena.training.batches import TokenData, val_windows, windows
 from seqarena.training.config import TrainConfig, describe_changes, run_fingerprint
 from seqarena.training.optim import adamw, lr_at, no_decay_names, set_lr
-from seqarena.training.parallel import Distributed, full_state_dicts, load_full_state_dicts, wrap
+from seqarena.training.parallel import (
+    Distributed,
+    checkpoint_activations,
+    full_state_dicts,
+    load_full_state_dicts,
+    wrap,
+)
 from seqarena.training.signals import STOPPED_EXIT_STATUS, StopSignals, TrainingStopped
 from seqarena.training.summary import device_name, peak_memory_bytes, peak_tflops, recipe
 
@@ -64,6 +70,8 @@ class Trainer:
 
         self.sharded = dist_.world > 1 and cfg.parallel == "fsdp"
         no_decay = no_decay_names(self.model)  # before FSDP replaces the parameters
+        if cfg.activation_checkpointing:
+            checkpoint_activations(self.model)
         self.wrapped = wrap(self.model, cfg.parallel, dist_)
         self.optimizer = adamw(self.model, cfg, self.peak_lr, no_decay)
         self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
