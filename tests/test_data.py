@@ -86,6 +86,24 @@ def test_gpt_neox_tokenizer_from_shared_file(shared_data, corpus, tmp_path):
     assert meta["vocab_size"] == 50277 and meta["eos_id"] == 0 and meta["dtype"] == "uint16"
 
 
+def test_a_hub_tokenizer_that_the_prefetch_cached_loads_on_a_node_without_network(shared_data, tmp_path):
+    """The hub's own cache layout (what `seqarena prefetch` fills), read with HF_HUB_OFFLINE=1 by
+    a fresh process as a compute-node job is."""
+    snapshot = tmp_path / "hf/hub/models--EleutherAI--gpt-neox-20b/snapshots/0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer.json").write_bytes((shared_data / "20B_tokenizer.json").read_bytes())
+    (tmp_path / "hf/hub/models--EleutherAI--gpt-neox-20b/refs").mkdir()
+    (tmp_path / "hf/hub/models--EleutherAI--gpt-neox-20b/refs/main").write_text("0123abcd")
+    load = (
+        "from seqarena.data import load_hf_tokenizer; "
+        "print(load_hf_tokenizer('EleutherAI/gpt-neox-20b').encode('Hello world!').ids)"
+    )
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[12092,", "1533,", "2]"]
+
+
 def test_jsonl_source_with_text_field_and_own_validation_split(tmp_path):
     rows = [{"body": f"record number {i} " * 3, "id": i} for i in range(50)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -69,10 +69,13 @@ def test_every_stage_writes_its_contract(pipeline):
     cwd, _, output = pipeline
     results = cwd / "results"
     assert job_counts(output) == {
-        "all": 1, "kernels": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
+        "all": 1, "kernels": 1, "prefetch": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
         "bench_generation": 2, "bench_training": 2, "evaluate": 2, "synthetic_task": 3, "report": 1,
         "export_hf": 2,
     }  # fmt: skip
+    prefetched = json.loads((results / "hub/prefetched.json").read_text())  # local tasks: loaded, not fetched
+    assert prefetched == {"tokenizers": {}, "models": {}, "tasks": ["local_piqa", "piqa_embedded"]}
+    assert "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 seqarena eval" in output
     env = json.loads((results / "env/kernels.json").read_text())
     assert env["backends"]["cpp"]["passed"] and env["backends"]["cpp"]["max_relative_error"] < 1e-3
     assert not env["backends"]["cuda"]["available"] and "CUDA" in env["backends"]["cuda"]["reason"]
@@ -446,7 +449,8 @@ def paper_plan(tmp_path_factory, slurm_profile) -> str:
 def test_slurm_profile_plans_the_paper_dag(paper_plan):
     output = paper_plan
     assert job_counts(output) == {
-        "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1, "bench_generation": 10,
+        "prefetch": 1, "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1,
+        "bench_generation": 10,
         "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "export_hf": 10,
         "synthetic_task": 20, "report": 1, "all": 1,  # four archs: mamba_lti and transformer_abs too
     }  # fmt: skip
@@ -462,6 +466,16 @@ def test_slurm_profile_plans_the_paper_dag(paper_plan):
     )
     assert re.search(r"seqarena eval --model results/paper/train/mamba-130m ", output)  # its own folder
     assert not re.search(r"seqarena eval --model results/paper/train/.*--tokenizer", output)
+    # what the jobs on compute nodes read from the hub is fetched first, on the submit host
+    prefetch = output.split("rule prefetch:", 1)[1].split("Shell command: ", 1)[1].splitlines()[0]
+    assert "--tokenizers EleutherAI/gpt-neox-20b --models " in prefetch  # once, for data and eval
+    assert "state-spaces/mamba-130m" in prefetch and "EleutherAI/pythia-2.8b" in prefetch
+    assert "--tasks lambada_openai,hellaswag,piqa,arc_easy,arc_challenge,winogrande" in prefetch
+    offline = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "
+    assert (
+        f"{offline}seqarena data tokenize" in output
+        and f"{offline}seqarena gpus --count 1 -- seqarena eval" in output
+    )
 
 
 def _fields(line: str) -> dict[str, str]:
@@ -700,7 +714,7 @@ def driver_venv(tmp_path_factory) -> Path:
     return venv
 
 
-@pytest.mark.parametrize("paper,jobs", [(False, 32), (True, 86)], ids=["default", "paper-slurm"])
+@pytest.mark.parametrize("paper,jobs", [(False, 33), (True, 87)], ids=["default", "paper-slurm"])
 def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(
     driver_venv, tmp_path, slurm_profile, paper, jobs
 ):

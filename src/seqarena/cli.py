@@ -34,6 +34,7 @@ STAGES = (
         "seqarena.env:check_environment",
         "build the kernels, self-check every backend, write kernels.json, create the MLflow store",
     ),
+    Stage("prefetch", "seqarena.prefetch:prefetch_command", "fill the HF cache for jobs on offline nodes"),
     Stage("data download", "seqarena.data:download_command", "fetch a corpus (HF hub or local files)"),
     Stage("data tokenize", "seqarena.data:tokenize_command", "tokenizer + train.bin/val.bin/meta.json"),
     Stage("train", "seqarena.training.trainer:train_command", "train (or resume) one model"),

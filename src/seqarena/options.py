@@ -1,8 +1,8 @@
 """Each stage's options are the fields of one dataclass; its command-line flags are built from it.
 
 A field is a flag: ``vocab_size`` is ``--vocab-size``, its type and default are the flag's, and
-``option(help=...)`` gives its help. Booleans are switches, ``list[int]`` fields take
-comma-separated integers, ``X | None`` fields are optional, fields without a default are
+``option(help=...)`` gives its help. Booleans are switches, ``list[int]`` and ``list[str]``
+fields take comma-separated values, ``X | None`` fields are optional, fields without a default are
 required. ``option(positional=True)`` makes a positional argument, ``option(remainder=True)`` one
 that takes every word after it (after a ``--``). Torch-free: the CLI builds a parser before it
 imports a stage.
@@ -34,6 +34,10 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
+def _words(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
 def _argument(f: dataclasses.Field, hint) -> tuple[list[str], dict]:
     """The name(s) and ``add_argument`` options of one field."""
     if isinstance(hint, types.UnionType):  # int | None -> int
@@ -59,7 +63,7 @@ def _argument(f: dataclasses.Field, hint) -> tuple[list[str], dict]:
             raise TypeError(f"{f.name}: a switch must default to False")
         options["action"] = "store_true"
     else:
-        options["type"] = _ints if hint == list[int] else hint
+        options["type"] = {list[int]: _ints, list[str]: _words}.get(hint, hint)
         if meta.get("choices"):
             options["choices"] = meta["choices"]
     return ["--" + f.name.replace("_", "-")], options | {"dest": f.name}

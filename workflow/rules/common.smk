@@ -100,7 +100,26 @@ def synthetic_options(wildcards):
     }
 
 
+def hub_fetches(wildcards):
+    """What the run's jobs read from the Hugging Face hub: the training data's tokenizer and, with
+    published checkpoints, theirs (both where not a local file), those checkpoints, and the
+    evaluation tasks' datasets (lm-eval loads each, local or not)."""
+    tokenizer = config["data"][config["train"]["dataset"]]["tokenizer"]
+    names = [tokenizer.get("tokenizer_name", "")] if tokenizer["kind"] == "hf" else []
+    models = [p for p in config["eval"]["pretrained"] if not os.path.isdir(p)]
+    names += [config["eval"].get("tokenizer", "")] if models else []
+    return {
+        "tokenizers": list(
+            dict.fromkeys(n for n in names if n and not os.path.exists(n))
+        ),
+        "models": models,
+        "tasks": config["eval"]["tasks"],
+        "include_path": config["eval"].get("include_path"),
+    }
+
+
 STAGE_OPTIONS = {
+    "prefetch": hub_fetches,
     "download": lambda w: config["data"][w.dataset]["source"],
     "tokenize": tokenizer_options,
     "train": train_options,
@@ -116,7 +135,7 @@ STAGE_OPTIONS = {
     "synthetic": synthetic_options,
 }
 # Stages that log to MLflow: they get the experiment and the tracking store.
-TRACKED_STAGES = set(STAGE_OPTIONS) - {"download", "tokenize"}
+TRACKED_STAGES = set(STAGE_OPTIONS) - {"prefetch", "download", "tokenize"}
 
 
 def stage_args(stage, wildcards):

@@ -2,6 +2,7 @@ if config["download_on_submit_host"]:
 
     localrules:
         download,
+        prefetch,
 
 
 rule download:
@@ -25,9 +26,26 @@ rule download:
         "seqarena data download {params.args} --out {output:q} > {log:q} 2>&1"
 
 
+rule prefetch:
+    output:
+        f"{RESULTS}/hub/prefetched.json",
+    log:
+        f"{RESULTS}/logs/prefetch.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prefetch.tsv"
+    priority: 2
+    conda:
+        ENV
+    params:
+        args=lambda w: stage_args("prefetch", w),
+    shell:
+        "seqarena prefetch --out {output:q} {params.args} > {log:q} 2>&1"
+
+
 rule tokenize:
     input:
-        rules.download.output,
+        raw=rules.download.output,
+        hub=ancient(rules.prefetch.output),  # what it fetches changing reruns it, not this
     output:
         train=f"{RESULTS}/data/{{dataset}}/train.bin",
         val=f"{RESULTS}/data/{{dataset}}/val.bin",
@@ -47,8 +65,9 @@ rule tokenize:
     params:
         args=lambda w: stage_args("tokenize", w),
         out=lambda wildcards, output: os.path.dirname(output.meta),
+        offline=OFFLINE,
     shell:
-        "seqarena data tokenize --raw {input:q} --out {params.out:q} {params.args} > {log:q} 2>&1"
+        "{params.offline}seqarena data tokenize --raw {input.raw:q} --out {params.out:q} {params.args} > {log:q} 2>&1"
 
 
 rule data:

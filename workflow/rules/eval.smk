@@ -1,6 +1,7 @@
 rule evaluate:
     input:
-        rules.train.output.summary,
+        summary=rules.train.output.summary,
+        hub=ancient(rules.prefetch.output),  # what it fetches changing reruns it, not this
     output:
         f"{RESULTS}/eval/{{model}}.json",
     log:
@@ -17,15 +18,17 @@ rule evaluate:
     params:
         gpus=gpu_slot,
         args=lambda w: stage_args("eval", w),
-        model=lambda wildcards, input: os.path.dirname(input[0]),
+        model=lambda wildcards, input: os.path.dirname(input.summary),
         cache=f"{RESULTS}/eval/cache",
+        offline=OFFLINE,
     shell:
-        "{params.gpus}seqarena eval --model {params.model:q} --out {output:q} --cache-dir {params.cache:q} {params.args} > {log:q} 2>&1"
+        "{params.offline}{params.gpus}seqarena eval --model {params.model:q} --out {output:q} --cache-dir {params.cache:q} {params.args} > {log:q} 2>&1"
 
 
 rule evaluate_pretrained:
     input:
-        rules.kernels.output,
+        kernels=rules.kernels.output,
+        hub=ancient(rules.prefetch.output),  # what it fetches changing reruns it, not this
     output:
         f"{RESULTS}/eval/pretrained/{{ref}}.json",
     log:
@@ -44,8 +47,9 @@ rule evaluate_pretrained:
         args=lambda w: stage_args("eval", w),
         model=pretrained_id,
         cache=f"{RESULTS}/eval/cache",
+        offline=OFFLINE,
     shell:
-        "{params.gpus}seqarena eval --model {params.model:q} --run-name {params.model:q} --out {output:q} --cache-dir {params.cache:q} {params.args} > {log:q} 2>&1"
+        "{params.offline}{params.gpus}seqarena eval --model {params.model:q} --run-name {params.model:q} --out {output:q} --cache-dir {params.cache:q} {params.args} > {log:q} 2>&1"
 
 
 rule eval_all:

@@ -35,6 +35,15 @@ if config["device"] == "cuda":
     )
 
 
+# With the downloads on the submit host, the jobs that read the hub (tokenizing, evaluation) read
+# only the cache that the prefetch job filled there: compute nodes often have no internet.
+OFFLINE = (
+    "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "
+    if config["download_on_submit_host"]
+    else ""
+)
+
+
 # Stages that never use a GPU, whatever the device.
 CPU_STAGES = ("download", "tokenize")
 # One thread a job: on a CPU, two small jobs side by side finish sooner than one after the other at
