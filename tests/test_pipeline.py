@@ -279,7 +279,7 @@ def test_make_pipelines_live_view_is_installed_and_plans_the_default_dag(tmp_pat
     done = snakemake("-n", "--logger", "rich", cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert re.search(r"total\s+32", output)  # the rich logger's job table of the default DAG
+    assert re.search(r"total\s+33", output)  # the rich logger's job table of the default DAG
 
 
 def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(tmp_path):
