@@ -219,10 +219,37 @@ def test_a_results_folder_refuses_the_results_of_other_config_files(pipeline):
     done = snakemake("--configfile", str(other), "--cores", "1", "--forcerun", "report", cwd=cwd)
     output = done.stdout + done.stderr
     assert done.returncode != 0
-    recorded, this_run = (sorted([str(REPO / "config/config.yaml"), str(c)]) for c in (config, other))
-    assert f"holds the results of config files {recorded}" in output  # sorted: tmp names vary
-    assert f"this run's are {this_run}" in output
+    default = os.path.relpath(REPO / "config/config.yaml", cwd)  # relative: a moved folder keeps it
+    recorded, this_run = (sorted([default, c.name]) for c in (config, other))
+    assert f"holds the results of {recorded}" in output and f"this run's config is {this_run}" in output
     assert sorted(p.relative_to(cwd) for p in (cwd / "results").rglob("*")) == before
+
+
+def test_a_quick_run_with_config_overrides_is_refused_the_default_results_and_runs_in_its_own(pipeline):
+    """The README's quick run (`--config train=... models=...`) changes what a model is: into the
+    results it would overwrite it is refused, naming the overrides; with a results folder of its
+    own it runs, and the default results stay as they were."""
+    cwd, config, _ = pipeline
+    before = {p: p.stat().st_mtime_ns for p in (cwd / "results").rglob("*") if p.is_file()}
+    quick = [
+        "--configfile",
+        str(config),
+        "--config",
+        'train={"steps": 2}',
+        "models=[mamba-tiny]",
+        "--cores",
+        "1",
+    ]
+    refused = snakemake(*quick, cwd=cwd)
+    assert refused.returncode != 0
+    assert "--config train.steps=2" in refused.stdout + refused.stderr
+    assert "--config results=results/other" in refused.stdout + refused.stderr
+    done = snakemake("data", *quick[:-2], "results=quick", *quick[-2:], cwd=cwd)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert (cwd / "quick/data").is_dir() and "--config train.steps=2" in (
+        cwd / "quick/configfiles.txt"
+    ).read_text()
+    assert {p: p.stat().st_mtime_ns for p in (cwd / "results").rglob("*") if p.is_file()} == before
 
 
 def test_a_config_that_needs_an_unreachable_hub_fails_before_any_job_naming_the_keys(tmp_path):

@@ -88,26 +88,56 @@ def check_hub():
 
 
 CONFIG_RECORD = f"{RESULTS}/configfiles.txt"
+# --config keys that say where results and their tracking go, not what they are
+PLACEMENT_KEYS = ("results", "tracking_uri")
+
+
+def dotted(options, prefix=""):
+    """{'train': {'steps': 20}} -> {'train.steps': 20}."""
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            flat |= dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_record():
+    """This run's config files (relative to the working directory: a results folder moved with
+    its checkout keeps its record) and its --config overrides, but where the results go.
+    """
+    overrides = dotted(dict(workflow.config_settings.config))
+    return [
+        *sorted({os.path.relpath(f) for f in workflow.configfiles}),
+        *sorted(
+            f"--config {key}={value}"
+            for key, value in overrides.items()
+            if key.split(".")[0] not in PLACEMENT_KEYS
+        ),
+    ]
 
 
 def check_config_record():
-    """One results folder holds one config's results: the config files of its first run are
-    recorded there, and a run with other config files is refused, naming both."""
-    files = sorted({os.path.abspath(f) for f in workflow.configfiles})
+    """One results folder holds one config's results: the config files and --config overrides
+    of its first run are recorded there, and a run with others is refused, naming both (an
+    override such as train.steps changes what a model is: give it a results folder of its own).
+    """
+    record = config_record()
     if os.path.exists(CONFIG_RECORD):
         with open(CONFIG_RECORD) as f:
             recorded = f.read().splitlines()
-        if recorded != files:
+        if recorded != record:
             raise WorkflowError(
-                f"{RESULTS}/ holds the results of config files {recorded} ({CONFIG_RECORD}); "
-                f"this run's are {files}. Results of different configs are not mixed: run with "
-                f"the same --configfile, give this config its own `results:` folder, or delete "
-                f"{CONFIG_RECORD} to mix them."
+                f"{RESULTS}/ holds the results of {recorded} ({CONFIG_RECORD}); this run's "
+                f"config is {record}. Results of different configs are not mixed: run with the "
+                f"same --configfile and --config, give this run its own folder (--config "
+                f"results=results/other), or delete {CONFIG_RECORD} to mix them."
             )
         return
     os.makedirs(RESULTS, exist_ok=True)
     with open(f"{CONFIG_RECORD}.tmp", "w") as f:
-        f.write("\n".join(files) + "\n")
+        f.write("\n".join(record) + "\n")
     os.replace(f"{CONFIG_RECORD}.tmp", CONFIG_RECORD)
 
 
