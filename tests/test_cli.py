@@ -42,3 +42,16 @@ def test_a_zero_a_switch_a_list_and_an_unset_optional_reach_the_config_as_given(
     add_config_arguments(parser, KernelBenchConfig)
     cfg = config_from_args(KernelBenchConfig, parser.parse_args(["--out", "k.csv", "--lengths", "64,128"]))
     assert cfg.lengths == [64, 128] and cfg.backends == "" and cfg.tracking_uri == "none"
+
+
+def test_sizes_says_the_vocabulary_its_counts_are_for(capsys):
+    """A tiny model's parameters are mostly its embedding: 3.3M at GPT-NeoX's vocabulary, far fewer
+    at the default pipeline's 512."""
+    counts = {}
+    for vocab in (50277, 512):
+        main(["sizes", "--vocab-size", str(vocab)])
+        out = capsys.readouterr().out
+        assert out.startswith(f"parameters at a vocabulary of {vocab:,} ")
+        row = next(line for line in out.splitlines() if line.startswith("mamba-tiny "))
+        counts[vocab] = int(row.split()[3].replace(",", ""))
+    assert counts[50277] > 5 * counts[512]

@@ -161,7 +161,9 @@ class SizesConfig:
 
 
 def print_sizes(cfg: SizesConfig) -> None:
-    """The size registry with parameter counts computed from the real modules."""
+    """The size registry with parameter counts computed from the real modules, at the vocabulary
+    it says (the embedding and head are a large share of a small model's parameters)."""
+    print(f"parameters at a vocabulary of {cfg.vocab_size:,} (--vocab-size; the paper's GPT-NeoX: 50,277)")
     print(f"{'model id':<22} {'d_model':>7} {'n_layer':>7} {'params':>14} {'nominal':>14}")
     for model_id in model_ids():
         arch, size = parse_model_id(model_id)
