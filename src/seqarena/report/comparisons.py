@@ -174,12 +174,13 @@ def mqar_vs_findings(r: Results) -> tuple[list[dict], str]:
 def _table12_row(model: str, parameters: int, sizes: list[dict]) -> tuple[dict | None, str]:
     """The Table 12 row a model trained here is set beside, and why: a paper size's own (its
     Transformer++ partner's size: Table 12 lists those), none past 1.3B, the nearest for a CPU size."""
-    partner = matched_model(model, "transformer")
     arch, size = parse_model_id(model)
     if SIZES[arch][size].nominal_params is None:
         return _nearest(sizes, parameters, name_of=lambda row: row["params"]), "nearest (a CPU size)"
-    own = next((row for row in sizes if partner and row["params"].lower() == partner.split("-", 1)[1]), None)
-    return own, "its own size" if own else f"none: Table 12 has no {partner.split('-', 1)[1].upper()} row"
+    partner = matched_model(model, "transformer")
+    partner_size = partner.split("-", 1)[1] if partner else size
+    own = next((row for row in sizes if row["params"].lower() == partner_size), None)
+    return own, "its own size" if own else f"none: Table 12 has no {partner_size.upper()} row"
 
 
 def recipe_table(r: Results) -> list[dict]:
