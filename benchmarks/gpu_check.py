@@ -37,7 +37,7 @@ import torch
 
 from seqarena.bench import bench_generation, bench_kernels, bench_training
 from seqarena.env import backend_record
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 from seqarena.ops import backends
 
 REPO = Path(__file__).resolve().parents[1]

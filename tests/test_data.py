@@ -177,6 +177,60 @@ def test_pile_shards_stream_up_to_a_token_budget(tmp_path):
     assert decode_docs(tmp_path / "out", "val") == docs[108:]  # the last 10% of records, whole
 
 
+def test_shards_and_processes_do_not_change_the_output(tmp_path):
+    """Seven-record shards on two spawned processes, cut mid-shard at the budget, write the same
+    bytes as one shard in one process."""
+    generated_pile(tmp_path / "pile", shards=2, docs_per_shard=30)
+    raw = download(Source(kind="local", path=str(tmp_path / "pile"), format="jsonl"), tmp_path / "raw")
+    for max_tokens in (None, 4321):
+        one = tokenize(raw, tmp_path / "one", "bpe", vocab_size=300, max_tokens=max_tokens)
+        sharded = {"workers": 2, "shard_documents": 7}
+        many = tokenize(raw, tmp_path / "many", "bpe", vocab_size=300, max_tokens=max_tokens, **sharded)
+        assert many == one and (max_tokens is None or one["train_tokens"] == max_tokens)
+        for name in ["tokenizer.json", "train.bin", "val.bin", "meta.json"]:
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
+        assert not (tmp_path / "many" / "shards.partial").exists()
+
+
+def test_a_killed_tokenize_resumes_from_its_finished_shards(tmp_path, monkeypatch):
+    """The third shard's encoding dies; the rerun encodes only the shards not finished, and a
+    changed corpus discards them."""
+    import seqarena.data as data
+
+    docs = generated_pile(tmp_path / "pile", shards=2, docs_per_shard=25)
+    raw = download(Source(kind="local", path=str(tmp_path / "pile"), format="jsonl"), tmp_path / "raw")
+    expected = tokenize(raw, tmp_path / "whole", "byte", val_fraction=0.2)
+    write_tokens, encoded = data._write_tokens, []
+
+    def dies_at_the_third(tokenizer, batches, path, dtype):
+        if len(encoded) == 2:
+            raise KeyboardInterrupt  # as a SIGINT would, mid-run
+        encoded.append(path.name)
+        return write_tokens(tokenizer, batches, path, dtype)
+
+    monkeypatch.setattr(data, "_write_tokens", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(raw, tmp_path / "out", "byte", val_fraction=0.2, shard_documents=10)
+    assert not (tmp_path / "out" / "meta.json").exists()
+    assert sorted(p.name for p in (tmp_path / "out/shards.partial").glob("*.bin")) == encoded
+
+    encoded.clear()
+    monkeypatch.setattr(data, "_write_tokens", lambda *a: encoded.append(a[2].name) or write_tokens(*a))
+    assert tokenize(raw, tmp_path / "out", "byte", val_fraction=0.2, shard_documents=10) == expected
+    assert encoded == ["train-000002.bin", "train-000003.bin", "val-000000.bin"]
+    assert (tmp_path / "out/train.bin").read_bytes() == (tmp_path / "whole/train.bin").read_bytes()
+
+    encoded.clear()
+    monkeypatch.setattr(data, "_write_tokens", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(raw, tmp_path / "out", "byte", val_fraction=0.2, shard_documents=10)
+    (tmp_path / "pile" / "01.jsonl.zst").unlink()  # a different corpus under the same raw folder
+    raw = download(Source(kind="local", path=str(tmp_path / "pile"), format="jsonl"), tmp_path / "raw")
+    monkeypatch.setattr(data, "_write_tokens", write_tokens)
+    tokenize(raw, tmp_path / "out", "byte", val_fraction=0.2, shard_documents=10)
+    assert decode_docs(tmp_path / "out", "train") == docs[:20]
+
+
 def test_shard_without_the_text_field_or_corrupt_is_named_and_nothing_is_written(tmp_path):
     generated_pile(tmp_path / "pile", shards=2, docs_per_shard=5)
     (tmp_path / "pile" / "01.jsonl.zst").write_bytes((tmp_path / "pile" / "01.jsonl.zst").read_bytes()[:-9])

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from seqarena.device import compute_device
+from seqarena.files import atomic_write
 from seqarena.models import build_model, from_pretrained, parse_model_id
-from seqarena.models.base import GPT_NEOX_VOCAB, atomic_write
+from seqarena.models.base import GPT_NEOX_VOCAB
 from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
 from seqarena.options import Tracked, option

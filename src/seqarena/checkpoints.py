@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from seqarena.data import sha256_file
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 
 
 def fingerprint_hash(fingerprint: dict) -> str:

@@ -7,23 +7,30 @@ jsonl, jsonl.zst or parquet files one by one) and writes each split's text colum
 where it came from. ``tokenize`` trains or loads the tokenizer, holds out a validation split
 if the source has none, and encodes batches of documents straight into ``train.bin`` and
 ``val.bin`` (flat token ids, documents separated by EOS) up to a token budget, then writes
-``meta.json``. Every file is written whole, then renamed. Same inputs give byte-identical files.
+``meta.json``. Tokenizing works in shards of records, encoded by parallel processes into a
+folder that a killed run resumes from. Every file is written whole, then renamed. Same inputs
+give byte-identical files, whatever the shards and processes.
 """
 
+import contextlib
 import glob
 import hashlib
 import itertools
 import json
+import multiprocessing
+import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 from seqarena.options import narrowed, option
 
 EOS = "<|endoftext|>"
@@ -321,21 +328,22 @@ def eos_id(tokenizer) -> int:
 
 # --- token memmaps -------------------------------------------------------------------------
 
+SHARD_DOCUMENTS = 100_000  # raw records per shard: the unit of parallel work and of resume
+SHARDS = "shards.partial"  # beside the outputs while tokenizing; removed once meta.json is written
+
 
 def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def _write_tokens(
-    tokenizer, batches: Iterable[list[str]], path: Path, dtype, desc: str, max_tokens: int | None = None
-) -> tuple[int, int]:
-    """Encode batches of documents (tokenizers encodes a batch on all cores), EOS after each, straight
-    into the file, stopping at max_tokens; returns (tokens, documents) written."""
+def _write_tokens(tokenizer, batches: Iterable[list[str]], path: Path, dtype) -> tuple[int, int]:
+    """Encode batches of documents, EOS after each, straight into the file; returns (tokens,
+    documents) written."""
     eos, tokens, documents = eos_id(tokenizer), 0, 0
 
     def write(tmp):
         nonlocal tokens, documents
-        with open(tmp, "wb") as f, tqdm(desc=desc, unit=" tokens", unit_scale=True, mininterval=30) as bar:
+        with open(tmp, "wb") as f:
             for batch in batches:
                 ids = [e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
                 ends = np.cumsum([len(doc) + 1 for doc in ids])  # each document's EOS position + 1
@@ -345,33 +353,31 @@ def _write_tokens(
                 flat[text] = np.fromiter(
                     itertools.chain.from_iterable(ids), dtype=dtype, count=int(text.sum())
                 )
-                if max_tokens and tokens + flat.size >= max_tokens:
-                    flat = flat[: max_tokens - tokens]
-                    ends = ends[: int(np.searchsorted(ends, flat.size)) + 1]
                 flat.tofile(f)
                 tokens, documents = tokens + flat.size, documents + len(ends)
-                bar.update(flat.size)
-                if max_tokens and tokens >= max_tokens:
-                    break
 
     atomic_write(path, write)
     return tokens, documents
 
 
-def _raw_texts(path: Path, rows: range | None = None) -> Iterator[list[str]]:
-    """Batches of the non-empty texts of a raw split, read one row group at a time (only ``rows``)."""
+def _raw_texts(path: Path, rows: range) -> Iterator[list[str]]:
+    """Batches of the non-empty texts of rows ``rows`` of a raw split; only the row groups that hold
+    them are read, and rows outside the range never become Python strings."""
     import pyarrow.parquet as pq
 
-    end = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["text"]):
+    file = pq.ParquetFile(path)
+    groups, first, start = [], 0, None
+    for group in range(file.metadata.num_row_groups):
+        size = file.metadata.row_group(group).num_rows
+        if first < rows.stop and first + size > rows.start:
+            groups.append(group)
+            start = first if start is None else start
+        first += size
+    end = start or 0
+    for batch in file.iter_batches(batch_size=BATCH, columns=["text"], row_groups=groups):
         first, end = end, end + batch.num_rows
-        if rows is not None:  # slice in arrow: rows outside the range never become Python strings
-            if end <= rows.start:
-                continue
-            if first >= rows.stop:
-                break
-            lo = max(rows.start - first, 0)
-            batch = batch.slice(lo, min(rows.stop, end) - first - lo)
+        lo = max(rows.start - first, 0)
+        batch = batch.slice(lo, min(rows.stop, end) - first - lo)
         keep = [t for t in batch.column(0).to_pylist() if t and t.strip()]
         if keep:
             yield keep
@@ -386,27 +392,148 @@ def sha256_file(path: Path) -> str:
 
 
 def _train_and_validation(raw_dir: Path, val_fraction: float) -> tuple[dict, str]:
-    """{"train": (file, rows), "val": (file, rows)} (rows None: all) and how validation was chosen:
-    the source's validation split, else the last ``val_fraction`` of the train records (a
-    ``test`` split is never used)."""
+    """{"train": (file, rows), "val": (file, rows)} and how validation was chosen: the source's
+    validation split, else the last ``val_fraction`` of the train records (a ``test`` split is
+    never used)."""
     import pyarrow.parquet as pq
+
+    def records(file: Path) -> int:
+        return pq.ParquetFile(file).metadata.num_rows
 
     splits = sorted(p.stem for p in raw_dir.glob("*.parquet"))
     val_split = next((s for s in VALIDATION_SPLITS if s in splits), None)
     train_file = raw_dir / "train.parquet"
     if val_split:
-        parts = {"train": (train_file, None), "val": (raw_dir / f"{val_split}.parquet", None)}
+        val_file = raw_dir / f"{val_split}.parquet"
+        parts = {
+            "train": (train_file, range(records(train_file))),
+            "val": (val_file, range(records(val_file))),
+        }
         validation = f"the source's {val_split} split"
     else:  # hold out the last fraction of records, as nanoGPT splits Shakespeare
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}")
-        records = pq.ParquetFile(train_file).metadata.num_rows
-        cut = records - max(1, round(records * val_fraction))
-        parts = {"train": (train_file, range(0, cut)), "val": (train_file, range(cut, records))}
+        total = records(train_file)
+        cut = total - max(1, round(total * val_fraction))
+        parts = {"train": (train_file, range(0, cut)), "val": (train_file, range(cut, total))}
         validation = f"last {val_fraction:.0%} of train records"
     if "test" in splits:
         validation += " (the source's test split is left unused)"
     return parts, validation
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows of one raw split, encoded on their own into ``{split}-{index}.bin`` of the shards folder."""
+
+    split: str
+    index: int
+    raw: Path
+    rows: range
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+
+def _shards(parts: dict, shard_documents: int) -> list[Shard]:
+    return [
+        Shard(split, index, file, range(start, min(start + shard_documents, rows.stop)))
+        for split, (file, rows) in parts.items()
+        for index, start in enumerate(range(rows.start, rows.stop, shard_documents))
+    ]
+
+
+_encoder: dict = {}  # this process's tokenizer and dtype, for _encode_shard
+
+
+def _start_encoder(tokenizer_json: str, dtype: str, folder: str, serial: bool) -> None:
+    """Load the tokenizer once per process; a worker process encodes on one core (its siblings
+    take the others), the only process on all of them."""
+    from tokenizers import Tokenizer
+
+    if serial:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _encoder.update(tokenizer=Tokenizer.from_str(tokenizer_json), dtype=np.dtype(dtype), folder=Path(folder))
+
+
+def _encode_shard(shard: Shard) -> dict:
+    """The shard's record ({tokens, documents}), encoding it unless a previous run finished it."""
+    path = _encoder["folder"] / f"{shard.name}.bin"
+    record_path = path.with_suffix(".json")
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if path.is_file() and path.stat().st_size == record["tokens"] * _encoder["dtype"].itemsize:
+            return record | {"resumed": True}
+    tokens, documents = _write_tokens(
+        _encoder["tokenizer"], _raw_texts(shard.raw, shard.rows), path, _encoder["dtype"]
+    )
+    record = {"tokens": tokens, "documents": documents}
+    atomic_write(record_path, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
+    return record
+
+
+def _encoded(shards: list[Shard], workers: int, start: tuple) -> Iterator[dict]:
+    """Each shard's record, in order; with ``workers`` > 1 that many shards are encoded at once in
+    spawned processes, and closing the generator cancels those not started."""
+    if workers == 1:
+        _start_encoder(*start, serial=False)
+        yield from map(_encode_shard, shards)
+        return
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_start_encoder, initargs=(*start, True))
+    try:
+        jobs = iter(shards)
+        pending = deque(pool.submit(_encode_shard, shard) for shard in itertools.islice(jobs, workers))
+        while pending:
+            record = pending.popleft().result()
+            pending.extend(pool.submit(_encode_shard, shard) for shard in itertools.islice(jobs, 1))
+            yield record
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _join(folder: Path, shards: list[tuple[Shard, dict]], path: Path, dtype, eos: int, max_tokens):
+    """The shards' tokens, in order, into one file, the last cut at ``max_tokens``; returns (tokens,
+    documents, sha256), the digest taken as the bytes go out."""
+    digest, tokens, documents = hashlib.sha256(), 0, 0
+    itemsize = np.dtype(dtype).itemsize
+
+    def write(tmp):
+        nonlocal tokens, documents
+        with open(tmp, "wb") as out:
+            for shard, record in shards:
+                take = record["tokens"] if max_tokens is None else min(record["tokens"], max_tokens - tokens)
+                source = folder / f"{shard.name}.bin"
+                if take == record["tokens"]:
+                    documents += record["documents"]
+                elif take:  # documents touched by the cut: the EOS before its last token, plus one
+                    kept = np.memmap(source, dtype=dtype, mode="r")[: take - 1]
+                    documents += int(np.count_nonzero(kept == eos)) + 1
+                with open(source, "rb") as f:
+                    left = take * itemsize
+                    while left:
+                        block = f.read(min(left, 1 << 24))
+                        digest.update(block)
+                        out.write(block)
+                        left -= len(block)
+                tokens += take
+
+    atomic_write(path, write)
+    return tokens, documents, digest.hexdigest()
+
+
+def _shards_folder(out_dir: Path, key: dict) -> Path:
+    """The folder of encoded shards, kept from a previous run only when everything that made them
+    (raw files, rows, tokenizer) is the same."""
+    folder = out_dir / SHARDS
+    key_file = folder / "key.json"
+    if folder.exists() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not key_file.is_file():
+        atomic_write(key_file, lambda tmp: Path(tmp).write_text(json.dumps(key, indent=2) + "\n"))
+    return folder
 
 
 def tokenize(
@@ -417,39 +544,63 @@ def tokenize(
     tokenizer_name: str | None = None,
     val_fraction: float = 0.05,
     max_tokens: int | None = None,
+    workers: int = 1,
+    shard_documents: int = SHARD_DOCUMENTS,
 ) -> dict:
     """raw/ -> tokenizer.json, train.bin, val.bin, meta.json (meta written last), in constant memory.
 
     Validation is the source's validation split, else the last ``val_fraction`` of the train
-    records (a ``test`` split is never used); train stops at ``max_tokens`` tokens."""
+    records (a ``test`` split is never used); train stops at ``max_tokens`` tokens. The records are
+    encoded in shards of ``shard_documents``, ``workers`` at once, into a shards folder that a
+    killed run resumes from; the outputs do not depend on either."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not (raw_dir / "source.json").is_file() or not (raw_dir / "train.parquet").is_file():
         raise FileNotFoundError(
             f"{raw_dir} is not a downloaded corpus (no source.json or train.parquet): run the download first"
         )
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be positive, not {max_tokens}")
+    for name, value in (
+        ("max_tokens", max_tokens),
+        ("workers", workers),
+        ("shard_documents", shard_documents),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be positive, not {value}")
     parts, validation = _train_and_validation(raw_dir, val_fraction)
     if any(next(_raw_texts(*part), None) is None for part in parts.values()):
         raise ValueError(f"{raw_dir}: the corpus has no non-empty text to tokenize in train or validation")
 
-    train_texts = _raw_texts(*parts["train"])
-    tokenizer = build_tokenizer(tokenizer_kind, train_texts, vocab_size, tokenizer_name)
-    vocab = tokenizer.get_vocab_size()
-    dtype = token_dtype(vocab)
+    tokenizer = build_tokenizer(tokenizer_kind, _raw_texts(*parts["train"]), vocab_size, tokenizer_name)
+    vocab, eos = tokenizer.get_vocab_size(), eos_id(tokenizer)
+    dtype = np.dtype(token_dtype(vocab))
     tokenizer_json = tokenizer.to_str()
+    tokenizer_sha256 = hashlib.sha256(tokenizer_json.encode()).hexdigest()
     atomic_write(out_dir / "tokenizer.json", lambda tmp: Path(tmp).write_text(tokenizer_json))
-    written = {
-        split: _write_tokens(
-            tokenizer,
-            _raw_texts(*part),
-            out_dir / f"{split}.bin",
-            dtype,
-            f"tokenizing {split}",
-            max_tokens if split == "train" else None,
-        )
-        for split, part in parts.items()
+    shards = _shards(parts, shard_documents)
+    key = {
+        "tokenizer_sha256": tokenizer_sha256,
+        "dtype": dtype.name,
+        "raw": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(raw_dir.glob("*"))},
+        "shards": [[s.name, s.raw.name, s.rows.start, s.rows.stop] for s in shards],
     }
+    folder = _shards_folder(out_dir, key)
+    written = {}
+    for split in parts:
+        ordered = [s for s in shards if s.split == split]
+        budget = max_tokens if split == "train" else None
+        encoded, total = [], 0
+        records = _encoded(ordered, workers, (tokenizer_json, dtype.name, str(folder)))
+        bar = tqdm(desc=f"tokenizing {split}", unit=" tokens", unit_scale=True, mininterval=30)
+        with contextlib.closing(records), bar:
+            for shard, record in zip(ordered, records, strict=True):
+                encoded.append((shard, record))
+                total += record["tokens"]
+                bar.update(record["tokens"])
+                if budget and total >= budget:
+                    break
+        resumed = sum(bool(record.get("resumed")) for _, record in encoded)
+        if resumed:
+            print(f"{split}: {resumed} of {len(encoded)} shards kept from an earlier run ({folder})")
+        written[split] = _join(folder, encoded, out_dir / f"{split}.bin", dtype, eos, budget)
     meta = {
         "train_tokens": written["train"][0],
         "val_tokens": written["val"][0],
@@ -457,16 +608,17 @@ def tokenize(
         "val_documents": written["val"][1],
         "max_tokens": max_tokens,
         "vocab_size": vocab,
-        "eos_id": eos_id(tokenizer),
-        "dtype": np.dtype(dtype).name,
+        "eos_id": eos,
+        "dtype": dtype.name,
         "tokenizer": {"kind": tokenizer_kind, "name": tokenizer_name, "requested_vocab_size": vocab_size},
-        "tokenizer_sha256": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
+        "tokenizer_sha256": tokenizer_sha256,
         "source": json.loads((raw_dir / "source.json").read_text()),
         "validation": validation,
-        "sha256": {f"{split}.bin": sha256_file(out_dir / f"{split}.bin") for split in written},
+        "sha256": {f"{split}.bin": written[split][2] for split in written},
     }
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(out_dir / "meta.json", lambda tmp: Path(tmp).write_text(text))
+    shutil.rmtree(folder)
     return meta
 
 
@@ -478,7 +630,11 @@ class TokenizeConfig:
     vocab_size: int | None = option(None, help="bpe: the vocabulary to train")
     tokenizer_name: str | None = option(None, help="hf: hub id or tokenizer.json path")
     val_fraction: float = option(0.05, help="held out when the source has no validation split")
-    max_tokens: int | None = option(None, help="train tokens to write at most (the rest is not read)")
+    max_tokens: int | None = option(None, help="train tokens to write at most (later shards are not read)")
+    workers: int = option(1, help="processes encoding shards at once (1: one process on every core)")
+    shard_documents: int = option(
+        SHARD_DOCUMENTS, help="records per shard, the unit a killed run resumes from"
+    )
 
 
 def tokenize_command(cfg: TokenizeConfig) -> None:
@@ -491,6 +647,8 @@ def tokenize_command(cfg: TokenizeConfig) -> None:
         cfg.tokenizer_name,
         cfg.val_fraction,
         cfg.max_tokens,
+        cfg.workers,
+        cfg.shard_documents,
     )
     print(
         f"{cfg.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "

@@ -20,7 +20,7 @@ import torch
 
 from seqarena import __version__
 from seqarena.device import DEVICE_ENV_VAR, compute_device
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 from seqarena.ops import backends, selective_scan, selective_scan_torch
 from seqarena.ops.conv import causal_conv1d_torch
 from seqarena.ops.ssd import ssd_chunk_scan_torch

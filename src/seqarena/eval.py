@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from seqarena.data import EOS, load_hf_tokenizer, sha256_file
 from seqarena.device import compute_device
+from seqarena.files import atomic_write
 from seqarena.models import from_pretrained
-from seqarena.models.base import atomic_write
 from seqarena.options import Tracked, option
 from seqarena.paper import PAPER_TASKS
 from seqarena.tracking import eval_metrics, log_stage

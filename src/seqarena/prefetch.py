@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 from seqarena.options import option
 
 

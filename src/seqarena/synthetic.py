@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seqarena.device import compute_device
+from seqarena.files import atomic_write
 from seqarena.models import SIZES, Mamba, build_model, model_config
-from seqarena.models.base import atomic_write
 from seqarena.models.families import FAMILIES
 from seqarena.options import Tracked, narrowed, option
 from seqarena.tracking import log_stage, synthetic_metrics

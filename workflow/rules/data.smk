@@ -67,7 +67,7 @@ rule tokenize:
         out=lambda wildcards, output: os.path.dirname(output.meta),
         offline=OFFLINE,
     shell:
-        "{params.offline}seqarena data tokenize --raw {input.raw:q} --out {params.out:q} {params.args} > {log:q} 2>&1"
+        "{params.offline}seqarena data tokenize --raw {input.raw:q} --out {params.out:q} --workers {threads} {params.args} > {log:q} 2>&1"
 
 
 rule data:

@@ -7,13 +7,14 @@ max_seqlen)`` and ``step(tokens, cache) -> logits``; ``forward`` with a cache fi
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
+
+from seqarena.files import atomic_write
 
 GPT_NEOX_VOCAB = 50277  # the paper's tokenizer (and mamba_ssm's default); padded to 50280 in the embedding
 WEIGHTS_NAME = "model.safetensors"
@@ -23,35 +24,6 @@ CONFIG_NAME = "config.json"
 def pad_vocab(vocab_size: int, multiple: int) -> int:
     """The embedding rows: vocab_size rounded up to a multiple (mamba_ssm pads to 8)."""
     return -(-vocab_size // multiple) * multiple
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, flush it to disk, then rename onto ``path``: a reader never sees
-    half a file, and a failed write (a full disk) leaves the old file, names the path, and leaves
-    no temporary behind.
-
-    The file gets the permissions of an ordinary new file (mkstemp's are owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(f"could not write {path}: {e}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib
 
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 from seqarena.report.results import Results, architecture, collect
 from seqarena.report.tables import by_length, mean_std
 
@@ -271,7 +271,7 @@ def save_figures(results_dir: Path, out_dir: Path) -> list[Path]:
     import shutil
     import tempfile
 
-    from seqarena.models.base import current_umask
+    from seqarena.files import current_umask
 
     r = collect(results_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqarena.models.base import atomic_write
+from seqarena.files import atomic_write
 from seqarena.options import option
 from seqarena.report.figures import save_figures
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seqarena.checkpoints import CheckpointStore
+from seqarena.files import atomic_write
 from seqarena.models import SIZES, Mamba, build_model, parse_model_id
-from seqarena.models.base import atomic_write
 from seqarena.ops import resolve_backend, use_backend
 from seqarena.tracking.metrics import TRAINING_HISTORY
 from seqarena.training.batches import TokenData, val_windows, windows
