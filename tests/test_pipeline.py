@@ -503,6 +503,23 @@ def test_slurm_profile_plans_the_paper_dag(paper_plan):
         f"{offline}seqarena data tokenize" in output
         and f"{offline}seqarena gpus --count 1 -- seqarena eval" in output
     )
+    assert "memory:" not in output  # each size's recipe fits the 80 GB GPUs it names, by estimate
+
+
+def test_a_training_job_past_its_gpus_memory_is_named_before_submission(tmp_path, slurm_profile):
+    """At 24 GB a GPU, the paper's 2.8B recipe (FSDP on 8, checkpointed) does not fit; its 130M does."""
+    done = snakemake(
+        "-n", "--workflow-profile", str(slurm_profile), "--configfile", str(REPO / "config/paper.yaml"),
+        "--config", "gpu_memory_gb=24", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert re.search(
+        r"memory: mamba-2\.8b: training needs about \d+ GB per GPU \(micro_batch 8 x seq_len 2048, "
+        r"8 process\(es\), fsdp, activation_checkpointing True\), more than 90% of gpu_memory_gb 24",
+        output,
+    )
+    assert "mamba-130m:" not in output
 
 
 def _fields(line: str) -> dict[str, str]:

@@ -38,6 +38,9 @@ STAGES = (
     Stage("data download", "seqarena.data:download_command", "fetch a corpus (HF hub or local files)"),
     Stage("data tokenize", "seqarena.data:tokenize_command", "tokenizer + train.bin/val.bin/meta.json"),
     Stage("train", "seqarena.training.trainer:train_command", "train (or resume) one model"),
+    Stage(
+        "memory", "seqarena.training.memory:memory_check_command", "warn where training jobs would not fit"
+    ),
     Stage("bench kernels", "seqarena.bench:kernels_command", "selective scan and SSD vs causal attention"),
     Stage("bench generation", "seqarena.bench:generation_command", "prompt + decoding throughput"),
     Stage("bench training", "seqarena.bench:training_command", "tokens/s, MFU and memory of training"),

@@ -3,7 +3,10 @@ per results folder. `onstart` runs them on real runs only, never dry runs or a c
 """
 
 import glob
+import json
 import re
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -85,6 +88,56 @@ def check_hub():
             f"default (config/config.yaml: data and tasks shipped in the package), or point "
             f"these keys at local files (data: kind local; eval.include_path: local task YAMLs)."
         ) from None
+
+
+class JobWildcards(dict):
+    """A job's wildcards before there is a job: by key and by attribute, as input functions read them."""
+
+    __getattr__ = dict.__getitem__
+
+
+def memory_plan():
+    """Each training job as `seqarena memory` reads it: its model, options and resources."""
+    tokenizer = config["data"][config["train"]["dataset"]]["tokenizer"]
+    plan = []
+    for model in config["models"]:
+        wildcards = JobWildcards(model=model)
+        plan.append(
+            {
+                "model": model,
+                "train": train_options(wildcards),
+                "tokenizer": tokenizer,
+                "processes": configured("train", "gpu", wildcards),
+                "device": config["device"],
+                "mem_mb": configured("train", "mem_mb", wildcards),
+                "gpu_memory_gb": config.get("gpu_memory_gb"),
+            }
+        )
+    return plan
+
+
+def check_memory():
+    """Name, before anything is submitted, the GPU training jobs whose estimated memory passes
+    their GPU's or their mem_mb (seqarena.training.memory; the driver runs the command, as it
+    never imports the package)."""
+    seqarena = shutil.which("seqarena")
+    if not workflow.is_main_process or config["device"] != "cuda" or not config["models"]:
+        return  # a job's own Snakemake (on a node) does not check again
+    if seqarena is None:
+        logger.info("no memory estimate: the seqarena command is not on this host's PATH")
+        return
+    done = subprocess.run(
+        [seqarena, "memory", "--plan", json.dumps(memory_plan())],
+        capture_output=True,
+        text=True,
+    )
+    for line in done.stdout.splitlines():
+        logger.warning(f"memory: {line}")
+    if done.returncode:
+        logger.warning(f"the memory estimate failed: {done.stderr.strip()[-2000:]}")
+
+
+check_memory()
 
 
 CONFIG_RECORD = f"{RESULTS}/configfiles.txt"

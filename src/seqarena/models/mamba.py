@@ -21,8 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqarena.models.base import GPT_NEOX_VOCAB, LanguageModel, MambaLayerCache, pad_vocab
-from seqarena.models.mamba2 import MAMBA2_DEFAULTS, MAMBA2_IGNORED, Mamba2Mixer, check_mamba2_shape
-from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_shape
+from seqarena.models.mamba2 import (
+    MAMBA2_DEFAULTS,
+    MAMBA2_IGNORED,
+    Mamba2Mixer,
+    check_mamba2_shape,
+    mamba2_kept_per_token,
+)
+from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_shape, mha_kept_per_token
 from seqarena.ops import (
     causal_conv1d,
     causal_conv1d_update,
@@ -112,6 +118,17 @@ class MambaConfig:
     def attn(self) -> dict:
         """The attention mixer's keyword arguments, defaults filled in."""
         return {**MHA_DEFAULTS, **self.attn_cfg}
+
+    block_inputs = 2  # what a checkpointed block keeps: its hidden states and the residual
+
+    def kept_per_token(self) -> list[float]:
+        """Per layer, the elements its block keeps per token for the backward pass on the GPU path:
+        the norm's input and output, the mixer's, and the gated MLP's when there is one."""
+        ssm = SSM_LAYERS[self.layer].kept_per_token(self.d_model, self.ssm)
+        attention = mha_kept_per_token(self.d_model, self.attn) if self.attn_layer_idx else 0
+        mlp = 2 * self.d_model + 4 * GatedMLP.width(self.d_intermediate) if self.d_intermediate else 0
+        mixers = [attention if i in self.attn_layer_idx else ssm for i in range(self.n_layer)]
+        return [2 * self.d_model + mixer + mlp for mixer in mixers]
 
 
 @dataclass
@@ -323,13 +340,24 @@ class LTIMixer(MambaMixer):
         return (y * F.silu(z.to(compute))).to(x.dtype)
 
 
+def mamba_kept_per_token(d_model: int, cfg: dict) -> float:
+    """Elements the mixer keeps for the backward pass per token, as mamba_ssm's Mamba-1 path does:
+    in_proj's output (x and z), the conv's output, x_proj's output (dt, B, C), the discretised dt
+    and the scan's output."""
+    d_inner = cfg["expand"] * d_model
+    dt_rank = math.ceil(d_model / 16) if cfg["dt_rank"] == "auto" else cfg["dt_rank"]
+    return 2 * d_inner + d_inner + (dt_rank + 2 * cfg["d_state"]) + d_inner + d_inner
+
+
 @dataclass(frozen=True)
 class SSMLayer:
     """A sequence mixer that ``ssm_cfg.layer`` names: its module, its keyword arguments' defaults,
-    the keys it accepts and ignores, and a check of its shapes against d_model."""
+    the keys it accepts and ignores, the elements it keeps per token for the backward pass (for the
+    memory estimate), and a check of its shapes against d_model."""
 
     mixer: type[nn.Module]
     defaults: dict
+    kept_per_token: Callable[[int, dict], float]
     ignored: frozenset = frozenset()
     check_shape: Callable[[int, dict], None] | None = None
 
@@ -337,20 +365,27 @@ class SSMLayer:
 # mamba_ssm's ``ssm_layer_map``: a new mixer is one entry. MambaLTI is ours: the paper's Table 1
 # ablation (not a mamba_ssm layer), Mamba-1's block and arguments.
 SSM_LAYERS = {
-    "Mamba1": SSMLayer(MambaMixer, SSM_DEFAULTS, SSM_IGNORED),
-    "Mamba2": SSMLayer(Mamba2Mixer, MAMBA2_DEFAULTS, MAMBA2_IGNORED, check_mamba2_shape),
-    "MambaLTI": SSMLayer(LTIMixer, SSM_DEFAULTS, SSM_IGNORED),
+    "Mamba1": SSMLayer(MambaMixer, SSM_DEFAULTS, mamba_kept_per_token, SSM_IGNORED),
+    "Mamba2": SSMLayer(
+        Mamba2Mixer, MAMBA2_DEFAULTS, mamba2_kept_per_token, MAMBA2_IGNORED, check_mamba2_shape
+    ),
+    "MambaLTI": SSMLayer(LTIMixer, SSM_DEFAULTS, mamba_kept_per_token, SSM_IGNORED),
 }
 
 
 class GatedMLP(nn.Module):
     """mamba_ssm's GatedMLP (``d_intermediate``): fc1 to value and gate, value * silu(gate), fc2."""
 
-    def __init__(self, d_model: int, hidden: int, multiple_of: int = 128):
+    def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        hidden = -(-hidden // multiple_of) * multiple_of
+        hidden = self.width(hidden)
         self.fc1 = nn.Linear(d_model, 2 * hidden, bias=False)
         self.fc2 = nn.Linear(hidden, d_model, bias=False)
+
+    @staticmethod
+    def width(hidden: int, multiple_of: int = 128) -> int:
+        """fc2's input width: ``d_intermediate`` rounded up to a multiple of 128, as mamba_ssm does."""
+        return -(-hidden // multiple_of) * multiple_of
 
     def forward(self, x):
         y, gate = self.fc1(x).chunk(2, dim=-1)

@@ -41,6 +41,17 @@ MAMBA2_DEFAULTS = dict(
 MAMBA2_IGNORED = frozenset({"use_mem_eff_path"})
 
 
+def mamba2_kept_per_token(d_model: int, cfg: dict) -> float:
+    """Elements the mixer keeps for the backward pass per token, as mamba_ssm's fused Mamba-2 path
+    does: in_proj's output (z, xBC, dt), the conv's output, the gated norm's input and output, and
+    the SSD's chunk states (float32, d_state per head channel per chunk, in 2-byte units)."""
+    d_inner = cfg["expand"] * d_model
+    groups = cfg["ngroups"] * cfg["d_state"]
+    heads = (d_inner if cfg["d_ssm"] is None else cfg["d_ssm"]) // cfg["headdim"]
+    in_proj, conv = 2 * d_inner + 2 * groups + heads, d_inner + 2 * groups
+    return in_proj + conv + 2 * d_inner + 2 * d_inner * cfg["d_state"] / cfg["chunk_size"]
+
+
 def check_mamba2_shape(d_model: int, cfg: dict) -> None:
     """Raise, naming the field, where mamba_ssm would fail an assertion (or build nonsense)."""
     d_inner = cfg["expand"] * d_model

@@ -52,6 +52,14 @@ def check_mha_shape(d_model: int, cfg: dict) -> None:
         raise ValueError(f"attn_cfg.rotary_emb_dim={rotary} must be even and at most head_dim={head_dim}")
 
 
+def mha_kept_per_token(d_model: int, cfg: dict) -> float:
+    """Elements kept for the backward pass per token, as FlashAttention keeps them: q, k and v, and
+    the output (its per-head log-sum-exp is negligible)."""
+    heads, heads_kv = cfg["num_heads"], cfg.get("num_heads_kv") or cfg["num_heads"]
+    head_dim = cfg.get("head_dim") or d_model // heads
+    return (2 * heads + 2 * heads_kv) * head_dim
+
+
 @dataclass
 class AttentionCache:
     keys: torch.Tensor  # (batch, max_seqlen, num_heads_kv, head_dim)

@@ -23,8 +23,6 @@ fastest chunk for a training step on a CPU: benchmarks/README.md).
 import math
 from dataclasses import dataclass
 
-import torch
-
 from seqarena.models.base import GPT_NEOX_VOCAB
 from seqarena.models.families import FAMILIES, family_of
 from seqarena.options import option
@@ -158,18 +156,39 @@ def model_ids() -> list[str]:
 @dataclass
 class SizesConfig:
     vocab_size: int = option(GPT_NEOX_VOCAB, help="the vocabulary the counts are for (default: GPT-NeoX's)")
+    micro_batch: int = option(0, help="also estimate training memory per GPU at this micro-batch (0: not)")
+    seq_len: int = option(2048, help="the micro-batch's sequence length, for the memory estimate")
+    gpus: int = option(1, help="training processes, for the memory estimate")
+    parallel: str = option("ddp", help="ddp or fsdp, for the memory estimate", choices=["ddp", "fsdp"])
 
 
 def print_sizes(cfg: SizesConfig) -> None:
     """The size registry with parameter counts computed from the real modules, at the vocabulary
-    it says (the embedding and head are a large share of a small model's parameters)."""
+    it says (the embedding and head are a large share of a small model's parameters), and with
+    ``--micro-batch`` the estimated training memory per GPU in bf16, without and with activation
+    checkpointing (seqarena.training.memory)."""
+    from seqarena.training.memory import estimate_training_memory, parameters
+
     print(f"parameters at a vocabulary of {cfg.vocab_size:,} (--vocab-size; the paper's GPT-NeoX: 50,277)")
-    print(f"{'model id':<22} {'d_model':>7} {'n_layer':>7} {'params':>14} {'nominal':>14}")
+    header = f"{'model id':<22} {'d_model':>7} {'n_layer':>7} {'params':>14} {'nominal':>14}"
+    if cfg.micro_batch:
+        print(
+            f"training memory per GPU (GB, bf16; an estimate): micro-batch {cfg.micro_batch} x "
+            f"{cfg.seq_len} tokens, {cfg.gpus} GPU(s), {cfg.parallel}; ckpt: activation checkpointing"
+        )
+        header += f" {'GB':>7} {'GB ckpt':>7}"
+    print(header)
     for model_id in model_ids():
         arch, size = parse_model_id(model_id)
         spec = SIZES[arch][size]
-        with torch.device("meta"):  # counts without allocating memory
-            params = build_model(model_id, vocab_size=cfg.vocab_size).num_parameters()
         nominal = f"{spec.nominal_params:,}" if spec.nominal_params else "-"
         dims = spec.dims
-        print(f"{model_id:<22} {dims['d_model']:>7} {dims['n_layer']:>7} {params:>14,} {nominal:>14}")
+        line = f"{model_id:<22} {dims['d_model']:>7} {dims['n_layer']:>7} "
+        line += f"{parameters(model_id, cfg.vocab_size):>14,} {nominal:>14}"
+        if cfg.micro_batch:
+            recipe = dict(processes=cfg.gpus, parallel=cfg.parallel)
+            shape = (model_id, cfg.vocab_size, cfg.micro_batch, cfg.seq_len)
+            plain = estimate_training_memory(*shape, **recipe).total
+            checkpointed = estimate_training_memory(*shape, **recipe, activation_checkpointing=True).total
+            line += f" {plain / 1e9:>7.1f} {checkpointed / 1e9:>7.1f}"
+        print(line)

@@ -51,6 +51,15 @@ class TransformerConfig:
         if self.d_ff == 0:
             self.d_ff = swiglu_hidden(self.d_model)
 
+    block_inputs = 1  # what a checkpointed block keeps: its input x
+
+    def kept_per_token(self) -> list[float]:
+        """Per layer, the elements its block keeps per token for the backward pass: each norm's
+        input and output (4 d_model), the q/k/v projection, the rotated q and k, a contiguous v,
+        the attention's output and its copy in (batch, L, d_model) for out_proj (8 d_model), and
+        the SwiGLU MLP's gate, value, activated gate and product (4 d_ff)."""
+        return [12 * self.d_model + 4 * self.d_ff] * self.n_layer
+
     @classmethod
     def from_dict(cls, data: dict) -> "TransformerConfig":
         unknown = set(data) - set(cls.__dataclass_fields__)
