@@ -727,7 +727,7 @@ def test_every_stages_config_section_is_exactly_its_commands_config_fields():
 
     assert set(dataset["source"]["properties"]) == fields(Source)
     tokenizer = set(dataset["tokenizer"]["properties"]) - {"kind"} | {"tokenizer"}  # kind: --tokenizer
-    assert tokenizer == fields(TokenizeConfig) - {"raw", "out"}
+    assert tokenizer == fields(TokenizeConfig) - {"raw", "out", "workers"}  # workers: the rule's threads
     assert set(bench["kernels"]["properties"]) == fields(KernelBenchConfig) - tracked - {"out"}
     by_path = {"model", "out", "vocab_size"}  # a checkpoint's vocabulary is its own
     assert set(bench["generation"]["properties"]) == fields(GenerationBenchConfig) - tracked - by_path

@@ -121,10 +121,16 @@ def check_memory():
     their GPU's or their mem_mb (seqarena.training.memory; the driver runs the command, as it
     never imports the package)."""
     seqarena = shutil.which("seqarena")
-    if not workflow.is_main_process or config["device"] != "cuda" or not config["models"]:
+    if (
+        not workflow.is_main_process
+        or config["device"] != "cuda"
+        or not config["models"]
+    ):
         return  # a job's own Snakemake (on a node) does not check again
     if seqarena is None:
-        logger.info("no memory estimate: the seqarena command is not on this host's PATH")
+        logger.info(
+            "no memory estimate: the seqarena command is not on this host's PATH"
+        )
         return
     done = subprocess.run(
         [seqarena, "memory", "--plan", json.dumps(memory_plan())],
