@@ -8,7 +8,8 @@ setting's ms per step and, per token, relative to the first length (1.00 is line
 
 Rows: seqarena's Mamba with each CPU scan backend; seqarena's Mamba-2 at the same width and
 depth (about the same parameters; the CPU sizes' d_state 32 and headdim 32, one row per chunk
-size of ``--mamba2-chunks``); Hugging Face ``transformers``' ``MambaForCausalLM`` at the same shape with
+size of ``--mamba2-chunks``); seqarena's Mamba-3 at the same shape (SISO at chunk 32, as the CPU
+sizes; MIMO at rank 4 and chunk 8); Hugging Face ``transformers``' ``MambaForCausalLM`` at the same shape with
 mambapy's parallel scan (``use_mambapy=True``, its CPU training path) if transformers and
 mambapy are installed; seqarena's Transformer++ at the same width with the layer count that
 matches the Mamba's parameter count (the paper's pairing: two Mamba blocks per attention+MLP
@@ -49,7 +50,7 @@ class Trainee:
         self.times.append(time.perf_counter() - start)
 
 
-ROWS = ["mamba", "mamba-torch", "mamba2", "hf-mambapy", "transformer"]
+ROWS = ["mamba", "mamba-torch", "mamba2", "mamba3", "mamba3-mimo", "hf-mambapy", "transformer"]
 
 
 def ours(model, ids):
@@ -121,8 +122,8 @@ def measure(args, L) -> dict:
     wanted = args.rows.split(",")
     mamba_config = MambaConfig(d_model=d, n_layer=n, vocab_size=vocab)
 
-    def mamba2(chunk):
-        ssm = dict(layer="Mamba2", d_state=args.mamba2_state, headdim=args.mamba2_headdim, chunk_size=chunk)
+    def mamba2(chunk, layer="Mamba2", **ssm):
+        ssm |= dict(layer=layer, d_state=args.mamba2_state, headdim=args.mamba2_headdim, chunk_size=chunk)
         return lambda: Mamba(MambaConfig(d_model=d, n_layer=n, vocab_size=vocab, ssm_cfg=ssm))
 
     transformer_config = TransformerConfig(
@@ -136,6 +137,9 @@ def measure(args, L) -> dict:
              ours, "cpp")
             for chunk in args.mamba2_chunks.split(",")
         ),
+        ("mamba3", "seqarena Mamba-3 SISO (chunk 32)", mamba2(32, "Mamba3"), ours, "cpp"),
+        ("mamba3-mimo", "seqarena Mamba-3 MIMO (rank 4, chunk 8)",
+         mamba2(8, "Mamba3", is_mimo=True, mimo_rank=4), ours, "cpp"),
     ]  # fmt: skip
     if "hf-mambapy" in wanted:
         try:

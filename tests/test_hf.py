@@ -72,6 +72,8 @@ def test_export_replaces_the_old_folder_whole_and_the_cli_says_how_to_load_it(tm
     [
         ("hybrid-tiny", {}, r"a Mamba-2 hybrid .* attention layers at \[2\]"),
         ("mamba_lti-tiny", {}, r"non-selective Mamba .* not computed from the input"),
+        ("mamba3-tiny", {}, r"Mamba-3 .* transformers has no Mamba-3 class"),
+        ("mamba3_mimo-tiny", {}, r"Mamba-3 .* transformers has no Mamba-3 class"),
         ("transformer_abs-tiny", {}, r"absolute sinusoidal positions .*position='sinusoidal'"),
         ("mamba-tiny", {"d_intermediate": 64}, "d_intermediate=64"),
         ("mamba-tiny", {"rms_norm": False}, "rms_norm=False"),

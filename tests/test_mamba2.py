@@ -189,7 +189,7 @@ def test_rotary_on_part_of_each_head_matches_llamas_rotation():
 @pytest.mark.parametrize(
     "change,named",
     [
-        ({"ssm_cfg": {"layer": "Mamba3"}}, "ssm_cfg.layer='Mamba3'"),
+        ({"ssm_cfg": {"layer": "Mamba4"}}, "ssm_cfg.layer='Mamba4'"),
         ({"ssm_cfg": {"layer": "Mamba2", "headdim": 48}}, "ssm_cfg.headdim=48 does not divide d_ssm=128"),
         (
             {"ssm_cfg": {"layer": "Mamba2", "headdim": 16, "ngroups": 3}},

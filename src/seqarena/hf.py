@@ -98,6 +98,12 @@ def _llama_config(config: TransformerConfig, special: dict) -> dict:
 
 def _check_mamba_exportable(config: MambaConfig, family: str) -> None:
     """Refuse, naming the field, a Mamba that transformers' Mamba and Mamba2 classes cannot build."""
+    if config.layer == "Mamba3":
+        _refuse(
+            "Mamba-3 (ssm_cfg.layer Mamba3)",
+            "its trapezoidal SSM with data-dependent rotary angles",
+            "transformers has no Mamba-3 class (mamba_ssm's MambaLMHeadModel loads our folder as it is)",
+        )
     if config.layer == "MambaLTI":
         _refuse(
             "the non-selective Mamba (ssm_cfg.layer MambaLTI)",

@@ -39,6 +39,9 @@ FAMILIES = {
     "mamba2": Family(Mamba, MambaConfig, "Mamba2", "mamba2", "Mamba", recurrent=True),
     # Mamba-2 with attention in about one layer in ten (the Mamba-2 paper's hybrid).
     "hybrid": Family(Mamba, MambaConfig, "Mamba2", None, "Mamba", recurrent=False),
+    # Mamba-3 (arXiv 2603.15569): SISO, and MIMO; transformers has no class for either.
+    "mamba3": Family(Mamba, MambaConfig, "Mamba3", None, "Mamba", recurrent=True),
+    "mamba3_mimo": Family(Mamba, MambaConfig, "Mamba3", None, "Mamba", recurrent=True),
     "transformer": Family(Transformer, TransformerConfig, ATTENTION, "llama", "Pythia", recurrent=False),
     # Table 11's MHA-Abs: Transformer++ with absolute sinusoidal positions.
     "transformer_abs": Family(Transformer, TransformerConfig, ATTENTION, None, "Pythia", recurrent=False),

@@ -28,6 +28,13 @@ from seqarena.models.mamba2 import (
     check_mamba2_shape,
     mamba2_kept_per_token,
 )
+from seqarena.models.mamba3 import (
+    MAMBA3_DEFAULTS,
+    MAMBA3_IGNORED,
+    Mamba3Mixer,
+    check_mamba3_shape,
+    mamba3_kept_per_token,
+)
 from seqarena.models.mha import MHA, MHA_DEFAULTS, AttentionCache, check_mha_shape, mha_kept_per_token
 from seqarena.ops import (
     causal_conv1d,
@@ -370,6 +377,9 @@ SSM_LAYERS = {
         Mamba2Mixer, MAMBA2_DEFAULTS, mamba2_kept_per_token, MAMBA2_IGNORED, check_mamba2_shape
     ),
     "MambaLTI": SSMLayer(LTIMixer, SSM_DEFAULTS, mamba_kept_per_token, SSM_IGNORED),
+    "Mamba3": SSMLayer(
+        Mamba3Mixer, MAMBA3_DEFAULTS, mamba3_kept_per_token, MAMBA3_IGNORED, check_mamba3_shape
+    ),
 }
 
 
@@ -460,6 +470,13 @@ class MixerModel(nn.Module):
         return self.norm_f((hidden + residual).to(self.norm_f.weight.dtype))
 
 
+def _continues(mixer: nn.Module, weight: torch.Tensor) -> bool:
+    """Whether the mixer's whole-sequence form can start from a cache's states."""
+    if isinstance(mixer, MambaMixer):
+        return scan_continues(weight)
+    return isinstance(mixer, Mamba3Mixer)
+
+
 class Mamba(LanguageModel):
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -493,12 +510,13 @@ class Mamba(LanguageModel):
         """input_ids (batch, L) -> logits (batch, L, padded vocab); ``num_last_tokens`` > 0: logits of
         the last positions only (mamba_ssm's argument), as a prefill needs.
 
-        With a cache that already holds a sequence, the input continues it: through the scan from the
-        cached state where every layer is Mamba-1 (or the LTI ablation) and the scan backend takes an
-        initial state (cpp, torch); else token by token through ``step``."""
+        With a cache that already holds a sequence, the input continues it: through the chunked
+        algorithms from the cached states where every layer's can start from them (Mamba-3's always,
+        Mamba-1's and the LTI ablation's on a scan backend that takes an initial state: cpp, torch);
+        else token by token through ``step``."""
         if cache is not None and cache.seqlen > 0:
-            mixers = [layer.mixer for layer in self.backbone.layers]
-            if all(isinstance(m, MambaMixer) for m in mixers) and scan_continues(self.lm_head.weight):
+            weight = self.lm_head.weight
+            if all(_continues(layer.mixer, weight) for layer in self.backbone.layers):
                 hidden = self.backbone(input_ids, cache, continuing=True)
                 cache.seqlen += input_ids.shape[1]
                 return self.lm_head(hidden[:, -num_last_tokens:])
@@ -513,7 +531,8 @@ class Mamba(LanguageModel):
         """Beyond the weights, forward + backward (three times the forward): the selective scan's
         about 9 FLOPs per channel and state (the paper's 9BLDN); SSD's within-chunk products
         (C.B and scores times x: 2 Q (N + headdim) per head, Q the chunk) and its state in and out
-        (4 N per channel); attention's scores and values, 4 * heads * head_dim * T."""
+        (4 N per channel), Mamba-3's the same with R rows a step (MIMO's rank); attention's scores
+        and values, 4 * heads * head_dim * T."""
         total = 0.0
         for layer in self.backbone.layers:
             mixer = layer.mixer
@@ -523,6 +542,10 @@ class Mamba(LanguageModel):
                 chunk = min(mixer.chunk_size, seq_len)
                 total += 2.0 * mixer.nheads * (mixer.d_state + mixer.headdim) * chunk
                 total += 4.0 * mixer.d_ssm * mixer.d_state
+            elif isinstance(mixer, Mamba3Mixer):  # as the SSD's, with R rows per step
+                chunk = min(mixer.chunk_size, seq_len)
+                total += 2.0 * mixer.nheads * mixer.rank**2 * (mixer.d_state + mixer.headdim) * chunk
+                total += 4.0 * mixer.rank * mixer.d_inner * mixer.d_state
             else:
                 total += 9.0 * mixer.d_inner * mixer.d_state
         return 3 * total

@@ -66,7 +66,7 @@ def check_mamba2_shape(d_model: int, cfg: dict) -> None:
 
 class RMSNormGated(nn.Module):
     """mamba_ssm's gated RMSNorm: normalise x * silu(z) (or normalise, then gate, with
-    ``norm_before_gate``) over groups of ``group_size`` channels, in float32."""
+    ``norm_before_gate``; without z, normalise) over groups of ``group_size`` channels, in float32."""
 
     def __init__(self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=False):
         super().__init__()
@@ -74,16 +74,16 @@ class RMSNormGated(nn.Module):
         self.group_size = group_size or hidden_size
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
-    def forward(self, x, z):
+    def forward(self, x, z=None):
         dtype = x.dtype
         compute = torch.promote_types(dtype, torch.float32)
-        x, z = x.to(compute), z.to(compute)
-        if not self.norm_before_gate:
-            x = x * F.silu(z)
+        x = x.to(compute)
+        if z is not None and not self.norm_before_gate:
+            x = x * F.silu(z.to(compute))
         groups = x.unflatten(-1, (-1, self.group_size))
         out = F.rms_norm(groups, (self.group_size,), eps=self.eps).flatten(-2) * self.weight
-        if self.norm_before_gate:
-            out = out * F.silu(z)
+        if z is not None and self.norm_before_gate:
+            out = out * F.silu(z.to(compute))
         return out.to(dtype)
 
 

@@ -15,7 +15,9 @@ best); its attention layers are mamba_ssm's MHA with 64-wide heads, full rotary 
 causal, without biases. ``mamba_lti`` is Mamba with a time-invariant SSM (the paper's Table 1
 ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes;
 ``transformer_abs`` is Transformer++ with absolute sinusoidal positions instead of rotary ones
-(Table 11's MHA-Abs) at Transformer++'s sizes. CPU sizes
+(Table 11's MHA-Abs) at Transformer++'s sizes. ``mamba3`` and ``mamba3_mimo`` are Mamba-3 (SISO;
+MIMO at rank 4, the Mamba-3 paper's, arXiv 2603.15569) at the CPU sizes, with Mamba-2's widths,
+depths, state and head sizes. CPU sizes
 (tiny, mini, small) of the Mamba-2 families use d_state 32, headdim 32 and 32-step chunks (the
 fastest chunk for a training step on a CPU: benchmarks/README.md).
 """
@@ -28,6 +30,8 @@ from seqarena.models.families import FAMILIES, family_of
 from seqarena.options import option
 
 MAMBA2_CPU = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=32)
+MAMBA3_CPU = dict(layer="Mamba3", d_state=32, headdim=32, chunk_size=32)
+MAMBA3_MIMO_CPU = MAMBA3_CPU | dict(is_mimo=True, mimo_rank=4, chunk_size=8)  # chunk 32 / rank, as advised
 
 
 def attention_layers(n_layer: int) -> list[int]:
@@ -95,6 +99,13 @@ SIZES: dict[str, dict[str, Size]] = {
     },
 }
 
+# Mamba-3 (SISO, and MIMO at rank 4) at the CPU sizes, on Mamba-2's widths and depths: no paper
+# size yet (the Mamba-3 paper's configurations are not in seqarena.paper's data).
+for family, ssm_cfg in (("mamba3", MAMBA3_CPU), ("mamba3_mimo", MAMBA3_MIMO_CPU)):
+    SIZES[family] = {
+        size: Size({**SIZES["mamba2"][size].dims, "ssm_cfg": ssm_cfg}, SIZES["mamba2"][size].lr)
+        for size in ("tiny", "mini", "small")
+    }
 # The paper's non-selective ablation (Table 1's S4 inside the Mamba block): Mamba's shapes and rates.
 SIZES["mamba_lti"] = {
     size: Size({**spec.dims, "ssm_cfg": {"layer": "MambaLTI"}}, spec.lr, spec.nominal_params)

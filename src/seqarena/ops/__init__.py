@@ -1,5 +1,5 @@
-"""Sequence-mixing kernels: the selective scan, Mamba-2's SSD and the causal conv, with run-time
-backends.
+"""Sequence-mixing kernels: the selective scan, Mamba-2's SSD, Mamba-3's SSM and the causal conv,
+with run-time backends.
 
 Importing this package registers every backend: ``cuda`` (mamba_ssm, GPU), ``cpp`` (ours,
 CPU) and ``torch`` (the references, anywhere); ``resolve_backend`` says which one runs.
@@ -14,6 +14,8 @@ from seqarena.ops.backends import (
     causal_conv1d,
     causal_conv1d_update,
     fused_mamba_inner,
+    mamba3_chunk_scan,
+    mamba3_state_update,
     register_backend,
     resolve_backend,
     scan_continues,
@@ -24,6 +26,7 @@ from seqarena.ops.backends import (
     use_backend,
 )
 from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
+from seqarena.ops.mamba3 import mamba3_chunk_scan_torch, mamba3_state_update_torch
 from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
 from seqarena.ops.ssd import ssd_chunk_scan_torch, ssd_state_update_torch
 
@@ -37,6 +40,10 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_update_torch",
     "fused_mamba_inner",
+    "mamba3_chunk_scan",
+    "mamba3_chunk_scan_torch",
+    "mamba3_state_update",
+    "mamba3_state_update_torch",
     "register_backend",
     "resolve_backend",
     "scan_continues",

@@ -1,5 +1,6 @@
-"""Kernel backends: each implements the selective scan, Mamba-2's SSD, their decoding steps, and
-the causal conv, and may fuse Mamba-1's mixer of them into one op (``fused_mamba_inner``).
+"""Kernel backends: each implements the selective scan, Mamba-2's SSD, Mamba-3's SSM, their
+decoding steps, and the causal conv, and may fuse Mamba-1's mixer of them into one op
+(``fused_mamba_inner``).
 
 Backends, best first: ``cuda`` (mamba_ssm and causal_conv1d, on GPU tensors), ``cpp``
 (seqarena's C++ kernels, on CPU tensors) and ``torch`` (the readable references, anywhere).
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from seqarena.ops.conv import causal_conv1d_torch, causal_conv1d_update_torch
+from seqarena.ops.mamba3 import mamba3_chunk_scan_torch, mamba3_state_update_torch
 from seqarena.ops.scan import selective_scan_torch, selective_state_update_torch
 from seqarena.ops.ssd import NO_DT_LIMIT, ssd_chunk_scan_torch, ssd_state_update_torch
 
@@ -22,7 +24,8 @@ BACKEND_ENV_VAR = "SEQARENA_SCAN_BACKEND"
 
 @dataclass(frozen=True)
 class KernelBackend:
-    """One implementation of the sequence-mixing kernels (signatures as in scan.py, ssd.py and conv.py).
+    """One implementation of the sequence-mixing kernels (signatures as in scan.py, ssd.py, mamba3.py
+    and conv.py).
 
     ``priority`` orders automatic choice (higher first); ``why_not(u)`` is None when the
     backend can run on tensors like ``u`` here (device, build), else the reason it cannot.
@@ -35,6 +38,8 @@ class KernelBackend:
     conv_step: Callable
     ssd: Callable
     ssd_step: Callable
+    mamba3: Callable
+    mamba3_step: Callable
     priority: int
     why_not: Callable[[torch.Tensor], str | None]
     scan_continues: bool = True  # its scan takes an initial_state
@@ -175,6 +180,16 @@ def ssd_state_update(
     return impl(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
 
 
+def mamba3_chunk_scan(q, k, x, *args, backend: str | None = None, **kwargs):
+    """Mamba-3's chunked SSM (see mamba3.py) on the chosen backend."""
+    return _BACKENDS[resolve_backend(x, backend)].mamba3(q, k, x, *args, **kwargs)
+
+
+def mamba3_state_update(states, q, k, x, *args, backend: str | None = None, **kwargs):
+    """One Mamba-3 decoding step: updates ``states`` (angle, ssm, k, x) in place, returns y."""
+    return _BACKENDS[resolve_backend(x, backend)].mamba3_step(states, q, k, x, *args, **kwargs)
+
+
 def fused_mamba_inner(u: torch.Tensor, backend: str | None = None) -> Callable | None:
     """The chosen backend's one op for Mamba-1's mixer after in_proj over whole sequences (mamba_ssm's
     ``mamba_inner_fn``), or None where it has none and the mixer composes the conv and the scan itself.
@@ -206,6 +221,8 @@ register_backend(
         causal_conv1d_update_torch,
         ssd_chunk_scan_torch,
         ssd_state_update_torch,
+        mamba3_chunk_scan_torch,
+        mamba3_state_update_torch,
         priority=0,
         why_not=lambda u: None,
     )

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from seqarena.ops.backends import KernelBackend, register_backend
 from seqarena.ops.conv import causal_conv1d_update_torch
+from seqarena.ops.mamba3 import mamba3_chunk_scan_torch, mamba3_state_update_torch
 from seqarena.ops.ssd import ssd_chunk_scan_torch, ssd_state_update_torch
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
@@ -296,6 +297,8 @@ register_backend(
         causal_conv1d_update_torch,
         ssd_chunk_scan_torch,
         ssd_state_update_torch,
+        mamba3_chunk_scan_torch,
+        mamba3_state_update_torch,
         priority=10,
         why_not=_why_not,
         inner=fused_mamba_inner_cpp,

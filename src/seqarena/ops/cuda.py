@@ -1,6 +1,6 @@
 """The ``cuda`` backend: mamba_ssm's kernels (the fused selective scan and Mamba-1 mixer, the Triton
-SSD and decoding step) and causal_conv1d's conv, called as mamba_ssm's own modules call them, with
-every optional argument by keyword.
+SSD and decoding step, Mamba-3's Triton SISO kernels) and causal_conv1d's conv, called as
+mamba_ssm's own modules call them, with every optional argument by keyword.
 
 mamba-ssm and causal-conv1d import only where they were built with CUDA; their absence never breaks
 seqarena: the backend then says why it is unavailable (the import error and the installed
@@ -39,6 +39,8 @@ def kernels() -> SimpleNamespace:
     try:
         from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
         from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+        from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
+        from mamba_ssm.ops.triton.mamba3.mamba3_siso_step import mamba3_siso_step
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except Exception as e:  # ImportError, or a CUDA/driver error raised while importing
@@ -54,6 +56,8 @@ def kernels() -> SimpleNamespace:
         ssd=mamba_chunk_scan_combined,
         conv=causal_conv1d_fn,
         conv_step=causal_conv1d_update,
+        mamba3=mamba3_siso_combined,
+        mamba3_step=mamba3_siso_step,
     )
 
 
@@ -177,6 +181,102 @@ def _ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=F
     return kernels().step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
+def _siso_only(q: torch.Tensor, mimo_x) -> None:
+    if q.shape[-3] != 1 or mimo_x is not None:
+        raise ValueError(
+            "the cuda backend runs Mamba-3 SISO on mamba_ssm's Triton kernels; its MIMO kernels (TileLang, "
+            "CuTe DSL) are not wired in: run MIMO models with scan_backend torch"
+        )
+
+
+def _mamba3(
+    q,
+    k,
+    x,
+    adt,
+    dt,
+    trap,
+    q_bias,
+    k_bias,
+    angles,
+    D=None,
+    z=None,
+    mimo_x=None,
+    mimo_z=None,
+    chunk_size=64,
+    rotate_pairwise=True,
+    initial_states=None,
+    return_final_states=False,
+):
+    """mamba_ssm's mamba3_siso_combined, as its Mamba3 calls it (SISO pairs its rotary dimensions
+    (2i, 2i+1), as rotate_pairwise says); the rank dimension of q, k, the biases and the states is 1."""
+    _siso_only(q, mimo_x)
+    states = None
+    if initial_states is not None:
+        angle, ssm, k_state, x_state = initial_states
+        states = (angle, ssm, k_state[:, 0], x_state)
+    out = kernels().mamba3(
+        q[:, :, 0],
+        k[:, :, 0],
+        x,
+        adt,
+        dt,
+        trap,
+        q_bias[:, 0],
+        k_bias[:, 0],
+        angles.float(),
+        D=D,
+        Z=z,
+        Input_States=states,
+        chunk_size=chunk_size,
+        return_final_states=return_final_states,
+    )
+    if not return_final_states:
+        return out.unsqueeze(2)
+    y, angle, ssm, last_k, last_x = out[:5]
+    return y.unsqueeze(2), (angle, ssm, last_k.unsqueeze(1), last_x)
+
+
+def _mamba3_step(
+    states,
+    q,
+    k,
+    x,
+    adt,
+    dt,
+    trap,
+    q_bias,
+    k_bias,
+    angles,
+    D=None,
+    z=None,
+    mimo_x=None,
+    mimo_z=None,
+    rotate_pairwise=True,
+):
+    """mamba_ssm's Triton mamba3_siso_step (its Mamba3.step takes the CuTe DSL kernel, H100 only);
+    it returns new states, copied into ``states``."""
+    _siso_only(q, mimo_x)
+    angle, ssm, k_state, x_state = states
+    y, new = kernels().mamba3_step(
+        q[:, 0],
+        k[:, 0],
+        x,
+        adt,
+        dt,
+        trap,
+        q_bias[:, 0],
+        k_bias[:, 0],
+        angles.float(),
+        D=D,
+        Z=z,
+        Input_States=(angle, ssm, k_state[:, 0], x_state),
+    )
+    for held, value in zip((angle, ssm, k_state[:, 0], x_state), new, strict=True):
+        held.copy_(value)
+    return y.unsqueeze(1)
+
+
 def _conv_layout(x: torch.Tensor) -> torch.Tensor:
     """x (batch, dim, L) as causal_conv1d takes it: L-contiguous, or channel-last with dim and the
     batch and time strides multiples of 8. A channel-last view outside that (Mamba-2's xBC, a
@@ -204,6 +304,8 @@ register_backend(
         _conv_step,
         _ssd,
         _ssd_step,
+        _mamba3,
+        _mamba3_step,
         priority=20,
         why_not=_why_not,
         scan_continues=False,
