@@ -23,6 +23,7 @@ KERNEL_ROWS = (
     ("scan", "pytorch-parallel"),
     ("conv", "fft"),
     ("ssd", "cpp"),
+    ("mamba3", "cpp"),
     ("attention", "sdpa"),
 )
 
@@ -121,9 +122,9 @@ def write_pile_shards(folder: Path, texts: list[str], shards: int, set_name: str
 
 
 def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
-    """A tiny pipeline config: the shipped Tiny Shakespeare, two tiny models (Mamba-1, Transformer++;
-    the other families run through the same rules: test_bench, test_mamba2, test_synthetic), a local
-    task and a shipped one, a few steps."""
+    """A tiny pipeline config: the shipped Tiny Shakespeare, three tiny models (Mamba-1, Transformer++
+    and Mamba-3, which transformers cannot export; the other families run through the same rules:
+    test_bench, test_mamba2, test_synthetic), a local task and a shipped one, a few steps."""
     docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
             for i in range(12)]  # fmt: skip
     tasks = write_multiple_choice_task(
@@ -137,7 +138,7 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
                 "tokenizer": {"kind": "bpe", "vocab_size": 512},
             }
         },
-        "models": ["mamba-tiny", "transformer-tiny"],
+        "models": ["mamba-tiny", "transformer-tiny", "mamba3-tiny"],
         "train": {"dataset": "shakespeare", "steps": 4, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
                   "eval_interval": 2, "ckpt_interval": 100},
         "bench": {

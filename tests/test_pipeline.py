@@ -24,7 +24,7 @@ from seqarena.models import from_pretrained
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
-MODELS = ["mamba-tiny", "transformer-tiny"]  # write_pipeline_config's
+MODELS = ["mamba-tiny", "transformer-tiny", "mamba3-tiny"]  # write_pipeline_config's
 TRACKING = "sqlite:///{results}/mlflow.db?timeout=60&check_same_thread=false"
 
 
@@ -69,9 +69,9 @@ def test_every_stage_writes_its_contract(pipeline):
     cwd, _, output = pipeline
     results = cwd / "results"
     assert job_counts(output) == {
-        "all": 1, "kernels": 1, "prefetch": 1, "download": 1, "tokenize": 1, "train": 2, "bench_kernels": 1,
-        "bench_generation": 2, "bench_training": 2, "evaluate": 2, "synthetic_task": 3, "report": 1,
-        "export_hf": 2,
+        "all": 1, "kernels": 1, "prefetch": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
+        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 3, "report": 1,
+        "export_hf": 2,  # transformers has no Mamba-3 class
     }  # fmt: skip
     prefetched = json.loads((results / "hub/prefetched.json").read_text())  # local tasks: loaded, not fetched
     assert prefetched == {"tokenizers": {}, "models": {}, "tasks": ["local_piqa", "piqa_embedded"]}
@@ -100,7 +100,8 @@ def test_every_stage_writes_its_contract(pipeline):
         for stage in ("train", "bench/generation", "bench/training", "eval"):
             assert (results / f"logs/{stage}/{model}.log").stat().st_size > 0
             assert (results / f"benchmarks/{stage}/{model}.tsv").read_text().startswith("s\t")
-    for model in MODELS:  # exported as transformers folders
+    assert not (results / "hf/mamba3-tiny").exists()  # transformers has no Mamba-3 class
+    for model in ("mamba-tiny", "transformer-tiny"):  # exported as transformers folders
         exported = transformers.AutoModelForCausalLM.from_pretrained(results / f"hf/{model}").eval()
         trained = from_pretrained(results / f"train/{model}").eval()
         ids = torch.randint(0, 512, (1, 24))
@@ -204,7 +205,7 @@ def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(
     config.write_text(yaml.safe_dump(changed))
     rerun = snakemake("--configfile", str(config), "--cores", "2", cwd=cwd)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 2, "report": 1, "all": 1}
+    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 3, "report": 1, "all": 1}
     evaluation = json.loads((cwd / "results/eval/mamba-tiny.json").read_text())
     assert evaluation["n_samples"]["local_piqa"]["effective"] == 6
     assert (cwd / "results/reports/report.html").stat().st_mtime_ns > report_before

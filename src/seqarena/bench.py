@@ -1,4 +1,4 @@
-"""Benchmark stage: scan kernels (Mamba-1's scan, Mamba-2's SSD) vs attention, generation
+"""Benchmark stage: scan kernels (Mamba-1's scan, Mamba-2's SSD, Mamba-3's SSM) vs attention, generation
 throughput, training throughput.
 
 Each runs on a GPU when there is one and, with a smaller default grid, on a CPU. Timings
@@ -23,7 +23,7 @@ from seqarena.device import compute_device
 from seqarena.files import atomic_write
 from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import GPT_NEOX_VOCAB
-from seqarena.ops import available_backends, selective_scan, ssd_chunk_scan
+from seqarena.ops import available_backends, mamba3_chunk_scan, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
 from seqarena.options import Tracked, option
 from seqarena.tracking import generation_metrics, kernel_metrics, log_stage, training_bench_metrics
@@ -143,6 +143,35 @@ def _ssd_timings(grid: KernelGrid, length: int, backends: list[str], gen):
         yield "ssd", name, grid.time(inputs, ssd)
 
 
+def _mamba3_timings(grid: KernelGrid, length: int, backends: list[str], gen):
+    """(op, backend, times) of Mamba-3's SISO SSM per backend, at the SSD's heads and state: 64-step
+    chunks on a GPU (mamba_ssm's default), 32 on a CPU; dt and A discretised inside, as its mixer does."""
+    heads, b, n = max(1, grid.dim // grid.head_dim), grid.batch, grid.ssd_state
+    A = (-torch.rand(heads, generator=gen) - 0.5).to(grid.device).requires_grad_()
+    inputs = [grid.random(gen, b, length, 1, 1, n), grid.random(gen, b, length, 1, 1, n)]  # C, B
+    inputs += [
+        grid.random(gen, b, length, heads, grid.head_dim),
+        grid.random(gen, b, heads, length, shift=-2.0),
+    ]
+    inputs += [
+        A,
+        grid.random(gen, b, heads, length),
+        grid.random(gen, b, length, heads, n // 4),
+    ]  # trap, angles
+    inputs += [grid.random(gen, heads, 1, n), grid.random(gen, heads, 1, n)]  # the biases
+    chunk = 64 if grid.device.type == "cuda" else 32
+    for name in backends:
+
+        def mamba3(q, k, x, dt, A, trap, angles, q_bias, k_bias, name=name):
+            dt = F.softplus(dt.float())
+            adt = dt * A[:, None]
+            return mamba3_chunk_scan(
+                q, k, x, adt, dt, trap, q_bias, k_bias, angles, chunk_size=chunk, backend=name
+            )
+
+        yield "mamba3", name, grid.time(inputs, mamba3)
+
+
 def _attention_timings(grid: KernelGrid, length: int):
     """(op, backend, times) of causal attention (FlashAttention-2 on a GPU)."""
     shape = (grid.batch, max(1, grid.dim // grid.head_dim), length, grid.head_dim)
@@ -157,8 +186,9 @@ def _attention_timings(grid: KernelGrid, length: int):
 def bench_kernels(
     lengths, batch=1, dim=1024, state=16, ssd_state=64, head_dim=64, repeats=5, backends=None, device=None
 ):
-    """Rows of KERNEL_COLUMNS: each backend's selective scan (Mamba-1, d_state ``state``) and SSD
-    (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``), causal attention (heads of
+    """Rows of KERNEL_COLUMNS: each backend's selective scan (Mamba-1, d_state ``state``), SSD
+    (Mamba-2, heads of ``head_dim`` channels, d_state ``ssd_state``) and Mamba-3 SSM (SISO, the
+    SSD's heads and state), causal attention (heads of
     ``head_dim``), and the paper's other two baselines (Fig. 8): the PyTorch parallel scan and an
     FFT convolution, per sequence length. A measurement that runs out of device memory is left
     out. Each op's inputs are freed before the next op's are made (its generator has ended)."""
@@ -173,6 +203,7 @@ def bench_kernels(
         timings = itertools.chain(
             _scan_timings(grid, length, backends, gen),
             _ssd_timings(grid, length, backends, gen),
+            _mamba3_timings(grid, length, backends, gen),
             _attention_timings(grid, length),
         )
         for op, backend, times in timings:
@@ -180,7 +211,8 @@ def bench_kernels(
                 if ms is None:
                     continue  # out of memory
                 row = {"op": op, "backend": backend, "batch": batch, "dim": dim}
-                row |= {"state": {"scan": state, "ssd": ssd_state}.get(op, ""), "seq_len": length}
+                row |= {"state": {"scan": state, "ssd": ssd_state, "mamba3": ssd_state}.get(op, "")}
+                row |= {"seq_len": length}
                 row |= {"pass": name, "median_ms": round(ms, 4), "device": device_name(device)}
                 rows.append(row | {"dtype": str(dtype).removeprefix("torch.")})
     return rows
@@ -327,7 +359,7 @@ class KernelBenchConfig(TimedBenchConfig):
 
 
 def kernels_command(cfg: KernelBenchConfig) -> None:
-    """The selective scan's backends and the SSD's against causal attention, per length."""
+    """The selective scan's backends, the SSD's and Mamba-3's against causal attention, per length."""
     backends = cfg.backends.split(",") if cfg.backends else None
     rows = bench_kernels(cfg.lengths, cfg.batch, cfg.dim, cfg.state, repeats=cfg.repeats, backends=backends)
     write_csv(rows, Path(cfg.out))
