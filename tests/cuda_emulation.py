@@ -15,13 +15,17 @@ tensors, with these substitutions and nothing else:
   a fresh thread, where autograd records again. Outputs the references have no counterpart for
   (the scan's per-chunk intermediates apart from the last state) are NaN, so a reader of them fails.
 - **The Triton kernels** (Mamba-2's SSD, ``selective_state_update``, the gated RMSNorm) really run,
-  under Triton's interpreter (``TRITON_INTERPRET=1``), with four shims: ``torch.cuda.device(i)``
+  under Triton's interpreter (``TRITON_INTERPRET=1``), with these shims: ``torch.cuda.device(i)``
   is a no-op (CPU tensors have no index), ``torch.cuda.get_device_properties`` reports 4
   multiprocessors (they size some grids), the autotuner takes each kernel's first config
   instead of timing them all, and the interpreter's scalars convert to int through ``.item()``
   (numpy 2.4 refuses ``int()`` of the one-element arrays that triton 3.6's interpreter holds).
   The interpreter's bfloat16 is not to be trusted (a kernel run in bfloat16 was off by 1e10
   here, right in float32), so values are compared in float32 only.
+- **Mamba-3's Triton kernels** compute cos, sin and tanh with PTX approximations
+  (``cos.approx.f32`` and the like in inline assembly), which the interpreter cannot run: they
+  are numpy's functions here. Its SISO wrapper casts its inputs to bfloat16, and its forward
+  keeps chunk states in bfloat16: float32 here, for the reason above.
 - **Autocast:** CUDA's autocast cannot be enabled without CUDA, so CPU autocast stands in for it:
   ``torch.is_autocast_enabled()`` (no argument: CUDA's, which mamba_ssm asks) answers for the CPU,
   and ``torch.get_autocast_gpu_dtype()`` gives the CPU's autocast dtype.
@@ -39,6 +43,7 @@ import threading
 import types
 from contextlib import contextmanager, nullcontext
 
+import numpy as np
 import torch
 
 from mamba_ssm_reference import oracle_on_path
@@ -299,6 +304,27 @@ def _index_by_item(patch_lang_tensor):
     return patch
 
 
+PTX_APPROXIMATIONS = {"cos.approx.f32": np.cos, "sin.approx.f32": np.sin, "tanh.approx.f32": np.tanh}
+
+
+def _inline_asm_as_numpy(builder, asm, constraints, values, types_, is_pure, pack):
+    """The interpreter's inline assembly: the PTX approximations Mamba-3's kernels use, as numpy's."""
+    (function,) = [f for name, f in PTX_APPROXIMATIONS.items() if asm.startswith(name)] or [None]
+    if function is None or len(values) != 1:
+        raise NotImplementedError(f"no stand-in for inline assembly {asm!r}")
+    handle = type(values[0])  # the interpreter's TensorHandle
+    result = handle(function(values[0].data).astype(np.float32), values[0].dtype.scalar)
+    return types.SimpleNamespace(get_result=lambda index: result)
+
+
+class _TorchWithFloat32ForBfloat16(types.ModuleType):
+    """torch, but its bfloat16 is float32 (for modules whose casts to bfloat16 the interpreter would
+    compute wrongly)."""
+
+    def __getattr__(self, name):
+        return torch.float32 if name == "bfloat16" else getattr(torch, name)
+
+
 def _cpu_autocast_for_cuda(is_autocast_enabled):
     def enabled(device_type=None):
         return is_autocast_enabled(device_type or "cpu")
@@ -342,6 +368,7 @@ def _emulated_extensions_and_kernels():
         import triton.runtime.interpreter as interpreter
         from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref, causal_conv1d_update_ref
         from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+        from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined, mamba3_siso_fwd
 
         fill_causal_conv1d(sys.modules["causal_conv1d_cuda"], causal_conv1d_ref, causal_conv1d_update_ref)
         fill_selective_scan(sys.modules["selective_scan_cuda"], selective_scan_ref)
@@ -353,6 +380,9 @@ def _emulated_extensions_and_kernels():
             _patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
             _patched(torch, "is_autocast_enabled", _cpu_autocast_for_cuda(torch.is_autocast_enabled)),
             _patched(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cpu")),
+            _patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
+            _patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
+            _patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
         ):
             yield
     finally:

@@ -1,5 +1,6 @@
 """The cuda backend, run through mamba_ssm's and causal_conv1d's own code on a CPU (cuda_emulation.py),
-against the torch backend: every family's forward, every gradient and cached decoding; the env
+against the torch backend: every family's forward, every gradient and cached decoding; Mamba-3's
+Triton SISO kernels; the env
 stage's self-check; a bf16-autocast training step; and the stand-ins' argument lists against the
 pinned packages' C++ bindings."""
 
@@ -14,7 +15,7 @@ import torch
 from cuda_emulation import BINDINGS, BindingCheckFailed, cuda_backend_on_cpu
 from mamba_ssm_reference import oracle_on_path
 from seqarena.models import build_model
-from seqarena.ops import backends, ssd_state_update
+from seqarena.ops import backends, mamba3_chunk_scan, mamba3_state_update, ssd_state_update
 
 VOCAB = 61
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,69 @@ def test_mamba2_decoding_with_a_dt_limit_runs_mamba_ssms_step_kernel(emulated_cu
     got = ssd_state_update(state, **inputs, backend="cuda")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, want_state, rtol=1e-5, atol=1e-5)
+
+
+def mamba3_inputs(length, heads=4, d_state=32, headdim=32, angles=8):
+    torch.manual_seed(2)
+    dt = torch.nn.functional.softplus(torch.randn(2, heads, length) - 1)
+    return dict(
+        q=torch.randn(2, length, 1, 1, d_state), k=torch.randn(2, length, 1, 1, d_state),
+        x=torch.randn(2, length, heads, headdim), adt=-torch.rand(2, heads, length) * dt, dt=dt,
+        trap=torch.randn(2, heads, length), q_bias=torch.randn(heads, 1, d_state),
+        k_bias=torch.randn(heads, 1, d_state), angles=torch.randn(2, length, heads, angles),
+        D=torch.randn(heads), z=torch.randn(2, length, heads, headdim),
+    )  # fmt: skip
+
+
+def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel(emulated_cuda, monkeypatch):
+    """mamba3_siso_combined's forward from given states to its final ones, at a length past two
+    chunks and no multiple of one; and a Mamba-3 model's logits. (Its backward asserts CUDA tensors
+    in Python: the gradients are the torch backend's, which test_mamba3 holds against gradcheck.)"""
+    inputs = mamba3_inputs(45)
+    initial = (
+        torch.rand(2, 4, 8) * 6,
+        torch.randn(2, 4, 32, 32),
+        torch.randn(2, 1, 4, 32),
+        torch.randn(2, 4, 32),
+    )
+    options = dict(chunk_size=16, initial_states=initial, return_final_states=True)
+    want, want_states = mamba3_chunk_scan(**inputs, **options, backend="torch")
+    got, states = mamba3_chunk_scan(**inputs, **options, backend="cuda")
+    assert relative_error(got, want) < 1e-4  # float32 sums in another order
+    for ours, theirs in zip(states, want_states, strict=True):
+        assert relative_error(ours, theirs) < 1e-4
+    torch.manual_seed(0)
+    model = build_model("mamba3-tiny", vocab_size=VOCAB).float()
+    ids = torch.randint(0, VOCAB, (2, 45))
+    with torch.no_grad():
+        logits = {backend: run_on(backend, monkeypatch) or model(ids) for backend in ("torch", "cuda")}
+    assert relative_error(logits["cuda"], logits["torch"]) < 1e-4
+
+
+def test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel_and_mimo_is_refused(emulated_cuda):
+    """mamba3_siso_step advances the four states as ours does. Its output is a bfloat16 dot inside
+    the kernel, which the interpreter computes wrongly (cuda_emulation.py): only the states are held."""
+    inputs = mamba3_inputs(1)
+    step = {
+        key: value[:, 0] if key in ("q", "k", "x", "z", "angles") else value for key, value in inputs.items()
+    }
+    step |= {key: inputs[key][..., 0] for key in ("adt", "dt", "trap")}
+    held = [
+        torch.rand(2, 4, 8) * 6,
+        torch.randn(2, 4, 32, 32),
+        torch.randn(2, 1, 4, 32),
+        torch.randn(2, 4, 32),
+    ]
+    want = [t.clone() for t in held]
+    mamba3_state_update(held, **step, backend="cuda")
+    mamba3_state_update(want, **step, backend="torch")
+    for ours, theirs in zip(held, want, strict=True):
+        assert relative_error(ours, theirs) < 1e-5
+    mimo = dict(inputs, mimo_x=torch.ones(4, 1, 32), mimo_z=torch.ones(4, 1, 32))
+    with pytest.raises(
+        ValueError, match="MIMO kernels .* not wired in: run MIMO models with scan_backend torch"
+    ):
+        mamba3_chunk_scan(**mimo, chunk_size=16, backend="cuda")
 
 
 def test_the_env_self_check_passes_on_cuda(emulated_cuda):
