@@ -1,11 +1,12 @@
-"""Forward time against sequence length on the CPU: Mamba-2 (SSD), Mamba-1 and Transformer++.
+"""Forward time against sequence length on the CPU: Mamba-3, Mamba-2 (SSD), Mamba-1 and Transformer++.
 
     python benchmarks/length_scaling_cpu.py          # d_model 256, B=1, L 512..4096, float32
 
 Each row is one model's forward (no gradients) at one length, the models taken in turn at
 every repeat so machine noise hits them alike; medians. "per token vs L=512" divides the time
 per token by that at the shortest length: 1.0 is linear in L, and attention's grows with L.
-Mamba and Mamba-2 use 2n layers, Transformer++ n (matched parameters, the paper's pairing).
+Mamba, Mamba-2 and Mamba-3 (SISO, and MIMO at rank 4; the CPU sizes' state, heads and chunks)
+use 2n layers, Transformer++ n (matched parameters, the paper's pairing).
 """
 
 import argparse
@@ -33,7 +34,13 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     mamba2 = dict(layer="Mamba2", d_state=32, headdim=32, chunk_size=args.mamba2_chunk)
     torch.manual_seed(0)
+    mamba3 = dict(layer="Mamba3", d_state=32, headdim=32, chunk_size=32)
+    mimo = mamba3 | dict(is_mimo=True, mimo_rank=4, chunk_size=8)
     models = {
+        "Mamba-3 SISO (chunk 32)": Mamba(MambaConfig(d_model=d, n_layer=n, vocab_size=vocab, ssm_cfg=mamba3)),
+        "Mamba-3 MIMO (rank 4, chunk 8)": Mamba(
+            MambaConfig(d_model=d, n_layer=n, vocab_size=vocab, ssm_cfg=mimo)
+        ),
         f"Mamba-2 (SSD, chunk {args.mamba2_chunk})": Mamba(
             MambaConfig(d_model=d, n_layer=n, vocab_size=vocab, ssm_cfg=mamba2)
         ),

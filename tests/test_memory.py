@@ -15,7 +15,10 @@ VOCAB, BATCH, LENGTH = 4096, 8, 512
 # the CPU keeps its within-chunk products too (twice the estimate), which its Triton kernels recompute.
 CASES = [
     *[(f"transformer-{size}", ckpt) for size in ("tiny", "mini", "small") for ckpt in (False, True)],
-    *[(f"{arch}-small", True) for arch in ("mamba", "mamba2", "hybrid", "mamba_lti")],
+    *[
+        (f"{arch}-small", True)
+        for arch in ("mamba", "mamba2", "hybrid", "mamba_lti", "mamba3", "mamba3_mimo")
+    ],
     ("mamba-tiny", False),
     ("mamba_lti-small", False),
 ]
