@@ -373,10 +373,11 @@ def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path)
                      cwd=tmp_path)  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert job_counts(output) == {"kernels": 1, "synthetic_task": 21, "synthetic": 1}
-    runs = re.findall(r"seqarena synthetic --task (\w+) --arch (\w+) --d-model 64 --seed (\d)", output)
+    assert job_counts(output) == {"kernels": 1, "synthetic_task": 27, "synthetic": 1}
+    runs = re.findall(r"seqarena synthetic --task (\w+) --arch (\w+) --d-model (?:64|32) --seed (\d)", output)
     archs = {"selective_copying": ["mamba", "mamba_lti"], "mqar": ["mamba", "transformer"],
-             "induction_heads": ["mamba", "transformer", "transformer_abs"]}  # fmt: skip
+             "induction_heads": ["mamba", "transformer", "transformer_abs"],
+             "parity": ["mamba2", "mamba3"]}  # fmt: skip
     assert sorted(runs) == sorted((t, a, s) for t, names in archs.items() for a in names for s in "012")
     assert "--length 256 --vocab 16 --n-data 16 " in output  # the selective-copying shape
     assert "--test-lengths 256,512,1024,4096,16384,65536 " in output

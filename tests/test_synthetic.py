@@ -12,6 +12,7 @@ from seqarena.synthetic import (
     build,
     induction_heads,
     mqar,
+    parity,
     scored_logits,
     selective_copying,
     train_synthetic,
@@ -50,11 +51,21 @@ def test_mqar_answer_is_the_value_paired_with_each_queried_key():
         assert sum(x != IGNORE for x in label) == 6
 
 
+def test_parity_labels_every_position_with_the_parity_of_the_bits_so_far():
+    seq, labels = parity(20, length=50, vocab=3, gen=gen())
+    for row, label in zip(seq.tolist(), labels.tolist(), strict=True):
+        assert set(row) <= {1, 2}
+        assert label == [1 + sum(t == 2 for t in row[: i + 1]) % 2 for i in range(50)]
+    with pytest.raises(ValueError, match="parity needs vocab >= 3"):
+        parity(1, 8, 2, gen())
+
+
 def test_generators_reproduce_from_their_seed_and_differ_across_seeds():
     for make in (
         lambda g: selective_copying(4, 32, 16, 4, g),
         lambda g: induction_heads(4, 32, 16, g),
         lambda g: mqar(4, 32, 32, 4, g),
+        lambda g: parity(4, 32, 3, g),
     ):
         a, b, c = make(gen(1)), make(gen(1)), make(gen(2))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
@@ -85,6 +96,7 @@ def test_bad_task_settings_are_named():
         ("induction_heads", lambda: induction_heads(3, 300, 16, gen())),
         ("selective_copying", lambda: selective_copying(3, 300, 16, 5, gen())),  # several labels per row
         ("mqar", lambda: mqar(3, 300, 16, 5, gen())),  # at different positions in each row
+        ("parity", lambda: parity(3, 300, 3, gen())),  # every position
     ],
 )
 def test_recurrent_evaluation_equals_the_full_forward(task, make):
@@ -99,7 +111,17 @@ def test_recurrent_evaluation_equals_the_full_forward(task, make):
 
 @pytest.mark.parametrize(
     "arch,d_state",
-    [("mamba2", 0), ("mamba2", 64), ("hybrid", 0), ("mamba", 8), ("mamba_lti", 0), ("mamba_lti", 8)],
+    [
+        ("mamba2", 0),
+        ("mamba2", 64),
+        ("hybrid", 0),
+        ("mamba", 8),
+        ("mamba_lti", 0),
+        ("mamba_lti", 8),
+        ("mamba3", 0),
+        ("mamba3", 16),
+        ("mamba3_mimo", 0),
+    ],  # fmt: skip
 )
 def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(arch, d_state):
     cfg = SyntheticConfig(task="mqar", arch=arch, d_model=32, d_state=d_state, vocab=32)
@@ -158,3 +180,17 @@ def test_a_tiny_mamba_learns_selective_copying(tmp_path):
         "32": result["final_accuracy"]
     }
     assert [row["step"] for row in result["curve"]] == [250, 500, 750, 1000]
+
+
+def test_mamba3_tracks_parity_where_mamba2_cannot(tmp_path):
+    """The Mamba-3 paper's state-tracking claim at a CPU test's size: its rotating state learns the
+    running parity at the training length; Mamba-2's positive decays stay near what the first
+    positions give away (chance is 1/2 a position)."""
+    accuracy_at = {}
+    for arch in ("mamba3", "mamba2"):
+        cfg = SyntheticConfig(task="parity", arch=arch, length=32, vocab=3, d_model=32, steps=400, batch=32,
+                              lr=3e-3, weight_decay=0.0, eval_sequences=64)  # fmt: skip
+        result = train_synthetic(cfg, tmp_path / f"{arch}.json", log_every=400)
+        accuracy_at[arch] = result["accuracy_by_length"]["32"]
+        assert result["chance"] == 0.5
+    assert accuracy_at["mamba3"] > 0.95 and accuracy_at["mamba2"] < 0.8, accuracy_at

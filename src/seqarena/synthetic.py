@@ -10,6 +10,10 @@ The paper's mechanistic experiments (Gu & Dao 2023, §4.1) and Zoology's associa
   at one length, tested at longer ones (length extrapolation).
 - **multi-query associative recall** (MQAR, Arora et al. 2023, Zoology): key-value pairs,
   then the keys again among noise; at each key the model must emit its value.
+- **parity** (state tracking; the Mamba-3 paper, arXiv 2603.15569, after Grazzi et al. 2024):
+  random bits; at every position the parity of the bits so far. A recurrence whose decay is real
+  and positive (Mamba-1, Mamba-2) cannot flip a state sign per bit; a rotation by pi can (Mamba-3's
+  complex state). Trained at one length, tested at longer ones.
 
 Every batch is generated on the fly from a seed: a (sequence, label) pair where labels are
 -100 except at the positions that are scored. Mamba is evaluated as a recurrence (its state
@@ -36,7 +40,7 @@ from seqarena.tracking import log_stage, synthetic_metrics
 from seqarena.training.optim import adamw, lr_at, set_lr
 
 IGNORE = -100
-TASKS = ("selective_copying", "induction_heads", "mqar")
+TASKS = ("selective_copying", "induction_heads", "mqar", "parity")
 EVAL_CHUNK = 256  # sequences scored at once on the recurrent path
 RECURRENT_SPAN = 1024  # tokens per call of the recurrent path
 EVAL_BYTES_PER_TOKEN = 17  # the sequences and labels (int64) and the mask, per token of a chunk
@@ -92,6 +96,15 @@ def mqar(batch: int, length: int, vocab: int, n_pairs: int, gen: torch.Generator
     labels = torch.full_like(seq, IGNORE)
     labels.scatter_(1, positions, values.gather(1, order))
     return seq, labels
+
+
+def parity(batch: int, length: int, vocab: int, gen: torch.Generator):
+    """Bits as tokens 1 (0) and 2 (1); the label at every position is the parity of the bits up to
+    it, as token 1 (even) or 2 (odd)."""
+    if vocab < 3:
+        raise ValueError(f"parity needs vocab >= 3 (got {vocab})")
+    bits = torch.randint(0, 2, (batch, length), generator=gen)
+    return 1 + bits, 1 + bits.cumsum(dim=1) % 2
 
 
 @dataclass
@@ -173,7 +186,17 @@ class SyntheticConfig:
             return selective_copying(size, length, self.vocab, self.n_data, gen)
         if self.task == "induction_heads":
             return induction_heads(size, length, self.vocab, gen)
+        if self.task == "parity":
+            return parity(size, length, self.vocab, gen)
         return mqar(size, length, self.vocab, self.n_pairs, gen)
+
+
+def chance(cfg: SyntheticConfig) -> float:
+    """A guess's accuracy: among MQAR's values (the upper half of the vocabulary), parity's two
+    answers, or the other tasks' data tokens (all but noise and the special token)."""
+    if cfg.task == "mqar":
+        return 1 / (cfg.vocab - cfg.vocab // 2)
+    return 1 / 2 if cfg.task == "parity" else 1 / (cfg.vocab - 2)
 
 
 def build(cfg: SyntheticConfig) -> torch.nn.Module:
@@ -274,7 +297,7 @@ def train_synthetic(cfg: SyntheticConfig, out: Path, log_every: int = 50) -> dic
         "final_accuracy": by_length.get(str(cfg.length), curve[-1]["accuracy"] if curve else None),
         "accuracy_by_length": by_length,  # None: out of memory, or not run (not_run says why)
         "not_run": not_run,
-        "chance": 1 / (cfg.vocab - cfg.vocab // 2 if cfg.task == "mqar" else cfg.vocab - 2),
+        "chance": chance(cfg),
         "curve": curve,
         "train_seconds": train_seconds,
         "device": str(next(model.parameters()).device),
