@@ -41,6 +41,9 @@ STAGES = (
     Stage(
         "memory", "seqarena.training.memory:memory_check_command", "warn where training jobs would not fit"
     ),
+    Stage(
+        "scaling", "seqarena.scaling:scaling_command", "fit scaling laws and compute multipliers across sizes"
+    ),
     Stage("bench kernels", "seqarena.bench:kernels_command", "selective scan and SSD vs causal attention"),
     Stage("bench generation", "seqarena.bench:generation_command", "prompt + decoding throughput"),
     Stage("bench training", "seqarena.bench:training_command", "tokens/s, MFU and memory of training"),

@@ -63,6 +63,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, vocab_size=data.vocab_size).to(dist_.device)
         self.n_params = self.model.num_parameters()
+        self.n_params_without_embedding = self.model.num_parameters(exclude_embedding=True)
         self.accum = cfg.grad_accumulation(dist_.world)
         self.steps = cfg.steps or math.ceil((cfg.tokens or 20 * self.n_params) / cfg.batch_tokens)
         data.check_fits(cfg.seq_len)
@@ -323,8 +324,10 @@ class Trainer:
             "model": cfg.model,
             "seed": cfg.seed,
             "parameters": self.n_params,
+            "parameters_without_embedding": self.n_params_without_embedding,
             "steps": self.steps,
             "tokens": tokens_seen,
+            "training_flops": self.flops_per_token * tokens_seen,
             "recipe": recipe(cfg, self.steps, self.peak_lr),
             "final_val_loss": val_loss,
             "final_val_perplexity": math.exp(val_loss),
