@@ -21,6 +21,7 @@ include: "workflow/rules/bench.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/scaling.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -70,8 +70,8 @@ def test_every_stage_writes_its_contract(pipeline):
     results = cwd / "results"
     assert job_counts(output) == {
         "all": 1, "kernels": 1, "prefetch": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
-        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 3, "report": 1,
-        "export_hf": 2,  # transformers has no Mamba-3 class
+        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 3, "scaling": 1,
+        "report": 1, "export_hf": 2,  # transformers has no Mamba-3 class
     }  # fmt: skip
     prefetched = json.loads((results / "hub/prefetched.json").read_text())  # local tasks: loaded, not fetched
     assert prefetched == {"tokenizers": {}, "models": {}, "tasks": ["local_piqa", "piqa_embedded"]}
@@ -307,7 +307,7 @@ def test_make_pipelines_live_view_is_installed_and_plans_the_default_dag(tmp_pat
     done = snakemake("-n", "--logger", "rich", cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert re.search(r"total\s+33", output)  # the rich logger's job table of the default DAG
+    assert re.search(r"total\s+34", output)  # the rich logger's job table of the default DAG
 
 
 def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(tmp_path):
@@ -481,7 +481,7 @@ def test_slurm_profile_plans_the_paper_dag(paper_plan):
         "prefetch": 1, "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1,
         "bench_generation": 10,
         "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "export_hf": 10,
-        "synthetic_task": 20, "report": 1, "all": 1,  # four archs: mamba_lti and transformer_abs too
+        "synthetic_task": 20, "scaling": 1, "report": 1, "all": 1,  # four archs: mamba_lti, transformer_abs
     }  # fmt: skip
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "seqarena launch --nodes 1 --nproc-per-node 8 -- train --model mamba-2.8b" in output
@@ -760,7 +760,7 @@ def driver_venv(tmp_path_factory) -> Path:
     return venv
 
 
-@pytest.mark.parametrize("paper,jobs", [(False, 33), (True, 87)], ids=["default", "paper-slurm"])
+@pytest.mark.parametrize("paper,jobs", [(False, 34), (True, 88)], ids=["default", "paper-slurm"])
 def test_a_bare_snakemake_plans_the_dags_without_torch_or_seqarena(
     driver_venv, tmp_path, slurm_profile, paper, jobs
 ):

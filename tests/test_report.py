@@ -9,6 +9,7 @@ import pytest
 
 from conftest import write_multiple_choice_task
 from seqarena.bench import bench_generation, bench_kernels, write_csv, write_json
+from seqarena.cli import main
 from seqarena.data import Source, download, tokenize
 from seqarena.eval import evaluate
 from seqarena.report import collect, render, save_figures
@@ -81,6 +82,9 @@ def full_results(tmp_path_factory):
             results / "synthetic" / "selective_copying" / cfg.model_name / f"seed{seed}.json",
             log_every=2,
         )
+    summaries = sorted(str(p) for p in results.glob("train/*/summary.json"))
+    fits = str(results / "scaling/fits.json")
+    main(["scaling", "--summaries", ",".join(summaries), "--out", fits, "--fixed-token"])  # fixed steps
     return results
 
 
@@ -94,6 +98,10 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     assert "state-spaces/mamba-tiny" in html and "published checkpoint" in html and "trained here" in html
     assert "induction_heads" in html and "mamba-d16" in html and "transformer-d16" in html  # both tables
     assert "no evaluation results" not in html
+    assert (
+        "no fit: mamba: 2 size(s) (mamba-tiny, mamba-mini); a law needs at least 3 sizes of the family"
+        in html
+    )
     assert "report.collect(" not in html and "results_dir =" not in html  # no code cells, no parameters
     assert "<code>results/train/*/metrics.jsonl</code>" in html  # a caption's * stays a *, not italics
     generation, tiny_pair = collect(full_results).generation, ("mamba-tiny", "transformer-tiny")

@@ -147,6 +147,9 @@ class Family:
             return record | {"fit": None, "why": self.why_no_fit}
         for axis, (E, A, alpha) in self.laws.items():
             draws = [d for d in self.draws[axis] if d is not None]
+            xs = [getattr(p, axis) for p in self.points]
+            grid = np.geomspace(min(xs), max(xs), 24)
+            curves = np.array([[_loss_at(d, x) for x in grid] for d in draws])
             record[axis] = {
                 "E": E,
                 "A": A,
@@ -154,6 +157,11 @@ class Family:
                 "draws": len(draws),
                 "E_interval": _interval([d[0] for d in draws]),
                 "alpha_interval": _interval([d[2] for d in draws]),
+                "curve": {
+                    "x": grid.tolist(),
+                    "loss": [_loss_at(self.laws[axis], x) for x in grid],
+                    "interval": [_interval(column) for column in curves.T],
+                },
             }
         return record
 
@@ -181,7 +189,7 @@ def check_token_ratios(points: list[Point], fixed_token: bool) -> None:
     ratios = {p.model: p.tokens / p.parameters for p in points}
     if fixed_token or not ratios or max(ratios.values()) <= TOKEN_RATIO_SPREAD * min(ratios.values()):
         return
-    listed = ", ".join(f"{m} {r:.1f}" for m, r in sorted(ratios.items(), key=lambda kv: kv[1]))
+    listed = ", ".join(f"{m} {r:.3g}" for m, r in sorted(ratios.items(), key=lambda kv: kv[1]))
     raise ValueError(
         f"the sizes were trained at different tokens per parameter ({listed}): a compute-optimal "
         "fit needs one ratio (train.tokens 0: 20 each); if the ladder is fixed-token, say so "

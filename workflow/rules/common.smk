@@ -133,9 +133,10 @@ STAGE_OPTIONS = {
     "eval": eval_options,
     "export": lambda w: {"model_id": w.model},
     "synthetic": synthetic_options,
+    "scaling": lambda w: config["scaling"],
 }
 # Stages that log to MLflow: they get the experiment and the tracking store.
-TRACKED_STAGES = set(STAGE_OPTIONS) - {"prefetch", "download", "tokenize"}
+TRACKED_STAGES = set(STAGE_OPTIONS) - {"prefetch", "download", "tokenize", "scaling"}
 
 
 def stage_args(stage, wildcards):

@@ -5,6 +5,7 @@ rule report:
         bench_results(),
         eval_results(),
         synthetic_results(),
+        rules.scaling.output,
         kernels=rules.kernels.output[0],
         notebook=os.path.join(workflow.basedir, "notebooks/report.ipynb"),
     output:

@@ -68,29 +68,33 @@ def loss_curves(r: Results):
 
 
 def scaling(r: Results):
-    """Final validation loss against parameters and against training FLOPs (log x), per architecture."""
+    """Figure 4's shape: final validation loss against training FLOPs and against parameters
+    (log-log), every trained model and seed as a point, and per family with a fit its law (line)
+    and the law's bootstrap interval (band)."""
     if not r.train:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    xs: tuple[list, list] = ([], [])
-    for arch in sorted({architecture(m) for m in r.train}):
-        points = sorted(
-            (
-                d["summary"]["parameters"],
-                d["summary"]["flops_per_token"] * d["summary"]["tokens"],
-                d["summary"]["final_val_loss"],
-            )
-            for m, d in r.train.items()
-            if architecture(m) == arch
-        )
-        for ax, x, column in zip(axes, xs, (0, 1), strict=True):
-            ax.plot([p[column] for p in points], [p[2] for p in points], "o-", label=arch)
-            x += [p[column] for p in points]
-    for ax, x, xlabel in zip(axes, xs, ["parameters", "training FLOPs"], strict=True):
-        ax.set(xscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)")
-        _log_axis(ax.xaxis, at=x if len(set(x)) <= 6 else None)
+    summaries = [d["summary"] for d in r.train.values()] + [
+        s for runs in r.train_seeds.values() for s in runs
+    ]
+    families = (r.scaling or {}).get("families", {})
+    for arch in sorted({architecture(s["model"]) for s in summaries}):
+        mine = [s for s in summaries if architecture(s["model"]) == arch]
+        for ax, axis in zip(axes, ("flops", "parameters"), strict=True):
+            xs = [s["flops_per_token"] * s["tokens"] if axis == "flops" else s["parameters"] for s in mine]
+            (dots,) = ax.plot(xs, [s["final_val_loss"] for s in mine], "o", label=arch)
+            law = families.get(arch, {}).get(axis)
+            if law:
+                curve = law["curve"]
+                ax.plot(curve["x"], curve["loss"], "-", color=dots.get_color())
+                low, high = zip(*curve["interval"], strict=True)
+                ax.fill_between(curve["x"], low, high, color=dots.get_color(), alpha=0.2, linewidth=0)
+    for ax, xlabel in zip(axes, ["training FLOPs", "parameters"], strict=True):
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="final validation loss (nats/token)")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
         ax.legend()
-    fig.suptitle("Scaling: final validation loss")
+    fig.suptitle("Scaling: final validation loss (lines: fitted laws; bands: their 95% intervals)")
     fig.tight_layout()
     return fig
 
@@ -220,9 +224,10 @@ FIGURES = {
     "loss_curves": Figure(loss_curves, "results/train/*/metrics.jsonl", _train_caption),
     "scaling": Figure(
         scaling,
-        "results/train/*/summary.json",
+        "results/train/*/summary.json and results/scaling/fits.json",
         lambda r: (
-            "Final validation loss against parameters and against training FLOPs (FLOPs per token x tokens)."
+            "Final validation loss against training FLOPs (FLOPs per token x tokens) and against parameters; "
+            "a family with three sizes or more has its fitted law L = E + A x^-alpha and its interval."
         ),
     ),
     "generation": Figure(

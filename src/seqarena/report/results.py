@@ -18,6 +18,7 @@ class Results:
     kernels: list = field(default_factory=list)  # rows of kernels.csv
     env: dict | None = None  # env/kernels.json
     synthetic: dict = field(default_factory=dict)  # (task, model) -> its runs, one per seed (by seed)
+    scaling: dict | None = None  # scaling/fits.json
     missing: list = field(default_factory=list)  # what could not be shown, and why
 
 
@@ -41,6 +42,8 @@ def collect(results_dir: str | Path) -> Results:
             r.kernels = list(csv.DictReader(f))
     if (root / "env/kernels.json").is_file():
         r.env = json.loads((root / "env/kernels.json").read_text())
+    if (root / "scaling/fits.json").is_file():
+        r.scaling = json.loads((root / "scaling/fits.json").read_text())
     for path in sorted(root.glob("synthetic/*/*/seed*.json")):
         run = json.loads(path.read_text())
         r.synthetic.setdefault((run["task"], run["model"]), []).append(run)
@@ -53,6 +56,7 @@ def collect(results_dir: str | Path) -> Results:
         ("kernel benchmarks", r.kernels, "bench/kernels.csv"),
         ("environment record", r.env, "env/kernels.json"),
         ("synthetic-task results", r.synthetic, "synthetic/*/*/seed*.json"),
+        ("scaling fits", r.scaling, "scaling/fits.json"),
     ]:
         if not have:
             r.missing.append(f"no {name}: {root / source} not found")

@@ -221,3 +221,34 @@ def environment_table(r: Results) -> list[dict]:
         rows.append({"what": f"scan backend {name}", "value": value})
     rows.append({"what": "tracking", "value": f"{env.get('tracking')}: {env.get('tracking_uri')}"})
     return rows
+
+
+def scaling_notes(r: Results) -> str:
+    """The scaling fits in words (Markdown): each family's exponent over compute with its interval
+    and what stands behind it, or why it has none; each pair's compute multiplier at the sizes, or
+    that the two are not distinguishable at this budget."""
+    if not r.scaling:
+        return ""
+    lines = []
+    for name, family in r.scaling["families"].items():
+        behind = f"{len(family['sizes'])} sizes, {len(family['seeds'])} seed(s), {family['points']} runs"
+        if family.get("fit", True) is None:
+            lines.append(f"- **{name}**: no fit: {family['why']}.")
+            continue
+        law = family["flops"]
+        low, high = law["alpha_interval"]
+        lines.append(
+            f"- **{name}**: L = {law['E']:.3g} + {law['A']:.3g} C^-{law['alpha']:.3f} over training FLOPs C; "
+            f"alpha {law['alpha']:.3f}, 95% interval {low:.3f} to {high:.3f} ({behind})."
+        )
+    for pair in r.scaling["multipliers"]:
+        for row in pair["at"]:
+            low, high = row["interval"]
+            if row["distinguishable"]:
+                verdict = f"{row['multiplier']:.2f}x the compute (95% interval {low:.2f} to {high:.2f}x)"
+            else:
+                verdict = f"not distinguishable at this budget ({low:.2f} to {high:.2f}x holds 1)"
+            lines.append(
+                f"- {pair['family']} to reach {pair['against']}'s loss at {row['model']}: {verdict}."
+            )
+    return "\n".join(lines)
