@@ -99,3 +99,26 @@ def test_the_command_reads_summaries_and_writes_fits_json(tmp_path):
         ValueError, match="summary.json: no training_flops, final_val_loss, tokens, parameters"
     ):
         main(["scaling", "--summaries", ",".join(summaries), "--out", str(tmp_path / "fits.json")])
+
+
+def test_the_reports_notes_state_each_law_and_multiplier_with_its_interval(tmp_path):
+    from seqarena.report import Results, scaling_notes
+
+    rng = np.random.default_rng(1)
+    fits = fit_scaling(
+        ladder("mamba", TRUE["mamba"], rng=rng) + ladder("transformer", TRUE["transformer"], rng=rng)
+    )
+    notes = scaling_notes(Results(tmp_path, scaling=fits))
+    law = fits["families"]["mamba"]["flops"]
+    low, high = law["alpha_interval"]
+    assert (
+        f"alpha {law['alpha']:.3f}, 95% interval {low:.3f} to {high:.3f} (5 sizes, 3 seed(s), 15 runs)"
+        in notes
+    )
+    row = next(m for m in fits["multipliers"] if m["family"] == "transformer")["at"][0]
+    assert (
+        f"transformer to reach mamba's loss at mamba-1000000: {row['multiplier']:.2f}x the compute" in notes
+    )
+    one_law = [ladder(family, TRUE["mamba"], rng=rng, noise=0.01) for family in ("mamba", "mamba2")]
+    same = fit_scaling(one_law[0] + one_law[1])
+    assert "not distinguishable at this budget" in scaling_notes(Results(tmp_path, scaling=same))
