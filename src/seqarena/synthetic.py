@@ -130,7 +130,10 @@ class SyntheticConfig:
         0.1, help="1 with warmup 0: a constant rate (the paper's Table 1 and Table 11 runs)"
     )
     min_lr: float = option(0.0, help="an absolute floor instead of the ratio")
-    weight_decay: float = 0.1
+    weight_decay: float = option(
+        0.0,
+        help="the paper's synthetic runs: Adam without weight decay (Table 11), not LM training's 0.1",
+    )
     beta1: float = option(0.9, help="AdamW's betas and the gradient clip: language-model training's")
     beta2: float = 0.95
     grad_clip: float = 1.0
