@@ -506,6 +506,12 @@ def test_slurm_profile_plans_the_paper_dag(paper_plan):
         and f"{offline}seqarena gpus --count 1 -- seqarena eval" in output
     )
     assert "memory:" not in output  # each size's recipe fits the 80 GB GPUs it names, by estimate
+    # Table 1's and Table 11's constant rates reach the synthetic commands: warmup 0 (and no decay)
+    for task in ("selective_copying", "induction_heads"):
+        runs = [line for line in output.splitlines() if f"seqarena synthetic --task {task} " in line]
+        assert runs and all("--warmup 0 " in run and "--min-lr-ratio 1 " in run for run in runs), task
+    heads = [line for line in output.splitlines() if "seqarena synthetic --task induction_heads " in line]
+    assert all("--weight-decay 0 " in line for line in heads)
 
 
 def test_a_training_job_past_its_gpus_memory_is_named_before_submission(tmp_path, slurm_profile):
