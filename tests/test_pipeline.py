@@ -73,6 +73,11 @@ def test_every_stage_writes_its_contract(pipeline):
         "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 3, "scaling": 1,
         "report": 1, "export_hf": 2,  # transformers has no Mamba-3 class
     }  # fmt: skip
+    # the last lines say where the report is and how to browse the runs (a command to copy: quoted)
+    report_line = (
+        f"The report: {results}/reports/report.html. The runs, in MLflow's UI: seqarena ui --results"
+    )
+    assert f"{report_line} '{results}'" in "\n".join(output.strip().splitlines()[-5:])
     prefetched = json.loads((results / "hub/prefetched.json").read_text())  # local tasks: loaded, not fetched
     assert prefetched == {"tokenizers": {}, "models": {}, "tasks": ["local_piqa", "piqa_embedded"]}
     assert "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 seqarena eval" in output

@@ -203,3 +203,16 @@ def check_config_record():
 onstart:
     check_hub()
     check_config_record()
+
+
+onsuccess:
+    report_html = f"{RESULTS}/reports/report.html"
+    if (
+        os.path.exists(report_html)
+        and workflow.is_main_process
+        and not workflow.dryrun
+    ):
+        logger.info(
+            f"The report: {report_html}. The runs, in MLflow's UI: "
+            f"seqarena ui --results {shlex.quote(RESULTS)}"
+        )
