@@ -6,6 +6,7 @@ max_seqlen)`` and ``step(tokens, cache) -> logits``; ``forward`` with a cache fi
 """
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ CONFIG_NAME = "config.json"
 def pad_vocab(vocab_size: int, multiple: int) -> int:
     """The embedding rows: vocab_size rounded up to a multiple (mamba_ssm pads to 8)."""
     return -(-vocab_size // multiple) * multiple
+
+
+def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """mamba_ssm's dt bias: dt drawn log-uniform in [dt_min, dt_max] (at least dt_init_floor) per
+    channel or head, as its inverse softplus, so that softplus(bias) starts at that dt."""
+    log_dt = torch.rand(size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 @dataclass

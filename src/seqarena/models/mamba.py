@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqarena.models.base import GPT_NEOX_VOCAB, LanguageModel, MambaLayerCache, pad_vocab
+from seqarena.models.base import GPT_NEOX_VOCAB, LanguageModel, MambaLayerCache, dt_bias_init, pad_vocab
 from seqarena.models.mamba2 import (
     MAMBA2_DEFAULTS,
     MAMBA2_IGNORED,
@@ -196,10 +196,7 @@ class MambaMixer(nn.Module):
             nn.init.uniform_(self.dt_proj.weight, -std, std)
         else:
             raise ValueError(f"dt_init must be 'random' or 'constant', not {dt_init!r}")
-        # dt log-uniform in [dt_min, dt_max]; the bias is its inverse softplus.
-        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor))
         self.dt_proj.bias._no_reinit = True  # as mamba_ssm marks it: _init_weights keeps it
         # S4D-real: A = -(1..N) for every channel.
         self.A_log.copy_(torch.log(torch.arange(1.0, self.d_state + 1)).repeat(self.d_inner, 1))

@@ -7,13 +7,11 @@ a causal conv runs over x, B and C together; each head has a scalar decay ``A_lo
 advances a (nheads, headdim, d_state) state per sequence with ``ssd_state_update``.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqarena.models.base import MambaLayerCache
+from seqarena.models.base import MambaLayerCache, dt_bias_init
 from seqarena.ops import causal_conv1d, causal_conv1d_update, ssd_chunk_scan, ssd_state_update
 
 # mamba_ssm.modules.mamba2.Mamba2's keyword arguments and defaults (those that shape the model).
@@ -144,10 +142,7 @@ class Mamba2Mixer(nn.Module):
 
     @torch.no_grad()
     def _init_ssm(self, dt_min, dt_max, dt_init_floor, A_init_range):
-        # dt log-uniform in [dt_min, dt_max] per head; dt_bias is its inverse softplus.
-        log_dt = torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias.copy_(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor))
         low, high = A_init_range
         if not 0 < low <= high:
             raise ValueError(f"ssm_cfg.A_init_range={A_init_range!r} must satisfy 0 < low <= high")

@@ -16,13 +16,13 @@ the heavy-tail activation (state-spaces/mamba #962: 1 + a for a >= 0, 1 / (1 - a
 2.3.2 took softplus; each checkpoint gives its own outputs with its own.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqarena.models.base import dt_bias_init
 from seqarena.models.mamba2 import RMSNormGated
 from seqarena.ops import mamba3_chunk_scan, mamba3_state_update
 
@@ -159,10 +159,7 @@ class Mamba3Mixer(nn.Module):
 
     @torch.no_grad()
     def _init_dt(self, dt_min, dt_max, dt_init_floor):
-        # dt log-uniform in [dt_min, dt_max] per head; dt_bias is its inverse softplus.
-        log_dt = torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias.copy_(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor))
         self.dt_bias._no_weight_decay = self.D._no_weight_decay = True
 
     def _ssm_inputs(self, projected: torch.Tensor) -> tuple[dict, torch.Tensor]:
