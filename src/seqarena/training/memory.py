@@ -41,6 +41,7 @@ DDP_BUCKET_BYTES = 4  # DDP's gradient buckets, a float32 copy of the gradients
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    parameters: int  # the model's, whatever its sharding
     state: int
     activations: int  # kept by the forward pass for the backward pass, the logits' softmax aside
     logits: int  # the cross-entropy's float32 log-softmax, kept for the backward pass
@@ -84,7 +85,8 @@ def estimate_training_memory(
         activations, recompute = final_norm + tokens * sum(kept) * activation_bytes, 0
     logit_elements = tokens * pad_vocab(vocab_size, config.pad_vocab_size_multiple)
     logits_gradient = logit_elements * (4 + activation_bytes)  # float32, and at the logits' width
-    return MemoryEstimate(state, int(activations), logit_elements * 4, int(max(recompute, logits_gradient)))
+    backward = int(max(recompute, logits_gradient))
+    return MemoryEstimate(params, state, int(activations), logit_elements * 4, backward)
 
 
 def kept_for_backward(model, tokens) -> int:
@@ -156,7 +158,7 @@ def job_warnings(job: MemoryJob) -> list[str]:
             f"more than {HEADROOM:.0%} of gpu_memory_gb {job.gpu_memory_gb:g}: set train.by_size "
             "micro_batch, activation_checkpointing or parallel: fsdp for this size"
         )
-    host = parameters(job.model, vocab) * STATE_BYTES if on_gpu else job.processes * estimate.total
+    host = estimate.parameters * STATE_BYTES if on_gpu else job.processes * estimate.total
     if host > job.mem_mb * 1e6:
         what = "its checkpoint's full state on the host" if on_gpu else f"training ({recipe})"
         warnings.append(
