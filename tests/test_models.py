@@ -233,6 +233,18 @@ def test_paper_sizes_within_ten_percent_of_nominal(model_id):
     assert abs(model.num_parameters() - nominal) / nominal < 0.10, model.num_parameters()
 
 
+@pytest.mark.parametrize(
+    "model_id", ["mamba-micro", "mamba2-micro", "mamba3-micro", "hybrid-micro", "transformer-micro"]
+)
+def test_parameters_without_embedding_leave_out_the_tied_embedding_under_either_name(model_id):
+    model = build_model(model_id, vocab_size=1000)
+    params = dict(model.named_parameters())  # a tied tensor once, under its first name
+    embedding = next(p for name, p in params.items() if name.endswith("embedding.weight"))
+    assert model.lm_head.weight is embedding
+    without = sum(p.numel() for p in params.values()) - embedding.numel()
+    assert model.num_parameters(exclude_embedding=True) == without < model.num_parameters()
+
+
 def test_paper_shapes():
     assert [model_config(f"mamba-{s}").d_model for s in ["130m", "370m", "790m", "1.4b", "2.8b"]] == [
         768,

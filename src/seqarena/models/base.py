@@ -51,13 +51,15 @@ class LanguageModel(nn.Module):
         return asdict(self.config)
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
-        """Distinct parameters (tied weights counted once)."""
-        seen, total = set(), 0
-        for name, p in self.named_parameters(remove_duplicate=False):
-            if id(p) in seen or (exclude_embedding and "embedding" in name):
-                continue
-            seen.add(id(p))
-            total += p.numel()
+        """Distinct parameters (tied weights counted once); ``exclude_embedding``: without the token
+        embedding, under whichever name a tied head also holds it (Kaplan et al.'s N)."""
+        named = list(self.named_parameters(remove_duplicate=False))
+        seen = {id(p) for name, p in named if "embedding" in name} if exclude_embedding else set()
+        total = 0
+        for _, p in named:
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
         return total
 
     def training_flops_per_token(self, seq_len: int) -> float:
