@@ -674,7 +674,7 @@ def mqar_config(**options):
     "overrides,message",
     [
         ({"models": ["rwkv-tiny"]}, "models"),  # schema pattern: the architecture
-        ({"models": ["mamba-huge"]}, "'mamba-huge' is not one of \\['mamba-tiny'"),
+        ({"models": ["mamba-huge"]}, "'mamba-huge' is not one of \\['mamba-micro'"),
         ({"trian": {}}, "Additional properties are not allowed \\('trian' was unexpected\\)"),
         ({"train": {"dataset": "shakespeare", "steps": -5}}, "-5 is less than the minimum of 0"),
         ({"train": {"dataset": "wiki"}}, "config key train.dataset: 'wiki' is not one of data"),

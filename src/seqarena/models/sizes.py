@@ -2,7 +2,9 @@
 
 Paper sizes follow the Mamba paper (Gu & Dao 2023, Table 12 and §4.2): Mamba uses twice
 the layers of the Transformer++ at the same width, since one Mamba block holds about
-half the parameters of an attention+MLP block. Tiny sizes train on a laptop CPU in minutes.
+half the parameters of an attention+MLP block. The CPU sizes train on a laptop CPU in minutes:
+micro (d_model 32), tiny (64), compact (96) and mini (128) at the same depth are the CPU
+scaling ladder (config/scaling-cpu.yaml), small (256, twice as deep) the largest.
 ``lr`` is the peak learning rate of the paper's "++" recipe: GPT-3's rate for that size x5
 (Appendix E.2.1), except Mamba-2.8B, trained at 3x (4.8e-4: state-spaces/mamba issue #144). The
 numbers and their sources: ``seqarena.paper`` (``paper_data/table12.csv``, ``recipe.csv``).
@@ -17,9 +19,8 @@ ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes
 ``transformer_abs`` is Transformer++ with absolute sinusoidal positions instead of rotary ones
 (Table 11's MHA-Abs) at Transformer++'s sizes. ``mamba3`` and ``mamba3_mimo`` are Mamba-3 (SISO;
 MIMO at rank 4, the Mamba-3 paper's, arXiv 2603.15569) at the CPU sizes, with Mamba-2's widths,
-depths, state and head sizes. CPU sizes
-(tiny, mini, small) of the Mamba-2 families use d_state 32, headdim 32 and 32-step chunks (the
-fastest chunk for a training step on a CPU: benchmarks/README.md).
+depths, state and head sizes. CPU sizes of the Mamba-2 families use d_state 32, headdim 32 and
+32-step chunks (the fastest chunk for a training step on a CPU: benchmarks/README.md).
 """
 
 import math
@@ -60,7 +61,9 @@ class Size:
 
 SIZES: dict[str, dict[str, Size]] = {
     "mamba": {
+        "micro": Size(dict(d_model=32, n_layer=4), 3e-3),
         "tiny": Size(dict(d_model=64, n_layer=4), 3e-3),
+        "compact": Size(dict(d_model=96, n_layer=4), 3e-3),
         "mini": Size(dict(d_model=128, n_layer=4), 3e-3),
         "small": Size(dict(d_model=256, n_layer=8), 2e-3),
         "130m": Size(dict(d_model=768, n_layer=24), 3e-3, 130_000_000),
@@ -70,7 +73,9 @@ SIZES: dict[str, dict[str, Size]] = {
         "2.8b": Size(dict(d_model=2560, n_layer=64), 4.8e-4, 2_800_000_000),  # 3x GPT-3's, not 5x
     },
     "mamba2": {
+        "micro": Size(mamba2_dims(32, 4, cpu=True), 3e-3),
         "tiny": Size(mamba2_dims(64, 4, cpu=True), 3e-3),
+        "compact": Size(mamba2_dims(96, 4, cpu=True), 3e-3),
         "mini": Size(mamba2_dims(128, 4, cpu=True), 3e-3),
         "small": Size(mamba2_dims(256, 8, cpu=True), 2e-3),
         "130m": Size(mamba2_dims(768, 24, cpu=False), 3e-3, 130_000_000),
@@ -80,7 +85,9 @@ SIZES: dict[str, dict[str, Size]] = {
         "2.7b": Size(mamba2_dims(2560, 64, cpu=False), 8e-4, 2_700_000_000),
     },
     "hybrid": {
+        "micro": Size(hybrid_dims(32, 4, cpu=True), 3e-3),
         "tiny": Size(hybrid_dims(64, 4, cpu=True), 3e-3),
+        "compact": Size(hybrid_dims(96, 4, cpu=True), 3e-3),
         "mini": Size(hybrid_dims(128, 4, cpu=True), 3e-3),
         "small": Size(hybrid_dims(256, 8, cpu=True), 2e-3),
         "370m": Size(hybrid_dims(1024, 48, cpu=False), 1.5e-3, 370_000_000),
@@ -88,7 +95,9 @@ SIZES: dict[str, dict[str, Size]] = {
         "2.7b": Size(hybrid_dims(2560, 64, cpu=False), 8e-4, 2_700_000_000),
     },
     "transformer": {
+        "micro": Size(dict(d_model=32, n_layer=2, n_head=2), 3e-3),
         "tiny": Size(dict(d_model=64, n_layer=2, n_head=4), 3e-3),
+        "compact": Size(dict(d_model=96, n_layer=2, n_head=4), 3e-3),
         "mini": Size(dict(d_model=128, n_layer=2, n_head=4), 3e-3),
         "small": Size(dict(d_model=256, n_layer=4, n_head=8), 2e-3),
         "125m": Size(dict(d_model=768, n_layer=12, n_head=12), 3e-3, 125_000_000),
@@ -104,7 +113,8 @@ SIZES: dict[str, dict[str, Size]] = {
 for family, ssm_cfg in (("mamba3", MAMBA3_CPU), ("mamba3_mimo", MAMBA3_MIMO_CPU)):
     SIZES[family] = {
         size: Size({**SIZES["mamba2"][size].dims, "ssm_cfg": ssm_cfg}, SIZES["mamba2"][size].lr)
-        for size in ("tiny", "mini", "small")
+        for size, spec in SIZES["mamba2"].items()
+        if spec.nominal_params is None
     }
 # The paper's non-selective ablation (Table 1's S4 inside the Mamba block): Mamba's shapes and rates.
 SIZES["mamba_lti"] = {
