@@ -1,6 +1,7 @@
 """Data stage: real `datasets` loading from local files, tokenizers, deterministic memmaps."""
 
 import json
+import platform
 import random
 import subprocess
 import sys
@@ -11,7 +12,15 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import write_pile_shards
-from seqarena.data import Source, download, load_tokens, token_dtype, tokenize
+from seqarena.data import (
+    Source,
+    download,
+    load_tokens,
+    python_stdlib_files,
+    stdlib_root,
+    token_dtype,
+    tokenize,
+)
 
 
 def make_corpus(path, docs=300, seed=0):
@@ -131,6 +140,26 @@ def test_bad_sources_fail_clearly_and_write_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the download first"):
         tokenize(tmp_path / "raw", tmp_path / "out", "byte")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_python_standard_library_is_a_corpus_of_its_source_files_a_record_each(tmp_path):
+    files = python_stdlib_files()
+    assert len(files) > 500 and all(f.suffix == ".py" for f in files) and files == sorted(files)
+    assert not [f for f in files if "site-packages" in f.parts]  # the installed packages are not the library
+    raw = download(Source(kind="python_stdlib", max_chars=300_000), tmp_path / "raw")
+    records = pq.read_table(raw / "train.parquet").column("text").to_pylist()
+    assert records[:3] == [f.read_bytes().decode("utf-8", errors="replace") for f in files[:3]]
+    source = json.loads((raw / "source.json").read_text())
+    assert source["python"] == platform.python_version() and source["files"] == len(files)
+    assert source["stdlib"] == str(stdlib_root()) and all(f.is_relative_to(stdlib_root()) for f in files)
+    assert source["sample_by"] == "document"
+
+
+def test_a_source_names_its_path_unless_it_is_the_python_standard_library():
+    with pytest.raises(ValueError, match="kind local needs a path"):
+        Source(kind="local")
+    with pytest.raises(ValueError, match="python_stdlib takes no path"):
+        Source(kind="python_stdlib", path="corpus/*.py")
 
 
 def test_whitespace_only_corpus_is_refused_before_any_output(tmp_path):

@@ -19,8 +19,10 @@ import itertools
 import json
 import multiprocessing
 import os
+import platform
 import re
 import shutil
+import sysconfig
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -38,16 +40,20 @@ LOCAL_FORMATS = {"text": "text", "jsonl": "json", "json": "json", "parquet": "pa
 VALIDATION_SPLITS = ("validation", "valid", "val")  # never "test": that split stays unseen
 BATCH = 1000  # records per read, encode and write
 SAMPLE_BY = ["line", "paragraph", "document"]
+SOURCE_KINDS = ["hf", "local", "embedded", "python_stdlib"]
 TOKENIZERS = ["bpe", "hf", "byte"]
 
 
 @dataclass
 class Source:
-    """Where a corpus comes from: a hub dataset (``hf``), local files (``local``) or a file the
-    package ships (``embedded``: seqarena.embedded, checked against its checksum)."""
+    """Where a corpus comes from: a hub dataset (``hf``), local files (``local``), a file the
+    package ships (``embedded``: seqarena.embedded, checked against its checksum) or the Python
+    standard library's own sources (``python_stdlib``: a code corpus every Python install has)."""
 
-    kind: str = option(help="hf, local or embedded", choices=["hf", "local", "embedded"])
-    path: str = option(help="hub id (Salesforce/wikitext), a file, glob or folder, or a shipped file's name")
+    kind: str = option(help="hf, local, embedded or python_stdlib", choices=SOURCE_KINDS)
+    path: str = option(
+        "", help="hub id (Salesforce/wikitext), a file, glob or folder, or a shipped file's name"
+    )
     name: str | None = option(None, help="hub config, e.g. wikitext-2-raw-v1")
     format: str = option(
         "text", help="local: text, jsonl (also .jsonl.zst, the Pile's shards), json, parquet"
@@ -65,8 +71,12 @@ class Source:
     )
 
     def __post_init__(self):
-        if self.kind not in ("hf", "local", "embedded"):
-            raise ValueError(f"data source kind must be 'hf', 'local' or 'embedded', not {self.kind!r}")
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"data source kind must be one of {SOURCE_KINDS}, not {self.kind!r}")
+        if self.kind == "python_stdlib" and self.path:
+            raise ValueError(f"data source kind python_stdlib takes no path (it reads {stdlib_root()})")
+        if self.kind != "python_stdlib" and not self.path:
+            raise ValueError(f"data source kind {self.kind} needs a path")
         if self.kind != "hf" and self.format not in LOCAL_FORMATS:
             raise ValueError(f"local data format must be one of {sorted(LOCAL_FORMATS)}, not {self.format!r}")
         if self.document_start is not None:
@@ -89,6 +99,38 @@ def _local_files(pattern: str) -> list[str]:
     if all(Path(f).stat().st_size == 0 for f in files):
         raise ValueError(f"local data source {pattern!r} has no training records: {files} are empty")
     return files
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def python_stdlib_files() -> list[Path]:
+    """The ``.py`` files of the running Python's standard library, its installed packages aside,
+    in path order (the last ones become the held-out validation records)."""
+    root = stdlib_root()
+    installed = {"site-packages", "dist-packages"}
+    return sorted(p for p in root.rglob("*.py") if not installed & set(p.relative_to(root).parts))
+
+
+def _python_stdlib_splits() -> dict[str, Iterator[list[str]]]:
+    """One split, train: a record per source file. A few of the library's own test files are not
+    UTF-8 on purpose (they test source encodings); their undecodable bytes become U+FFFD."""
+    import datasets
+
+    files = [str(p) for p in python_stdlib_files()]
+
+    def open_batches():
+        stream = datasets.load_dataset(
+            "text",
+            data_files={"train": files},
+            sample_by="document",
+            encoding_errors="replace",
+            streaming=True,
+        )["train"]
+        return stream.iter(batch_size=BATCH)
+
+    return {"train": _text_batches(open_batches, "text", f"the Python standard library at {stdlib_root()}")}
 
 
 def _text_batches(open_batches, field: str, where: str) -> Iterator[list[str]]:
@@ -201,11 +243,29 @@ def _write_split(documents: Iterable[str], path: Path, max_chars: int | None, de
     return rows
 
 
+def _provenance(source: Source) -> dict:
+    """What a source's config alone does not pin: which Python's library was read (a file a record)."""
+    if source.kind != "python_stdlib":
+        return {}
+    root, files = stdlib_root(), python_stdlib_files()
+    return {
+        "sample_by": "document",
+        "python": platform.python_version(),
+        "stdlib": str(root),
+        "files": len(files),
+    }
+
+
 def download(source: Source, raw_dir: Path) -> Path:
     """Read the source and write raw_dir/{split}.parquet and source.json (all under a temporary
     folder renamed into place: a failure mid-read leaves nothing behind)."""
     raw_dir = Path(raw_dir)
-    splits = _hub_splits(source) if source.kind == "hf" else _local_splits(source)
+    if source.kind == "hf":
+        splits = _hub_splits(source)
+    elif source.kind == "python_stdlib":
+        splits = _python_stdlib_splits()
+    else:
+        splits = _local_splits(source)
     if "train" not in splits:
         raise ValueError(f"data source {source.path!r} has no train split; its splits: {sorted(splits)}")
     tmp = raw_dir.with_name(raw_dir.name + ".tmp")
@@ -218,7 +278,7 @@ def download(source: Source, raw_dir: Path) -> Path:
             rows = _write_split(documents, tmp / f"{split}.parquet", budget, f"reading {split}")
             if split == "train" and rows == 0:
                 raise ValueError(f"data source {source.path!r} has no training records")
-        (tmp / "source.json").write_text(json.dumps(asdict(source), indent=2) + "\n")
+        (tmp / "source.json").write_text(json.dumps(asdict(source) | _provenance(source), indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
