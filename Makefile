@@ -17,7 +17,7 @@ GPU_CHECK_ARGS ?=  # e.g. --only build, then --only backends,kernels,generation,
 # the GPU env builds (a test compares them).
 MAMBA_SSM_REFERENCE ?= $(VENV)/mamba-ssm-reference
 
-.PHONY: install pipeline synthetic-cpu test lint slurm gpu-check gpu-check-offline oracle
+.PHONY: install pipeline synthetic-cpu scaling-cpu test lint slurm gpu-check gpu-check-offline oracle
 
 install: $(VENV)/.installed
 
@@ -42,15 +42,22 @@ $(MAMBA_SSM_REFERENCE)/.installed: $(VENV)/.installed Makefile
 pipeline: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile $(CONFIG) --logger rich
 
-# The paper's synthetic-task claims at CPU scale (config/synthetic-cpu.yaml), one thread a job,
-# then the report over what they wrote (the other stages' sections say they have no results).
-SYNTHETIC_CPU := results/synthetic-cpu
+# A study on the CPU: Snakemake's target $(1) with config $(2), one thread a job, then the report
+# over what it wrote to $(3) (the other stages' sections say they have no results).
+define cpu_study
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(1) --cores all --logger rich --configfile $(2)
+	$(BIN)/seqarena report --results $(3) --out $(3)/reports/report.ipynb \
+		--html $(3)/reports/report.html --figures $(3)/reports/figures
+endef
 
+# The paper's synthetic-task claims at CPU scale (config/synthetic-cpu.yaml).
 synthetic-cpu: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake synthetic --cores all --logger rich \
-		--configfile config/synthetic-cpu.yaml
-	$(BIN)/seqarena report --results $(SYNTHETIC_CPU) --out $(SYNTHETIC_CPU)/reports/report.ipynb \
-		--html $(SYNTHETIC_CPU)/reports/report.html --figures $(SYNTHETIC_CPU)/reports/figures
+	$(call cpu_study,synthetic,config/synthetic-cpu.yaml,results/synthetic-cpu)
+
+# A scaling ladder of four sizes a family on the Python standard library's sources, fitted
+# (config/scaling-cpu.yaml).
+scaling-cpu: install
+	$(call cpu_study,scaling,config/scaling-cpu.yaml,results/scaling-cpu)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

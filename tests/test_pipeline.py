@@ -393,6 +393,33 @@ def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path)
     assert len(heads) == 3 and all("--weight-decay 0 " in line for line in heads), heads
 
 
+def test_the_scaling_cpu_config_plans_four_sizes_a_family_by_the_papers_recipe_on_the_stdlib(tmp_path):
+    plan = subprocess.run(["make", "-n", "scaling-cpu"], cwd=REPO, capture_output=True, text=True)
+    assert "seqarena report --results results/scaling-cpu" in plan.stdout
+    done = snakemake(
+        "scaling", "-n", "-p", "--configfile", str(REPO / "config/scaling-cpu.yaml"), cwd=tmp_path
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert job_counts(output) == {
+        "download": 1,
+        "prefetch": 1,
+        "tokenize": 1,
+        "kernels": 1,
+        "train": 16,
+        "scaling": 1,
+    }
+    assert "seqarena data download --kind python_stdlib --out" in output
+    trained = re.findall(
+        r"seqarena train --model (\w+)-(\w+) .*--steps 0 --tokens 0 .*--min-lr 1e-05 ", output
+    )
+    sizes = ["micro", "tiny", "compact", "mini"]
+    assert sorted(trained) == sorted(
+        (f, s) for f in ("mamba", "mamba2", "mamba3", "transformer") for s in sizes
+    )
+    assert "--fixed-token" not in output  # 20 tokens per parameter: a compute-optimal ladder
+
+
 def test_a_synthetic_task_can_name_its_own_architectures(tmp_path):
     config = write_pipeline_config(tmp_path)
     only = 'synthetic={"tasks": {"mqar": {"archs": ["transformer_abs", "mamba_lti"]}}}'
