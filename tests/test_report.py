@@ -364,3 +364,56 @@ def test_paper_sizes_are_set_beside_their_own_partners_not_the_nearest_name_or_s
         "paper lr" not in rows["mamba-2.8b"]
         and rows["mamba-2.8b"]["paper row"] == "none: Table 12 has no 2.7B row"
     )
+
+
+def test_a_table_shows_values_as_a_reader_writes_them():
+    from seqarena.report.format import cell, styled
+
+    assert [cell(v) for v in (None, float("nan"), 480.0, 2.5e9, 51.5, 0.515, 6.97e8, True)] == [
+        "–", "–", "480", "2,500,000,000", "51.5", "0.515", "697,000,000", "yes",
+    ]  # fmt: skip
+    words = "not comparable in budget: trained here, nearest paper size, and a long way from it"
+    html = styled(
+        [{"model": "a", "acc": 0.5, "note": words}, {"model": "b", "acc": None, "note": ""}]
+    ).to_html()
+    assert words in html and "NaN" not in html and "None" not in html
+    assert 'class="row_heading' not in html  # no index column
+    assert styled([]) is None
+
+
+def test_the_rendered_report_opens_with_a_summary_and_has_no_raw_dumps(full_results, tmp_path):
+    import statistics
+
+    render(NOTEBOOK, full_results, tmp_path / "report.ipynb", tmp_path / "report.html")
+    text = re.sub(r"<[^>]+>", " ", (tmp_path / "report.html").read_text())
+    assert text.index("Summary") < text.index("Training and validation loss")
+    assert f"Drawn from the files under {full_results}" in " ".join(text.split())
+    r = collect(full_results)
+    loss = {m: d["summary"]["final_val_loss"] for m, d in r.train.items()}
+    tiny = statistics.mean([loss["mamba-tiny"]] + [s["final_val_loss"] for s in r.train_seeds["mamba-tiny"]])
+    lower = (tiny < loss["transformer-tiny"]) + (loss["mamba-mini"] < loss["transformer-mini"])
+    assert f"lower than its Transformer++ at {lower} of 2 matched sizes" in text
+    assert f"mamba-tiny {tiny:.3f} against transformer-tiny {loss['transformer-tiny']:.3f}" in text
+    assert "a difference this size may be seed noise" in text  # transformer-tiny has one seed
+    assert "toy" in text and "training and" in text  # the data sentence names the dataset
+    for raw in ("NaN", "e+0", ">None<", " None "):
+        assert raw not in text, raw
+    # models trained here beside the paper's Table 3 are folded away, with no difference column
+    assert re.search(
+        r"<details><summary>\d+ rows of models trained here", (tmp_path / "report.html").read_text()
+    )
+
+
+def test_figures_colour_by_family_lighter_for_smaller_sizes(full_results):
+    from matplotlib.colors import to_rgb
+
+    from seqarena.models.families import FAMILIES
+    from seqarena.report.figures import FAMILY_COLOURS, loss_curves, model_colours
+
+    assert sorted(FAMILY_COLOURS) == sorted(FAMILIES)
+    assert len(set(FAMILY_COLOURS.values())) == len(FAMILY_COLOURS)
+    colours = model_colours(["mamba-tiny", "transformer-tiny", "mamba-mini", "transformer-mini"])
+    assert colours["mamba-mini"] == to_rgb("C0") and colours["transformer-mini"] == to_rgb("C1")
+    assert sum(colours["mamba-tiny"]) > sum(colours["mamba-mini"])  # lighter: the smaller size
+    lines = {line.get_label(): line.get_color() for line in loss_curves(collect(full_results)).axes[0].lines}
+    assert lines["mamba-mini"] == to_rgb("C0") and lines["transformer-mini"] == to_rgb("C1")

@@ -5,7 +5,8 @@ tested like the rest of the package. Every figure and table says what produced i
 missing input (no GPU benchmarks, no evaluation yet) is named instead of failing.
 
 - ``results``: gathering the result files (``collect``);
-- ``tables``: our results as tables;
+- ``summary``: the opening, what the results show in words;
+- ``tables``: our results as tables, and ``format`` how a table is shown;
 - ``comparisons``: ours beside the papers';
 - ``figures``: the figures, registered with their sources and captions (``FIGURES``);
 - ``render``: the notebook executed and exported.
@@ -17,6 +18,7 @@ from seqarena.report.comparisons import (
     recipe_table,
     table1_vs_paper,
     table3_vs_paper,
+    table3_vs_paper_by_budget,
     table11_vs_paper,
 )
 from seqarena.report.figures import (
@@ -30,8 +32,10 @@ from seqarena.report.figures import (
     scaling,
     synthetic,
 )
+from seqarena.report.format import collapsed, styled
 from seqarena.report.render import render
 from seqarena.report.results import Results, collect
+from seqarena.report.summary import summary
 from seqarena.report.tables import (
     environment_table,
     eval_table,
@@ -49,6 +53,7 @@ __all__ = [
     "FIGURES",
     "Results",
     "caption",
+    "collapsed",
     "collect",
     "environment_table",
     "eval_table",
@@ -68,10 +73,13 @@ __all__ = [
     "scaling",
     "scaling_notes",
     "seed_table",
+    "styled",
+    "summary",
     "synthetic",
     "synthetic_table",
     "table1_vs_paper",
     "table11_vs_paper",
     "table3",
     "table3_vs_paper",
+    "table3_vs_paper_by_budget",
 ]

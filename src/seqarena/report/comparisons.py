@@ -81,6 +81,20 @@ def table3_vs_paper(r: Results) -> list[dict]:
     return rows
 
 
+def table3_vs_paper_by_budget(r: Results) -> tuple[list[dict], list[dict]]:
+    """``table3_vs_paper`` in two: published checkpoints beside their own rows (comparable), and
+    models trained here beside the nearest paper size, without a difference or flag (a number that
+    compares minutes on a CPU with 300B tokens would only mislead)."""
+    rows = table3_vs_paper(r)
+    same = [row for row in rows if row["budget"] == "the same checkpoint"]
+    other = [
+        {k: v for k, v in row.items() if k not in ("budget", "difference", "flag")}
+        for row in rows
+        if row["budget"] != "the same checkpoint"
+    ]
+    return same, other
+
+
 # Which row of the paper's Table 1 (architecture, inner layer) and Table 11 each synthetic arch stands for.
 TABLE1_ROWS = {"mamba": ("Mamba", "S6"), "mamba_lti": ("Mamba", "S4")}
 TABLE11_ROWS = {"mamba": "Mamba", "transformer": "MHA-RoPE", "transformer_abs": "MHA-Abs"}

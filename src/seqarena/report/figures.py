@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 from seqarena.files import atomic_write
+from seqarena.models.families import family_name
 from seqarena.report.results import Results, architecture, collect
 from seqarena.report.tables import by_length, mean_std
 
@@ -30,41 +32,93 @@ def _compact(value: float, _position=None) -> str:
     return f"{value:.3g}"
 
 
+def _compact_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(_compact)
+
+
 def _log_axis(axis, at=None) -> None:
     """A log axis labelled with short plain numbers: at ``at`` (the measured values; of values
     within 10% of each other only the first) if given, else at 1, 2 and 5 times each power of
     ten; no minor labels (on a narrow range matplotlib's overlap)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter
 
     ticks = []
     for value in sorted(set(at or [])):
         if not ticks or value > 1.1 * ticks[-1]:
             ticks.append(value)
     axis.set_major_locator(FixedLocator(ticks) if ticks else LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(_compact))
+    axis.set_major_formatter(_compact_formatter())
     axis.set_minor_formatter(NullFormatter())
 
 
-def loss_curves_figure(curves: dict[str, list[dict]], title: str):
-    """Training (line) and validation (dots) loss against tokens seen, one colour per curve
-    (rows of metrics.jsonl per name)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+# One colour per family in every figure, so a reader groups by architecture at a glance (tested
+# to name every family of models.families.FAMILIES).
+FAMILY_COLOURS = {
+    "mamba": "C0",
+    "transformer": "C1",
+    "mamba2": "C2",
+    "hybrid": "C3",
+    "mamba3": "C4",
+    "mamba_lti": "C5",
+    "transformer_abs": "C6",
+    "mamba3_mimo": "C9",
+}
+
+
+def model_colours(models_by_size: list[str]) -> dict[str, tuple]:
+    """A colour per model: its family's, lighter for a family's smaller sizes (``models_by_size``
+    is in ascending size), the largest in the family's own colour."""
+    from matplotlib.colors import to_rgb
+
+    colours = {}
+    for family in dict.fromkeys(family_name(m) for m in models_by_size):
+        mine = [m for m in models_by_size if family_name(m) == family]
+        base = np.array(to_rgb(FAMILY_COLOURS[family]))
+        for rank, model in enumerate(mine):
+            lighten = 0.6 * (len(mine) - 1 - rank) / max(1, len(mine) - 1)
+            colours[model] = tuple(base + (1 - base) * lighten)
+    return colours
+
+
+def _by_size(r: Results, models) -> list[str]:
+    """Trained models in ascending parameters (others by name, after them)."""
+    size = {m: d["summary"]["parameters"] for m, d in r.train.items()}
+    return sorted(models, key=lambda m: (m not in size, size.get(m, 0), m))
+
+
+def loss_curves_figure(curves: dict[str, list[dict]], title: str, colours: dict | None = None):
+    """Training (line) and validation (hollow dots) loss against tokens seen (rows of metrics.jsonl
+    per name), in ``colours`` where given."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, rows in curves.items():
-        line = ax.plot([x["tokens"] for x in rows], [x["loss"] for x in rows], label=name, alpha=0.8)[0]
+        colour = (colours or {}).get(name)
+        line = ax.plot([x["tokens"] for x in rows], [x["loss"] for x in rows], label=name, color=colour)[0]
         val = [x for x in rows if "val_loss" in x]
-        ax.plot([x["tokens"] for x in val], [x["val_loss"] for x in val], "o", color=line.get_color())
+        ax.plot(
+            [x["tokens"] for x in val],
+            [x["val_loss"] for x in val],
+            "o",
+            ms=4,
+            mfc="white",
+            color=line.get_color(),
+        )
     ax.set(xlabel="tokens", ylabel="loss (nats/token)", title=title)
-    ax.legend(fontsize=8)
+    ax.xaxis.set_major_formatter(_compact_formatter())
+    ax.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
     fig.tight_layout()
     return fig
 
 
 def loss_curves(r: Results):
-    """Every model's loss curves (training: lines, validation: dots)."""
+    """Every model's loss curves (training: lines, validation: dots), coloured by family."""
     if not r.train:
         return None
-    curves = {model: data["metrics"] for model, data in r.train.items()}
-    return loss_curves_figure(curves, "Training (lines) and validation (dots) loss")
+    models = _by_size(r, r.train)
+    curves = {model: r.train[model]["metrics"] for model in models}
+    title = "Training (lines) and validation (dots) loss; darker: larger"
+    return loss_curves_figure(curves, title, model_colours(models))
 
 
 def scaling(r: Results):
@@ -82,7 +136,9 @@ def scaling(r: Results):
         mine = [s for s in summaries if architecture(s["model"]) == arch]
         for ax, axis in zip(axes, ("flops", "parameters"), strict=True):
             xs = [s["flops_per_token"] * s["tokens"] if axis == "flops" else s["parameters"] for s in mine]
-            (dots,) = ax.plot(xs, [s["final_val_loss"] for s in mine], "o", label=arch)
+            (dots,) = ax.plot(
+                xs, [s["final_val_loss"] for s in mine], "o", label=arch, color=FAMILY_COLOURS[arch]
+            )
             law = families.get(arch, {}).get(axis)
             if law:
                 curve = law["curve"]
@@ -104,10 +160,13 @@ def generation(r: Results):
     if not r.generation:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    batches = []
-    for model, data in r.generation.items():
-        ok = [x for x in data["results"] if not x["oom"]]
-        ax.plot([x["batch"] for x in ok], [x["tokens_per_s"] for x in ok], "o-", label=model)
+    batches, models = [], _by_size(r, r.generation)
+    colours = model_colours(models)
+    for model in models:
+        ok = [x for x in r.generation[model]["results"] if not x["oom"]]
+        ax.plot(
+            [x["batch"] for x in ok], [x["tokens_per_s"] for x in ok], "o-", label=model, color=colours[model]
+        )
         batches += [x["batch"] for x in ok]
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens/s", title="Generation throughput")
     _log_axis(ax.xaxis, at=batches)
@@ -152,7 +211,8 @@ def synthetic(r: Results):
     curves = sorted(task for task, found in lengths.items() if len(found) > 1)
     bars = sorted(task for task in lengths if task not in curves)
     panels = len(curves) + bool(bars)
-    colors = {model: f"C{i}" for i, model in enumerate(sorted({model for _, model in r.synthetic}))}
+    d_model = {model: runs[0]["config"]["d_model"] for (_, model), runs in r.synthetic.items()}
+    colors = model_colours(sorted(d_model, key=lambda m: (d_model[m], m)))
     fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.8), squeeze=False)
     for ax, task in zip(axes[0], curves, strict=False):
         for (t, model), runs in sorted(r.synthetic.items()):
@@ -200,9 +260,13 @@ def synthetic(r: Results):
 
 
 def _train_caption(r: Results) -> str:
+    """Where the models trained, and with which kernels the SSMs did (attention has no scan)."""
     devices = sorted({d["summary"].get("device", "?") for d in r.train.values()})
-    backends = sorted({str(d["summary"].get("scan_backend")) for d in r.train.values()})
-    return f"Loss curves (devices: {', '.join(devices)}; scan backends: {', '.join(backends)})."
+    backends = sorted(
+        {d["summary"]["scan_backend"] for d in r.train.values() if d["summary"].get("scan_backend")}
+    )
+    kernels = f"; the SSMs' scan backend: {', '.join(backends)}" if backends else ""
+    return f"Loss curves, trained on {', '.join(devices)}{kernels}."
 
 
 def _kernels_caption(r: Results) -> str:

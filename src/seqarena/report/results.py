@@ -11,6 +11,7 @@ from seqarena.models import pretrained_id
 @dataclass
 class Results:
     root: Path
+    data: dict = field(default_factory=dict)  # dataset -> its meta.json
     train: dict = field(default_factory=dict)  # model -> {"summary": ..., "metrics": [...]}
     train_seeds: dict = field(default_factory=dict)  # model -> summaries of its repeats at other seeds
     evaluation: dict = field(default_factory=dict)  # model (or published checkpoint id) -> eval json
@@ -25,6 +26,8 @@ class Results:
 def collect(results_dir: str | Path) -> Results:
     root = Path(results_dir)
     r = Results(root)
+    for meta in sorted(root.glob("data/*/meta.json")):
+        r.data[meta.parent.name] = json.loads(meta.read_text())
     for summary in sorted(root.glob("train/*/summary.json")):
         metrics = summary.parent / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []

@@ -57,11 +57,14 @@ def table3(r: Results) -> list[dict]:
 
 
 def mean_std(values: list) -> tuple[float | None, float | None]:
-    """Mean and standard deviation over seeds (0 for one seed); None if any seed has none (out of memory)."""
+    """Mean and standard deviation (n - 1) over seeds; no deviation from one seed (it is unknown,
+    not 0); neither if any seed has none (out of memory)."""
     if not values or any(v is None for v in values):
         return None, None
     mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+    if len(values) == 1:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def seed_table(r: Results) -> list[dict]:
