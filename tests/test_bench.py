@@ -29,7 +29,8 @@ def test_kernels_csv(tmp_path):
             assert {(op, backend, p, length) for p in ("fwd", "fwd+bwd")} <= combos
     assert all(float(r["median_ms"]) > 0 and r["device"] == "cpu" and r["dtype"] == "float32" for r in rows)
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
+    assert client.get_experiment_by_name("seqarena") is None  # the model runs' experiment: not a model
+    (run,) = client.search_runs([client.get_experiment_by_name("seqarena-kernels").experiment_id])
     history = client.get_metric_history(run.info.run_id, "bench/kernels/scan-cpp/fwd_ms")
     assert sorted(m.step for m in history) == [64, 128, 256]
 
@@ -52,8 +53,10 @@ def test_generation_json_from_a_checkpoint_lands_in_its_run(arch, tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("seqarena").experiment_id])
     assert run.data.tags["seqarena.model_id"] == f"{arch}-tiny"
-    history = client.get_metric_history(run.info.run_id, "bench/generation/tokens_per_s")
-    assert sorted(m.step for m in history) == [1, 2, 4]  # step = batch size
+    logged = {key: value for key, value in run.data.metrics.items() if key.startswith("bench/generation/")}
+    assert logged == {
+        f"bench/generation/tokens_per_s/batch_{r['batch']}": r["tokens_per_s"] for r in result["results"]
+    }
 
 
 def test_cache_bytes_are_mambas_fixed_state_and_a_kv_cache_growing_with_length():

@@ -359,13 +359,13 @@ class KernelBenchConfig(TimedBenchConfig):
 
 
 def kernels_command(cfg: KernelBenchConfig) -> None:
-    """The selective scan's backends, the SSD's and Mamba-3's against causal attention, per length."""
+    """The selective scan's backends, the SSD's and Mamba-3's against causal attention, per length,
+    logged to the experiment ``<experiment>-kernels``."""
     backends = cfg.backends.split(",") if cfg.backends else None
     rows = bench_kernels(cfg.lengths, cfg.batch, cfg.dim, cfg.state, repeats=cfg.repeats, backends=backends)
     write_csv(rows, Path(cfg.out))
-    log_stage(
-        cfg.tracking_uri, cfg.experiment, "kernels", kernel_metrics(rows), Path(cfg.out), "bench/kernels"
-    )
+    experiment = f"{cfg.experiment}-kernels"  # not a model: kept out of the model runs' comparisons
+    log_stage(cfg.tracking_uri, experiment, "kernels", kernel_metrics(rows), Path(cfg.out), "bench/kernels")
     print(Path(cfg.out).read_text())
 
 

@@ -214,5 +214,6 @@ onsuccess:
     ):
         logger.info(
             f"The report: {report_html}. The runs, in MLflow's UI: "
-            f"seqarena ui --results {shlex.quote(RESULTS)}"
+            f"seqarena ui --results {shlex.quote(RESULTS)} "
+            f"--experiment {shlex.quote(config['experiment'])}"
         )

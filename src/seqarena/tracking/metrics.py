@@ -1,8 +1,8 @@
 """Every metric's MLflow name, in one place, and how a stage logs its results (``log_stage``).
 
 Keys are ``<stage>/<what>``, with the step axis where a metric has one: training's step, a
-kernel's sequence length, a generation batch size, a synthetic task's test length. MLflow names
-allow no "+": a fwd+bwd timing is logged as fwd_bwd.
+kernel's sequence length, a synthetic task's test length (a generation batch size is in the
+name). MLflow names allow no "+": a fwd+bwd timing is logged as fwd_bwd.
 """
 
 from pathlib import Path
@@ -25,10 +25,14 @@ def training_metrics(row: dict) -> list[Row]:
 
 
 def final_training_metrics(summary: dict) -> list[Row]:
+    """The run's outcome, one value each: what a runs table compares. ``final/train_seconds`` is the
+    training's own time (the UI's Duration spans every stage that ran in the run)."""
     steps = summary["steps"]
     return [
         ("final/val_loss", summary["final_val_loss"], steps),
+        ("final/val_perplexity", summary["final_val_perplexity"], steps),
         ("final/tokens_per_s", summary["tokens_per_s"], steps),
+        ("final/train_seconds", summary["wall_seconds"], steps),
     ]
 
 
@@ -45,9 +49,10 @@ def kernel_metrics(rows: list[dict]) -> list[Row]:
 
 
 def generation_metrics(result: dict) -> list[Row]:
-    """Decoding throughput per batch size (the batches that ran out of memory left out)."""
+    """Decoding throughput, a metric per batch size (bench/generation/tokens_per_s/batch_<n>: a
+    column of the runs table each, compared across runs), the batches that ran out of memory left out."""
     return [
-        ("bench/generation/tokens_per_s", r["tokens_per_s"], r["batch"])
+        (f"bench/generation/tokens_per_s/batch_{r['batch']}", r["tokens_per_s"], 0)
         for r in result["results"]
         if not r["oom"]
     ]

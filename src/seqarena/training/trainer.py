@@ -159,14 +159,20 @@ class Trainer:
             "seqarena.tracking": "server" if uri.startswith("http") else "sqlite",
             "seqarena.seed": str(cfg.seed),  # a server refuses tags that are not strings
         }
+        # what the config's zeros and defaults came to (train.lr 0: the registry's), and the architecture
         resolved = {
             "steps": self.steps,
+            "tokens": self.steps * cfg.batch_tokens,
             "grad_accum": self.accum,
-            "lr": self.peak_lr,
             "parameters": self.n_params,
-        }
+            "parameters_without_embedding": self.n_params_without_embedding,
+        } | recipe(cfg, self.steps, self.peak_lr)
         ignored = ("out", "tracking_uri", "force_restart")
-        params = {"train": {k: v for k, v in asdict(cfg).items() if k not in ignored}, "resolved": resolved}
+        params = {
+            "train": {k: v for k, v in asdict(cfg).items() if k not in ignored},
+            "resolved": resolved,
+            "model": self.model.config_dict(),
+        }
         run = ModelRun(
             uri,
             cfg.experiment,
