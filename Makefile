@@ -37,15 +37,22 @@ $(MAMBA_SSM_REFERENCE)/.installed: $(VENV)/.installed Makefile
 		mamba-ssm==2.3.2.post1 causal-conv1d==1.6.1 triton==3.6.0 einops==0.8.2
 	touch $@
 
-# --logger rich: a live view of the DAG (jobs done of all, per rule, the running ones); each job's
-# own progress is in its log (tail -f results/logs/<stage>/<job>.log).
+# On a terminal, --logger rich: a live view of the DAG (jobs done of all, per rule, the running
+# ones); into a file or pipe, Snakemake's own lines, a line per job started and finished (the live
+# view draws nothing there). Each job's own progress is in its log (tail -f
+# results/logs/<stage>/<job>.log). The Snakefile loads config/config.yaml itself: naming it again
+# would make Snakemake say it is "extended by additional config" that nobody gave.
+LIVE_VIEW_ON_A_TERMINAL = logger=; [ -t 1 ] && logger="--logger rich";
+CONFIG_FLAG = $(if $(filter-out config/config.yaml,$(CONFIG)),--configfile $(CONFIG))
+
 pipeline: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --configfile $(CONFIG) --logger rich
+	$(LIVE_VIEW_ON_A_TERMINAL) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all $(CONFIG_FLAG) $$logger
 
 # A study on the CPU: Snakemake's target $(1) with config $(2), one thread a job, then the report
 # over what it wrote to $(3) (the other stages' sections say they have no results).
 define cpu_study
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(1) --cores all --logger rich --configfile $(2)
+	$(LIVE_VIEW_ON_A_TERMINAL) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(1) --cores all \
+		--configfile $(2) $$logger
 	$(BIN)/seqarena report --results $(3) --out $(3)/reports/report.ipynb \
 		--html $(3)/reports/report.html --figures $(3)/reports/figures
 endef

@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import pty
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,13 +15,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import transformers
 import yaml
 
 from conftest import KERNEL_ROWS, free_port, wait_until_serving, write_pipeline_config
-from seqarena.models import from_pretrained
+from seqarena.models import SIZES, from_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -77,7 +80,7 @@ def test_every_stage_writes_its_contract(pipeline):
     report_line = (
         f"The report: {results}/reports/report.html. The runs, in MLflow's UI: seqarena ui --results"
     )
-    assert f"{report_line} '{results}'" in "\n".join(output.strip().splitlines()[-5:])
+    assert f"{report_line} '{results}' --experiment seqarena" in "\n".join(output.strip().splitlines()[-5:])
     prefetched = json.loads((results / "hub/prefetched.json").read_text())  # local tasks: loaded, not fetched
     assert prefetched == {"tokenizers": {}, "models": {}, "tasks": ["local_piqa", "piqa_embedded"]}
     assert "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 seqarena eval" in output
@@ -124,7 +127,9 @@ def test_every_stage_writes_its_contract(pipeline):
     html = (results / "reports/report.html").read_text()
     assert html.count('src="data:image/png;base64,') == 5  # loss, scaling, generation, kernels, synthetic
     assert "local_piqa" in html and "All inputs present." in html
-    assert re.search(r"scan backend cpp</td>\s*<td>passed, max relative error \d\.\de-\d\d on cpu", html)
+    assert re.search(
+        r"scan backend cpp</td>\s*<td [^>]*>passed, max relative error \d\.\de-\d\d on cpu", html
+    )
     assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
         "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
     ]  # fmt: skip
@@ -158,13 +163,19 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
     port = free_port()
     server = subprocess.Popen(
         [str(BIN / "seqarena"), "ui", "--results", str(cwd / "results"), "--port", str(port)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True,
     )  # fmt: skip
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/health", server, 90, "mlflow ui")
         experiment = _get(f"{api}/experiments/get-by-name?experiment_name=seqarena")["experiment"]
         assert _listening_addresses(port) == {"127.0.0.1"}  # loopback only, as asked by default
+        # the address printed opens the runs table, not MLflow 3's GenAI traces overview
+        runs_page = f"#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning"
+        assert server.stdout.readline().rstrip().endswith(f"http://127.0.0.1:{port}/{runs_page}")
+        serving = [p for p in psutil.Process(server.pid).children(recursive=True)]
+        assert not [p for p in serving if "huey" in " ".join(p.cmdline())]  # no GenAI job runner
+        assert len(serving) <= 2, [p.cmdline() for p in serving]  # one worker (MLflow's default: 4)
         tags = {t["key"]: t["value"] for t in experiment["tags"]}
         assert tags["mlflow.experimentKind"] == "custom_model_development"  # lands on the runs table
         runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
@@ -172,7 +183,9 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
         for run in runs:
             tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
             by_model.setdefault(tags.get("seqarena.model_id"), []).append(run)
-        assert sorted(m for m in by_model if m != "kernels") == sorted(MODELS)
+        assert sorted(by_model) == sorted(MODELS)  # the kernel benchmark is no model: seqarena-kernels
+        kernels = _get(f"{api}/experiments/get-by-name?experiment_name=seqarena-kernels")["experiment"]
+        assert len(_get(f"{api}/runs/search", {"experiment_ids": [kernels["experiment_id"]]})["runs"]) == 1
         assert {run["info"]["status"] for run in runs} == {"FINISHED"}  # every stage ended what it opened
         for model in MODELS:
             (run,) = by_model[model]
@@ -182,10 +195,14 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
             assert listed == {folder: [f"{folder}/{model}.json"] for folder in listed}  # one folder a stage
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
             assert params["train.model"] == model and params["train.steps"] == "4"
+            config = json.loads((cwd / f"results/train/{model}/config.json").read_text())
+            assert params["model.d_model"] == str(config["d_model"])  # the architecture, resolved
+            assert params["resolved.peak_lr"] == str(SIZES[model.split("-")[0]]["tiny"].lr)  # train.lr 0
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-            assert (
-                0.0 <= metrics["eval/local_piqa/acc"] <= 1.0 and metrics["bench/generation/tokens_per_s"] > 0
-            )
+            assert 0.0 <= metrics["eval/local_piqa/acc"] <= 1.0
+            assert metrics["bench/generation/tokens_per_s/batch_1"] > 0  # a batch size is no step
+            summary = json.loads((cwd / f"results/train/{model}/summary.json").read_text())
+            assert metrics["final/train_seconds"] == pytest.approx(summary["wall_seconds"])
             history = _get(f"{api}/metrics/get-history?run_id={run['info']['run_id']}&metric_key=train/loss")
             assert sorted(m["step"] for m in history["metrics"]) == [1, 2, 3, 4]
         registered = _get(f"{api}/registered-models/search")["registered_models"]
@@ -215,6 +232,33 @@ def test_second_run_does_nothing_and_an_eval_change_reruns_only_eval_and_report(
     assert evaluation["n_samples"]["local_piqa"]["effective"] == 6
     assert (cwd / "results/reports/report.html").stat().st_mtime_ns > report_before
     assert (cwd / "results/train/mamba-tiny/summary.json").read_bytes() == summary_before
+
+
+def test_a_checkout_moved_elsewhere_plans_nothing_and_its_runs_keep_their_artifacts(tmp_path):
+    """Results survive a move: the jobs' commands name the tracking store relative to the working
+    directory, and the store's artifact locations follow the database."""
+    from seqarena.tracking.store import client_for
+
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    write_pipeline_config(first, results="results", models=["transformer-tiny"])
+    target = "results/train/transformer-tiny/summary.json"
+    done = snakemake("--configfile", "test.yaml", "--cores", "2", target, cwd=first)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shutil.copytree(first, moved, symlinks=True)  # file times kept, as cp -a and rsync -a keep them
+    shutil.rmtree(first)
+    for dry in (["-n"], []):  # planned, then run: neither reruns a job nor refuses the folder
+        again = snakemake("--configfile", "test.yaml", "--cores", "2", *dry, target, cwd=moved)
+        assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stderr[
+            -3000:
+        ]
+    client = client_for(f"sqlite:///{moved}/results/mlflow.db")
+    experiment = client.get_experiment_by_name("seqarena")
+    assert experiment.artifact_location == (moved / "results/mlartifacts").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.artifact_uri.startswith(experiment.artifact_location + "/")
+    fetched = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
+    assert Path(fetched).read_bytes() == (moved / target).read_bytes()
 
 
 def test_a_results_folder_refuses_the_results_of_other_config_files(pipeline):
@@ -306,9 +350,16 @@ def test_only_the_families_transformers_has_a_class_for_are_exported(tmp_path):
     assert not any("hybrid" in line or "mamba_lti" in line for line in exports)
 
 
-def test_make_pipelines_live_view_is_installed_and_plans_the_default_dag(tmp_path):
-    makefile = (REPO / "Makefile").read_text()
-    assert "--configfile $(CONFIG) --logger rich" in makefile  # the Makefile's pipeline command
+def test_make_pipeline_draws_its_live_view_on_a_terminal_and_plain_lines_into_a_file(tmp_path):
+    command = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True)
+    command = command.stdout.splitlines()[-1]
+    assert "--configfile" not in command  # the Snakefile loads the default: nothing "extended" to say
+    show_logger = command.split("PATH=")[0] + ' echo "[$logger]"'  # the recipe's choice of logger
+    piped = subprocess.run(["bash", "-c", show_logger], capture_output=True, text=True).stdout
+    primary, replica = pty.openpty()
+    subprocess.run(["bash", "-c", show_logger], stdout=replica, check=True)
+    os.close(replica)
+    assert piped == "[]\n" and os.read(primary, 100) == b"[--logger rich]\r\n"
     done = snakemake("-n", "--logger", "rich", cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]

@@ -39,7 +39,10 @@ def pretrained_id(wildcards):
 
 
 def tracking_uri():
-    return config["tracking_uri"] or f"sqlite:///{os.path.abspath(RESULTS)}/mlflow.db"
+    """The config's, or the sqlite file in the results folder, relative to the working directory
+    as RESULTS is: a checkout moved elsewhere runs the same commands, so nothing reruns.
+    """
+    return config["tracking_uri"] or f"sqlite:///{RESULTS}/mlflow.db"
 
 
 def cli_flags(options: dict) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from seqarena.tracking.metrics import TRAINING_HISTORY
 from seqarena.tracking.store import (
+    absolute_uri,
     client_for,
     file_lock,
     find_or_create_experiment,
@@ -74,7 +75,7 @@ class ModelRun:
     ):
         from mlflow.entities import Param
 
-        self.client, self.uri = client_for(uri), uri
+        self.client, self.uri = client_for(uri), absolute_uri(uri)
         experiment_id = find_or_create_experiment(self.client, experiment, uri)
         # Find-or-create and the params, as one step: two stages of one model (train, bench_training)
         # start together, and each must find the run the other made.

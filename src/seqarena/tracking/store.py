@@ -6,13 +6,14 @@ lock); and many writers to one sqlite file hit "database is locked" (so every ca
 backoff, and no metric is lost).
 """
 
+import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import random
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 RETRY_SECONDS = 120.0
@@ -22,12 +23,26 @@ def default_uri(results_dir: str | Path = "results") -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite URI (without SQLAlchemy's query, e.g. ``?timeout=60&...``)."""
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]) if uri.startswith("sqlite:///") else None
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI, absolute (a relative path is the working directory's, as
+    SQLAlchemy reads it; the pipeline passes ``sqlite:///results/mlflow.db``, so a moved checkout's
+    jobs are unchanged), without SQLAlchemy's query (``?timeout=60&...``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
 
 
-@contextmanager
+def absolute_uri(uri: str) -> str:
+    """The URI with a sqlite file's path made absolute: what a record kept for later (a journal)
+    needs, wherever it is read from."""
+    db = sqlite_path(uri)
+    if db is None:
+        return uri
+    query = uri.partition("?")[2]
+    return f"sqlite:///{db}" + (f"?{query}" if query else "")
+
+
+@contextlib.contextmanager
 def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -41,7 +56,7 @@ def file_lock(path: Path):
 def runs_lock(uri: str) -> Path:
     """The lock that serialises finding-or-creating runs: beside a sqlite store; for a server, one per
     host in the temp folder (jobs on other hosts of a cluster are not serialised by it)."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         return db.with_name(db.name + ".runs.lock")
     digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -67,15 +82,17 @@ def retry(call, *args, **kwargs):
 
 
 def client_for(uri: str):
-    """An MlflowClient whose store exists: a sqlite file is created and migrated once, under a lock."""
+    """An MlflowClient whose store exists: a sqlite file is created and migrated once, under a lock,
+    and its artifact locations follow it where it was moved (``relocate_artifacts``)."""
     from mlflow.tracking import MlflowClient
 
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
         return MlflowClient(tracking_uri=uri)
     with file_lock(db.with_name(db.name + ".lock")):
-        client = MlflowClient(tracking_uri=uri)
+        client = MlflowClient(tracking_uri=absolute_uri(uri))
         retry(client.search_experiments, max_results=1)  # creates the schema, or waits for it
+        relocate_artifacts(db)
     return client
 
 
@@ -83,12 +100,50 @@ def init_store(uri: str) -> str:
     """Create (and migrate) the tracking store now, before parallel jobs start; for a server,
     check that it answers. Returns uri."""
     client = client_for(uri)
-    if _sqlite_path(uri) is None:
+    if sqlite_path(uri) is None:
         try:
             client.search_experiments(max_results=1)
         except Exception as e:
             raise RuntimeError(f"tracking server {uri} does not answer ({type(e).__name__}: {e})") from e
     return uri
+
+
+# Where a sqlite store keeps its artifacts: a folder beside the database (find_or_create_experiment).
+ARTIFACTS = "mlartifacts"
+# The columns of MLflow's schema that hold artifact locations (those a version of it lacks are skipped).
+LOCATION_COLUMNS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "model_versions": ("source", "storage_location"),
+    "logged_models": ("artifact_location",),
+}
+
+
+def relocate_artifacts(db: Path) -> int:
+    """Point the store's artifact locations at the artifacts folder beside the database, where an
+    experiment of ours (its location a ``mlartifacts`` folder) names one elsewhere: the results
+    folder was moved or copied, and MLflow keeps absolute paths. Returns the rows rewritten."""
+    import sqlite3
+
+    here = (db.parent / ARTIFACTS).as_uri()
+    with contextlib.closing(sqlite3.connect(db, timeout=RETRY_SECONDS)) as connection, connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        found = connection.execute("SELECT DISTINCT artifact_location FROM experiments").fetchall()
+        elsewhere = {loc for (loc,) in found if loc and loc.endswith(f"/{ARTIFACTS}") and loc != here}
+        changed = 0
+        for old, (table, columns) in itertools.product(elsewhere, LOCATION_COLUMNS.items()):
+            if table not in tables:
+                continue
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for column in set(columns) & present:
+                inside = (
+                    f"substr({column}, 1, ?) = ? AND (length({column}) = ? OR substr({column}, ?, 1) = '/')"
+                )
+                changed += connection.execute(  # the old location itself, or a path inside it
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {inside}",
+                    (here, len(old) + 1, len(old), old, len(old), len(old) + 1),
+                ).rowcount
+    return changed
 
 
 # MLflow 3's UI lands on an experiment's traces (GenAI) unless the experiment says it holds model
@@ -99,7 +154,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 def find_or_create_experiment(client, name: str, uri: str) -> str:
     experiment = retry(client.get_experiment_by_name, name)
     if experiment is None:
-        db = _sqlite_path(uri)  # artifacts beside the database, not in whatever the cwd is
+        db = sqlite_path(uri)  # artifacts beside the database, not in whatever the cwd is
         location = (db.parent / "mlartifacts").as_uri() if db else None
         try:
             retry(client.create_experiment, name, artifact_location=location, tags=EXPERIMENT_KIND)
