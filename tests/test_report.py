@@ -417,3 +417,18 @@ def test_figures_colour_by_family_lighter_for_smaller_sizes(full_results):
     assert sum(colours["mamba-tiny"]) > sum(colours["mamba-mini"])  # lighter: the smaller size
     lines = {line.get_label(): line.get_color() for line in loss_curves(collect(full_results)).axes[0].lines}
     assert lines["mamba-mini"] == to_rgb("C0") and lines["transformer-mini"] == to_rgb("C1")
+
+
+def test_the_summary_explains_a_validation_gap_by_the_passes_over_the_data(tmp_path):
+    from seqarena.report import Results, summary
+
+    def trained(tokens: int) -> dict:
+        losses = {"final_val_loss": 3.5, "final_train_loss": 3.0, "parameters": 10, "tokens": tokens}
+        return {"summary": {"model": "mamba-tiny", **losses}, "metrics": []}
+
+    data = {"toy": {"source": {"kind": "local", "path": "toy.txt"}, "train_tokens": 1000, "val_tokens": 50,
+                    "validation": "last 5% of train records"}}  # fmt: skip
+    many = summary(Results(tmp_path, data=data, train={"mamba-tiny": trained(3000)}))
+    assert "read the training tokens up to 3.0 times, and fit them better" in many
+    once = summary(Results(tmp_path, data=data, train={"mamba-tiny": trained(500)}))
+    assert "none read the training tokens more than 0.50 times" in once and "not memorised" in once

@@ -129,7 +129,7 @@ class Family:
                     self.draws[axis].append(
                         fit_law([getattr(p, axis) for p in sample], [p.loss for p in sample])
                     )
-                except RuntimeError:  # curve_fit found no optimum for this draw
+                except RuntimeError:  # nnls reached its iteration limit on this draw
                     self.draws[axis].append(None)
 
     @property

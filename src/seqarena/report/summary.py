@@ -8,7 +8,7 @@ from seqarena.report.format import cell
 from seqarena.report.results import Results
 from seqarena.report.tables import CHANCE_ACCURACY, mean_std
 
-OVERFIT = 1.05  # validation loss this far above training loss is worth a sentence
+GAP = 1.05  # validation loss this far above training loss is worth a sentence
 
 
 def _losses(r: Results, model: str) -> list[float]:
@@ -24,7 +24,11 @@ def _data(r: Results) -> str:
     for name, meta in sorted(r.data.items()):
         source = meta["source"]
         if source["kind"] == "python_stdlib":
-            what = f"the Python {source['python']} standard library's {source['files']:,} source files (code)"
+            what = (
+                f"the Python {source['python']} standard library's {source['files']:,} source files (a code "
+                "corpus: losses fall as power laws of compute on code as on prose, but with code's own "
+                "exponents, so compare the families here with each other, not with the paper's Pile numbers)"
+            )
         elif source["kind"] == "embedded":
             what = f"`{source['path']}` (shipped with the package)"
         else:
@@ -34,10 +38,9 @@ def _data(r: Results) -> str:
             f"validation tokens ({meta['validation']})"
         )
     line = "**Data.** " + "; ".join(parts) + "."
-    if len(r.data) == 1 and r.train:
-        train_tokens = next(iter(r.data.values()))["train_tokens"]
-        passes = max(d["summary"]["tokens"] for d in r.train.values()) / train_tokens
-        line += f" The longest run reads the training tokens {passes:.2f} times."
+    passes = [p for p in (_passes(r, m) for m in r.train) if p is not None]
+    if passes:
+        line += f" The longest run reads the training tokens {max(passes):.2f} times."
     return line
 
 
@@ -75,18 +78,34 @@ def _loss_pairs(r: Results) -> str:
     return text
 
 
-def _overfitting(r: Results) -> str:
-    over = sorted(
+def _passes(r: Results, model: str) -> float | None:
+    """How many times a model read the training tokens (known where one dataset was trained on)."""
+    if len(r.data) != 1:
+        return None
+    return r.train[model]["summary"]["tokens"] / next(iter(r.data.values()))["train_tokens"]
+
+
+def _validation_gap(r: Results) -> str:
+    """Models whose validation loss ends well above their training loss, and the likelier reason:
+    more than one pass over the data (fitting the training text), or a held-out text unlike it."""
+    gap = sorted(
         m
         for m, d in r.train.items()
-        if d["summary"]["final_val_loss"] > OVERFIT * d["summary"]["final_train_loss"]
+        if d["summary"]["final_val_loss"] > GAP * d["summary"]["final_train_loss"]
     )
-    if not over:
+    if not gap:
         return ""
-    return (
-        f"Validation loss ends more than {OVERFIT - 1:.0%} above training loss for {', '.join(over)}: "
-        "they fit the training text better than held-out text (more passes over the data make the gap grow)."
-    )
+    line = f"Validation loss ends more than {GAP - 1:.0%} above training loss for {', '.join(gap)}"
+    passes = [p for p in (_passes(r, m) for m in gap) if p is not None]
+    if passes and max(passes) > 1.5:
+        return line + f": they read the training tokens up to {max(passes):.1f} times, and fit them better."
+    if passes:
+        validation = next(iter(r.data.values()))["validation"]
+        return line + (
+            f", though none read the training tokens more than {max(passes):.2f} times: the held-out text "
+            f"({validation}) is unlike the training text, not memorised."
+        )
+    return line + "."
 
 
 def _scaling(r: Results) -> str:
@@ -184,7 +203,7 @@ def summary(r: Results) -> str:
     """The opening section in Markdown: a paragraph per kind of result present."""
     paragraphs = [
         _data(r),
-        " ".join(p for p in (_loss_pairs(r), _overfitting(r)) if p),
+        " ".join(p for p in (_loss_pairs(r), _validation_gap(r)) if p),
         _scaling(r),
         _evaluation(r),
         _kernels(r),
