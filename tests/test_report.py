@@ -163,8 +163,12 @@ def test_log_axes_are_labelled_at_the_measured_values_in_plain_numbers(full_resu
     assert labels(generation, "x") == ["1", "2"]  # the batch sizes, not 10^0 and 2x10^0
     assert not any("times" in t or "^" in t for t in labels(generation, "y"))
     assert labels(report.kernels(r).axes[0], "x") == sorted({row["seq_len"] for row in r.kernels}, key=int)
-    parameters = labels(report.scaling(r).axes[0], "x")
-    assert parameters and all(re.fullmatch(r"[\d.]+[kMG]?", t) for t in parameters)
+    from seqarena.report.figures import _compact
+
+    assert [_compact(v) for v in (2.11e12, 5e13, 2.5e21)] == ["2.11T", "50T", "2.5Z"]  # a ladder's FLOPs
+    for panel in report.scaling(r).axes:  # training FLOPs, parameters: SI units, never 2.11e+03G
+        ticks = labels(panel, "x")
+        assert ticks and all(re.fullmatch(r"[\d.]+[kMGTPEZ]?", t) for t in ticks), ticks
     tasks = {task for task, _ in r.synthetic}
     panels = report.synthetic(r).axes
     assert [ax.get_title() for ax in panels] == ["induction_heads", "at the training length"]

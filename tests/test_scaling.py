@@ -44,6 +44,9 @@ def test_the_fitted_exponent_falls_within_its_interval_and_the_truth_within_it_t
     # Mamba reaches a loss with less compute: the Transformer++ needs (9000/6000)^(1/0.25) = 5x as much
     assert all(row["multiplier"] > 1 for row in mamba_vs_transformer["at"])
     assert mamba_vs_transformer["at"][-1]["distinguishable"]
+    # 5x Mamba's largest compute is past the Transformer++'s largest run: its law, not a run, says it
+    assert [row["extrapolated"] for row in mamba_vs_transformer["at"]] == [False] * 4 + [True]
+    assert fit_scaling(points[::-1]) == fits  # the order the summaries come in changes no draw
 
 
 def test_two_families_on_one_law_are_not_distinguishable():

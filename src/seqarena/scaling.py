@@ -167,7 +167,9 @@ class Family:
 
 
 def multipliers(a: Family, b: Family) -> dict:
-    """The compute b needs for a's fitted loss at each of a's sizes, over a's compute."""
+    """The compute b needs for a's fitted loss at each of a's sizes, over a's compute; ``extrapolated``
+    where that compute lies outside b's own runs (b's law, not b's runs, says it)."""
+    measured = [p.flops for p in b.points]
     rows = []
     for model in a.sizes:
         compute = float(np.mean([p.flops for p in a.points if p.model == model]))
@@ -180,6 +182,7 @@ def multipliers(a: Family, b: Family) -> dict:
         ]
         low, high = _interval(paired)
         row = {"model": model, "compute": compute, "loss": loss, "multiplier": value}
+        row["extrapolated"] = not min(measured) <= value * compute <= max(measured)
         rows.append(row | {"interval": [low, high], "distinguishable": not low <= 1 <= high})
     return {"family": b.name, "against": a.name, "at": rows}
 
@@ -200,6 +203,7 @@ def check_token_ratios(points: list[Point], fixed_token: bool) -> None:
 def fit_scaling(points: list[Point], fixed_token: bool = False, seed: int = 0) -> dict:
     """fits.json's content: every family's laws, and each pair's compute multiplier."""
     check_token_ratios(points, fixed_token)
+    points = sorted(points, key=lambda p: (p.family, p.parameters, p.seed))  # draws whatever the order given
     rng = np.random.default_rng(seed)
     families = {}
     for name in sorted({p.family for p in points}):

@@ -22,11 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _compact(value: float, _position=None) -> str:
-    """4096 -> 4096, 140000 -> 140k, 2.4e9 -> 2.4G: short tick labels (whole numbers below 100k
-    as they are: lengths and batch sizes are powers of two)."""
+    """4096 -> 4096, 140000 -> 140k, 2.4e9 -> 2.4G, 5e13 -> 50T: short tick labels in SI units up
+    to Z (whole numbers below 100k as they are: lengths and batch sizes are powers of two)."""
     if value == int(value) and abs(value) < 1e5:
         return f"{int(value)}"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    units = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
+    for unit, scale in units:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"
     return f"{value:.3g}"

@@ -47,7 +47,7 @@ def _data(r: Results) -> str:
 def _loss_pairs(r: Results) -> str:
     """Each SSM model beside the Transformer++ the papers pair it with, by final validation loss."""
     lines, lower, single = [], 0, False
-    for model in sorted(r.train):
+    for model in sorted(r.train, key=lambda m: (family_name(m), r.train[m]["summary"]["parameters"])):
         family = family_name(model)
         if family not in FAMILIES or not FAMILIES[family].has_ssm_state:
             continue
@@ -125,17 +125,24 @@ def _scaling(r: Results) -> str:
     for pair in r.scaling["multipliers"]:
         if pair["family"] != "transformer" or not pair["at"]:
             continue
-        largest = pair["at"][-1]
-        low, high = largest["interval"]
-        verdict = (
-            f"{largest['multiplier']:.2f}x the compute ({low:.2f} to {high:.2f}x)"
-            if largest["distinguishable"]
-            else f"a multiplier not distinguishable from 1 at this budget ({low:.2f} to {high:.2f}x)"
-        )
-        line += f" To reach {pair['against']}'s loss at {largest['model']}, Transformer++ needs {verdict}."
+        within = [row for row in pair["at"] if not row["extrapolated"]]
+        shown = within[-1:] + ([pair["at"][-1]] if pair["at"][-1]["extrapolated"] else [])
+        parts = [_multiplier(row) for row in shown]
+        line += f" To reach {pair['against']}'s loss, Transformer++ needs " + "; ".join(parts) + "."
     if unfitted:
         line += f" No fit for {', '.join(unfitted)} (fewer than 3 sizes)."
     return line.strip()
+
+
+def _multiplier(row: dict) -> str:
+    """One row of a compute multiplier in words, saying where the other family's law extrapolates."""
+    low, high = row["interval"]
+    if row["distinguishable"]:
+        verdict = f"{row['multiplier']:.2f}x the compute ({low:.2f} to {high:.2f}x)"
+    else:
+        verdict = f"a multiplier not distinguishable from 1 at this budget ({low:.2f} to {high:.2f}x)"
+    beyond = ", past its own largest run: its law extrapolated" if row["extrapolated"] else ""
+    return f"at {row['model']} {verdict}{beyond}"
 
 
 def _evaluation(r: Results) -> str:

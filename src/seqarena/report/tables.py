@@ -251,7 +251,10 @@ def scaling_notes(r: Results) -> str:
                 verdict = f"{row['multiplier']:.2f}x the compute (95% interval {low:.2f} to {high:.2f}x)"
             else:
                 verdict = f"not distinguishable at this budget ({low:.2f} to {high:.2f}x holds 1)"
+            beyond = (
+                f" (past {pair['family']}'s largest run: its law extrapolated)" if row["extrapolated"] else ""
+            )
             lines.append(
-                f"- {pair['family']} to reach {pair['against']}'s loss at {row['model']}: {verdict}."
+                f"- {pair['family']} to reach {pair['against']}'s loss at {row['model']}: {verdict}{beyond}."
             )
     return "\n".join(lines)
