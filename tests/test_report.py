@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_multiple_choice_task
@@ -436,3 +437,14 @@ def test_the_summary_explains_a_validation_gap_by_the_passes_over_the_data(tmp_p
     assert "read the training tokens up to 3.0 times, and fit them better" in many
     once = summary(Results(tmp_path, data=data, train={"mamba-tiny": trained(500)}))
     assert "none read the training tokens more than 0.50 times" in once and "not memorised" in once
+
+
+def test_training_curves_are_smoothed_for_the_eye_and_start_where_the_run_did():
+    from seqarena.report.figures import SMOOTHING, smoothed
+
+    rng = np.random.default_rng(0)
+    noisy = [3.0 + 0.5 * rng.standard_normal() for _ in range(20 * SMOOTHING)]
+    curve = smoothed(noisy)
+    assert len(curve) == len(noisy) and curve[0] == noisy[0]  # debiased: no ramp up from 0
+    assert abs(curve[-200:].mean() - 3.0) < 0.1 and curve[-200:].std() < 0.25 * 0.5  # the noise averaged out
+    assert list(smoothed([1.0, 2.0, 3.0])) == [1.0, 2.0, 3.0]  # a short run is drawn as it is

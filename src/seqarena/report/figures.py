@@ -89,13 +89,30 @@ def _by_size(r: Results, models) -> list[str]:
     return sorted(models, key=lambda m: (m not in size, size.get(m, 0), m))
 
 
+SMOOTHING = 50  # a training curve is averaged over 1/SMOOTHING of its steps (each step is one batch)
+
+
+def smoothed(values: list[float]) -> np.ndarray:
+    """An exponential moving average over about 1/SMOOTHING of the values (none for fewer than
+    2 * SMOOTHING), debiased so that it starts at the first value, as TensorBoard's does."""
+    span = len(values) // SMOOTHING
+    if span < 2:
+        return np.asarray(values, dtype=float)
+    decay, average, out = 1 - 2 / (span + 1), 0.0, []
+    for i, value in enumerate(values, start=1):
+        average = decay * average + (1 - decay) * value
+        out.append(average / (1 - decay**i))
+    return np.asarray(out)
+
+
 def loss_curves_figure(curves: dict[str, list[dict]], title: str, colours: dict | None = None):
-    """Training (line) and validation (hollow dots) loss against tokens seen (rows of metrics.jsonl
-    per name), in ``colours`` where given."""
+    """Training loss (line, ``smoothed``) and validation loss (hollow dots) against tokens seen (rows
+    of metrics.jsonl per name), in ``colours`` where given."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, rows in curves.items():
         colour = (colours or {}).get(name)
-        line = ax.plot([x["tokens"] for x in rows], [x["loss"] for x in rows], label=name, color=colour)[0]
+        tokens, loss = [x["tokens"] for x in rows], smoothed([x["loss"] for x in rows])
+        line = ax.plot(tokens, loss, label=name, color=colour)[0]
         val = [x for x in rows if "val_loss" in x]
         ax.plot(
             [x["tokens"] for x in val],
@@ -267,7 +284,10 @@ def _train_caption(r: Results) -> str:
         {d["summary"]["scan_backend"] for d in r.train.values() if d["summary"].get("scan_backend")}
     )
     kernels = f"; the SSMs' scan backend: {', '.join(backends)}" if backends else ""
-    return f"Loss curves, trained on {', '.join(devices)}{kernels}."
+    return (
+        f"Loss curves, trained on {', '.join(devices)}{kernels}. Training loss is a moving average over "
+        f"1/{SMOOTHING} of each run's steps (a step's own loss is one batch's); validation is unsmoothed."
+    )
 
 
 def _kernels_caption(r: Results) -> str:
