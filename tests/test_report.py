@@ -123,7 +123,7 @@ def test_full_report_has_every_figure(full_results, tmp_path):
     os.umask(umask)  # written atomically, yet readable like any new file
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~umask
     assert collect(full_results).missing == [
-        f"no environment record: {full_results / 'env/kernels.json'} not found"
+        f"no environment record: `{full_results / 'env/kernels.json'}` not found"
     ]
 
 
@@ -383,6 +383,12 @@ def test_a_table_shows_values_as_a_reader_writes_them():
     ).to_html()
     assert words in html and "NaN" not in html and "None" not in html
     assert 'class="row_heading' not in html  # no index column
+    assert cell(1e-5) == "1e-5" and cell(1.2e-7) == "1.2e-7"  # a learning rate as it is written
+    align = {}  # first row's column -> its text-align, from the table's style sheet
+    for selectors, properties in re.findall(r"([^{}]+)\{([^}]*)\}", html.split("</style>")[0]):
+        for column in re.findall(r"row0_col(\d)", selectors):
+            align[column] = re.search(r"text-align: (\w+)", properties).group(1)
+    assert align == {"0": "left", "1": "right", "2": "left"}  # text left, numbers right
     assert styled([]) is None
 
 

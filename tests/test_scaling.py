@@ -105,7 +105,7 @@ def test_the_command_reads_summaries_and_writes_fits_json(tmp_path):
 
 
 def test_the_reports_notes_state_each_law_and_multiplier_with_its_interval(tmp_path):
-    from seqarena.report import Results, scaling_notes
+    from seqarena.report import Results, multiplier_table, scaling_notes
 
     rng = np.random.default_rng(1)
     fits = fit_scaling(
@@ -122,6 +122,11 @@ def test_the_reports_notes_state_each_law_and_multiplier_with_its_interval(tmp_p
     assert (
         f"transformer to reach mamba's loss at mamba-1000000: {row['multiplier']:.2f}x the compute" in notes
     )
-    one_law = [ladder(family, TRUE["mamba"], rng=rng, noise=0.01) for family in ("mamba", "mamba2")]
+    assert "mamba to reach transformer's loss" not in notes  # every pair: the table, folded in the report
+    table = multiplier_table(Results(tmp_path, scaling=fits))
+    assert {(row["needs"], row["to reach the loss of"]) for row in table} >= {
+        ("mamba", "transformer-1000000")
+    }
+    one_law = [ladder(family, TRUE["mamba"], rng=rng, noise=0.01) for family in ("mamba", "transformer")]
     same = fit_scaling(one_law[0] + one_law[1])
     assert "not distinguishable at this budget" in scaling_notes(Results(tmp_path, scaling=same))

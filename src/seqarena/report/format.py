@@ -2,7 +2,9 @@
 
 No index column; a dash where a value does not apply (not NaN or None); whole numbers as whole
 numbers with thousands separators (480, 2,500,000,000: not 480.0 or 2.5e+09); other numbers to
-four significant digits without exponents; text whole (pandas cuts a cell at 50 characters).
+four significant digits, an exponent only below 0.001 and short (a learning rate: 1e-5); text
+whole (pandas cuts a cell at 50 characters), left-aligned, numbers right-aligned (Jupyter's own
+style aligns every cell right), a short cell on one line.
 """
 
 import math
@@ -24,7 +26,8 @@ def cell(value) -> str:
         return f"{value:,.0f}"
     if abs(value) >= 1e-3:
         return f"{value:.4g}"
-    return f"{value:.1e}"  # a tiny stderr or error: its magnitude is what matters
+    mantissa, exponent = f"{value:.1e}".split("e")  # a learning rate, a tiny error: 1e-5, 1.2e-7
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def styled(rows: list[dict], caption: str = ""):
@@ -37,7 +40,11 @@ def styled(rows: list[dict], caption: str = ""):
     columns = list(dict.fromkeys(key for row in rows for key in row))
     numeric = [c for c in columns if all(isinstance(row.get(c), int | float | None) for row in rows)]
     frame = pd.DataFrame([{c: cell(row.get(c)) for c in columns} for row in rows], columns=columns)
+    text = [c for c in columns if c not in numeric]
+    short = [c for c in columns if max(len(cell(row.get(c))) for row in rows) <= 30]  # kept on one line
     table = frame.style.hide(axis="index").set_properties(subset=numeric, **{"text-align": "right"})
+    table = table.set_properties(subset=text, **{"text-align": "left"})
+    table = table.set_properties(subset=short, **{"white-space": "nowrap"})
     table = table.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
     return table.set_caption(caption) if caption else table
 

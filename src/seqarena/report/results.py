@@ -62,7 +62,7 @@ def collect(results_dir: str | Path) -> Results:
         ("scaling fits", r.scaling, "scaling/fits.json"),
     ]:
         if not have:
-            r.missing.append(f"no {name}: {root / source} not found")
+            r.missing.append(f"no {name}: `{root / source}` not found")
     return r
 
 

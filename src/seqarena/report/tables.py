@@ -228,8 +228,9 @@ def environment_table(r: Results) -> list[dict]:
 
 def scaling_notes(r: Results) -> str:
     """The scaling fits in words (Markdown): each family's exponent over compute with its interval
-    and what stands behind it, or why it has none; each pair's compute multiplier at the sizes, or
-    that the two are not distinguishable at this budget."""
+    and what stands behind it, or why it has none; Transformer++'s compute multiplier against each
+    other family at its sizes, or that the two are not distinguishable at this budget (every pair:
+    ``multiplier_table``)."""
     if not r.scaling:
         return ""
     lines = []
@@ -245,6 +246,8 @@ def scaling_notes(r: Results) -> str:
             f"alpha {law['alpha']:.3f}, 95% interval {low:.3f} to {high:.3f} ({behind})."
         )
     for pair in r.scaling["multipliers"]:
+        if pair["family"] != "transformer":
+            continue
         for row in pair["at"]:
             low, high = row["interval"]
             if row["distinguishable"]:
@@ -258,3 +261,23 @@ def scaling_notes(r: Results) -> str:
                 f"- {pair['family']} to reach {pair['against']}'s loss at {row['model']}: {verdict}{beyond}."
             )
     return "\n".join(lines)
+
+
+def multiplier_table(r: Results) -> list[dict]:
+    """Every pair's compute multiplier: the compute ``needs`` takes to reach ``reaches``'s fitted loss
+    at each of its sizes, over that size's compute (above 1: more), with its interval."""
+    rows = []
+    for pair in (r.scaling or {}).get("multipliers", []):
+        for row in pair["at"]:
+            low, high = row["interval"]
+            rows.append(
+                {
+                    "needs": pair["family"],
+                    "to reach the loss of": row["model"],
+                    "compute multiplier": row["multiplier"],
+                    "95% interval": f"{low:.2f} to {high:.2f}",
+                    "distinguishable from 1": row["distinguishable"],
+                    "extrapolated past its runs": row["extrapolated"],
+                }
+            )
+    return rows
