@@ -189,7 +189,8 @@ def test_lm_evals_own_hf_model_scores_the_export_as_seqarena_scores_the_checkpoi
 
 def test_an_export_is_registered_once_per_training_run_and_loads_back_through_mlflow(tmp_path, capsys):
     """The MLflow model registry: a version under the model id, linked to the training run, loaded back
-    by MLflow's transformers flavour alone; exporting again adds no version."""
+    by MLflow's transformers flavour alone; exporting again adds no version, and the run's end (the
+    UI's Duration) stays where training put it."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -197,6 +198,8 @@ def test_an_export_is_registered_once_per_training_run_and_loads_back_through_ml
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = ModelRun(uri, "seqarena", "mamba-tiny")
+    run.finish()
+    trained = MlflowClient(uri).get_run(run.run_id).info
     ours = write_checkpoint(tmp_path / "mamba-tiny", "mamba-tiny")
     (tmp_path / "mamba-tiny/summary.json").write_text(json.dumps({"mlflow_run_id": run.run_id}))
     export = ["export", str(tmp_path / "mamba-tiny"), str(tmp_path / "hf"), "--tracking-uri", uri]
@@ -206,7 +209,9 @@ def test_an_export_is_registered_once_per_training_run_and_loads_back_through_ml
 
     client = MlflowClient(uri, registry_uri=uri)
     (version,) = client.search_model_versions("name = 'mamba-tiny'")
-    assert version.run_id == run.run_id and client.get_run(run.run_id).info.status == "FINISHED"
+    exported = client.get_run(run.run_id).info
+    assert version.run_id == run.run_id and exported.status == "FINISHED"
+    assert exported.end_time == trained.end_time
     mlflow.set_registry_uri(uri)
     pipeline = mlflow.transformers.load_model("models:/mamba-tiny/1")
     assert type(pipeline.model).__name__ == "MambaForCausalLM"

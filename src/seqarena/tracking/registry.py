@@ -34,6 +34,7 @@ def register_hf_model(uri: str, experiment: str, model_id: str, model_dir: Path,
     requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    ended = retry(client.get_run, run_id).info
     retry(mlflow.start_run, run_id=run_id)  # every call may meet a locked sqlite file: each retries
     try:
         retry(
@@ -46,4 +47,6 @@ def register_hf_model(uri: str, experiment: str, model_id: str, model_dir: Path,
         )
     finally:
         retry(mlflow.end_run)
+        if ended.end_time:  # the run's duration stays its training's, not the time of this export
+            retry(client.set_terminated, run_id, ended.status, ended.end_time)
     return versions()[0]
