@@ -431,8 +431,12 @@ def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path)
     assert done.returncode == 0, output[-3000:]
     assert job_counts(output) == {"kernels": 1, "synthetic_task": 30, "synthetic": 1}
     runs = re.findall(r"seqarena synthetic --task (\w+) --arch (\w+) --d-model (?:64|32) --seed (\d)", output)
-    archs = {"selective_copying": ["mamba", "mamba_lti"], "mqar": ["mamba", "mamba2", "mamba3", "transformer"],
-             "induction_heads": ["mamba", "mamba3"], "parity": ["mamba2", "mamba3"]}  # fmt: skip
+    archs = {
+        "selective_copying": ["mamba", "mamba_lti"],
+        "induction_heads": ["mamba", "mamba3"],
+        "mqar": ["mamba", "mamba2", "mamba3", "transformer"],
+        "parity": ["mamba2", "mamba3"],
+    }
     assert sorted(runs) == sorted((t, a, s) for t, names in archs.items() for a in names for s in "012")
     assert "--length 256 --vocab 16 --n-data 16 " in output  # the selective-copying shape
     assert "--test-lengths 256,512,1024,4096,16384,65536 " in output
