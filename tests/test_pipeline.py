@@ -351,7 +351,10 @@ def test_only_the_families_transformers_has_a_class_for_are_exported(tmp_path):
 
 
 def test_make_pipeline_draws_its_live_view_on_a_terminal_and_plain_lines_into_a_file(tmp_path):
-    command = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True)
+    # --no-print-directory: under `make test` this make is a sub-make, which names its directory last
+    command = subprocess.run(
+        ["make", "-n", "--no-print-directory", "pipeline"], cwd=REPO, capture_output=True, text=True
+    )
     command = command.stdout.splitlines()[-1]
     assert "--configfile" not in command  # the Snakefile loads the default: nothing "extended" to say
     show_logger = command.split("PATH=")[0] + ' echo "[$logger]"'  # the recipe's choice of logger
