@@ -415,19 +415,24 @@ def test_the_rendered_report_opens_with_a_summary_and_has_no_raw_dumps(full_resu
     )
 
 
-def test_figures_colour_by_family_lighter_for_smaller_sizes(full_results):
+def test_figures_colour_by_family_lighter_and_dashed_for_smaller_sizes(full_results):
     from matplotlib.colors import to_rgb
 
     from seqarena.models.families import FAMILIES
-    from seqarena.report.figures import FAMILY_COLOURS, loss_curves, model_colours
+    from seqarena.report.figures import FAMILY_COLOURS, loss_curves, model_colours, size_linestyles
 
     assert sorted(FAMILY_COLOURS) == sorted(FAMILIES)
     assert len(set(FAMILY_COLOURS.values())) == len(FAMILY_COLOURS)
     colours = model_colours(["mamba-tiny", "transformer-tiny", "mamba-mini", "transformer-mini"])
     assert colours["mamba-mini"] == to_rgb("C0") and colours["transformer-mini"] == to_rgb("C1")
     assert sum(colours["mamba-tiny"]) > sum(colours["mamba-mini"])  # lighter: the smaller size
-    lines = {line.get_label(): line.get_color() for line in loss_curves(collect(full_results)).axes[0].lines}
-    assert lines["mamba-mini"] == to_rgb("C0") and lines["transformer-mini"] == to_rgb("C1")
+    models = ["mamba-micro", "mamba-tiny", "transformer-tiny", "mamba-mini"]
+    assert [size_linestyles(models)[m] for m in models] == ["-.", "--", "--", "-"]  # one style a size
+    lines = [line for line in loss_curves(collect(full_results)).axes[0].lines if line.get_label()[0] != "_"]
+    colour = {line.get_label(): line.get_color() for line in lines}
+    assert colour["mamba-mini"] == to_rgb("C0") and colour["transformer-mini"] == to_rgb("C1")
+    style = {line.get_label(): line.get_linestyle() for line in lines}
+    assert style["mamba-mini"] == "-" and style["mamba-tiny"] == "--"
 
 
 def test_the_summary_explains_a_validation_gap_by_the_passes_over_the_data(tmp_path):

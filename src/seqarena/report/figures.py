@@ -83,6 +83,18 @@ def model_colours(models_by_size: list[str]) -> dict[str, tuple]:
     return colours
 
 
+# Line styles by size, the largest solid: a size has one style in every family.
+SIZE_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def size_linestyles(models_by_size: list[str]) -> dict[str, str]:
+    """A line style per model by its size's name (mamba-tiny and transformer-tiny alike), the
+    largest size (last in ``models_by_size``, ascending) solid; past four sizes the styles repeat."""
+    sizes = list(dict.fromkeys(m.partition("-")[2] for m in reversed(models_by_size)))  # largest first
+    rank = {m: sizes.index(m.partition("-")[2]) for m in models_by_size}
+    return {m: SIZE_LINESTYLES[rank[m] % len(SIZE_LINESTYLES)] for m in models_by_size}
+
+
 def _by_size(r: Results, models) -> list[str]:
     """Trained models in ascending parameters (others by name, after them)."""
     size = {m: d["summary"]["parameters"] for m, d in r.train.items()}
@@ -105,14 +117,16 @@ def smoothed(values: list[float]) -> np.ndarray:
     return np.asarray(out)
 
 
-def loss_curves_figure(curves: dict[str, list[dict]], title: str, colours: dict | None = None):
+def loss_curves_figure(
+    curves: dict[str, list[dict]], title: str, colours: dict | None = None, linestyles: dict | None = None
+):
     """Training loss (line, ``smoothed``) and validation loss (hollow dots) against tokens seen (rows
-    of metrics.jsonl per name), in ``colours`` where given."""
+    of metrics.jsonl per name), in ``colours`` and ``linestyles`` where given."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, rows in curves.items():
-        colour = (colours or {}).get(name)
+        colour, style = (colours or {}).get(name), (linestyles or {}).get(name, "-")
         tokens, loss = [x["tokens"] for x in rows], smoothed([x["loss"] for x in rows])
-        line = ax.plot(tokens, loss, label=name, color=colour)[0]
+        line = ax.plot(tokens, loss, style, label=name, color=colour)[0]
         val = [x for x in rows if "val_loss" in x]
         ax.plot(
             [x["tokens"] for x in val],
@@ -130,13 +144,14 @@ def loss_curves_figure(curves: dict[str, list[dict]], title: str, colours: dict 
 
 
 def loss_curves(r: Results):
-    """Every model's loss curves (training: lines, validation: dots), coloured by family."""
+    """Every model's loss curves (training: lines, validation: dots), coloured by family, a line
+    style per size."""
     if not r.train:
         return None
     models = _by_size(r, r.train)
     curves = {model: r.train[model]["metrics"] for model in models}
-    title = "Training (lines) and validation (dots) loss; darker: larger"
-    return loss_curves_figure(curves, title, model_colours(models))
+    title = "Training (lines) and validation (dots) loss; darker and solid: larger"
+    return loss_curves_figure(curves, title, model_colours(models), size_linestyles(models))
 
 
 def scaling(r: Results):
