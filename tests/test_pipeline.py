@@ -463,16 +463,23 @@ def test_the_scaling_cpu_config_plans_four_sizes_a_family_by_the_papers_recipe_o
         "tokenize": 1,
         "kernels": 1,
         "train": 16,
+        "train_seed": 16,
         "scaling": 1,
     }
     assert "seqarena data download --kind python_stdlib --out" in output
-    trained = re.findall(
-        r"seqarena train --model (\w+)-(\w+) .*--steps 0 --tokens 0 .*--min-lr 1e-05 ", output
-    )
-    sizes = ["micro", "tiny", "compact", "mini"]
-    assert sorted(trained) == sorted(
-        (f, s) for f in ("mamba", "mamba2", "mamba3", "transformer") for s in sizes
-    )
+    commands = [line for line in output.splitlines() if "seqarena train --model" in line]
+    recipe = r"seqarena train --model (\w+)-(\w+) .*--steps 0 --tokens 0 .*--min-lr 1e-05 "
+    own = [re.search(recipe, line).groups() for line in commands if "--run-name" not in line]
+    families, sizes = ("mamba", "mamba2", "mamba3", "transformer"), ["micro", "tiny", "compact", "mini"]
+    assert sorted(own) == sorted((f, s) for f in families for s in sizes)
+    # train.by_size's seeds: the two smallest sizes again at seeds 1 and 2, with the same recipe
+    repeats = [
+        re.search(recipe + r".*--seed (\d) --run-name", line).groups()
+        for line in commands
+        if "--run-name" in line
+    ]
+    assert sorted(repeats) == sorted((f, s, seed) for f in families for s in sizes[:2] for seed in "12")
+    assert "--seeds" not in output  # a driver key, not a trainer flag
     assert "--fixed-token" not in output  # 20 tokens per parameter: a compute-optimal ladder
 
 

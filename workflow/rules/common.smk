@@ -77,7 +77,8 @@ def train_options(wildcards):
         for k, v in config["train"].items()
         if k not in ("dataset", "seeds", "by_size")
     }
-    options |= config["train"].get("by_size", {}).get(model_size(wildcards.model), {})
+    by_size = config["train"].get("by_size", {}).get(model_size(wildcards.model), {})
+    options |= {k: v for k, v in by_size.items() if k != "seeds"}
     if "seed" in wildcards.keys():
         seed = wildcards.seed
         options |= {"seed": int(seed), "run_name": f"{wildcards.model}/seed{seed}"}
@@ -162,14 +163,20 @@ def train_summaries():
     return expand(f"{RESULTS}/train/{{model}}/summary.json", model=config["models"])
 
 
-def train_seed_summaries():
-    """The repeats of each model's training at train.seeds (but its own seed, train.seed)."""
+def train_seeds(model):
+    """The seeds a model's training repeats at: its size's train.by_size.<size>.seeds, else
+    train.seeds (but its own seed, train.seed)."""
+    by_size = config["train"].get("by_size", {}).get(model_size(model), {})
     own = config["train"].get("seed", 0)
-    return expand(
-        f"{RESULTS}/train/{{model}}/seed{{seed}}/summary.json",
-        model=config["models"],
-        seed=[s for s in config["train"]["seeds"] if s != own],
-    )
+    return [s for s in by_size.get("seeds", config["train"]["seeds"]) if s != own]
+
+
+def train_seed_summaries():
+    return [
+        f"{RESULTS}/train/{model}/seed{seed}/summary.json"
+        for model in config["models"]
+        for seed in train_seeds(model)
+    ]
 
 
 def bench_results():
