@@ -1,8 +1,9 @@
 """The tables of a synthetic-task study's run (make synthetic-cpu), from what it wrote: per task and
 model, the accuracy at the training length over seeds (mean, spread, each seed), chance, where
 each seed's training curve first passed halfway from chance to 1 (its way off the loss plateau)
-and its final loss, and the job's wall time from Snakemake's benchmark file; then, for tasks
-scored at several lengths, accuracy by test length (the mean over seeds, and each seed).
+and its final loss, and the job's wall time from Snakemake's benchmark file; each seed's training
+curve at its quarters; then, for tasks scored at several lengths, accuracy by test length (the
+mean over seeds, and each seed).
 
     python benchmarks/synthetic_study.py --results results/synthetic-cpu
 """
@@ -56,6 +57,14 @@ def main() -> None:
             f"{' / '.join(f'{s / 60:.1f}' for *_, s in seeds)} |"
         )
     print(f"\nSynthetic jobs: {total / 3600:.2f} h of job time in all.")
+
+    print("\nTraining curves: the loss (on each step's fresh batch) at each quarter of the steps\n")
+    print("| task | model | seed | 1/4 | 1/2 | 3/4 | end |\n|---|---|---:|---:|---:|---:|---:|")
+    for (task, model), seeds in sorted(runs.items()):
+        for seed, r, _ in seeds:
+            curve = r["curve"]
+            quarters = [curve[max(0, round(len(curve) * q / 4) - 1)]["loss"] for q in (1, 2, 3, 4)]
+            print(f"| {task} | {model} | {seed} | " + " | ".join(f"{loss:.3f}" for loss in quarters) + " |")
 
     for (task, model), seeds in sorted(runs.items()):
         lengths = list(seeds[0][1]["accuracy_by_length"])
