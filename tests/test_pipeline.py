@@ -671,7 +671,8 @@ def expected_options(rule: str, wildcards: dict, config: dict) -> dict:
     documents them (config/README.md)."""
     if rule in ("train", "train_seed"):
         size = config["train"].get("by_size", {}).get(wildcards["model"].split("-", 1)[1], {})
-        return {k: v for k, v in config["train"].items() if k not in ("seeds", "dataset", "by_size")} | size
+        driver_keys = ("seeds", "dataset", "by_size")  # the driver's, never the trainer's flags
+        return {k: v for k, v in (config["train"] | size).items() if k not in driver_keys}
     if rule == "synthetic_task":
         task = config["synthetic"]["tasks"][wildcards["task"]]
         options = {k: v for k, v in task.items() if k not in ("d_model", "archs", "by_arch")}
