@@ -69,16 +69,19 @@ def tokenizer_options(wildcards):
     return {"tokenizer": tokenizer.pop("kind"), **tokenizer}
 
 
+def size_options(model):
+    """train.by_size's entry for the model's size (what it sets over train.*)."""
+    return config["train"].get("by_size", {}).get(model_size(model), {})
+
+
 def train_options(wildcards):
     """train.*, with the model size's by_size entry over it, but the keys only the driver reads; a
     repeat at another seed (train_seed) gets an MLflow run of its own."""
     options = {
         k: v
-        for k, v in config["train"].items()
+        for k, v in (config["train"] | size_options(wildcards.model)).items()
         if k not in ("dataset", "seeds", "by_size")
     }
-    by_size = config["train"].get("by_size", {}).get(model_size(wildcards.model), {})
-    options |= {k: v for k, v in by_size.items() if k != "seeds"}
     if "seed" in wildcards.keys():
         seed = wildcards.seed
         options |= {"seed": int(seed), "run_name": f"{wildcards.model}/seed{seed}"}
@@ -166,9 +169,9 @@ def train_summaries():
 def train_seeds(model):
     """The seeds a model's training repeats at: its size's train.by_size.<size>.seeds, else
     train.seeds (but its own seed, train.seed)."""
-    by_size = config["train"].get("by_size", {}).get(model_size(model), {})
     own = config["train"].get("seed", 0)
-    return [s for s in by_size.get("seeds", config["train"]["seeds"]) if s != own]
+    seeds = size_options(model).get("seeds", config["train"]["seeds"])
+    return [s for s in seeds if s != own]
 
 
 def train_seed_summaries():

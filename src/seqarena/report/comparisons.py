@@ -192,7 +192,7 @@ def _table12_row(model: str, parameters: int, sizes: list[dict]) -> tuple[dict |
     if SIZES[arch][size].nominal_params is None:
         return _nearest(sizes, parameters, name_of=lambda row: row["params"]), "nearest (a CPU size)"
     partner = matched_model(model, "transformer")
-    partner_size = partner.split("-", 1)[1] if partner else size
+    partner_size = parse_model_id(partner)[1] if partner else size
     own = next((row for row in sizes if row["params"].lower() == partner_size), None)
     return own, "its own size" if own else f"none: Table 12 has no {partner_size.upper()} row"
 

@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 
 from seqarena.files import atomic_write
+from seqarena.models import parse_model_id
 from seqarena.models.families import family_name
 from seqarena.report.results import Results, architecture, collect
 from seqarena.report.tables import by_length, mean_std
@@ -90,9 +91,9 @@ SIZE_LINESTYLES = ("-", "--", "-.", ":")
 def size_linestyles(models_by_size: list[str]) -> dict[str, str]:
     """A line style per model by its size's name (mamba-tiny and transformer-tiny alike), the
     largest size (last in ``models_by_size``, ascending) solid; past four sizes the styles repeat."""
-    sizes = list(dict.fromkeys(m.partition("-")[2] for m in reversed(models_by_size)))  # largest first
-    rank = {m: sizes.index(m.partition("-")[2]) for m in models_by_size}
-    return {m: SIZE_LINESTYLES[rank[m] % len(SIZE_LINESTYLES)] for m in models_by_size}
+    size = {m: parse_model_id(m)[1] for m in models_by_size}
+    largest_first = list(dict.fromkeys(size[m] for m in reversed(models_by_size)))
+    return {m: SIZE_LINESTYLES[largest_first.index(size[m]) % len(SIZE_LINESTYLES)] for m in models_by_size}
 
 
 def _by_size(r: Results, models) -> list[str]:
