@@ -1,15 +1,34 @@
 """The tables of a scaling ladder's run (make scaling-cpu), from what it wrote: each trained size
-(parameters, tokens, passes over the training tokens, compute, final validation loss, the job's
-wall time from Snakemake's benchmark file), each family's fitted law over compute with its 95%
-interval, and Transformer++'s compute multiplier against each SSM family at that family's sizes.
+(parameters, tokens, passes over the training tokens, compute, final validation loss over its
+seeds, its job's wall time from Snakemake's benchmark file), each family's fitted law over compute
+with its 95% interval, and Transformer++'s compute multiplier against each SSM family at that
+family's sizes.
 
     python benchmarks/scaling_ladder.py --results results/scaling-cpu
 """
 
 import argparse
-import csv
 import json
+from collections import defaultdict
 from pathlib import Path
+from statistics import mean, stdev
+
+from snakemake_benchmark import wall_seconds
+
+from seqarena.models.families import family_name
+
+
+def trainings(results: Path) -> dict[str, list[tuple[dict, float]]]:
+    """model -> [(summary.json, its job's wall seconds)], one per seed: train/<model>/ at
+    train.seed and train/<model>/seed<n>/ at a repeat's."""
+    runs = defaultdict(list)
+    for path in [*results.glob("train/*/summary.json"), *results.glob("train/*/seed*/summary.json")]:
+        summary = json.loads(path.read_text())
+        job = path.parent.relative_to(results)
+        runs[summary["model"]].append((summary, wall_seconds(results / "benchmarks" / f"{job}.tsv")))
+    for seeds in runs.values():
+        seeds.sort(key=lambda run: run[0]["seed"])
+    return dict(sorted(runs.items(), key=lambda run: (family_name(run[0]), run[1][0][0]["parameters"])))
 
 
 def main() -> None:
@@ -18,20 +37,26 @@ def main() -> None:
     results = parser.parse_args().results
     (meta_file,) = results.glob("data/*/meta.json")
     train_tokens = json.loads(meta_file.read_text())["train_tokens"]
-    summaries = [json.loads(p.read_text()) for p in sorted(results.glob("train/*/summary.json"))]
-    summaries.sort(key=lambda s: (s["model"].split("-")[0], s["parameters"]))
-    total = 0.0
-    print("| model | parameters | tokens | passes | training FLOPs | val loss | job wall time |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for s in summaries:
-        with open(results / "benchmarks/train" / f"{s['model']}.tsv") as f:
-            seconds = float(next(csv.DictReader(f, delimiter="\t"))["s"])
-        total += seconds
+    runs = trainings(results)
+    print(
+        "| model | parameters | tokens | passes | training FLOPs | seeds | val loss | per seed | job time |"
+    )
+    print("|---|---:|---:|---:|---:|---|---|---|---:|")
+    for model, seeds in runs.items():
+        s = seeds[0][0]  # the seeds differ in their weights, not their size or budget
+        losses = [summary["final_val_loss"] for summary, _ in seeds]
+        loss = f"{losses[0]:.3f}" if len(losses) == 1 else f"{mean(losses):.3f} ± {stdev(losses):.3f}"
         print(
-            f"| {s['model']} | {s['parameters']:,} | {s['tokens']:,} | {s['tokens'] / train_tokens:.2f} | "
-            f"{s['training_flops']:.3g} | {s['final_val_loss']:.3f} | {seconds / 60:.1f} min |"
+            f"| {model} | {s['parameters']:,} | {s['tokens']:,} | {s['tokens'] / train_tokens:.2f} | "
+            f"{s['training_flops']:.3g} | {', '.join(str(summary['seed']) for summary, _ in seeds)} | "
+            f"{loss} | {' / '.join(f'{x:.3f}' for x in losses)} | "
+            f"{mean(wall for _, wall in seeds) / 60:.1f} min |"
         )
-    print(f"\nTraining jobs: {total / 3600:.2f} h of job time in all.\n")
+    jobs = [wall for seeds in runs.values() for _, wall in seeds]
+    print(
+        f"\nTraining jobs: {len(jobs)}, {sum(jobs) / 3600:.2f} h of job time in all "
+        "(job time above: one seed's, the mean over its seeds; val loss: mean ± std over seeds).\n"
+    )
 
     fits = json.loads((results / "scaling/fits.json").read_text())
     print("| family | sizes | E | A | alpha (compute) | 95% interval | alpha (parameters) | 95% interval |")

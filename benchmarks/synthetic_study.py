@@ -9,11 +9,12 @@ mean over seeds, and each seed).
 """
 
 import argparse
-import csv
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from snakemake_benchmark import wall_seconds
 
 
 def halfway_step(result: dict) -> str:
@@ -23,13 +24,6 @@ def halfway_step(result: dict) -> str:
     return next((str(point["step"]) for point in result["curve"] if point["accuracy"] > halfway), "never")
 
 
-def wall_seconds(results: Path, path: Path) -> float:
-    """The job's wall time, from the Snakemake benchmark file beside its result."""
-    tsv = results / "benchmarks" / path.relative_to(results).with_suffix(".tsv")
-    with open(tsv) as f:
-        return float(next(csv.DictReader(f, delimiter="\t"))["s"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/synthetic-cpu", type=Path)
@@ -37,9 +31,8 @@ def main() -> None:
     runs = defaultdict(list)  # (task, model) -> [(seed, result, wall seconds)]
     for path in sorted(results.glob("synthetic/*/*/seed*.json")):
         result = json.loads(path.read_text())
-        runs[result["task"], result["model"]].append(
-            (result["config"]["seed"], result, wall_seconds(results, path))
-        )
+        seconds = wall_seconds(results / "benchmarks" / path.relative_to(results).with_suffix(".tsv"))
+        runs[result["task"], result["model"]].append((result["config"]["seed"], result, seconds))
 
     header = "task | model | accuracy, mean ± std | per seed | chance | halfway at step | final loss | min"
     print(f"| {header} |\n|---|---|---|---|---:|---|---|---|")

@@ -6,9 +6,9 @@ The published numbers are ``seqarena.paper``'s data, each with its source.
 import math
 
 from seqarena.models import SIZES, matched_model, parse_model_id
-from seqarena.models.families import FAMILIES
+from seqarena.models.families import FAMILIES, family_name
 from seqarena.paper import PAPER_METRIC, paper_table, paper_task, recipe
-from seqarena.report.results import Results, architecture
+from seqarena.report.results import Results
 from seqarena.report.tables import by_length, mean_std
 
 
@@ -32,7 +32,7 @@ def _paper_row_for(r: Results, model: str, paper: list[dict]) -> tuple[dict | No
         return row, "the same checkpoint"
     if model not in r.train:
         return None, ""
-    family = FAMILIES[architecture(model)].paper_family + "-"
+    family = FAMILIES[family_name(model)].paper_family + "-"
     row = _nearest(
         [row for row in paper if row["model"].startswith(family)], r.train[model]["summary"]["parameters"]
     )

@@ -15,7 +15,7 @@ import numpy as np
 from seqarena.files import atomic_write
 from seqarena.models import parse_model_id
 from seqarena.models.families import family_name
-from seqarena.report.results import Results, architecture, collect
+from seqarena.report.results import Results, collect
 from seqarena.report.tables import by_length, mean_std
 
 matplotlib.use("Agg")
@@ -166,8 +166,8 @@ def scaling(r: Results):
         s for runs in r.train_seeds.values() for s in runs
     ]
     families = (r.scaling or {}).get("families", {})
-    for arch in sorted({architecture(s["model"]) for s in summaries}):
-        mine = [s for s in summaries if architecture(s["model"]) == arch]
+    for arch in sorted({family_name(s["model"]) for s in summaries}):
+        mine = [s for s in summaries if family_name(s["model"]) == arch]
         for ax, axis in zip(axes, ("flops", "parameters"), strict=True):
             xs = [s["flops_per_token"] * s["tokens"] if axis == "flops" else s["parameters"] for s in mine]
             (dots,) = ax.plot(

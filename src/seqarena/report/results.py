@@ -64,7 +64,3 @@ def collect(results_dir: str | Path) -> Results:
         if not have:
             r.missing.append(f"no {name}: `{root / source}` not found")
     return r
-
-
-def architecture(model: str) -> str:
-    return model.split("-", 1)[0]

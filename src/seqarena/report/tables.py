@@ -3,7 +3,7 @@
 import math
 
 from seqarena.models import matched_model
-from seqarena.models.families import FAMILIES
+from seqarena.models.families import FAMILIES, family_name
 from seqarena.paper import PAPER_METRIC, PAPER_TASKS, paper_task
 from seqarena.report.results import Results
 
@@ -155,7 +155,7 @@ def generation_notes(r: Results) -> str:
     and, where Mamba is the slower, why that is expected on a CPU at these sizes (Markdown)."""
     lines, slower = [], False
     for model, data in sorted(r.generation.items()):
-        arch = model.partition("-")[0]
+        arch = family_name(model)
         if arch not in FAMILIES or not FAMILIES[arch].has_ssm_state:
             continue
         partner = matched_model(model, "transformer")  # mamba-130m's is transformer-125m
