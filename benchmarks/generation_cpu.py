@@ -39,17 +39,28 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     P, T = args.prompt_len, args.new_tokens
-    print(f"prompt {P}, {T} new tokens, vocab {args.vocab}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} rounds\n")  # fmt: skip
-    print("| size | batch | Mamba tokens/s | Transformer++ tokens/s | Mamba speed-up | prompt ms (M / T) "
-          "| ms per decoded step (M / T) |")  # fmt: skip
+    print(
+        f"prompt {P}, {T} new tokens, vocab {args.vocab}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} rounds\n"
+    )
+    print(
+        "| size | batch | Mamba tokens/s | Transformer++ tokens/s | Mamba speed-up | prompt ms (M / T) "
+        "| ms per decoded step (M / T) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     memory = []
     for size in args.sizes.split(","):
         torch.manual_seed(0)
         models = {arch: build_model(f"{arch}-{size}", args.vocab).eval() for arch in ("mamba", "transformer")}
-        memory.append((size, {arch: [cache_bytes(m.allocate_cache(1, n * (P + T))) for n in (1, 8)]
-                              for arch, m in models.items()}))  # fmt: skip
+        memory.append(
+            (
+                size,
+                {
+                    arch: [cache_bytes(m.allocate_cache(1, n * (P + T))) for n in (1, 8)]
+                    for arch, m in models.items()
+                },
+            )
+        )
         for batch in map(int, args.batches.split(",")):
             prompt = torch.randint(0, args.vocab, (batch, P), generator=torch.Generator().manual_seed(batch))
             times = {arch: {"total": [], "prompt": []} for arch in models}
@@ -65,10 +76,13 @@ def main():
             med = {arch: {k: statistics.median(v) for k, v in t.items()} for arch, t in times.items()}
             tps = {arch: batch * T / m["total"] for arch, m in med.items()}
             step = {arch: (m["total"] - m["prompt"]) / (T - 1) * 1e3 for arch, m in med.items()}
-            print(f"| {size} | {batch} | {tps['mamba']:.0f} | {tps['transformer']:.0f} "
-                  f"| {tps['mamba'] / tps['transformer']:.2f}x "
-                  f"| {med['mamba']['prompt'] * 1e3:.0f} / {med['transformer']['prompt'] * 1e3:.0f} "
-                  f"| {step['mamba']:.2f} / {step['transformer']:.2f} |", flush=True)  # fmt: skip
+            print(
+                f"| {size} | {batch} | {tps['mamba']:.0f} | {tps['transformer']:.0f} "
+                f"| {tps['mamba'] / tps['transformer']:.2f}x "
+                f"| {med['mamba']['prompt'] * 1e3:.0f} / {med['transformer']['prompt'] * 1e3:.0f} "
+                f"| {step['mamba']:.2f} / {step['transformer']:.2f} |",
+                flush=True,
+            )
     print(f"\nCache per sequence (KiB) at {P + T} tokens and at {8 * (P + T)}:\n")
     print("| size | Mamba | Transformer++ |")
     print("|---|---:|---:|")

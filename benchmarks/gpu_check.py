@@ -45,14 +45,20 @@ REPO = Path(__file__).resolve().parents[1]
 # (GPU, CPU): the issue's shapes on a GPU; tiny ones on a CPU, where only the paths are checked.
 SHAPES = {
     "train_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
-    "train": (dict(steps=10, warmup_steps=3, seq_len=2048, micro_batch=8, vocab_size=50277),
-              dict(steps=2, warmup_steps=1, seq_len=64, micro_batch=2, vocab_size=512)),
-    "kernels": (dict(lengths=[2**k for k in range(9, 20)], dim=1024, state=16, repeats=10),
-                dict(lengths=[256, 512], dim=128, state=16, repeats=2)),
+    "train": (
+        dict(steps=10, warmup_steps=3, seq_len=2048, micro_batch=8, vocab_size=50277),
+        dict(steps=2, warmup_steps=1, seq_len=64, micro_batch=2, vocab_size=512),
+    ),
+    "kernels": (
+        dict(lengths=[2**k for k in range(9, 20)], dim=1024, state=16, repeats=10),
+        dict(lengths=[256, 512], dim=128, state=16, repeats=2),
+    ),
     "generation_models": (("mamba-130m", "transformer-125m"), ("mamba-tiny", "transformer-tiny")),
-    "generation": (dict(prompt_len=2048, new_tokens=128, batch_sizes=[1, 4, 16, 64], repeats=3),
-                   dict(prompt_len=32, new_tokens=8, batch_sizes=[1, 4], repeats=1)),
-}  # fmt: skip
+    "generation": (
+        dict(prompt_len=2048, new_tokens=128, batch_sizes=[1, 4, 16, 64], repeats=3),
+        dict(prompt_len=32, new_tokens=8, batch_sizes=[1, 4], repeats=1),
+    ),
+}
 
 
 @dataclass
@@ -105,8 +111,10 @@ def backend_rows() -> list[Row]:
             worst = max(record["errors"], key=record["errors"].get)
             limits = ", ".join(f"{op} {limit:.0e}" for op, limit in record["tolerances"].items())
             error = record["max_relative_error"]
-            result = (f"on {record['device']}: largest relative error {error:.1e} ({worst}; tolerances "
-                      f"{limits}), scan, SSD and conv, outputs and all gradients")  # fmt: skip
+            result = (
+                f"on {record['device']}: largest relative error {error:.1e} ({worst}; tolerances "
+                f"{limits}), scan, SSD and conv, outputs and all gradients"
+            )
             rows.append(Row(label, "passed" if record["passed"] else "failed", result, record["seconds"]))
     return rows
 
@@ -121,14 +129,17 @@ def training_rows(gpu: bool, compile: bool) -> list[Row]:
         start = time.perf_counter()
         result = bench_training(model, **options)
         mfu = "n/a" if result["mfu"] is None else f"{result['mfu']:.1%}"
-        rows.append(Row(
-            f"train step {model} (L {options['seq_len']}, micro-batch {options['micro_batch']}"
-            f"{', bf16 autocast' if gpu else ', float32'}{', compiled' if options['compile'] else ''}; "
-            f"median of {options['steps'] - options['warmup_steps']} steps)", "measured",
-            f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak memory "
-            f"{gib(result['peak_memory_bytes'])}, scan backend {result['scan_backend'] or 'none'}",
-            time.perf_counter() - start,
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                f"train step {model} (L {options['seq_len']}, micro-batch {options['micro_batch']}"
+                f"{', bf16 autocast' if gpu else ', float32'}{', compiled' if options['compile'] else ''}; "
+                f"median of {options['steps'] - options['warmup_steps']} steps)",
+                "measured",
+                f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak memory "
+                f"{gib(result['peak_memory_bytes'])}, scan backend {result['scan_backend'] or 'none'}",
+                time.perf_counter() - start,
+            )
+        )
     return rows
 
 
@@ -142,16 +153,25 @@ def kernel_rows(gpu: bool) -> list[Row]:
     rows = []
     for length in options["lengths"]:
         for phase in ("fwd", "fwd+bwd"):
-            found = {(r["op"], r["backend"]): r["median_ms"] for r in table
-                     if r["seq_len"] == length and r["pass"] == phase}  # fmt: skip
+            found = {
+                (r["op"], r["backend"]): r["median_ms"]
+                for r in table
+                if r["seq_len"] == length and r["pass"] == phase
+            }
             attention = found.get(("attention", "sdpa"))
-            said = [f"{op} {backend} {ms:.3f} ms{versus(ms, attention)}"
-                    for (op, backend), ms in found.items() if op != "attention"]  # fmt: skip
+            said = [
+                f"{op} {backend} {ms:.3f} ms{versus(ms, attention)}"
+                for (op, backend), ms in found.items()
+                if op != "attention"
+            ]
             said.append("attention (SDPA) " + (f"{attention:.3f} ms" if attention else "out of memory"))
-            rows.append(Row(
-                f"kernels {phase} L {length} (batch 1, D {options['dim']}, N {options['state']})", "measured",
-                "; ".join(said),
-            ))  # fmt: skip
+            rows.append(
+                Row(
+                    f"kernels {phase} L {length} (batch 1, D {options['dim']}, N {options['state']})",
+                    "measured",
+                    "; ".join(said),
+                )
+            )
     return rows
 
 
@@ -171,10 +191,9 @@ def generation_rows(gpu: bool) -> list[Row]:
             if ours["oom"] or theirs["oom"]
             else f"; Mamba {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x"
         )
-        rows.append(Row(
-            f"generation batch {ours['batch']} (prompt {options['prompt_len']}, {options['new_tokens']} new)",
-            "measured", f"{said(ours, mamba['model'])}, {said(theirs, transformer['model'])}{ratio}",
-        ))  # fmt: skip
+        setup = f"prompt {options['prompt_len']}, {options['new_tokens']} new"
+        said_both = f"{said(ours, mamba['model'])}, {said(theirs, transformer['model'])}{ratio}"
+        rows.append(Row(f"generation batch {ours['batch']} ({setup})", "measured", said_both))
     return rows
 
 
@@ -230,12 +249,20 @@ SECTIONS = ("build", "backends", "kernels", "generation", "training", "training-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "results/gpu-check")
-    parser.add_argument("--wheels", type=Path, default=Path.home() / ".cache/seqarena/cuda-wheels",
-                        help="where the built wheels are kept between runs")  # fmt: skip
+    parser.add_argument(
+        "--wheels",
+        type=Path,
+        default=Path.home() / ".cache/seqarena/cuda-wheels",
+        help="where the built wheels are kept between runs",
+    )
     parser.add_argument("--command", default="make gpu-check", help="what ran this, for the table's header")
-    parser.add_argument("--only", type=lambda v: v.split(","), default=list(SECTIONS),
-                        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all); "
-                             "a short lease can build in one call and measure in the next")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        default=list(SECTIONS),
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all); "
+        "a short lease can build in one call and measure in the next",
+    )
     args = parser.parse_args()
     unknown = set(args.only) - set(SECTIONS)
     if unknown:

@@ -43,8 +43,11 @@ def state_half_lives(model, seq) -> list[list[float]]:
         normed, _ = layer._add_norm(layer.norm, hidden, residual)
         mixer, length = layer.mixer, seq.shape[1]
         x = (normed @ mixer.in_proj.weight.T).chunk(2, -1)[0].transpose(1, 2)
-        x = F.silu(F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.d_conv - 1,
-                            groups=mixer.d_inner)[..., :length])  # fmt: skip
+        x = F.silu(
+            F.conv1d(
+                x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.d_conv - 1, groups=mixer.d_inner
+            )[..., :length]
+        )
         delta, *_ = mixer._ssm_inputs(x)
         delta = F.softplus(delta + mixer.dt_proj.bias[:, None])
         half_life = math.log(2) / (delta.mean(dim=(0, 2)) * torch.exp(mixer.A_log).min(dim=1).values)
@@ -65,14 +68,22 @@ def main():
     parser.add_argument("--sequences", type=int, default=64)
     args = parser.parse_args()
     cfg = SyntheticConfig(
-        task="induction_heads", arch="mamba", length=args.length, steps=args.steps, batch=args.batch,
-        lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
-    )  # fmt: skip
+        task="induction_heads",
+        arch="mamba",
+        length=args.length,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        warmup=args.warmup,
+        min_lr_ratio=args.min_lr_ratio,
+    )
     start = time.perf_counter()
     model, curve = fit(cfg)
     model.eval()
-    print(f"trained at length {cfg.length}, {cfg.steps} steps in {time.perf_counter() - start:.0f} s; "
-          f"final training loss {curve[-1]['loss']:.3f}, accuracy {curve[-1]['accuracy']:.3f}")  # fmt: skip
+    print(
+        f"trained at length {cfg.length}, {cfg.steps} steps in {time.perf_counter() - start:.0f} s; "
+        f"final training loss {curve[-1]['loss']:.3f}, accuracy {curve[-1]['accuracy']:.3f}"
+    )
     gen, n, vocab = torch.Generator().manual_seed(5), args.sequences, cfg.vocab
     print(f"\n| distance special -> query (total length {args.test_length}) | accuracy |\n|---|---|")
     for distance in (

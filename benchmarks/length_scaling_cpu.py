@@ -61,8 +61,10 @@ def main():
                     if repeat:
                         times[name, length].append(time.perf_counter() - start)
 
-    print(f"d_model={d}, Mamba {n} layers, Transformer++ {max(1, n // 2)} layers, vocab={vocab}, "
-          f"B={args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}\n")  # fmt: skip
+    print(
+        f"d_model={d}, Mamba {n} layers, Transformer++ {max(1, n // 2)} layers, vocab={vocab}, "
+        f"B={args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}\n"
+    )
     print("| model | parameters | L | forward ms | per token vs L=" + str(lengths[0]) + " |")
     print("|---|---:|---:|---:|---:|")
     for name, model in models.items():

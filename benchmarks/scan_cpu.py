@@ -149,8 +149,10 @@ def main():
         def ratio(t, ours):
             return f"{t / ours:.1f}x" if t is not None else "-"
 
-        print(f"| {name} | {ms(fwd)} | {ms(fwd_bwd)} | {ratio(fwd, cpp_fwd)} | "
-              f"{ratio(fwd_bwd, cpp_fwd_bwd)} | {error:.1e} |")  # fmt: skip
+        print(
+            f"| {name} | {ms(fwd)} | {ms(fwd_bwd)} | {ratio(fwd, cpp_fwd)} | "
+            f"{ratio(fwd_bwd, cpp_fwd_bwd)} | {error:.1e} |"
+        )
     print(f"\ncpp forward / floor: {cpp_fwd / floor:.2f}x")
 
 

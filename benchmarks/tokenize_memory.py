@@ -52,8 +52,12 @@ def write_shards(folder: Path, megabytes: int, seed: int) -> int:
 def measure(folder: Path, tokenizer: str) -> tuple[int, float, int]:
     """(peak RSS bytes, seconds, tokens) of download + tokenize in a fresh process."""
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", RUN, str(folder), tokenizer], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", RUN, str(folder), tokenizer],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
@@ -77,8 +81,10 @@ def main() -> None:
             rows.append((scale, chars, tokens, rss, seconds))
     print(f"{'scale':>5} {'text MB':>8} {'tokens':>12} {'peak RSS MB':>12} {'RSS / 1x':>9} {'seconds':>8}")
     for scale, chars, tokens, rss, seconds in rows:
-        print(f"{scale:>4}x {chars / 1e6:>8.0f} {tokens:>12,} {rss / 1e6:>12.0f} {rss / rows[0][3]:>9.2f} "
-              f"{seconds:>8.0f}")  # fmt: skip
+        print(
+            f"{scale:>4}x {chars / 1e6:>8.0f} {tokens:>12,} {rss / 1e6:>12.0f} {rss / rows[0][3]:>9.2f} "
+            f"{seconds:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

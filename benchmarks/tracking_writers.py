@@ -39,11 +39,26 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "4", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "4",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -70,8 +85,13 @@ def count(uri: str, writers: int, points: int) -> dict:
         duplicated += sum(n - 1 for n in steps.values() if n > 1)
         lost += sum(1 for step in range(points) if step not in steps)
     lost += points * sum(1 for i in range(writers) if f"writer-{i}" not in by_model)
-    return {"runs": len(runs), "runs_per_model_max": max(by_model.values(), default=0), "rows_found": found,
-            "rows_lost": lost, "rows_duplicated": duplicated}  # fmt: skip
+    return {
+        "runs": len(runs),
+        "runs_per_model_max": max(by_model.values(), default=0),
+        "rows_found": found,
+        "rows_lost": lost,
+        "rows_duplicated": duplicated,
+    }
 
 
 def main() -> None:
@@ -93,16 +113,26 @@ def main() -> None:
             start = time.time() + 5 + args.writers * 0.25  # after every interpreter has imported mlflow
             began = time.monotonic()
             argv = [str(args.points), str(args.batch), str(start)]
-            jobs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i), *argv],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                    for i in range(args.writers)]  # fmt: skip
+            jobs = [
+                subprocess.Popen(
+                    [sys.executable, "-c", WRITER, uri, str(i), *argv],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(args.writers)
+            ]
             errors = [job.communicate(timeout=1800)[1] for job in jobs]
             failed = [err[-500:] for job, err in zip(jobs, errors, strict=True) if job.returncode]
-            result = {"store": "server" if server else "sqlite file", "writers": args.writers,
-                      "points_each": args.points, "rows_expected": args.writers * args.points,
-                      **count(uri, args.writers, args.points),
-                      "writers_failed": len(failed),
-                      "seconds": round(time.monotonic() - began, 1)}  # fmt: skip
+            result = {
+                "store": "server" if server else "sqlite file",
+                "writers": args.writers,
+                "points_each": args.points,
+                "rows_expected": args.writers * args.points,
+                **count(uri, args.writers, args.points),
+                "writers_failed": len(failed),
+                "seconds": round(time.monotonic() - began, 1),
+            }
         finally:
             if server:
                 os.killpg(server.pid, signal.SIGTERM)

@@ -66,9 +66,14 @@ def hf_mamba(d_model, n_layer, vocab):
     from transformers import MambaForCausalLM
 
     config = HFMambaConfig(
-        vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layer, state_size=16, expand=2,
-        conv_kernel=4, use_mambapy=True,
-    )  # fmt: skip
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layer,
+        state_size=16,
+        expand=2,
+        conv_kernel=4,
+        use_mambapy=True,
+    )
     return MambaForCausalLM(config).train()
 
 
@@ -99,8 +104,10 @@ def main():
         for length in map(int, args.lengths.split(",")):
             scaling.append((threads, length, measure(args, length)))
     if len(scaling) > 1:
-        print("\n| threads | L | Mamba (cpp) ms | Transformer++ ms | Mamba tokens/s vs Transformer++ "
-              "| Mamba per token (vs first L) | Transformer++ per token (vs first L) |")  # fmt: skip
+        print(
+            "\n| threads | L | Mamba (cpp) ms | Transformer++ ms | Mamba tokens/s vs Transformer++ "
+            "| Mamba per token (vs first L) | Transformer++ per token (vs first L) |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|")
         first = {}
         for threads, length, times in scaling:
@@ -112,8 +119,10 @@ def main():
 
             ratio = f"{t / m:.2f}x" if m and t else "-"
             m_ms, t_ms = (f"{ms:.0f}" if ms else "-" for ms in (m, t))
-            print(f"| {threads} | {length} | {m_ms} | {t_ms} | {ratio} "
-                  f"| {per_token(m, base[1])} | {per_token(t, base[2])} |")  # fmt: skip
+            print(
+                f"| {threads} | {length} | {m_ms} | {t_ms} | {ratio} "
+                f"| {per_token(m, base[1])} | {per_token(t, base[2])} |"
+            )
 
 
 def measure(args, L) -> dict:
@@ -133,14 +142,24 @@ def measure(args, L) -> dict:
         ("mamba", "seqarena Mamba (cpp kernels)", lambda: Mamba(mamba_config), ours, "cpp"),
         ("mamba-torch", "seqarena Mamba (torch kernels)", lambda: Mamba(mamba_config), ours, "torch"),
         *(
-            ("mamba2", f"seqarena Mamba-2 (SSD, N={args.mamba2_state}, chunk {chunk})", mamba2(int(chunk)),
-             ours, "cpp")
+            (
+                "mamba2",
+                f"seqarena Mamba-2 (SSD, N={args.mamba2_state}, chunk {chunk})",
+                mamba2(int(chunk)),
+                ours,
+                "cpp",
+            )
             for chunk in args.mamba2_chunks.split(",")
         ),
         ("mamba3", "seqarena Mamba-3 SISO (chunk 32)", mamba2(32, "Mamba3"), ours, "cpp"),
-        ("mamba3-mimo", "seqarena Mamba-3 MIMO (rank 4, chunk 8)",
-         mamba2(8, "Mamba3", is_mimo=True, mimo_rank=4), ours, "cpp"),
-    ]  # fmt: skip
+        (
+            "mamba3-mimo",
+            "seqarena Mamba-3 MIMO (rank 4, chunk 8)",
+            mamba2(8, "Mamba3", is_mimo=True, mimo_rank=4),
+            ours,
+            "cpp",
+        ),
+    ]
     if "hf-mambapy" in wanted:
         try:
             import mambapy  # noqa: F401
@@ -162,10 +181,12 @@ def measure(args, L) -> dict:
     )
     rows = [row for row in rows if row[0] in wanted]
 
-    print(f"\nd_model={d}, Mamba {n} layers, Transformer++ {transformer_config.n_layer} layers, "
-          f"vocab={vocab}, "
-          f"B={b}, L={L}, {torch.get_num_threads()} threads, "
-          f"median of {args.steps} steps taken in turn\n")  # fmt: skip
+    print(
+        f"\nd_model={d}, Mamba {n} layers, Transformer++ {transformer_config.n_layer} layers, "
+        f"vocab={vocab}, "
+        f"B={b}, L={L}, {torch.get_num_threads()} threads, "
+        f"median of {args.steps} steps taken in turn\n"
+    )
     trainees = []
     for key, name, build, forward, backend in rows:
         torch.manual_seed(0)

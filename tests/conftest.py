@@ -125,8 +125,10 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
     """A tiny pipeline config: the shipped Tiny Shakespeare, three tiny models (Mamba-1, Transformer++
     and Mamba-3, which transformers cannot export; the other families run through the same rules:
     test_bench, test_mamba2, test_synthetic), a local task and a shipped one, a few steps."""
-    docs = [{"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
-            for i in range(12)]  # fmt: skip
+    docs = [
+        {"goal": f"To open jar {i},", "sol1": "twist the lid.", "sol2": "sing to it.", "label": i % 2}
+        for i in range(12)
+    ]
     tasks = write_multiple_choice_task(
         tmp_path / "tasks", "local_piqa", docs, "Question: {{goal}}\\nAnswer:", "{{[sol1, sol2]}}"
     )
@@ -139,26 +141,51 @@ def write_pipeline_config(tmp_path: Path, **overrides) -> Path:
             }
         },
         "models": ["mamba-tiny", "transformer-tiny", "mamba3-tiny"],
-        "train": {"dataset": "shakespeare", "steps": 4, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
-                  "eval_interval": 2, "ckpt_interval": 100},
+        "train": {
+            "dataset": "shakespeare",
+            "steps": 4,
+            "batch_tokens": 512,
+            "micro_batch": 4,
+            "seq_len": 64,
+            "eval_interval": 2,
+            "ckpt_interval": 100,
+        },
         "bench": {
             "kernels": {"lengths": [32, 64, 128], "dim": 32, "repeats": 1},
             "generation": {"prompt_len": 16, "new_tokens": 4, "batch_sizes": [1, 2], "repeats": 1},
             "training": {"steps": 2, "seq_len": 32, "micro_batch": 2, "vocab_size": 512},
         },
-        "eval": {"tasks": ["local_piqa", "piqa_embedded"], "include_path": str(tasks), "limit": 12,
-                 "batch_size": 4, "pretrained": []},
+        "eval": {
+            "tasks": ["local_piqa", "piqa_embedded"],
+            "include_path": str(tasks),
+            "limit": 12,
+            "batch_size": 4,
+            "pretrained": [],
+        },
         # every task of the default (a config file's dict merges into the default's, so each is set),
         # one arch through the stage (test_synthetic trains and scores every family in-process)
-        "synthetic": {"archs": ["mamba"], "tasks": {
-            "selective_copying": {"d_model": [16], "length": 16, "n_data": 4, "steps": 4,
-                                  "eval_sequences": 8},
-            "induction_heads": {"d_model": [16], "length": 16, "steps": 4, "test_lengths": [16, 64],
-                                "eval_sequences": 8},
-            "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
-        }},
+        "synthetic": {
+            "archs": ["mamba"],
+            "tasks": {
+                "selective_copying": {
+                    "d_model": [16],
+                    "length": 16,
+                    "n_data": 4,
+                    "steps": 4,
+                    "eval_sequences": 8,
+                },
+                "induction_heads": {
+                    "d_model": [16],
+                    "length": 16,
+                    "steps": 4,
+                    "test_lengths": [16, 64],
+                    "eval_sequences": 8,
+                },
+                "mqar": {"d_model": [16], "length": 16, "n_pairs": 4, "steps": 4, "eval_sequences": 8},
+            },
+        },
         **overrides,
-    }  # fmt: skip
+    }
     path = tmp_path / "test.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -229,15 +229,28 @@ def fill_causal_conv1d(module: types.ModuleType, causal_conv1d_ref, causal_conv1
         out.copy_(conv(x, weight, bias_, silu_activation))
 
     def causal_conv1d_bwd(
-        x, weight, bias_, dout, seq_idx_, initial_states_, dfinal_states_, dx, dweight, dbias_,
-        dinitial_states_, silu_activation,
-    ):  # fmt: skip
+        x,
+        weight,
+        bias_,
+        dout,
+        seq_idx_,
+        initial_states_,
+        dfinal_states_,
+        dx,
+        dweight,
+        dbias_,
+        dinitial_states_,
+        silu_activation,
+    ):
         check_inputs(x, weight, bias_)
         check((bias_ is None) == (dbias_ is None), "bias_.has_value() == dbias_.has_value()")
         check(dx.dtype == x.dtype, f"dx's dtype {dx.dtype} == x's {x.dtype}")
         not_emulated(seq_idx=seq_idx_, initial_states=initial_states_, dfinal_states=dfinal_states_)
-        g = _grads(lambda x, weight, bias: conv(x, weight, bias, silu_activation),
-                   dict(x=x, weight=weight, bias=bias_), dout)  # fmt: skip
+        g = _grads(
+            lambda x, weight, bias: conv(x, weight, bias, silu_activation),
+            dict(x=x, weight=weight, bias=bias_),
+            dout,
+        )
         dx.copy_(g["x"])
         dweight.copy_(g["weight"])
         if dbias_ is not None:

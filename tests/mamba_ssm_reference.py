@@ -113,14 +113,39 @@ def _siso_kernel(reference):
     """mamba3_siso_combined's signature, computed by mamba_ssm's test reference."""
 
     def mamba3_siso_combined(
-        Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None, Input_States=None, chunk_size=64,
-        return_final_states=False, cu_seqlens=None,
-    ):  # fmt: skip
+        Q,
+        K,
+        V,
+        ADT,
+        DT,
+        Trap,
+        Q_bias,
+        K_bias,
+        Angles,
+        D=None,
+        Z=None,
+        Input_States=None,
+        chunk_size=64,
+        return_final_states=False,
+        cu_seqlens=None,
+    ):
         assert cu_seqlens is None
         out, states = reference(
-            Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, Initial_States=Input_States,
-            chunk_size=chunk_size, dtype=V.dtype,
-        )  # fmt: skip
+            Q,
+            K,
+            V,
+            ADT,
+            DT,
+            Trap,
+            Q_bias,
+            K_bias,
+            Angles,
+            D,
+            Z,
+            Initial_States=Input_States,
+            chunk_size=chunk_size,
+            dtype=V.dtype,
+        )
         return (out, *states) if return_final_states else out
 
     return mamba3_siso_combined
@@ -138,12 +163,26 @@ def _mimo_kernel(references):
         decay = F.pad(ADT, (0, -length % chunk_size)).unflatten(-1, (-1, chunk_size)).cumsum(-1)
         decay_rev = decay[..., -1:] - decay
         out, _, _ = references.mamba3_MIMO_chunk_ref(
-            Q, K, V, Q_bias, K_bias, MIMO_V, MIMO_Out, Z, MIMO_Z if Z is not None else None,
+            Q,
+            K,
+            V,
+            Q_bias,
+            K_bias,
+            MIMO_V,
+            MIMO_Out,
+            Z,
+            MIMO_Z if Z is not None else None,
             references.apply_angle_dt_reference(Angles, DT.transpose(1, 2)),
-            decay.flatten(-2)[..., :length], decay_rev.flatten(-2)[..., :length], DT, Trap, D,
-            chunk_size=chunk_size, rotary_dim_divisor=rotary_dim_divisor, dtype=dtype,
+            decay.flatten(-2)[..., :length],
+            decay_rev.flatten(-2)[..., :length],
+            DT,
+            Trap,
+            D,
+            chunk_size=chunk_size,
+            rotary_dim_divisor=rotary_dim_divisor,
+            dtype=dtype,
             contract_mimo_out=MIMO_Out is not None,
-        )  # fmt: skip
+        )
         return out
 
     return mamba3_mimo
@@ -179,6 +218,10 @@ def mamba3_on_cpu():
 
         mixer_seq_simple.create_block = create_block_with_mamba3
         yield SimpleNamespace(
-            Mamba3=release.Mamba3, Mamba3Main=main.Mamba3, siso=siso, mimo=mimo,
-            MambaConfig=mamba_ssm.MambaConfig, MambaLMHeadModel=mamba_ssm.MambaLMHeadModel,
-        )  # fmt: skip
+            Mamba3=release.Mamba3,
+            Mamba3Main=main.Mamba3,
+            siso=siso,
+            mimo=mimo,
+            MambaConfig=mamba_ssm.MambaConfig,
+            MambaLMHeadModel=mamba_ssm.MambaLMHeadModel,
+        )

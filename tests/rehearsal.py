@@ -29,13 +29,24 @@ def _questions(rng: random.Random, count: int, choices: int) -> list[dict]:
     """Generated questions whose right answer continues the sentence, as HellaSwag, ARC and
     WinoGrande ask (their shape, not their content)."""
     subjects = ["The king", "A sailor", "The old woman", "My brother", "The soldier", "A merchant"]
-    endings = ["went home to sleep.", "sold the horse at the market.", "sang a song of the sea.",
-               "lit a candle in the dark.", "wrote to the queen.", "crossed the river at dawn."]  # fmt: skip
+    endings = [
+        "went home to sleep.",
+        "sold the horse at the market.",
+        "sang a song of the sea.",
+        "lit a candle in the dark.",
+        "wrote to the queen.",
+        "crossed the river at dawn.",
+    ]
     docs = []
     for _ in range(count):
         options = rng.sample(endings, choices)
-        docs.append({"question": rng.choice(subjects), **{f"c{i}": o for i, o in enumerate(options)},
-                     "label": rng.randrange(choices)})  # fmt: skip
+        docs.append(
+            {
+                "question": rng.choice(subjects),
+                **{f"c{i}": o for i, o in enumerate(options)},
+                "label": rng.randrange(choices),
+            }
+        )
     return docs
 
 
@@ -47,8 +58,12 @@ def _tasks(folder: Path) -> None:
         text = (REPO / "config/tasks" / f"{name}.yaml").read_text()
         (folder / f"{name}.yaml").write_text(text.replace("../shared/data/", f"{SHARED_DATA}/"))
     rng = random.Random(0)
-    for name, choices in (("hellaswag_local", 4), ("arc_easy_local", 4), ("arc_challenge_local", 4),
-                          ("winogrande_local", 2)):  # fmt: skip
+    for name, choices in (
+        ("hellaswag_local", 4),
+        ("arc_easy_local", 4),
+        ("arc_challenge_local", 4),
+        ("winogrande_local", 2),
+    ):
         options = ", ".join(f"c{i}" for i in range(choices))
         write_multiple_choice_task(
             folder, name, _questions(rng, 40, choices), "{{question}}", f"{{{{[{options}]}}}}"

@@ -16,8 +16,22 @@ from seqarena.models import build_model, from_pretrained
 def test_kernels_csv(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "bench" / "kernels.csv"
-    main(["bench", "kernels", "--lengths", "256,64,128", "--dim", "64", "--repeats", "2", "--out", str(out),
-          "--tracking-uri", uri])  # fmt: skip
+    main(
+        [
+            "bench",
+            "kernels",
+            "--lengths",
+            "256,64,128",
+            "--dim",
+            "64",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+        ]
+    )
     with open(out) as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == KERNEL_COLUMNS
@@ -41,8 +55,26 @@ def test_generation_json_from_a_checkpoint_lands_in_its_run(arch, tmp_path):
     ckpt = tmp_path / "train" / f"{arch}-tiny"
     build_model(f"{arch}-tiny", vocab_size=64).save_pretrained(ckpt)
     out = tmp_path / "generation.json"
-    main(["bench", "generation", "--model", str(ckpt), "--prompt-len", "16", "--new-tokens", "8",
-          "--batch-sizes", "1,2,4", "--repeats", "2", "--out", str(out), "--tracking-uri", uri])  # fmt: skip
+    main(
+        [
+            "bench",
+            "generation",
+            "--model",
+            str(ckpt),
+            "--prompt-len",
+            "16",
+            "--new-tokens",
+            "8",
+            "--batch-sizes",
+            "1,2,4",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["prompt_len"] == 16 and result["new_tokens"] == 8 and result["device"] == "cpu"
     assert result["cache_bytes_per_sequence"] == cache_bytes(from_pretrained(ckpt).allocate_cache(1, 24))

@@ -213,8 +213,9 @@ def test_a_scan_from_the_state_of_the_first_half_continues_the_whole(bc, backend
     """The oracle is the torch reference over the whole sequence: split at 70 (past two 32-step chunks
     of the cpp kernel), the second half started from the first's last state gives its outputs."""
     x = inputs(2, 6, 130, 16, torch.float64, bc)
-    whole, whole_last = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, return_last_state=True,
-                                       backend="torch")  # fmt: skip
+    whole, whole_last = selective_scan(
+        *(x[k] for k in NAMES), delta_softplus=True, return_last_state=True, backend="torch"
+    )
     time = {k for k in ("u", "delta", "z")} | ({"B", "C"} if bc == "variable" else set())
     first = {k: x[k][..., :70] if k in time else x[k] for k in NAMES}
     second = {k: x[k][..., 70:] if k in time else x[k] for k in NAMES}

@@ -105,11 +105,17 @@ def test_mamba2_decoding_with_a_dt_limit_runs_mamba_ssms_step_kernel(emulated_cu
     batch, nheads, headdim, d_state = 2, 4, 8, 16
     state = torch.randn(batch, nheads, headdim, d_state)
     inputs = dict(
-        x=torch.randn(batch, nheads, headdim), dt=torch.randn(batch, nheads),
-        A=-torch.rand(nheads) - 0.5, B=torch.randn(batch, 1, d_state), C=torch.randn(batch, 1, d_state),
-        D=torch.randn(nheads), z=torch.randn(batch, nheads, headdim), dt_bias=torch.randn(nheads) * 0.1,
-        dt_softplus=True, dt_limit=(0.05, 0.5),
-    )  # fmt: skip
+        x=torch.randn(batch, nheads, headdim),
+        dt=torch.randn(batch, nheads),
+        A=-torch.rand(nheads) - 0.5,
+        B=torch.randn(batch, 1, d_state),
+        C=torch.randn(batch, 1, d_state),
+        D=torch.randn(nheads),
+        z=torch.randn(batch, nheads, headdim),
+        dt_bias=torch.randn(nheads) * 0.1,
+        dt_softplus=True,
+        dt_limit=(0.05, 0.5),
+    )
     want_state = state.clone()
     want = ssd_state_update(want_state, **inputs, backend="torch")
     got = ssd_state_update(state, **inputs, backend="cuda")
@@ -121,12 +127,18 @@ def mamba3_inputs(length, heads=4, d_state=32, headdim=32, angles=8):
     torch.manual_seed(2)
     dt = torch.nn.functional.softplus(torch.randn(2, heads, length) - 1)
     return dict(
-        q=torch.randn(2, length, 1, 1, d_state), k=torch.randn(2, length, 1, 1, d_state),
-        x=torch.randn(2, length, heads, headdim), adt=-torch.rand(2, heads, length) * dt, dt=dt,
-        trap=torch.randn(2, heads, length), q_bias=torch.randn(heads, 1, d_state),
-        k_bias=torch.randn(heads, 1, d_state), angles=torch.randn(2, length, heads, angles),
-        D=torch.randn(heads), z=torch.randn(2, length, heads, headdim),
-    )  # fmt: skip
+        q=torch.randn(2, length, 1, 1, d_state),
+        k=torch.randn(2, length, 1, 1, d_state),
+        x=torch.randn(2, length, heads, headdim),
+        adt=-torch.rand(2, heads, length) * dt,
+        dt=dt,
+        trap=torch.randn(2, heads, length),
+        q_bias=torch.randn(heads, 1, d_state),
+        k_bias=torch.randn(heads, 1, d_state),
+        angles=torch.randn(2, length, heads, angles),
+        D=torch.randn(heads),
+        z=torch.randn(2, length, heads, headdim),
+    )
 
 
 def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel(emulated_cuda, monkeypatch):
@@ -211,8 +223,15 @@ def test_a_call_a_gpu_would_refuse_is_refused(emulated_cuda):
     """The stand-ins enforce the bindings' checks: D in bfloat16 fails as TORCH_CHECK would."""
     u = torch.randn(1, 8, 5)
     with pytest.raises(BindingCheckFailed, match="D's dtype"):
-        backends.selective_scan(u, u, -torch.ones(8, 4), torch.randn(1, 4, 5), torch.randn(1, 4, 5),
-                                D=torch.ones(8, dtype=torch.bfloat16), backend="cuda")  # fmt: skip
+        backends.selective_scan(
+            u,
+            u,
+            -torch.ones(8, 4),
+            torch.randn(1, 4, 5),
+            torch.randn(1, 4, 5),
+            D=torch.ones(8, dtype=torch.bfloat16),
+            backend="cuda",
+        )
 
 
 def binding_arguments(source: str, function: str) -> list[str]:

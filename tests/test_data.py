@@ -271,8 +271,10 @@ def test_shard_without_the_text_field_or_corrupt_is_named_and_nothing_is_written
     with pytest.raises(
         ValueError, match=r"00\.jsonl\.zst has no text field 'content'; its fields: \['meta', 'text'\]"
     ):
-        download(Source(kind="local", path=str(tmp_path / "pile"), format="jsonl", text_field="content"),
-                 tmp_path / "raw")  # fmt: skip
+        download(
+            Source(kind="local", path=str(tmp_path / "pile"), format="jsonl", text_field="content"),
+            tmp_path / "raw",
+        )
     assert not list(tmp_path.glob("raw*"))
     raw = download(source, tmp_path / "raw")
     with pytest.raises(ValueError, match="tokenizer kind must be 'bpe', 'hf' or 'byte', not 'sentencepiece'"):
@@ -282,8 +284,15 @@ def test_shard_without_the_text_field_or_corrupt_is_named_and_nothing_is_written
 
 def test_line_per_row_corpus_gets_one_eos_per_document(tmp_path):
     """WikiText's rows are lines; its articles begin at a ' = Title = ' row."""
-    rows = [" = Valkyria = \n", "", " The game began . \n", " = = Plot = = \n", " It ends . \n",
-            " = Tower = \n", " A building . \n"]  # fmt: skip
+    rows = [
+        " = Valkyria = \n",
+        "",
+        " The game began . \n",
+        " = = Plot = = \n",
+        " It ends . \n",
+        " = Tower = \n",
+        " A building . \n",
+    ]
     (tmp_path / "w.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
     source = Source(kind="local", path=str(tmp_path / "w.jsonl"), format="jsonl", document_start=r"^ = [^=]")
     meta = tokenize(download(source, tmp_path / "raw"), tmp_path / "out", "byte", val_fraction=0.5)
@@ -331,8 +340,13 @@ def test_download_and_tokenize_memory_is_flat_in_the_corpus_size(shared_data, tm
     peaks = {}
     for scale in (1, 10):
         generated_pile(tmp_path / f"x{scale}" / "pile", shards=scale, docs_per_shard=3000, seed=scale)
-        script = [sys.executable, "-c", TRACE_TOKENIZE, str(tmp_path / f"x{scale}"),
-                  str(shared_data / "20B_tokenizer.json")]  # fmt: skip
+        script = [
+            sys.executable,
+            "-c",
+            TRACE_TOKENIZE,
+            str(tmp_path / f"x{scale}"),
+            str(shared_data / "20B_tokenizer.json"),
+        ]
         done = subprocess.run(script, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         peaks[scale] = int(done.stdout.split()[-1])

@@ -121,13 +121,21 @@ def test_the_gpu_envs_torch_triton_and_nvcc_satisfy_what_each_pinned_package_dec
 # puts CCCL's cub/, thrust/, cuda/ and nv/ at the top, CUDA 13 under cccl/); the runtime's
 # headers (cuda-cudart-dev) are the rest of include/.
 FOLDER_PACKAGES = {
-    "cccl": "cuda-cccl", "cub": "cuda-cccl", "thrust": "cuda-cccl", "cuda": "cuda-cccl", "nv": "cuda-cccl",
-    "crt": "cuda-nvcc", "nvtx3": "cuda-nvtx-dev",
-}  # fmt: skip
+    "cccl": "cuda-cccl",
+    "cub": "cuda-cccl",
+    "thrust": "cuda-cccl",
+    "cuda": "cuda-cccl",
+    "nv": "cuda-cccl",
+    "crt": "cuda-nvcc",
+    "nvtx3": "cuda-nvtx-dev",
+}
 FILE_PACKAGES = {
-    "cuda.h": "cuda-driver-dev", "cublas": "libcublas-dev", "cusparse": "libcusparse-dev",
-    "cusolver": "libcusolver-dev", "curand": "libcurand-dev",
-}  # fmt: skip
+    "cuda.h": "cuda-driver-dev",
+    "cublas": "libcublas-dev",
+    "cusparse": "libcusparse-dev",
+    "cusolver": "libcusolver-dev",
+    "curand": "libcurand-dev",
+}
 
 
 def conda_package_of(header: str) -> str:
@@ -164,8 +172,21 @@ def test_each_envs_pip_section_resolves_in_a_plain_venv(name, tmp_path):
     venv = tmp_path / "plain"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     report = tmp_path / "report.json"
-    resolve = [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "--dry-run",
-               "--ignore-installed", "--quiet", "--report", str(report), "-r", requirements.name]  # fmt: skip
+    resolve = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(venv / "bin/python"),
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--report",
+        str(report),
+        "-r",
+        requirements.name,
+    ]
     done = subprocess.run(resolve, cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     chosen = {
@@ -261,7 +282,15 @@ def test_the_gpu_post_deploy_script_installs_seqarena_then_refuses_a_cpu_torch_b
 
 @pytest.mark.skipif(shutil.which("conda") is None, reason="no conda here: the envs cannot be created")
 def test_snakemake_plans_the_conda_envs_it_would_create(tmp_path):
-    plan = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--use-conda",
-            "--conda-create-envs-only", "-n"]  # fmt: skip
+    plan = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--use-conda",
+        "--conda-create-envs-only",
+        "-n",
+    ]
     done = subprocess.run(plan, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

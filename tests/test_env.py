@@ -121,9 +121,20 @@ def test_device_cuda_refuses_to_run_without_cuda_naming_the_config_key(tmp_path,
     monkeypatch.setenv("SEQARENA_DEVICE", "cuda")
     out = tmp_path / "env" / "kernels.json"
     done = subprocess.run(
-        [sys.executable, "-m", "seqarena.cli", "env", "--out", str(out), "--tracking-uri",
-         f"sqlite:///{tmp_path / 'mlflow.db'}"], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "seqarena.cli",
+            "env",
+            "--out",
+            str(out),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (
         done.returncode != 0 and "config device: cuda" in done.stderr and "sees no CUDA device" in done.stderr
     )

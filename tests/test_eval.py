@@ -149,8 +149,9 @@ def test_missing_tokenizer_is_named(tmp_path):
         SeqarenaLM(str(tmp_path))
 
 
-def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, task_dir, tmp_path, monkeypatch,
-                                                                  capsys):  # fmt: skip
+def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(
+    checkpoint, task_dir, tmp_path, monkeypatch, capsys
+):
     import sys
 
     from mlflow.tracking import MlflowClient
@@ -159,8 +160,21 @@ def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, ta
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "eval" / "mamba-tiny.json"
-    main(["eval", "--model", str(checkpoint), "--tasks", "toy_piqa", "--include-path", str(task_dir),
-          "--out", str(out), "--tracking-uri", uri])  # fmt: skip
+    main(
+        [
+            "eval",
+            "--model",
+            str(checkpoint),
+            "--tasks",
+            "toy_piqa",
+            "--include-path",
+            str(task_dir),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+        ]
+    )
     acc = json.loads(out.read_text())["results"]["toy_piqa"]["acc"]["value"]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("seqarena")
@@ -171,8 +185,21 @@ def test_cli_eval_logs_into_the_model_run_and_lm_eval_passthrough(checkpoint, ta
     assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == ["eval/mamba-tiny.json"]
 
     monkeypatch.setattr(sys, "argv", sys.argv[:])  # lm-eval's CLI reads them; restored after
-    main(["lm-eval", "--model", "seqarena", "--model_args", f"pretrained={checkpoint}", "--tasks", "toy_piqa",
-          "--include_path", str(task_dir), "--output_path", str(tmp_path / "lm_eval_out")])  # fmt: skip
+    main(
+        [
+            "lm-eval",
+            "--model",
+            "seqarena",
+            "--model_args",
+            f"pretrained={checkpoint}",
+            "--tasks",
+            "toy_piqa",
+            "--include_path",
+            str(task_dir),
+            "--output_path",
+            str(tmp_path / "lm_eval_out"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "toy_piqa" in printed and f"{acc:.4f}" in printed
 
@@ -185,8 +212,14 @@ def test_other_hf_causal_lms_go_through_lm_evals_hf_model(shared_data, task_dir,
         tokenizer_file=str(shared_data / "20B_tokenizer.json"), eos_token="<|endoftext|>"
     )
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=50304, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=256)  # fmt: skip
+    config = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     model = GPTNeoXForCausalLM(config).eval()
     folder = tmp_path / "pythia-tiny"
     model.save_pretrained(folder)
@@ -303,8 +336,13 @@ def test_the_shipped_tasks_score_as_lm_evals_definitions_over_the_shared_files(
         text = (REPO / "config/tasks" / f"{name}.yaml").read_text()
         (local / f"{name}.yaml").write_text(text.replace("../shared/data/", f"{shared_data}/"))
     shipped = evaluate(checkpoint, ["lambada_openai_embedded", "piqa_embedded"], tmp_path / "a.json", limit=6)
-    given = evaluate(checkpoint, ["lambada_openai_local", "piqa_local"], tmp_path / "b.json", limit=6,
-                     include_path=str(local))  # fmt: skip
+    given = evaluate(
+        checkpoint,
+        ["lambada_openai_local", "piqa_local"],
+        tmp_path / "b.json",
+        limit=6,
+        include_path=str(local),
+    )
     for task in ("lambada_openai", "piqa"):
         ours, theirs = shipped["results"][f"{task}_embedded"], given["results"][f"{task}_local"]
         assert sorted(ours) == sorted(theirs) and len(ours) == 2

@@ -18,8 +18,10 @@ def test_make_gpu_check_on_a_cpu_skips_the_gpu_parts_saying_why_and_measures_the
         pytest.skip(f"`make gpu-check` runs in the venv that `make install` builds ({REPO / '.venv'})")
     done = subprocess.run(
         ["make", "-C", str(REPO), "gpu-check", f"GPU_CHECK_OUT={tmp_path}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     rows = {r["check"]: r for r in json.loads((tmp_path / "gpu-check.json").read_text())}
     table = (tmp_path / "gpu-check.md").read_text()

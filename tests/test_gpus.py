@@ -14,8 +14,19 @@ def start(count: int, record, hold: float, **env):
     environment = {**os.environ, "SEQARENA_GPU_IDS": "0,1,2,3", **env}
     if "CUDA_VISIBLE_DEVICES" not in env:
         environment.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [sys.executable, "-m", "seqarena.cli", "gpus", "--count", str(count), "--",
-               "sh", "-c", JOB.format(hold=hold), str(record)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "seqarena.cli",
+        "gpus",
+        "--count",
+        str(count),
+        "--",
+        "sh",
+        "-c",
+        JOB.format(hold=hold),
+        str(record),
+    ]
     return subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
 
 
@@ -35,8 +46,9 @@ def test_jobs_side_by_side_get_gpus_of_their_own_and_wait_for_free_ones(tmp_path
     for job in (a, b, c):
         _, err = job.communicate(timeout=120)
         assert job.returncode == 0, err
-    (gpus_a, _, end_a), (gpus_b, _, end_b), (gpus_c, start_c, _) = map(read, (tmp_path / "a", tmp_path / "b",
-                                                                           tmp_path / "c"))  # fmt: skip
+    (gpus_a, _, end_a), (gpus_b, _, end_b), (gpus_c, start_c, _) = map(
+        read, (tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    )
     assert gpus_a | gpus_b == {"0", "1", "2", "3"} and not gpus_a & gpus_b
     assert len(gpus_c) == 3 and start_c >= min(end_a, end_b)
 

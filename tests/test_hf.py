@@ -18,8 +18,11 @@ from seqarena.models import build_model, from_pretrained
 
 REPO_TASKS = Path(__file__).resolve().parents[1] / "config/tasks"
 VOCAB = 257  # the byte tokenizer's: not a multiple of 8, so our embedding has padding rows
-EXPORTS = {"transformer-tiny": "LlamaForCausalLM", "mamba-tiny": "MambaForCausalLM",
-           "mamba2-tiny": "Mamba2ForCausalLM"}  # fmt: skip
+EXPORTS = {
+    "transformer-tiny": "LlamaForCausalLM",
+    "mamba-tiny": "MambaForCausalLM",
+    "mamba2-tiny": "Mamba2ForCausalLM",
+}
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -122,16 +125,30 @@ def test_a_checkpoint_without_its_tokenizer_is_refused_naming_the_file(tmp_path)
 
 HF_MADE = {
     # the shape of state-spaces/mamba-130m-hf (vocab padded to 50280 by its authors), scaled down
-    "mamba": lambda: transformers.MambaConfig(vocab_size=1000, hidden_size=48, num_hidden_layers=2,
-                                              state_size=8, time_step_rank=5),
-    "mamba2": lambda: transformers.Mamba2Config(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
-                                                num_heads=8, head_dim=16, n_groups=2, state_size=16,
-                                                chunk_size=16, tie_word_embeddings=False),
+    "mamba": lambda: transformers.MambaConfig(
+        vocab_size=1000, hidden_size=48, num_hidden_layers=2, state_size=8, time_step_rank=5
+    ),
+    "mamba2": lambda: transformers.Mamba2Config(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_heads=8,
+        head_dim=16,
+        n_groups=2,
+        state_size=16,
+        chunk_size=16,
+        tie_word_embeddings=False,
+    ),
     # a LLaMA as transformers makes it: untied head, eps 1e-6, another rope base
-    "llama": lambda: transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=160,
-                                              num_hidden_layers=2, num_attention_heads=4,
-                                              rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
-}  # fmt: skip
+    "llama": lambda: transformers.LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+    ),
+}
 
 
 @pytest.mark.parametrize("kind", HF_MADE)
@@ -150,9 +167,13 @@ def test_from_pretrained_reads_a_folder_that_transformers_wrote(kind, tmp_path):
 
 def test_a_transformers_layout_seqarena_cannot_build_is_named_with_its_file(tmp_path):
     config = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
         num_key_value_heads=2,
-    )  # fmt: skip
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"config.json: num_key_value_heads=2; .* needs 4"):
         from_pretrained(tmp_path)

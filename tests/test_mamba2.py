@@ -18,8 +18,16 @@ FAMILIES = {
     "mamba2": dict(ssm_cfg=dict(layer="Mamba2", headdim=16, d_state=16, chunk_size=8)),
     "mamba2-grouped": dict(
         ssm_cfg=dict(
-            layer="Mamba2", headdim=8, d_state=8, ngroups=2, d_ssm=96, D_has_hdim=True,
-            norm_before_gate=True, chunk_size=16, bias=True, conv_bias=False,
+            layer="Mamba2",
+            headdim=8,
+            d_state=8,
+            ngroups=2,
+            d_ssm=96,
+            D_has_hdim=True,
+            norm_before_gate=True,
+            chunk_size=16,
+            bias=True,
+            conv_bias=False,
         ),
         d_intermediate=96,
     ),
@@ -35,7 +43,7 @@ FAMILIES = {
     "hybrid-mamba1": dict(
         attn_layer_idx=[0, 2], attn_cfg=dict(num_heads=2, head_dim=24, causal=True, qkv_proj_bias=False)
     ),
-}  # fmt: skip
+}
 
 
 def family_config(name: str, **overrides) -> MambaConfig:
@@ -65,10 +73,15 @@ def test_ssd_equals_the_recurrence_forward_and_every_gradient(length, chunk):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
 
     inputs = dict(
-        x=rand(2, length, 4, 3), dt=rand(2, length, 4, scale=0.5),
+        x=rand(2, length, 4, 3),
+        dt=rand(2, length, 4, scale=0.5),
         A=(-torch.rand(4, generator=gen, dtype=torch.float64) - 0.5).requires_grad_(),
-        B=rand(2, length, 2, 5), C=rand(2, length, 2, 5), D=rand(4), z=rand(2, length, 4, 3), dt_bias=rand(4),
-    )  # fmt: skip
+        B=rand(2, length, 2, 5),
+        C=rand(2, length, 2, 5),
+        D=rand(4),
+        z=rand(2, length, 4, 3),
+        dt_bias=rand(4),
+    )
     y, state = ssd_chunk_scan_torch(**inputs, chunk_size=chunk, dt_softplus=True, return_final_state=True)
     want_y, want_state = sequential_ssd(**inputs)
     torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-10)
@@ -143,9 +156,14 @@ def test_initialisation_matches_mamba_ssm():
     """Per parameter (pooled over layers), ours and mamba_ssm's draws (different random streams)
     agree in spread, middle and both ends."""
     config = dict(
-        d_model=256, n_layer=4, vocab_size=1000, d_intermediate=512, ssm_cfg=dict(layer="Mamba2", headdim=8),
-        attn_layer_idx=[2], attn_cfg=dict(num_heads=4, causal=True),
-    )  # fmt: skip
+        d_model=256,
+        n_layer=4,
+        vocab_size=1000,
+        d_intermediate=512,
+        ssm_cfg=dict(layer="Mamba2", headdim=8),
+        attn_layer_idx=[2],
+        attn_cfg=dict(num_heads=4, causal=True),
+    )
     torch.manual_seed(0)
     ours = Mamba(MambaConfig(**config)).state_dict()
     with mamba_ssm_on_cpu() as mamba_ssm:

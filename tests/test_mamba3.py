@@ -30,10 +30,15 @@ def recurrence(inputs: dict, initial=None):
     mimo_z = ones if inputs.get("mimo_z") is None else inputs["mimo_z"].double()
     pairwise = inputs.get("rotate_pairwise", True)
     theta, S, k_prev, x_prev = (
-        (torch.zeros(batch, heads, angles.shape[-1]), torch.zeros(batch, heads, p, n),
-         torch.zeros(batch, rank, heads, n), torch.zeros(batch, heads, p))
-        if initial is None else initial
-    )  # fmt: skip
+        (
+            torch.zeros(batch, heads, angles.shape[-1]),
+            torch.zeros(batch, heads, p, n),
+            torch.zeros(batch, rank, heads, n),
+            torch.zeros(batch, heads, p),
+        )
+        if initial is None
+        else initial
+    )
     theta, S, k_prev, x_prev = (t.double().clone() for t in (theta, S, k_prev, x_prev))
     out = torch.zeros(batch, length, rank, heads, p, dtype=torch.float64)
     for bi in range(batch):
@@ -74,14 +79,21 @@ def random_inputs(batch=2, length=13, rank=1, groups=2, heads=4, n=8, p=4, angle
     torch.manual_seed(0)
     dt = F.softplus(torch.randn(batch, heads, length) - 1)
     inputs = dict(
-        q=torch.randn(batch, length, rank, groups, n), k=torch.randn(batch, length, rank, groups, n),
-        x=torch.randn(batch, length, heads, p), adt=-torch.rand(batch, heads, length) * dt, dt=dt,
-        trap=torch.randn(batch, heads, length), q_bias=torch.randn(heads, rank, n),
-        k_bias=torch.randn(heads, rank, n), angles=torch.randn(batch, length, heads, angles) * 3,
-        D=torch.randn(heads), z=torch.randn(batch, length, heads, p) if gated else None,
+        q=torch.randn(batch, length, rank, groups, n),
+        k=torch.randn(batch, length, rank, groups, n),
+        x=torch.randn(batch, length, heads, p),
+        adt=-torch.rand(batch, heads, length) * dt,
+        dt=dt,
+        trap=torch.randn(batch, heads, length),
+        q_bias=torch.randn(heads, rank, n),
+        k_bias=torch.randn(heads, rank, n),
+        angles=torch.randn(batch, length, heads, angles) * 3,
+        D=torch.randn(heads),
+        z=torch.randn(batch, length, heads, p) if gated else None,
         mimo_x=torch.randn(heads, rank, p) if mimo else None,
-        mimo_z=torch.randn(heads, rank, p) if mimo else None, rotate_pairwise=not mimo,
-    )  # fmt: skip
+        mimo_z=torch.randn(heads, rank, p) if mimo else None,
+        rotate_pairwise=not mimo,
+    )
     return {key: value.double() if torch.is_tensor(value) else value for key, value in inputs.items()}
 
 
@@ -90,8 +102,12 @@ def random_states(inputs):
     heads, p = inputs["x"].shape[2:]
     angles = inputs["angles"].shape[-1]
     angle = torch.rand(batch, heads, angles, dtype=torch.float64) * 6
-    return (angle, torch.randn(batch, heads, p, n).double(), torch.randn(batch, rank, heads, n).double(),
-            torch.randn(batch, heads, p).double())  # fmt: skip
+    return (
+        angle,
+        torch.randn(batch, heads, p, n).double(),
+        torch.randn(batch, rank, heads, n).double(),
+        torch.randn(batch, heads, p).double(),
+    )
 
 
 CASES = {
@@ -120,8 +136,10 @@ def test_chunked_form_and_step_equal_the_recurrence(case, chunk):
             held = [torch.zeros_like(t) for t in held]
         steps = []
         for t in range(inputs["x"].shape[1]):
-            step = {key: value[:, t] if key in ("q", "k", "x", "z", "angles") and value is not None else value
-                    for key, value in inputs.items()}  # fmt: skip
+            step = {
+                key: value[:, t] if key in ("q", "k", "x", "z", "angles") and value is not None else value
+                for key, value in inputs.items()
+            }
             for key in ("adt", "dt", "trap"):
                 step[key] = inputs[key][..., t]
             steps.append(mamba3_state_update_torch(held, **step))
@@ -158,8 +176,9 @@ def test_against_mamba_ssms_own_references():
         ]
         biases = [siso["q_bias"][:, 0], siso["k_bias"][:, 0], siso["angles"], siso["D"], siso["z"]]
         states = (initial[0], initial[1], initial[2][:, 0], initial[3])
-        chunk_ref, _ = ref.siso.mamba3_siso_fwd_ref(*args, *biases, Initial_States=states, chunk_size=16,
-                                                   dtype=torch.float64)  # fmt: skip
+        chunk_ref, _ = ref.siso.mamba3_siso_fwd_ref(
+            *args, *biases, Initial_States=states, chunk_size=16, dtype=torch.float64
+        )
         step_ref, _ = ref.siso.mamba3_siso_step_ref(*args, *biases, Input_States=states)
         mimo_args = [mimo[k] for k in ("q", "k", "x", "adt", "dt", "trap", "q_bias", "k_bias", "angles")]
         mimo_o = torch.randn(4, 3, 4, dtype=torch.float64)
@@ -170,11 +189,25 @@ def test_against_mamba_ssms_own_references():
         chunks = mimo["adt"].unflatten(-1, (-1, 8)).cumsum(-1)
         angles = ref.mimo.apply_angle_dt_reference(mimo["angles"], mimo["dt"].transpose(1, 2))
         aligned_ref, _, _ = kernel_ref(
-            mimo["q"], mimo["k"], mimo["x"], mimo["q_bias"], mimo["k_bias"], mimo["mimo_x"], mimo_o,
-            mimo["z"], mimo["mimo_z"], angles,
-            chunks.flatten(-2), (chunks[..., -1:] - chunks).flatten(-2), mimo["dt"], mimo["trap"], mimo["D"],
-            chunk_size=8, rotary_dim_divisor=4, dtype=torch.float64,
-        )  # fmt: skip
+            mimo["q"],
+            mimo["k"],
+            mimo["x"],
+            mimo["q_bias"],
+            mimo["k_bias"],
+            mimo["mimo_x"],
+            mimo_o,
+            mimo["z"],
+            mimo["mimo_z"],
+            angles,
+            chunks.flatten(-2),
+            (chunks[..., -1:] - chunks).flatten(-2),
+            mimo["dt"],
+            mimo["trap"],
+            mimo["D"],
+            chunk_size=8,
+            rotary_dim_divisor=4,
+            dtype=torch.float64,
+        )
     ours = mamba3_chunk_scan_torch(**siso, chunk_size=16, initial_states=initial)[:, :, 0]
     torch.testing.assert_close(ours, chunk_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours, step_ref, rtol=1e-5, atol=1e-5)  # its step keeps the state in float32

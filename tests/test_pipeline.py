@@ -35,8 +35,12 @@ def snakemake(*args, cwd, timeout=900):
     """The real snakemake, with this environment's `seqarena` on PATH."""
     return subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV,
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -72,10 +76,21 @@ def test_every_stage_writes_its_contract(pipeline):
     cwd, _, output = pipeline
     results = cwd / "results"
     assert job_counts(output) == {
-        "all": 1, "kernels": 1, "prefetch": 1, "download": 1, "tokenize": 1, "train": 3, "bench_kernels": 1,
-        "bench_generation": 3, "bench_training": 3, "evaluate": 3, "synthetic_task": 3, "scaling": 1,
-        "report": 1, "export_hf": 2,  # transformers has no Mamba-3 class
-    }  # fmt: skip
+        "all": 1,
+        "kernels": 1,
+        "prefetch": 1,
+        "download": 1,
+        "tokenize": 1,
+        "train": 3,
+        "bench_kernels": 1,
+        "bench_generation": 3,
+        "bench_training": 3,
+        "evaluate": 3,
+        "synthetic_task": 3,
+        "scaling": 1,
+        "report": 1,
+        "export_hf": 2,  # transformers has no Mamba-3 class
+    }
     # the last lines say where the report is and how to browse the runs (a command to copy: quoted)
     report_line = (
         f"The report: {results}/reports/report.html. The runs, in MLflow's UI: seqarena ui --results"
@@ -131,8 +146,12 @@ def test_every_stage_writes_its_contract(pipeline):
         r"scan backend cpp</td>\s*<td [^>]*>passed, max relative error \d\.\de-\d\d on cpu", html
     )
     assert sorted(p.name for p in (results / "reports/figures").glob("*.png")) == [
-        "generation.png", "kernels.png", "loss_curves.png", "scaling.png", "synthetic.png",
-    ]  # fmt: skip
+        "generation.png",
+        "kernels.png",
+        "loss_curves.png",
+        "scaling.png",
+        "synthetic.png",
+    ]
     for task in ("selective_copying", "induction_heads", "mqar"):
         result = json.loads((results / f"synthetic/{task}/mamba-d16/seed0.json").read_text())
         assert result["steps"] == 4 and 0.0 <= result["final_accuracy"] <= 1.0
@@ -163,8 +182,12 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
     port = free_port()
     server = subprocess.Popen(
         [str(BIN / "seqarena"), "ui", "--results", str(cwd / "results"), "--port", str(port)],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True,
-    )  # fmt: skip
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
         wait_until_serving(f"http://127.0.0.1:{port}/health", server, 90, "mlflow ui")
@@ -190,8 +213,10 @@ def test_mlflow_ui_shows_one_run_per_model_with_params_history_and_eval(pipeline
         for model in MODELS:
             (run,) = by_model[model]
             artifacts = f"{api}/artifacts/list?run_id={run['info']['run_id']}&path="
-            listed = {folder: [f["path"] for f in _get(artifacts + folder).get("files", [])]
-                      for folder in ("bench/generation", "bench/training", "eval")}  # fmt: skip
+            listed = {
+                folder: [f["path"] for f in _get(artifacts + folder).get("files", [])]
+                for folder in ("bench/generation", "bench/training", "eval")
+            }
             assert listed == {folder: [f"{folder}/{model}.json"] for folder in listed}  # one folder a stage
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
             assert params["train.model"] == model and params["train.steps"] == "4"
@@ -305,17 +330,33 @@ def test_a_quick_run_with_config_overrides_is_refused_the_default_results_and_ru
 def test_a_config_that_needs_an_unreachable_hub_fails_before_any_job_naming_the_keys(tmp_path):
     config = write_pipeline_config(
         tmp_path,
-        data={"wiki": {"source": {"kind": "hf", "path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1"},
-                       "tokenizer": {"kind": "bpe", "vocab_size": 512}}},
+        data={
+            "wiki": {
+                "source": {"kind": "hf", "path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1"},
+                "tokenizer": {"kind": "bpe", "vocab_size": 512},
+            }
+        },
         train={"dataset": "wiki", "steps": 4},
-    )  # fmt: skip
+    )
     env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there: an unreachable hub
     start = time.monotonic()
     done = subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config),
-         "--cores", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(config),
+            "--cores",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0 and time.monotonic() - start < 120
     assert "needs the Hugging Face hub, which does not answer" in output
@@ -327,9 +368,10 @@ def test_a_config_that_needs_an_unreachable_hub_fails_before_any_job_naming_the_
 def test_a_failed_jobs_log_is_printed_on_the_terminal(tmp_path):
     missing = tmp_path / "no-such-corpus.txt"
     config = write_pipeline_config(
-        tmp_path, data={"mine": {"source": {"kind": "local", "path": str(missing)},
-                                 "tokenizer": {"kind": "byte"}}}, train={"dataset": "mine"},
-    )  # fmt: skip
+        tmp_path,
+        data={"mine": {"source": {"kind": "local", "path": str(missing)}, "tokenizer": {"kind": "byte"}}},
+        train={"dataset": "mine"},
+    )
     done = snakemake("--configfile", str(config), "--cores", "1", "data", cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode != 0
@@ -371,8 +413,16 @@ def test_make_pipeline_draws_its_live_view_on_a_terminal_and_plain_lines_into_a_
 
 def test_nested_config_overrides_from_the_command_line_are_typed_by_the_schema(tmp_path):
     config = write_pipeline_config(tmp_path)
-    done = snakemake("--configfile", str(config), "--config", 'train={"steps": 5, "lr": "1e-3"}',
-                     "-n", "-p", "train_all", cwd=tmp_path)  # fmt: skip
+    done = snakemake(
+        "--configfile",
+        str(config),
+        "--config",
+        'train={"steps": 5, "lr": "1e-3"}',
+        "-n",
+        "-p",
+        "train_all",
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "--steps 5 " in output and "--lr 0.001 " in output and "--seq-len 64 " in output  # merged, typed
@@ -398,8 +448,15 @@ def test_jobs_take_one_thread_each_and_the_benchmarks_the_machine_unless_the_con
     (tmp_path / "threads.yaml").write_text(
         "resources: {train: {mini: {threads: 3}}, eval: {default: {threads: 2}}}\n"
     )
-    done = snakemake("-n", "--cores", "4", "--configfile", str(REPO / "config/config.yaml"),
-                     str(tmp_path / "threads.yaml"), cwd=tmp_path)  # fmt: skip
+    done = snakemake(
+        "-n",
+        "--cores",
+        "4",
+        "--configfile",
+        str(REPO / "config/config.yaml"),
+        str(tmp_path / "threads.yaml"),
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     threads = job_threads(output)
@@ -412,8 +469,16 @@ def test_jobs_take_one_thread_each_and_the_benchmarks_the_machine_unless_the_con
 
 def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path):
     config = write_pipeline_config(tmp_path)
-    done = snakemake("--configfile", str(config), "--config", 'train={"seeds": [0, 1, 2]}', "-n", "-p",
-                     "train_all", cwd=tmp_path)  # fmt: skip
+    done = snakemake(
+        "--configfile",
+        str(config),
+        "--config",
+        'train={"seeds": [0, 1, 2]}',
+        "-n",
+        "-p",
+        "train_all",
+        cwd=tmp_path,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     counts = job_counts(output)
@@ -428,8 +493,9 @@ def test_train_seeds_repeat_every_models_training_as_runs_of_their_own(tmp_path)
 def test_the_synthetic_cpu_config_plans_three_seeds_of_each_papers_row(tmp_path):
     plan = subprocess.run(["make", "-n", "synthetic-cpu"], cwd=REPO, capture_output=True, text=True)
     assert "seqarena report --results" in plan.stdout
-    done = snakemake("synthetic", "-n", "-p", "--configfile", str(REPO / "config/synthetic-cpu.yaml"),
-                     cwd=tmp_path)  # fmt: skip
+    done = snakemake(
+        "synthetic", "-n", "-p", "--configfile", str(REPO / "config/synthetic-cpu.yaml"), cwd=tmp_path
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert job_counts(output) == {"kernels": 1, "synthetic_task": 30, "synthetic": 1}
@@ -490,8 +556,12 @@ def test_a_synthetic_task_can_name_its_own_architectures(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     runs = sorted(re.findall(r"seqarena synthetic --task (\w+) --arch (\w+)", output))
-    assert runs == [("induction_heads", "mamba"), ("mqar", "mamba_lti"), ("mqar", "transformer_abs"),
-                    ("selective_copying", "mamba")]  # fmt: skip
+    assert runs == [
+        ("induction_heads", "mamba"),
+        ("mqar", "mamba_lti"),
+        ("mqar", "transformer_abs"),
+        ("selective_copying", "mamba"),
+    ]
     assert "--archs" not in output
 
 
@@ -515,15 +585,27 @@ def test_a_synthetic_task_sets_options_for_one_architecture_over_its_own(tmp_pat
 
 def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tmp_path):
     config = write_pipeline_config(
-        tmp_path, models=["mamba-tiny"],
-        train={"dataset": "shakespeare", "steps": 30, "batch_tokens": 512, "micro_batch": 4, "seq_len": 64,
-               "eval_interval": 10, "ckpt_interval": 10},
-    )  # fmt: skip
+        tmp_path,
+        models=["mamba-tiny"],
+        train={
+            "dataset": "shakespeare",
+            "steps": 30,
+            "batch_tokens": 512,
+            "micro_batch": 4,
+            "seq_len": 64,
+            "eval_interval": 10,
+            "ckpt_interval": 10,
+        },
+    )
     args = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config)]
     first = subprocess.Popen(
-        [*args, "--cores", "2", "train_all"], cwd=tmp_path, env=ENV, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [*args, "--cores", "2", "train_all"],
+        cwd=tmp_path,
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     out = tmp_path / "results/train/mamba-tiny"
     deadline = time.monotonic() + 300
     while not list((out / "ckpt").glob("step_*.pt")):
@@ -533,8 +615,14 @@ def test_snakemake_killed_during_training_resumes_and_takes_nothing_half_done(tm
     first.wait()
     assert not (out / "summary.json").exists()
 
-    refused = subprocess.run([*args, "--cores", "2", "train_all"], cwd=tmp_path, env=ENV, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+    refused = subprocess.run(
+        [*args, "--cores", "2", "train_all"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert refused.returncode != 0 and "--unlock" in refused.stderr  # the killed run's lock stays
     assert subprocess.run([*args, "--unlock"], cwd=tmp_path, env=ENV, capture_output=True).returncode == 0
     resumed = subprocess.run(  # profiles/default, the workflow profile, has rerun-incomplete
@@ -560,10 +648,16 @@ def paper_plan(tmp_path_factory, slurm_profile) -> str:
     """`snakemake -n` of config/paper.yaml through profiles/slurm: the cluster run as planned."""
     cwd = tmp_path_factory.mktemp("paper")
     done = snakemake(
-        "-n", "--workflow-profile", str(slurm_profile),
-        "--cores", "64",  # a dry run caps each job's threads at it
-        "--configfile", str(REPO / "config/paper.yaml"), cwd=cwd, timeout=300,
-    )  # fmt: skip
+        "-n",
+        "--workflow-profile",
+        str(slurm_profile),
+        "--cores",
+        "64",  # a dry run caps each job's threads at it
+        "--configfile",
+        str(REPO / "config/paper.yaml"),
+        cwd=cwd,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert not (cwd / "results").exists()
@@ -573,11 +667,22 @@ def paper_plan(tmp_path_factory, slurm_profile) -> str:
 def test_slurm_profile_plans_the_paper_dag(paper_plan):
     output = paper_plan
     assert job_counts(output) == {
-        "prefetch": 1, "download": 1, "tokenize": 1, "kernels": 1, "train": 10, "bench_kernels": 1,
+        "prefetch": 1,
+        "download": 1,
+        "tokenize": 1,
+        "kernels": 1,
+        "train": 10,
+        "bench_kernels": 1,
         "bench_generation": 10,
-        "bench_training": 10, "evaluate": 10, "evaluate_pretrained": 10, "export_hf": 10,
-        "synthetic_task": 20, "scaling": 1, "report": 1, "all": 1,  # four archs: mamba_lti, transformer_abs
-    }  # fmt: skip
+        "bench_training": 10,
+        "evaluate": 10,
+        "evaluate_pretrained": 10,
+        "export_hf": 10,
+        "synthetic_task": 20,
+        "scaling": 1,
+        "report": 1,
+        "all": 1,  # four archs: mamba_lti, transformer_abs
+    }
     # the 2.8B model trains on 8 GPUs with torchrun inside its allocation; the 130M one on one GPU
     assert "seqarena launch --nodes 1 --nproc-per-node 8 -- train --model mamba-2.8b" in output
     threads = job_threads(output)  # 8 CPUs per GPU
@@ -612,9 +717,16 @@ def test_slurm_profile_plans_the_paper_dag(paper_plan):
 def test_a_training_job_past_its_gpus_memory_is_named_before_submission(tmp_path, slurm_profile):
     """At 24 GB a GPU, the paper's 2.8B recipe (FSDP on 8, checkpointed) does not fit; its 130M does."""
     done = snakemake(
-        "-n", "--workflow-profile", str(slurm_profile), "--configfile", str(REPO / "config/paper.yaml"),
-        "--config", "gpu_memory_gb=24", cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        "-n",
+        "--workflow-profile",
+        str(slurm_profile),
+        "--configfile",
+        str(REPO / "config/paper.yaml"),
+        "--config",
+        "gpu_memory_gb=24",
+        cwd=tmp_path,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert re.search(
@@ -707,11 +819,19 @@ def assert_options_reach(job: dict, config: dict) -> None:
 
 # The config's `resources` entry of each rule's jobs.
 RESOURCE_STAGES = {
-    "kernels": "kernels", "download": "download", "tokenize": "tokenize", "train": "train",
-    "train_seed": "train", "bench_kernels": "bench", "bench_generation": "bench",
-    "bench_training": "bench", "evaluate": "eval", "evaluate_pretrained": "eval",
-    "export_hf": "export", "synthetic_task": "synthetic",
-}  # fmt: skip
+    "kernels": "kernels",
+    "download": "download",
+    "tokenize": "tokenize",
+    "train": "train",
+    "train_seed": "train",
+    "bench_kernels": "bench",
+    "bench_generation": "bench",
+    "bench_training": "bench",
+    "evaluate": "eval",
+    "evaluate_pretrained": "eval",
+    "export_hf": "export",
+    "synthetic_task": "synthetic",
+}
 
 
 def test_every_job_of_the_paper_dag_on_slurm_gets_its_partition_options_and_resources(paper_plan):
@@ -739,11 +859,16 @@ def test_every_job_of_the_paper_dag_on_slurm_gets_its_partition_options_and_reso
 def test_a_training_job_on_several_nodes_is_planned_as_one_srun_task_per_node(tmp_path, slurm_profile):
     (tmp_path / "nodes.yaml").write_text("resources: {train: {2.8b: {gpu: 8, nodes: 4}}}\n")
     done = snakemake(
-        "results/paper/train/mamba-2.8b/summary.json", "-n",
-        "--workflow-profile", str(slurm_profile),
-        "--configfile", str(REPO / "config/paper.yaml"), str(tmp_path / "nodes.yaml"),
-        cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        "results/paper/train/mamba-2.8b/summary.json",
+        "-n",
+        "--workflow-profile",
+        str(slurm_profile),
+        "--configfile",
+        str(REPO / "config/paper.yaml"),
+        str(tmp_path / "nodes.yaml"),
+        cwd=tmp_path,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     job = output.split("rule train:", 1)[1].split("Shell command:", 2)
@@ -915,27 +1040,73 @@ def test_every_job_runs_in_the_devices_conda_env_which_a_host_without_a_gpu_can_
 # the default is not zero, true where it is false, a number where it is None.
 SWEEP = {
     "train": {
-        "steps": 3, "tokens": 4096, "batch_tokens": 512, "micro_batch": 2, "seq_len": 16, "lr": 0.002,
-        "min_lr_ratio": 0, "min_lr": 1e-5, "warmup": 0, "weight_decay": 0, "beta1": 0, "beta2": 0.5,
-        "grad_clip": 0.5, "eval_interval": 1, "eval_windows": 2, "ckpt_interval": 1, "keep_checkpoints": 3,
-        "force_restart": True, "verify_data": True, "seed": 7, "compile": True, "deterministic": True,
+        "steps": 3,
+        "tokens": 4096,
+        "batch_tokens": 512,
+        "micro_batch": 2,
+        "seq_len": 16,
+        "lr": 0.002,
+        "min_lr_ratio": 0,
+        "min_lr": 1e-5,
+        "warmup": 0,
+        "weight_decay": 0,
+        "beta1": 0,
+        "beta2": 0.5,
+        "grad_clip": 0.5,
+        "eval_interval": 1,
+        "eval_windows": 2,
+        "ckpt_interval": 1,
+        "keep_checkpoints": 3,
+        "force_restart": True,
+        "verify_data": True,
+        "seed": 7,
+        "compile": True,
+        "deterministic": True,
         "activation_checkpointing": True,
-        "parallel": "fsdp", "scan_backend": "torch", "peak_tflops": 12.5,
+        "parallel": "fsdp",
+        "scan_backend": "torch",
+        "peak_tflops": 12.5,
     },
     "bench": {
-        "kernels": {"lengths": [16, 32], "batch": 2, "dim": 8, "state": 4, "backends": ["torch"],
-                    "repeats": 1},
+        "kernels": {
+            "lengths": [16, 32],
+            "batch": 2,
+            "dim": 8,
+            "state": 4,
+            "backends": ["torch"],
+            "repeats": 1,
+        },
         "generation": {"prompt_len": 4, "new_tokens": 2, "batch_sizes": [3], "repeats": 2},
         "training": {"steps": 2, "warmup_steps": 0, "seq_len": 8, "micro_batch": 1, "vocab_size": 300},
     },
     "eval": {"limit": 0.5, "batch_size": 3, "num_fewshot": 0},
-    "synthetic": {"archs": ["mamba"], "tasks": {"mqar": {
-        "d_model": [8], "length": 8, "vocab": 8, "n_pairs": 1, "n_layer": 1, "d_state": 2, "steps": 1,
-        "batch": 1, "lr": 0.01, "weight_decay": 0, "beta1": 0, "beta2": 0.5, "grad_clip": 0.5,
-        "test_lengths": [8, 16], "eval_sequences": 2, "max_attention_length": 8, "warmup": 0,
-        "min_lr_ratio": 0, "min_lr": 0.001,
-    }}},
-}  # fmt: skip
+    "synthetic": {
+        "archs": ["mamba"],
+        "tasks": {
+            "mqar": {
+                "d_model": [8],
+                "length": 8,
+                "vocab": 8,
+                "n_pairs": 1,
+                "n_layer": 1,
+                "d_state": 2,
+                "steps": 1,
+                "batch": 1,
+                "lr": 0.01,
+                "weight_decay": 0,
+                "beta1": 0,
+                "beta2": 0.5,
+                "grad_clip": 0.5,
+                "test_lengths": [8, 16],
+                "eval_sequences": 2,
+                "max_attention_length": 8,
+                "warmup": 0,
+                "min_lr_ratio": 0,
+                "min_lr": 0.001,
+            }
+        },
+    },
+}
 
 
 def test_every_configured_value_reaches_its_command_zeros_and_false_included(tmp_path):
@@ -949,7 +1120,14 @@ def test_every_configured_value_reaches_its_command_zeros_and_false_included(tmp
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     jobs = planned_jobs(output)
-    assert {"tokenize", "train", "bench_kernels", "bench_generation", "bench_training", "evaluate",
-            "synthetic_task"} <= {job["rule"] for job in jobs}  # fmt: skip
+    assert {
+        "tokenize",
+        "train",
+        "bench_kernels",
+        "bench_generation",
+        "bench_training",
+        "evaluate",
+        "synthetic_task",
+    } <= {job["rule"] for job in jobs}
     for job in jobs:
         assert_options_reach(job, config)

@@ -32,10 +32,19 @@ def make_training(results: Path, tmp: Path) -> None:
     runs += [("mamba-tiny", seed, f"mamba-tiny/seed{seed}") for seed in (1, 2)]  # as train.seeds repeats
     for model, seed, out in runs:
         cfg = TrainConfig(
-            model=model, data=str(results / "data" / "toy"), out=str(results / "train" / out), steps=4,
-            batch_tokens=256, micro_batch=4, seq_len=64, eval_interval=2, eval_windows=4, ckpt_interval=100,
-            tracking_uri="none", seed=seed,
-        )  # fmt: skip
+            model=model,
+            data=str(results / "data" / "toy"),
+            out=str(results / "train" / out),
+            steps=4,
+            batch_tokens=256,
+            micro_batch=4,
+            seq_len=64,
+            eval_interval=2,
+            eval_windows=4,
+            ckpt_interval=100,
+            tracking_uri="none",
+            seed=seed,
+        )
         train(cfg)
 
 
@@ -45,14 +54,19 @@ def full_results(tmp_path_factory):
     results = tmp / "results"
     make_training(results, tmp)
     for model in ("mamba-tiny", "transformer-tiny"):
-        gen = bench_generation(str(results / "train" / model), prompt_len=8, new_tokens=4, batch_sizes=[1, 2],
-                               repeats=1)  # fmt: skip
+        gen = bench_generation(
+            str(results / "train" / model), prompt_len=8, new_tokens=4, batch_sizes=[1, 2], repeats=1
+        )
         write_json(gen, results / "bench" / "generation" / f"{model}.json")
     write_csv(bench_kernels([32, 64], dim=32, repeats=1), results / "bench" / "kernels.csv")
     docs = [{"q": f"Is {i} even?", "a": "yes", "b": "no", "label": i % 2} for i in range(6)]
     tasks = write_multiple_choice_task(tmp / "tasks", "toy_even", docs, "{{q}}", "{{[a, b]}}")
-    evaluate(results / "train" / "mamba-tiny", ["toy_even"], results / "eval" / "mamba-tiny.json",
-             include_path=str(tasks))  # fmt: skip
+    evaluate(
+        results / "train" / "mamba-tiny",
+        ["toy_even"],
+        results / "eval" / "mamba-tiny.json",
+        include_path=str(tasks),
+    )
     # as the pipeline names a published checkpoint's results (here: the same tiny model)
     published = results / "eval" / "pretrained" / "state-spaces--mamba-tiny.json"
     evaluate(results / "train" / "mamba-tiny", ["toy_even"], published, include_path=str(tasks))
@@ -67,17 +81,43 @@ def full_results(tmp_path_factory):
             results / "train" / "transformer-tiny", ["piqa_local"], results / out, include_path=str(tasks)
         )
     for arch in ("mamba", "transformer", "transformer_abs"):
-        cfg = SyntheticConfig(task="induction_heads", arch=arch, length=16, d_model=16, steps=4, batch=4,
-                              test_lengths=[16, 64], eval_sequences=8)  # fmt: skip
+        cfg = SyntheticConfig(
+            task="induction_heads",
+            arch=arch,
+            length=16,
+            d_model=16,
+            steps=4,
+            batch=4,
+            test_lengths=[16, 64],
+            eval_sequences=8,
+        )
         train_synthetic(
             cfg, results / "synthetic" / "induction_heads" / cfg.model_name / "seed0.json", log_every=2
         )
-    cfg = SyntheticConfig(task="mqar", arch="mamba", length=16, vocab=16, n_pairs=2, d_model=16, steps=4,
-                          batch=4, eval_sequences=8)  # fmt: skip
+    cfg = SyntheticConfig(
+        task="mqar",
+        arch="mamba",
+        length=16,
+        vocab=16,
+        n_pairs=2,
+        d_model=16,
+        steps=4,
+        batch=4,
+        eval_sequences=8,
+    )
     train_synthetic(cfg, results / "synthetic" / "mqar" / cfg.model_name / "seed0.json", log_every=2)
     for seed in (0, 1):  # as the pipeline repeats a run per seed of synthetic.seeds
-        cfg = SyntheticConfig(task="selective_copying", arch="mamba", length=16, n_data=4, d_model=16,
-                              steps=4, batch=4, eval_sequences=8, seed=seed)  # fmt: skip
+        cfg = SyntheticConfig(
+            task="selective_copying",
+            arch="mamba",
+            length=16,
+            n_data=4,
+            d_model=16,
+            steps=4,
+            batch=4,
+            eval_sequences=8,
+            seed=seed,
+        )
         train_synthetic(
             cfg,
             results / "synthetic" / "selective_copying" / cfg.model_name / f"seed{seed}.json",
@@ -115,9 +155,17 @@ def test_full_report_has_every_figure(full_results, tmp_path):
         ratio < 1 or mamba[1]["tokens_per_s"] < transformer[1]["tokens_per_s"]
     )
     # the paper beside ours (their content: test_the_report_sets_the_papers_tables_beside_ours)
-    for text in ("Table 3 beside the paper", "Mamba-130M", "not comparable in budget", "paper: MHA-RoPE",
-                 "Training recipe beside the paper", "Mamba, S6", "paper: MHA-Abs",
-                 "Over training seeds", "Mamba-1 struggles while Mamba-2 performs well"):  # fmt: skip
+    for text in (
+        "Table 3 beside the paper",
+        "Mamba-130M",
+        "not comparable in budget",
+        "paper: MHA-RoPE",
+        "Training recipe beside the paper",
+        "Mamba, S6",
+        "paper: MHA-Abs",
+        "Over training seeds",
+        "Mamba-1 struggles while Mamba-2 performs well",
+    ):
         assert text in html, text
     umask = os.umask(0)
     os.umask(umask)  # written atomically, yet readable like any new file
@@ -140,8 +188,13 @@ def test_partial_results_render_and_name_what_is_missing(tmp_path):
 
 def test_figures_are_saved_for_snakemakes_report(full_results, tmp_path):
     saved = save_figures(full_results, tmp_path / "figures")
-    assert [p.name for p in saved] == ["generation.png", "kernels.png", "loss_curves.png", "scaling.png",
-                                       "synthetic.png"]  # fmt: skip
+    assert [p.name for p in saved] == [
+        "generation.png",
+        "kernels.png",
+        "loss_curves.png",
+        "scaling.png",
+        "synthetic.png",
+    ]
     assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 5000 for p in saved)
     # readable like any new file (the temp folder and files they are made in are owner-only)
     umask = os.umask(0)
@@ -183,10 +236,18 @@ def test_table3_takes_the_papers_metric_per_task_and_averages_all_six(tmp_path):
 
     from seqarena.report import table3
 
-    values = {"lambada_openai": 0.1, "hellaswag_local": 0.2, "piqa": 0.3, "arc_easy_local": 0.4,
-              "arc_challenge": 0.5, "winogrande_local": 0.6}  # fmt: skip
-    results = {task: {"acc": {"value": v, "stderr": 0.01}, "acc_norm": {"value": v + 0.05, "stderr": 0.01}}
-               for task, v in values.items()}  # fmt: skip
+    values = {
+        "lambada_openai": 0.1,
+        "hellaswag_local": 0.2,
+        "piqa": 0.3,
+        "arc_easy_local": 0.4,
+        "arc_challenge": 0.5,
+        "winogrande_local": 0.6,
+    }
+    results = {
+        task: {"acc": {"value": v, "stderr": 0.01}, "acc_norm": {"value": v + 0.05, "stderr": 0.01}}
+        for task, v in values.items()
+    }
     (tmp_path / "eval/pretrained").mkdir(parents=True)
     (tmp_path / "eval/pretrained/state-spaces--mamba-130m.json").write_text(json.dumps({"results": results}))
     partial = {"piqa_local": results["piqa"], "toy": {"acc": {"value": 0.9, "stderr": None}}}
@@ -375,8 +436,15 @@ def test_a_table_shows_values_as_a_reader_writes_them():
     from seqarena.report.format import cell, styled
 
     assert [cell(v) for v in (None, float("nan"), 480.0, 2.5e9, 51.5, 0.515, 6.97e8, True)] == [
-        "–", "–", "480", "2,500,000,000", "51.5", "0.515", "697,000,000", "yes",
-    ]  # fmt: skip
+        "–",
+        "–",
+        "480",
+        "2,500,000,000",
+        "51.5",
+        "0.515",
+        "697,000,000",
+        "yes",
+    ]
     words = "not comparable in budget: trained here, nearest paper size, and a long way from it"
     html = styled(
         [{"model": "a", "acc": 0.5, "note": words}, {"model": "b", "acc": None, "note": ""}]
@@ -442,8 +510,14 @@ def test_the_summary_explains_a_validation_gap_by_the_passes_over_the_data(tmp_p
         losses = {"final_val_loss": 3.5, "final_train_loss": 3.0, "parameters": 10, "tokens": tokens}
         return {"summary": {"model": "mamba-tiny", **losses}, "metrics": []}
 
-    data = {"toy": {"source": {"kind": "local", "path": "toy.txt"}, "train_tokens": 1000, "val_tokens": 50,
-                    "validation": "last 5% of train records"}}  # fmt: skip
+    data = {
+        "toy": {
+            "source": {"kind": "local", "path": "toy.txt"},
+            "train_tokens": 1000,
+            "val_tokens": 50,
+            "validation": "last 5% of train records",
+        }
+    }
     many = summary(Results(tmp_path, data=data, train={"mamba-tiny": trained(3000)}))
     assert "read the training tokens up to 3.0 times, and fit them better" in many
     once = summary(Results(tmp_path, data=data, train={"mamba-tiny": trained(500)}))

@@ -87,10 +87,18 @@ def test_the_command_reads_summaries_and_writes_fits_json(tmp_path):
     for point in ladder("mamba", TRUE["mamba"], seeds=(0,)):
         path = tmp_path / point.model / "summary.json"
         path.parent.mkdir()
-        path.write_text(json.dumps({
-            "model": point.model, "seed": point.seed, "parameters": point.parameters, "tokens": point.tokens,
-            "training_flops": point.flops, "final_val_loss": point.loss,
-        }))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "model": point.model,
+                    "seed": point.seed,
+                    "parameters": point.parameters,
+                    "tokens": point.tokens,
+                    "training_flops": point.flops,
+                    "final_val_loss": point.loss,
+                }
+            )
+        )
         summaries.append(str(path))
     main(["scaling", "--summaries", ",".join(summaries), "--out", str(tmp_path / "fits.json")])
     fits = json.loads((tmp_path / "fits.json").read_text())

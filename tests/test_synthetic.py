@@ -121,7 +121,7 @@ def test_recurrent_evaluation_equals_the_full_forward(task, make):
         ("mamba3", 0),
         ("mamba3", 16),
         ("mamba3_mimo", 0),
-    ],  # fmt: skip
+    ],
 )
 def test_every_mamba_family_builds_at_the_task_shape_and_scores_as_its_forward(arch, d_state):
     cfg = SyntheticConfig(task="mqar", arch=arch, d_model=32, d_state=d_state, vocab=32)
@@ -150,8 +150,12 @@ def test_recurrent_evaluation_runs_far_beyond_the_training_length_in_constant_me
 
     def cache_bytes(length):
         cache = model.allocate_cache(3, length)
-        return sum(t.numel() * t.element_size() for layer in cache.layers for t in vars(layer).values()
-                   if isinstance(t, torch.Tensor))  # fmt: skip
+        return sum(
+            t.numel() * t.element_size()
+            for layer in cache.layers
+            for t in vars(layer).values()
+            if isinstance(t, torch.Tensor)
+        )
 
     assert cache_bytes(300) == cache_bytes(1 << 20)  # the state does not grow with the length
     far = accuracy(model, cfg, length=8192, sequences=2, seed=0)  # 32x the training length
@@ -161,8 +165,17 @@ def test_recurrent_evaluation_runs_far_beyond_the_training_length_in_constant_me
 def test_attention_past_its_length_limit_is_recorded_as_out_of_memory_and_mamba_still_scored(tmp_path):
     results = {}
     for arch in ("transformer", "mamba"):
-        cfg = SyntheticConfig(task="induction_heads", arch=arch, length=16, d_model=16, steps=2, batch=4,
-                              test_lengths=[16, 64], eval_sequences=4, max_attention_length=32)  # fmt: skip
+        cfg = SyntheticConfig(
+            task="induction_heads",
+            arch=arch,
+            length=16,
+            d_model=16,
+            steps=2,
+            batch=4,
+            test_lengths=[16, 64],
+            eval_sequences=4,
+            max_attention_length=32,
+        )
         results[arch] = train_synthetic(cfg, tmp_path / f"{arch}.json", log_every=2)
     assert results["transformer"]["accuracy_by_length"]["64"] is None
     assert results["transformer"]["not_run"] == {"64": "attention past max_attention_length 32"}
@@ -172,8 +185,18 @@ def test_attention_past_its_length_limit_is_recorded_as_out_of_memory_and_mamba_
 
 def test_a_tiny_mamba_learns_selective_copying(tmp_path):
     """Short sequences so it fits a CPU test budget; the paper's length is in config/paper.yaml."""
-    cfg = SyntheticConfig(task="selective_copying", arch="mamba", length=32, vocab=8, n_data=4, d_model=64,
-                          steps=1000, batch=32, lr=3e-3, eval_sequences=256)  # fmt: skip
+    cfg = SyntheticConfig(
+        task="selective_copying",
+        arch="mamba",
+        length=32,
+        vocab=8,
+        n_data=4,
+        d_model=64,
+        steps=1000,
+        batch=32,
+        lr=3e-3,
+        eval_sequences=256,
+    )
     result = train_synthetic(cfg, tmp_path / "copy.json", log_every=250)
     assert result["final_accuracy"] > 0.9 and result["chance"] == pytest.approx(1 / 6)
     assert json.loads((tmp_path / "copy.json").read_text())["accuracy_by_length"] == {
@@ -188,8 +211,18 @@ def test_mamba3_tracks_parity_where_mamba2_cannot(tmp_path):
     positions give away (chance is 1/2 a position)."""
     accuracy_at = {}
     for arch in ("mamba3", "mamba2"):
-        cfg = SyntheticConfig(task="parity", arch=arch, length=32, vocab=3, d_model=32, steps=400, batch=32,
-                              lr=3e-3, weight_decay=0.0, eval_sequences=64)  # fmt: skip
+        cfg = SyntheticConfig(
+            task="parity",
+            arch=arch,
+            length=32,
+            vocab=3,
+            d_model=32,
+            steps=400,
+            batch=32,
+            lr=3e-3,
+            weight_decay=0.0,
+            eval_sequences=64,
+        )
         result = train_synthetic(cfg, tmp_path / f"{arch}.json", log_every=400)
         accuracy_at[arch] = result["accuracy_by_length"]["32"]
         assert result["chance"] == 0.5

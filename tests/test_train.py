@@ -39,9 +39,18 @@ def shakespeare(tmp_path_factory):
 
 def config(data, out, **overrides) -> TrainConfig:
     base = dict(
-        model="mamba-tiny", data=str(data), out=str(out), steps=30, batch_tokens=1024, micro_batch=8,
-        seq_len=64, eval_interval=10, eval_windows=16, ckpt_interval=10, tracking_uri="none",
-    )  # fmt: skip
+        model="mamba-tiny",
+        data=str(data),
+        out=str(out),
+        steps=30,
+        batch_tokens=1024,
+        micro_batch=8,
+        seq_len=64,
+        eval_interval=10,
+        eval_windows=16,
+        ckpt_interval=10,
+        tracking_uri="none",
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -81,8 +90,15 @@ def test_tiny_models_learn_shakespeare(shakespeare, tmp_path, model):
 def uninterrupted(shakespeare, tmp_path_factory):
     """The 24-step run that every interrupted one must end equal to."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    assert seqarena("train", *cli_args(config(shakespeare, out, steps=24, ckpt_interval=5, eval_interval=8)),
-                    stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL).wait(timeout=300) == 0  # fmt: skip
+    assert (
+        seqarena(
+            "train",
+            *cli_args(config(shakespeare, out, steps=24, ckpt_interval=5, eval_interval=8)),
+            stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        ).wait(timeout=300)
+        == 0
+    )
     return out
 
 
@@ -126,8 +142,13 @@ def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path, paralle
         steps=6, batch_tokens=512, micro_batch=4, eval_interval=3, ckpt_interval=4, peak_tflops=100.0
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = seqarena("train", *cli_args(config(shakespeare, tmp_path / "one", **common)), env=env,
-                      stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+    single = seqarena(
+        "train",
+        *cli_args(config(shakespeare, tmp_path / "one", **common)),
+        env=env,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     assert single.wait(timeout=300) == 0
     # FSDP with each block's activations recomputed (as the paper config trains its large sizes)
     checkpointing = parallel == "fsdp"
@@ -135,10 +156,23 @@ def test_two_process_torchrun_matches_one_process(shakespeare, tmp_path, paralle
         shakespeare, tmp_path / "two", parallel=parallel, activation_checkpointing=checkpointing, **common
     )
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "seqarena.cli", "train", *cli_args(two_cfg)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "seqarena.cli",
+            "train",
+            *cli_args(two_cfg),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert len(one) == len(two) == 6
@@ -165,12 +199,29 @@ def test_six_concurrent_writers_on_a_fresh_sqlite_db(shakespeare, tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     models = [f"{arch}-{size}" for arch in ("mamba", "transformer") for size in ("tiny", "mini", "small")]
     jobs = [
-        seqarena("train", *cli_args(config(shakespeare, tmp_path / m, model=m, steps=6, batch_tokens=64,
-                                           micro_batch=2, seq_len=32, eval_interval=3, eval_windows=2,
-                                           ckpt_interval=100, tracking_uri=uri)),
-                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seqarena(
+            "train",
+            *cli_args(
+                config(
+                    shakespeare,
+                    tmp_path / m,
+                    model=m,
+                    steps=6,
+                    batch_tokens=64,
+                    micro_batch=2,
+                    seq_len=32,
+                    eval_interval=3,
+                    eval_windows=2,
+                    ckpt_interval=100,
+                    tracking_uri=uri,
+                )
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for m in models
-    ]  # fmt: skip
+    ]
     for job in jobs:
         _, err = job.communicate(timeout=600)
         assert job.returncode == 0, err[-3000:]
@@ -203,11 +254,26 @@ ModelRun(uri, "seqarena", "race")
 def mlflow_server(port: int, folder) -> subprocess.Popen:
     """A real tracking server on loopback, its store and artifacts in ``folder``."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_until_serving(f"http://127.0.0.1:{port}/health", server, 120, "mlflow server")
     return server
 
@@ -234,8 +300,12 @@ def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
 
         # stages of one model (train, bench_training) that start together share one run
         start = time.time() + 10  # after every interpreter has imported mlflow
-        jobs = [subprocess.Popen([sys.executable, "-c", OPEN_RUN_AT, uri, str(start)], stderr=subprocess.PIPE,
-                                 text=True) for _ in range(6)]  # fmt: skip
+        jobs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_RUN_AT, uri, str(start)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
         for job in jobs:
             _, err = job.communicate(timeout=120)
             assert job.returncode == 0, err[-3000:]
@@ -258,8 +328,9 @@ def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_noth
     cfg = config(shakespeare, out, steps=40, ckpt_interval=2, eval_interval=20, tracking_uri=uri)
     server = mlflow_server(port, tmp_path)
     impatient = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # each refused call fails at once
-    job = seqarena("train", *cli_args(cfg), env=impatient, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   text=True)  # fmt: skip
+    job = seqarena(
+        "train", *cli_args(cfg), env=impatient, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
     def wait_for(rows):
         deadline = time.monotonic() + 300
@@ -283,8 +354,12 @@ def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_noth
 
     server = mlflow_server(port, tmp_path)
     try:
-        sync = subprocess.run([sys.executable, "-m", "seqarena.cli", "tracking", "sync", str(journal)],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        sync = subprocess.run(
+            [sys.executable, "-m", "seqarena.cli", "tracking", "sync", str(journal)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sync.returncode == 0, sync.stderr[-3000:]
         assert not journal.exists()
         client = MlflowClient(uri)
@@ -343,8 +418,10 @@ def test_fsdp_sharded_parameters_keep_their_no_decay_group(tmp_path):
     from torch.distributed.fsdp import fully_shard
 
     model = build_model("mamba-tiny", vocab_size=64)
-    unsharded = [[name for name, p in model.named_parameters() if any(p is q for q in group["params"])]
-                 for group in param_groups(model, 0.1, no_decay_names(model))]  # fmt: skip
+    unsharded = [
+        [name for name, p in model.named_parameters() if any(p is q for q in group["params"])]
+        for group in param_groups(model, 0.1, no_decay_names(model))
+    ]
     no_decay = no_decay_names(model)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
@@ -352,8 +429,10 @@ def test_fsdp_sharded_parameters_keep_their_no_decay_group(tmp_path):
             fully_shard(layer)
         fully_shard(model)
         groups = param_groups(model, 0.1, no_decay)
-        sharded = [[name for name, p in model.named_parameters() if any(p is q for q in group["params"])]
-                   for group in groups]  # fmt: skip
+        sharded = [
+            [name for name, p in model.named_parameters() if any(p is q for q in group["params"])]
+            for group in groups
+        ]
         assert all(type(p).__name__ == "DTensor" for p in groups[1]["params"])
     finally:
         dist.destroy_process_group()
@@ -372,8 +451,12 @@ def test_a_changed_config_starts_fresh_instead_of_resuming_a_stale_checkpoint(sh
     train(first)
     assert (tmp_path / "run/ckpt/step_00000002.pt").is_file()
     changed = config(shakespeare, tmp_path / "run", steps=6, lr=5e-2, ckpt_interval=2, tracking_uri=uri)
-    log = subprocess.run([sys.executable, "-m", "seqarena.cli", "train", *cli_args(changed)],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = subprocess.run(
+        [sys.executable, "-m", "seqarena.cli", "train", *cli_args(changed)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert log.returncode == 0, log.stderr[-3000:]
     assert "not resuming from" in log.stdout and "lr: 0.001 -> 0.05" in log.stdout
     assert "steps: 4 -> 6" in log.stdout and "resuming from" not in log.stdout.replace("not resuming", "")
@@ -403,8 +486,16 @@ def test_a_repeat_at_another_seed_is_a_run_of_its_own(shakespeare, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     own = train(config(shakespeare, tmp_path / "mamba-tiny", steps=2, tracking_uri=uri))
-    repeat = train(config(shakespeare, tmp_path / "mamba-tiny/seed1", steps=2, tracking_uri=uri, seed=1,
-                          run_name="mamba-tiny/seed1"))  # fmt: skip
+    repeat = train(
+        config(
+            shakespeare,
+            tmp_path / "mamba-tiny/seed1",
+            steps=2,
+            tracking_uri=uri,
+            seed=1,
+            run_name="mamba-tiny/seed1",
+        )
+    )
     assert (own["seed"], repeat["seed"]) == (0, 1) and own["final_val_loss"] != repeat["final_val_loss"]
     client = MlflowClient(uri)
     runs = {
@@ -504,8 +595,12 @@ def test_a_damaged_newest_checkpoint_is_named_and_skipped_for_the_one_before(
     newest = out / "ckpt/step_00000020.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     cfg = config(shakespeare, out, steps=24, ckpt_interval=5, eval_interval=8)
-    done = subprocess.run([sys.executable, "-m", "seqarena.cli", "train", *cli_args(cfg)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "seqarena.cli", "train", *cli_args(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"skipping checkpoint {newest}: it has" in done.stderr and "(truncated?)" in done.stderr
     assert "resuming from" in done.stdout and "step_00000015.pt at step 15" in done.stdout
@@ -528,8 +623,13 @@ def test_the_checkpoint_store_skips_flipped_bytes_and_a_missing_manifest_naming_
     assert f"skipping checkpoint {second}: it has no manifest step_00000002.json" in err
     store.save(4, {"step": 4})
     kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert kept == ["step_00000002.pt", "step_00000003.json", "step_00000003.pt", "step_00000004.json",
-                    "step_00000004.pt"]  # fmt: skip
+    assert kept == [
+        "step_00000002.pt",
+        "step_00000003.json",
+        "step_00000003.pt",
+        "step_00000004.json",
+        "step_00000004.pt",
+    ]
 
 
 def test_a_checkpoint_is_hashed_as_it_is_written_not_read_back(tmp_path, monkeypatch):
@@ -714,8 +814,12 @@ def test_a_stop_under_torchrun_finishes_a_checkpoint_that_takes_longer_than_torc
     cfg = config(shakespeare, out, steps=500, batch_tokens=512, micro_batch=4, ckpt_interval=1000)
     job = subprocess.Popen(
         [str(BIN / "seqarena"), "launch", "--nproc-per-node", "2", "--", "train", *cli_args(cfg)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 2):
         assert job.poll() is None and time.monotonic() < deadline, "training ended before the signal"

@@ -52,10 +52,24 @@ def single_process_run(cluster, results: Path, model: str, out: Path) -> None:
     config = yaml.safe_load(REHEARSAL.read_text())["train"]
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in config.items() if k not in ("dataset", "parallel")]
     subprocess.run(
-        [str(BIN / "seqarena"), "train", "--model", model, "--data", str(results / "data/pile"),
-         "--out", str(out), "--tracking-uri", "none", *flags],
-        env=cluster, check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(BIN / "seqarena"),
+            "train",
+            "--model",
+            model,
+            "--data",
+            str(results / "data/pile"),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            "none",
+            *flags,
+        ],
+        env=cluster,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
 
 def assert_same_training(a: Path, b: Path) -> None:
@@ -79,18 +93,42 @@ def test_paper_path_rehearsal_through_the_slurm_profile_survives_a_cancelled_tra
     write_rehearsal_inputs(tmp_path)
     command = [
         # the report and all it needs: the paper path (the export to transformers is no cluster matter)
-        str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "report",
-        "--configfile", str(REHEARSAL),
-        "--workflow-profile", str(slurm_profile),
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "report",
+        "--configfile",
+        str(REHEARSAL),
+        "--workflow-profile",
+        str(slurm_profile),
         # the test cluster: one node of two CPUs, no accounting database (so squeue, not sacct)
-        "--set-resources", "kernels:cpus_per_task=2", "train:cpus_per_task=1", "train:nodes=1",
-        "--set-threads", "bench_kernels=2", "bench_generation=2", "bench_training=2",
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-        "--retries", "1", "--jobs", "2",
-    ]  # fmt: skip
+        "--set-resources",
+        "kernels:cpus_per_task=2",
+        "train:cpus_per_task=1",
+        "train:nodes=1",
+        "--set-threads",
+        "bench_kernels=2",
+        "bench_generation=2",
+        "bench_training=2",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--retries",
+        "1",
+        "--jobs",
+        "2",
+    ]
     start = time.monotonic()
-    run = subprocess.Popen(command, cwd=tmp_path, env=cluster, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    run = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         ckpt = tmp_path / "results/train/mamba-tiny/ckpt"
         while not list(ckpt.glob("step_*.pt")):  # training (two processes, FSDP) is running as a SLURM job
