@@ -199,7 +199,7 @@ def measure(args, L) -> dict:
     ]
 
     ours_tps = b * L / results[0][3]
-    print(f"| model | parameters | ms/step | tokens/s | {results[0][1]} speed-up |")
+    print(f"| model | parameters | ms/step | tokens/s | time vs {results[0][1]} |")
     print("|---|---:|---:|---:|---:|")
     for _key, name, params, seconds in results:
         tps = b * L / seconds
