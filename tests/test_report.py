@@ -469,11 +469,15 @@ def test_the_rendered_report_opens_with_a_summary_and_has_no_raw_dumps(full_resu
     assert f"Drawn from the files under {full_results}" in " ".join(text.split())
     r = collect(full_results)
     loss = {m: d["summary"]["final_val_loss"] for m, d in r.train.items()}
-    tiny = statistics.mean([loss["mamba-tiny"]] + [s["final_val_loss"] for s in r.train_seeds["mamba-tiny"]])
+    seeds = [loss["mamba-tiny"]] + [s["final_val_loss"] for s in r.train_seeds["mamba-tiny"]]
+    tiny = statistics.mean(seeds)
     lower = (tiny < loss["transformer-tiny"]) + (loss["mamba-mini"] < loss["transformer-mini"])
     assert f"lower than its Transformer++ at {lower} of 2 matched sizes" in text
     assert f"mamba-tiny {tiny:.3f} against transformer-tiny {loss['transformer-tiny']:.3f}" in text
-    assert "a difference this size may be seed noise" in text  # transformer-tiny has one seed
+    assert (  # transformer-tiny and both minis have one seed; mamba-tiny's three say how far seeds go
+        "Where a side has one seed (mamba-tiny, mamba-mini), a difference may be seed noise: the "
+        f"repeated models' seeds span up to {max(seeds) - min(seeds):.3f} (mamba-tiny)."
+    ) in " ".join(text.split())
     assert "toy" in text and "training and" in text  # the data sentence names the dataset
     for raw in ("NaN", "e+0", ">None<", " None "):
         assert raw not in text, raw
@@ -533,3 +537,34 @@ def test_training_curves_are_smoothed_for_the_eye_and_start_where_the_run_did():
     assert len(curve) == len(noisy) and curve[0] == noisy[0]  # debiased: no ramp up from 0
     assert abs(curve[-200:].mean() - 3.0) < 0.1 and curve[-200:].std() < 0.25 * 0.5  # the noise averaged out
     assert list(smoothed([1.0, 2.0, 3.0])) == [1.0, 2.0, 3.0]  # a short run is drawn as it is
+
+
+def test_the_summary_says_which_loss_pairs_rest_on_one_seed(tmp_path):
+    """A pair with a single seed on a side is named as possibly seed noise, with the spread the
+    repeated models measured; with no repeats anywhere, every pair is."""
+    from seqarena.report import Results, summary
+
+    def trained(model, loss, params):
+        record = {"model": model, "final_val_loss": loss, "final_train_loss": loss, "parameters": params}
+        return {"summary": record, "metrics": []}
+
+    def seed(loss):
+        return {"final_val_loss": loss}
+
+    r = Results(tmp_path)
+    r.train = {
+        "mamba-micro": trained("mamba-micro", 4.5, 7e4),
+        "transformer-micro": trained("transformer-micro", 4.6, 6e4),
+        "mamba-mini": trained("mamba-mini", 2.6, 6e5),
+        "transformer-mini": trained("transformer-mini", 2.7, 5e5),
+    }
+    unrepeated = summary(r)
+    assert "With one seed a pair, a difference this size may be seed noise" in unrepeated
+    r.train_seeds = {"mamba-micro": [seed(4.52), seed(4.55)], "transformer-micro": [seed(4.8), seed(4.62)]}
+    text = " ".join(summary(r).split())
+    assert "mamba-micro 4.523 against transformer-micro 4.673 (3 and 3 seeds; every seed on one side)" in text
+    assert (
+        "Where a side has one seed (mamba-mini), a difference may be seed noise: the repeated models' "
+        "seeds span up to 0.200 (transformer-micro)."
+    ) in text
+    assert "With one seed a pair" not in text

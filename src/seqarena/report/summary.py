@@ -46,7 +46,7 @@ def _data(r: Results) -> str:
 
 def _loss_pairs(r: Results) -> str:
     """Each SSM model beside the Transformer++ the papers pair it with, by final validation loss."""
-    lines, lower, single = [], 0, False
+    lines, lower, single = [], 0, []
     for model in sorted(r.train, key=lambda m: (family_name(m), r.train[m]["summary"]["parameters"])):
         family = family_name(model)
         if family not in FAMILIES or not FAMILIES[family].has_ssm_state:
@@ -65,7 +65,7 @@ def _loss_pairs(r: Results) -> str:
             )
             line += f" ({len(ours)} and {len(theirs)} seeds; {verdict})"
         else:
-            single = True
+            single.append(model)
         lines.append(line)
     if not lines:
         return ""
@@ -73,8 +73,15 @@ def _loss_pairs(r: Results) -> str:
         f"**Validation loss** (nats per token, lower is better): an SSM is lower than its Transformer++ at "
         f"{lower} of {len(lines)} matched sizes: " + "; ".join(lines) + "."
     )
-    if single:
+    spreads = {m: max(x) - min(x) for m in r.train if len(x := _losses(r, m)) > 1}  # repeated models
+    if single and not spreads:
         text += " With one seed a pair, a difference this size may be seed noise (`train.seeds`: repeats)."
+    elif single:
+        widest = max(spreads, key=spreads.get)
+        text += (
+            f" Where a side has one seed ({', '.join(single)}), a difference may be seed noise: the "
+            f"repeated models' seeds span up to {spreads[widest]:.3f} ({widest})."
+        )
     return text
 
 
