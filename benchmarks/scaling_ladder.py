@@ -8,36 +8,35 @@ family's sizes.
 """
 
 import argparse
-import json
-from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
 
 from snakemake_benchmark import wall_seconds
 
 from seqarena.models.families import family_name
+from seqarena.report import Results, collect
 
 
-def trainings(results: Path) -> dict[str, list[tuple[dict, float]]]:
-    """model -> [(summary.json, its job's wall seconds)], one per seed: train/<model>/ at
-    train.seed and train/<model>/seed<n>/ at a repeat's."""
-    runs = defaultdict(list)
-    for path in [*results.glob("train/*/summary.json"), *results.glob("train/*/seed*/summary.json")]:
-        summary = json.loads(path.read_text())
-        job = path.parent.relative_to(results)
-        runs[summary["model"]].append((summary, wall_seconds(results / "benchmarks" / f"{job}.tsv")))
-    for seeds in runs.values():
-        seeds.sort(key=lambda run: run[0]["seed"])
-    return dict(sorted(runs.items(), key=lambda run: (family_name(run[0]), run[1][0][0]["parameters"])))
+def trainings(r: Results) -> dict[str, list[tuple[dict, float]]]:
+    """model -> [(summary.json, its job's wall seconds)], its own run (train.seed) first, then its
+    repeats at other seeds; family by family, smallest first."""
+    benchmarks = r.root / "benchmarks/train"  # Snakemake's benchmark files, as train.smk names them
+    runs = {}
+    for model in sorted(r.train, key=lambda m: (family_name(m), r.train[m]["summary"]["parameters"])):
+        repeats = sorted(r.train_seeds.get(model, []), key=lambda summary: summary["seed"])
+        runs[model] = [(r.train[model]["summary"], wall_seconds(benchmarks / f"{model}.tsv"))]
+        runs[model] += [(s, wall_seconds(benchmarks / model / f"seed{s['seed']}.tsv")) for s in repeats]
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/scaling-cpu", type=Path)
     results = parser.parse_args().results
-    (meta_file,) = results.glob("data/*/meta.json")
-    train_tokens = json.loads(meta_file.read_text())["train_tokens"]
-    runs = trainings(results)
+    r = collect(results)
+    (meta,) = r.data.values()
+    train_tokens = meta["train_tokens"]
+    runs = trainings(r)
     print(
         "| model | parameters | tokens | passes | training FLOPs | seeds | val loss | per seed | job time |"
     )
@@ -58,7 +57,7 @@ def main() -> None:
         "(job time above: one seed's, the mean over its seeds; val loss: mean ± std over seeds).\n"
     )
 
-    fits = json.loads((results / "scaling/fits.json").read_text())
+    fits = r.scaling
     print("| family | sizes | E | A | alpha (compute) | 95% interval | alpha (parameters) | 95% interval |")
     print("|---|---:|---:|---:|---:|---|---:|---|")
     for name, family in fits["families"].items():
