@@ -3,7 +3,9 @@
 1. builds causal-conv1d and mamba-ssm for this GPU's arch only (envs/gpu.post-deploy.sh, the
    conda env's own script), timed; the wheels are kept (--wheels) and reused by later runs;
 2. checks every scan backend (cuda, cpp, torch) against the float64 reference: scan and conv,
-   output and every gradient, float32 and bfloat16 inputs;
+   output and every gradient, float32 and bfloat16 inputs; then every family's tiny model on the
+   cuda backend against the torch backend, both on the GPU (logits, every gradient, decoding), so
+   that Mamba-3's Triton (SISO) and TileLang (MIMO) kernels run inside a model;
 3. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, bf16, L 512..512K: the scan and the SSD
    against SDPA attention (FlashAttention-2 on a GPU) and the paper's PyTorch parallel scan and
    FFT convolution, inputs made on the device before timing, what runs out of memory left out;
@@ -23,6 +25,7 @@ run, the Mamba rows are not measured (they would time the Python-loop reference)
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -38,7 +41,8 @@ import torch
 from seqarena.bench import bench_generation, bench_kernels, bench_training
 from seqarena.env import backend_record
 from seqarena.files import atomic_write
-from seqarena.ops import backends
+from seqarena.models import build_model
+from seqarena.ops import backends, cuda, use_backend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +120,78 @@ def backend_rows() -> list[Row]:
                 f"{limits}), scan, SSD and conv, outputs and all gradients"
             )
             rows.append(Row(label, "passed" if record["passed"] else "failed", result, record["seconds"]))
+    return rows
+
+
+# Every family whose mixer runs on the cuda backend, and the largest relative error its cuda
+# logits, gradients and decoding may show against the torch backend's in float32 on the same GPU:
+# 1e-2 where mamba_ssm's Triton and TileLang matmuls take float32 in TF32 (as the env's self-check
+# allows its SSD), 5e-2 where its Mamba-3 SISO wrapper computes in bfloat16 (bfloat16's own).
+FAMILIES = {
+    "mamba": 1e-2,
+    "mamba2": 1e-2,
+    "hybrid": 1e-2,
+    "mamba_lti": 1e-2,
+    "mamba3": 5e-2,
+    "mamba3_mimo": 1e-2,
+}
+FAMILY_VOCAB, FAMILY_LENGTH, FAMILY_PREFILL = 61, 45, 40
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+
+
+def cuda_versus_torch(model_name: str, device: torch.device) -> dict[str, float]:
+    """A float32 model (its weights moved off their initialisation, so that every one matters) on
+    the cuda and the torch backend: the relative error of the logits, of each parameter's gradient
+    (``grad <name>``; inf where one backend gave none) and of decoding (a prefill with a cache, then
+    steps), past one 32-step chunk."""
+    torch.manual_seed(0)
+    model = build_model(model_name, vocab_size=FAMILY_VOCAB).float().to(device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ids = torch.randint(0, FAMILY_VOCAB, (2, FAMILY_LENGTH), device=device)
+    said = {}
+    for backend in ("torch", "cuda"):
+        with use_backend(backend):
+            model.zero_grad()
+            logits = model(ids)
+            (logits * torch.linspace(-1, 1, logits.shape[-1], device=device)).sum().backward()
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            with torch.no_grad():
+                cache = model.allocate_cache(2, FAMILY_LENGTH)
+                prefix = model(ids[:, :FAMILY_PREFILL], cache=cache)
+                steps = [model.step(ids[:, t], cache) for t in range(FAMILY_PREFILL, FAMILY_LENGTH)]
+        said[backend] = logits.detach(), grads, torch.cat([prefix, torch.stack(steps, 1)], 1)
+    (logits, grads, decoded), (want_logits, want_grads, _) = said["cuda"], said["torch"]
+    errors = {"logits": relative_error(logits, want_logits), "decoding": relative_error(decoded, want_logits)}
+    for name, want in want_grads.items():
+        got = grads[name]
+        errors[f"grad {name}"] = math.inf if got is None or want is None else relative_error(got, want)
+    return errors
+
+
+def family_rows(device: torch.device) -> list[Row]:
+    reason = backends._BACKENDS["cuda"].why_not(torch.empty(0, device=device))
+    if reason is not None:
+        return [Row("families on cuda vs torch", "skipped", reason)]
+    rows = []
+    for family, limit in FAMILIES.items():
+        label = f"family {family}-tiny on cuda vs torch (float32, L {FAMILY_LENGTH})"
+        if family == "mamba3_mimo" and cuda.kernels().mamba3_mimo is None:
+            rows.append(Row(label, "skipped", cuda.kernels().mimo_reason))
+            continue
+        start = time.perf_counter()
+        errors = cuda_versus_torch(f"{family}-tiny", device)
+        worst = max(errors, key=errors.get)
+        result = (
+            f"largest relative error {errors[worst]:.1e} ({worst}; tolerance {limit:.0e}), logits, "
+            f"{len(errors) - 2} gradients, decoding"
+        )
+        status = "passed" if errors[worst] <= limit else "failed"
+        rows.append(Row(label, status, result, time.perf_counter() - start))
     return rows
 
 
@@ -243,7 +319,7 @@ def write_table(rows: list[Row], gpu: bool, command: str, out: Path) -> None:
     atomic_write(out / "gpu-check.json", lambda tmp: Path(tmp).write_text(records))
 
 
-SECTIONS = ("build", "backends", "kernels", "generation", "training", "training-compiled")
+SECTIONS = ("build", "backends", "families", "kernels", "generation", "training", "training-compiled")
 
 
 def main() -> None:
@@ -285,6 +361,7 @@ def main() -> None:
         cpp_ready.result()
     sections = {
         "backends": backend_rows,
+        "families": functools.partial(family_rows, torch.device("cuda" if gpu else "cpu")),
         "kernels": functools.partial(kernel_rows, gpu),
         "generation": functools.partial(generation_rows, gpu),
         "training": functools.partial(training_rows, gpu, compile=False),

@@ -26,6 +26,12 @@ tensors, with these substitutions and nothing else:
   (``cos.approx.f32`` and the like in inline assembly), which the interpreter cannot run: they
   are numpy's functions here. Its SISO wrapper casts its inputs to bfloat16, and its forward
   keeps chunk states in bfloat16: float32 here, for the reason above.
+- **Mamba-3's TileLang MIMO kernels** (``mamba_ssm/ops/tilelang/mamba3/``: a GPU compiler, no
+  interpreter) are modules of stand-ins. The forward computes mamba_ssm's own MIMO test reference
+  (``mamba3_MIMO_chunk_ref``, which its tests hold the kernel to), gating with z only where it
+  contracts with mimo_o, as the kernel does; the backward is autograd of it. Their wrapper
+  (``mamba3_mimo.py``, its autograd Function and Triton angle and decay kernels) runs as it is.
+  Each stand-in takes the pinned module's argument list (tests/test_cuda_emulation.py checks it).
 - **Autocast:** CUDA's autocast cannot be enabled without CUDA, so CPU autocast stands in for it:
   ``torch.is_autocast_enabled()`` (no argument: CUDA's, which mamba_ssm asks) answers for the CPU,
   and ``torch.get_autocast_gpu_dtype()`` gives the CPU's autocast dtype.
@@ -45,8 +51,9 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from mamba_ssm_reference import oracle_on_path
+from mamba_ssm_reference import load_fixture, oracle_on_path
 
 # The binding's argument lists, in order: csrc/selective_scan/selective_scan.cpp (mamba 2.3.2.post1)
 # and csrc/causal_conv1d.cpp (causal-conv1d 1.6.1.post4). The stand-ins below take exactly these.
@@ -65,6 +72,21 @@ BINDINGS = {
     ("causal_conv1d_cuda", "causal_conv1d_update"): (
         "x conv_state weight bias_ out silu_activation cache_seqlens_ conv_state_indices_"
     ),
+}
+# mamba_ssm 2.3.2.post1's TileLang kernels that its MIMO wrapper calls (mamba_ssm/ops/tilelang/mamba3/
+# <module>.py), with their argument lists; the varlen ones are not called here and raise if they are.
+TILELANG = "mamba_ssm.ops.tilelang.mamba3"
+TILELANG_KERNELS = {
+    ("mamba3_mimo_fwd", "mamba_mimo_forward"): (
+        "q k v q_bias k_bias mimo_v mimo_o z D mimo_z angles dA_cs dA_cs_rev dt trap segsum chunk_size "
+        "rotary_dim_divisor dtype return_state threads num_stages"
+    ),
+    ("mamba3_mimo_bwd", "mamba_mimo_bwd_combined"): (
+        "dout q k v q_bias k_bias mimo_v mimo_o z mimo_z angles dA_cs dA_cs_rev dt trap D segsum "
+        "chunk_size rotary_dim_divisor dtype bf_threads bf_num_stages bb_threads bb_num_stages"
+    ),
+    ("mamba3_mimo_fwd_varlen", "mamba_mimo_forward_varlen"): None,
+    ("mamba3_mimo_bwd_varlen", "mamba_mimo_bwd_combined_varlen"): None,
 }
 FORGOTTEN = {"mamba_ssm", "causal_conv1d", "selective_scan_cuda", "causal_conv1d_cuda"}
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -283,6 +305,176 @@ def fill_causal_conv1d(module: types.ModuleType, causal_conv1d_ref, causal_conv1
     )
 
 
+def tilelang_modules() -> dict[str, types.ModuleType]:
+    """The TileLang kernel modules of mamba_ssm's MIMO wrapper, standing in (the module docstring)."""
+    reference = load_fixture("mamba3_mimo_reference").mamba3_MIMO_chunk_ref
+
+    def chunk_sums(adt, chunk_size):
+        """dA_cs and dA_cs_rev of adt (batch, nheads, L), as mamba_ssm's compute_dacs_segsum_triton:
+        the inclusive and the exclusive reverse sums within each chunk."""
+        length = adt.shape[-1]
+        inclusive = F.pad(adt, (0, -length % chunk_size)).unflatten(-1, (-1, chunk_size)).cumsum(-1)
+        reverse = inclusive[..., -1:] - inclusive
+        return inclusive.flatten(-2)[..., :length], reverse.flatten(-2)[..., :length]
+
+    def adt_of(dA_cs, chunk_size):
+        """adt from its within-chunk sums."""
+        length = dA_cs.shape[-1]
+        sums = F.pad(dA_cs, (0, -length % chunk_size)).unflatten(-1, (-1, chunk_size))
+        return (sums - F.pad(sums[..., :-1], (1, 0))).flatten(-2)[..., :length]
+
+    def on_reference(q, k, v, adt, dt, trap, q_bias, k_bias, mimo_v, mimo_z, mimo_o, angles, D, z, **options):
+        """The reference, its sequence led by steps that change nothing (zero inputs, dt and adt), so
+        that its last step ends a chunk: the reference pads a ragged last chunk after it, which
+        would count in its final state; the kernel ends at the last step. The kernel reads Z only
+        where it contracts with mimo_o."""
+        chunk_size, length = options["chunk_size"], v.shape[1]
+        lead = -length % chunk_size
+
+        def led(t, dim):
+            return torch.cat([t.new_zeros(*t.shape[:dim], lead, *t.shape[dim + 1 :]), t], dim)
+
+        dA_cs, dA_cs_rev = chunk_sums(led(adt, 2), chunk_size)
+        contract = mimo_o is not None
+        out, final_state, final_k = reference(
+            led(q, 1),
+            led(k, 1),
+            led(v, 1),
+            q_bias,
+            k_bias,
+            mimo_v,
+            mimo_o,
+            led(z, 1) if contract and z is not None else None,
+            mimo_z if contract else None,
+            led(angles, 1),
+            dA_cs,
+            dA_cs_rev,
+            led(dt, 2),
+            led(trap, 2),
+            D,
+            contract_mimo_out=contract,
+            **options,
+        )
+        return out[:, lead:], final_state, final_k
+
+    def mamba_mimo_forward(
+        q,
+        k,
+        v,
+        q_bias,
+        k_bias,
+        mimo_v,
+        mimo_o,
+        z,
+        D,
+        mimo_z,
+        angles,
+        dA_cs,
+        dA_cs_rev,
+        dt,
+        trap,
+        segsum,
+        chunk_size,
+        rotary_dim_divisor,
+        dtype,
+        return_state=False,
+        threads=128,
+        num_stages=0,
+    ):
+        out, final_state, final_k = on_reference(
+            q,
+            k,
+            v,
+            adt_of(dA_cs, chunk_size),
+            dt,
+            trap,
+            q_bias,
+            k_bias,
+            mimo_v,
+            mimo_z,
+            mimo_o,
+            angles,
+            D,
+            z,
+            chunk_size=chunk_size,
+            rotary_dim_divisor=rotary_dim_divisor,
+            dtype=dtype,
+            return_final_state=return_state,
+        )
+        return out.to(dtype), final_state, None if final_k is None else final_k.to(dtype)
+
+    def mamba_mimo_bwd_combined(
+        dout,
+        q,
+        k,
+        v,
+        q_bias,
+        k_bias,
+        mimo_v,
+        mimo_o,
+        z,
+        mimo_z,
+        angles,
+        dA_cs,
+        dA_cs_rev,
+        dt,
+        trap,
+        D,
+        segsum,
+        chunk_size,
+        rotary_dim_divisor,
+        dtype,
+        bf_threads=128,
+        bf_num_stages=0,
+        bb_threads=256,
+        bb_num_stages=0,
+    ):
+        """The gradients in the wrapper's order, dADT through the chunk sums dA_cs and dA_cs_rev."""
+        inputs = dict(
+            q=q,
+            k=k,
+            v=v,
+            adt=adt_of(dA_cs, chunk_size),
+            dt=dt,
+            trap=trap,
+            q_bias=q_bias,
+            k_bias=k_bias,
+            mimo_v=mimo_v,
+            mimo_z=mimo_z,
+            mimo_o=mimo_o,
+            angles=angles,
+            D=D,
+            z=z,
+        )
+
+        def out(**given):
+            options = dict(chunk_size=chunk_size, rotary_dim_divisor=rotary_dim_divisor, dtype=dtype)
+            return on_reference(**given, **options)[0].to(dtype)
+
+        grads = _grads(out, inputs, dout)
+        return tuple(None if inputs[name] is None else grads[name] for name in inputs)
+
+    def not_emulated(*args, **kwargs):
+        raise NotImplementedError(
+            "mamba_ssm's varlen MIMO kernels are not emulated: seqarena passes no cu_seqlens"
+        )
+
+    functions = {
+        "mamba_mimo_forward": mamba_mimo_forward,
+        "mamba_mimo_bwd_combined": mamba_mimo_bwd_combined,
+        "mamba_mimo_forward_varlen": not_emulated,
+        "mamba_mimo_bwd_combined_varlen": not_emulated,
+    }
+    modules = {}
+    for (name, function), arguments in TILELANG_KERNELS.items():
+        fn = functions[function]
+        if arguments is not None:
+            assert list(inspect.signature(fn).parameters) == arguments.split(), (name, function)
+        modules[f"{TILELANG}.{name}"] = module = types.ModuleType(f"{TILELANG}.{name}")
+        setattr(module, function, fn)
+    return modules
+
+
 def _fill(module: types.ModuleType, **functions) -> None:
     for key, fn in functions.items():
         params = list(inspect.signature(fn).parameters)
@@ -377,6 +569,7 @@ def _emulated_extensions_and_kernels():
         # references (which live in those packages) have imported
         for name in ("selective_scan_cuda", "causal_conv1d_cuda"):
             sys.modules[name] = types.ModuleType(name)
+        sys.modules.update(tilelang_modules())
         import triton.runtime.autotuner as autotuner
         import triton.runtime.interpreter as interpreter
         from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref, causal_conv1d_update_ref

@@ -4,15 +4,19 @@ Triton SISO kernels; the env
 stage's self-check; a bf16-autocast training step; and the stand-ins' argument lists against the
 pinned packages' C++ bindings."""
 
+import ast
+import functools
+import importlib.util
 import json
 import re
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from cuda_emulation import BINDINGS, BindingCheckFailed, cuda_backend_on_cpu
+from cuda_emulation import BINDINGS, TILELANG, TILELANG_KERNELS, BindingCheckFailed, cuda_backend_on_cpu
 from mamba_ssm_reference import oracle_on_path
 from seqarena.models import build_model
 from seqarena.ops import backends, mamba3_chunk_scan, mamba3_state_update, ssd_state_update
@@ -26,6 +30,18 @@ PINNED_SOURCES = {
 }
 
 
+def load_gpu_check():
+    """benchmarks/gpu_check.py, whose family rows run the comparison of the first test on a GPU."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = load_gpu_check()
+relative_error = gpu_check.relative_error
+
+
 @pytest.fixture(scope="module")
 def emulated_cuda():
     with cuda_backend_on_cpu():
@@ -36,43 +52,18 @@ def run_on(backend, monkeypatch):
     monkeypatch.setenv(backends.BACKEND_ENV_VAR, backend)
 
 
-def forward_and_grads(model, ids, backend, monkeypatch):
-    run_on(backend, monkeypatch)
-    model.zero_grad()
-    logits = model(ids)
-    (logits.float() * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def relative_error(got, want) -> float:
-    return float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
-
-
-@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid", "mamba_lti"])
-def test_every_family_on_cuda_matches_torch_forward_every_gradient_and_decoding(
-    arch, emulated_cuda, monkeypatch
-):
-    """float32, a length past one 32-step SSD chunk; decoding: a prefill with a cache, then steps."""
-    torch.manual_seed(0)
-    model = build_model(f"{arch}-tiny", vocab_size=VOCAB).float()
-    with torch.no_grad():  # off the initialisation, so that every parameter matters
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    ids = torch.randint(0, VOCAB, (2, 45))
-    want, want_grads = forward_and_grads(model, ids, "torch", monkeypatch)
-    got, got_grads = forward_and_grads(model, ids, "cuda", monkeypatch)
-    assert relative_error(got, want) < 1e-5
-    assert got_grads.keys() == want_grads.keys() == {n for n, _ in model.named_parameters()}
-    worst = max(want_grads, key=lambda n: relative_error(got_grads[n], want_grads[n]))
-    assert relative_error(got_grads[worst], want_grads[worst]) < 1e-4, worst
-
-    run_on("cuda", monkeypatch)
-    with torch.no_grad():
-        cache = model.allocate_cache(2, 45)
-        prefix = model(ids[:, :40], cache=cache)
-        steps = torch.stack([model.step(ids[:, t], cache) for t in range(40, 45)], 1)
-    assert relative_error(prefix, want[:, :40]) < 1e-5
-    assert relative_error(steps, want[:, 40:]) < 1e-5
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid", "mamba_lti", "mamba3_mimo"])
+def test_every_family_on_cuda_matches_torch_forward_every_gradient_and_decoding(arch, emulated_cuda):
+    """`make gpu-check`'s family comparison, here on CPU tensors in float32: logits, every
+    parameter's gradient, and a prefill with a cache then steps. (Mamba-3 SISO's backward asserts
+    CUDA tensors in Python: test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel holds its forward.)"""
+    errors = gpu_check.cuda_versus_torch(f"{arch}-tiny", torch.device("cpu"))
+    grads = {name: error for name, error in errors.items() if name.startswith("grad ")}
+    n_params = len(list(build_model(f"{arch}-tiny", vocab_size=gpu_check.FAMILY_VOCAB).parameters()))
+    assert len(grads) == n_params
+    assert errors["logits"] < 1e-5 and errors["decoding"] < 1e-5, errors
+    worst = max(grads, key=grads.get)
+    assert grads[worst] < 1e-4, worst
 
 
 def test_mamba1_on_cuda_trains_through_mamba_ssms_fused_mamba_inner_fn(emulated_cuda, monkeypatch):
@@ -123,22 +114,30 @@ def test_mamba2_decoding_with_a_dt_limit_runs_mamba_ssms_step_kernel(emulated_cu
     torch.testing.assert_close(state, want_state, rtol=1e-5, atol=1e-5)
 
 
-def mamba3_inputs(length, heads=4, d_state=32, headdim=32, angles=8):
-    torch.manual_seed(2)
+def mamba3_inputs(length, heads=4, d_state=32, headdim=32, angles=8, rank=1, seed=2):
+    """Mamba-3's SSM inputs; rank > 1: MIMO's, with its projections and its rotary pairs."""
+    torch.manual_seed(seed)
     dt = torch.nn.functional.softplus(torch.randn(2, heads, length) - 1)
-    return dict(
-        q=torch.randn(2, length, 1, 1, d_state),
-        k=torch.randn(2, length, 1, 1, d_state),
+    inputs = dict(
+        q=torch.randn(2, length, rank, 1, d_state),
+        k=torch.randn(2, length, rank, 1, d_state),
         x=torch.randn(2, length, heads, headdim),
         adt=-torch.rand(2, heads, length) * dt,
         dt=dt,
         trap=torch.randn(2, heads, length),
-        q_bias=torch.randn(heads, 1, d_state),
-        k_bias=torch.randn(heads, 1, d_state),
+        q_bias=torch.randn(heads, rank, d_state),
+        k_bias=torch.randn(heads, rank, d_state),
         angles=torch.randn(2, length, heads, angles),
         D=torch.randn(heads),
         z=torch.randn(2, length, heads, headdim),
     )
+    if rank > 1:
+        inputs |= dict(
+            mimo_x=torch.randn(heads, rank, headdim),
+            mimo_z=torch.randn(heads, rank, headdim),
+            rotate_pairwise=False,
+        )
+    return inputs
 
 
 def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel(emulated_cuda, monkeypatch):
@@ -166,7 +165,7 @@ def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel(emulated_cuda, monkey
     assert relative_error(logits["cuda"], logits["torch"]) < 1e-4
 
 
-def test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel_and_mimo_is_refused(emulated_cuda):
+def test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel(emulated_cuda):
     """mamba3_siso_step advances the four states as ours does. Its output is a bfloat16 dot inside
     the kernel, which the interpreter computes wrongly (cuda_emulation.py): only the states are held."""
     inputs = mamba3_inputs(1)
@@ -185,11 +184,57 @@ def test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel_and_mimo_is_refused
     mamba3_state_update(want, **step, backend="torch")
     for ours, theirs in zip(held, want, strict=True):
         assert relative_error(ours, theirs) < 1e-5
-    mimo = dict(inputs, mimo_x=torch.ones(4, 1, 32), mimo_z=torch.ones(4, 1, 32))
+    with pytest.raises(ValueError, match=r"SISO kernels rotate \(2i, 2i\+1\) pairs"):
+        mamba3_state_update(held, **step, rotate_pairwise=False, backend="cuda")
+
+
+def test_mamba3_mimo_on_cuda_runs_mamba_ssms_mimo_wrapper(emulated_cuda):
+    """mamba3_mimo (its wrapper as it is, the TileLang kernels standing in) at rank 4, from the start
+    to its final states, at a length past two chunks and no multiple of one; then a chunk that
+    continues from them (seqarena's chunked form: the kernel takes no initial states). Each against
+    the torch backend."""
+    inputs = mamba3_inputs(45, rank=4)
+    options = dict(chunk_size=16, return_final_states=True)
+    want, want_states = mamba3_chunk_scan(**inputs, **options, backend="torch")
+    got, states = mamba3_chunk_scan(**inputs, **options, backend="cuda")
+    assert got.shape == want.shape == (2, 45, 4, 4, 32)  # per rank: the mixer contracts with mimo_o
+    assert relative_error(got, want) < 1e-5
+    for ours, theirs in zip(states, want_states, strict=True):
+        assert relative_error(ours, theirs) < 1e-5
+    more = mamba3_inputs(20, rank=4, seed=3)
+    continued = dict(chunk_size=16, initial_states=states)
+    assert (
+        relative_error(
+            mamba3_chunk_scan(**more, **continued, backend="cuda"),
+            mamba3_chunk_scan(**more, **continued, backend="torch"),
+        )
+        < 1e-6
+    )
+    with pytest.raises(ValueError, match=r"MIMO kernels rotate \(i, i \+ N/2\) pairs"):
+        mamba3_chunk_scan(**inputs | dict(rotate_pairwise=True), chunk_size=16, backend="cuda")
+
+
+def test_without_tilelang_mimo_is_refused_on_cuda_naming_why_and_the_rest_runs(emulated_cuda, monkeypatch):
+    """mamba_ssm's MIMO kernel imports apart from the rest, as mamba_ssm's own Mamba3 does: with the
+    real TileLang modules (tilelang is not installed here) it does not, and only MIMO is refused."""
+    from seqarena.ops import cuda
+
+    for name in [m for m in sys.modules if m.startswith(TILELANG)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(cuda, "kernels", functools.cache(cuda.kernels.__wrapped__))
+    assert cuda.kernels().reason is None and cuda.kernels().mamba3_mimo is None
     with pytest.raises(
-        ValueError, match="MIMO kernels .* not wired in: run MIMO models with scan_backend torch"
+        RuntimeError, match="MIMO kernel .TileLang. does not import .*No module named 'tilelang'"
     ):
-        mamba3_chunk_scan(**mimo, chunk_size=16, backend="cuda")
+        mamba3_chunk_scan(**mamba3_inputs(8, rank=4), chunk_size=8, backend="cuda")
+    siso = mamba3_inputs(8)
+    assert (
+        relative_error(
+            mamba3_chunk_scan(**siso, chunk_size=8, backend="cuda"),
+            mamba3_chunk_scan(**siso, chunk_size=8, backend="torch"),
+        )
+        < 1e-4
+    )
 
 
 def test_the_env_self_check_passes_on_cuda(emulated_cuda):
@@ -256,6 +301,17 @@ def test_each_stand_in_takes_the_pinned_bindings_argument_list(module, function,
     assert ours == cpp, f"{module}.{function}: the stand-in takes {ours}, the binding {cpp}"
 
 
+@pytest.mark.parametrize("module,function", sorted(k for k, v in TILELANG_KERNELS.items() if v))
+def test_each_tilelang_stand_in_takes_the_pinned_kernels_argument_list(module, function, cuda_sources):
+    folder = PINNED_SOURCES["selective_scan_cuda"][0]
+    path = f"{folder}/{TILELANG.replace('.', '/')}/{module}.py"
+    with tarfile.open(cuda_sources / f"{folder}.tar.gz") as tar:
+        tree = ast.parse(tar.extractfile(path).read().decode())
+    (pinned,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == function]
+    pinned_arguments = [a.arg for a in pinned.args.args + pinned.args.kwonlyargs]
+    assert TILELANG_KERNELS[module, function].split() == pinned_arguments
+
+
 def test_the_oracles_causal_conv1d_is_the_python_of_the_pinned_build(cuda_sources):
     """The oracle installs PyPI's causal-conv1d 1.6.1 (its Python only); the GPU env builds tag
     v1.6.1.post4. Their Python must be the same for the harness to stand for the build."""
@@ -274,17 +330,12 @@ def test_the_oracles_causal_conv1d_is_the_python_of_the_pinned_build(cuda_source
 def test_kernels_json_and_gpu_checks_backend_rows_say_cuda_passed(emulated_cuda, tmp_path):
     """The env stage's record and `make gpu-check`'s backend rows, through the same code a GPU runs:
     float32 compared; bfloat16 runs (the interpreter's bf16 values are not compared)."""
-    import importlib.util
-
     from seqarena.env import write_kernels_record
 
     record = write_kernels_record(tmp_path / "kernels.json", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cuda = json.loads((tmp_path / "kernels.json").read_text())["backends"]["cuda"]
     assert cuda["available"] and cuda["passed"] and cuda == record["backends"]["cuda"]
 
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     rows = {r.check: r for r in gpu_check.backend_rows()}
     assert rows["backend cuda float32 vs float64 reference"].status == "passed"
     assert re.search(

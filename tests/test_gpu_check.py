@@ -34,6 +34,8 @@ def test_make_gpu_check_on_a_cpu_skips_the_gpu_parts_saying_why_and_measures_the
         "result": no_cuda,
         "seconds": None,
     }
+    assert rows["families on cuda vs torch"]["status"] == "skipped"
+    assert rows["families on cuda vs torch"]["result"].startswith("no CUDA device")
     for dtype in ("float32", "bfloat16"):
         assert rows[f"backend cuda {dtype} vs float64 reference"]["status"] == "skipped"
         for backend in ("cpp", "torch"):

@@ -1,11 +1,16 @@
 """The ``cuda`` backend: mamba_ssm's kernels (the fused selective scan and Mamba-1 mixer, the Triton
-SSD and decoding step, Mamba-3's Triton SISO kernels) and causal_conv1d's conv, called as
-mamba_ssm's own modules call them, with every optional argument by keyword.
+SSD and decoding step, Mamba-3's Triton SISO kernels and its TileLang MIMO kernel) and causal_conv1d's
+conv, called as mamba_ssm's own modules call them, with every optional argument by keyword.
 
 mamba-ssm and causal-conv1d import only where they were built with CUDA; their absence never breaks
 seqarena: the backend then says why it is unavailable (the import error and the installed
 versions), and automatic choice moves on. Both are required: mamba_ssm's fused Mamba-1 mixer
-calls causal_conv1d, so a cuda backend without it would not be mamba_ssm's fast path.
+calls causal_conv1d, so a cuda backend without it would not be mamba_ssm's fast path. Mamba-3 MIMO
+also needs TileLang (mamba-ssm's optional dependency, which the GPU env installs); without it MIMO
+is refused here, saying why, and everything else runs. Where mamba_ssm has no kernel for a call,
+seqarena's torch form runs on the same GPU tensors, as each function below says: Mamba-3 MIMO's
+decoding step (mamba_ssm's is CuTe DSL, for H100 only) and its chunks that continue a sequence
+(its MIMO kernel takes no initial states).
 tests/cuda_emulation.py runs this module through both packages' own code on a CPU.
 """
 
@@ -14,11 +19,13 @@ from importlib import metadata
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 from seqarena.ops.backends import KernelBackend, register_backend
+from seqarena.ops.mamba3 import mamba3_chunk_scan_torch, mamba3_state_update_torch
 from seqarena.ops.ssd import NO_DT_LIMIT, discretised_dt
 
-PACKAGES = ("mamba-ssm", "causal-conv1d", "triton", "torch")
+PACKAGES = ("mamba-ssm", "causal-conv1d", "triton", "torch", "tilelang")
 
 
 def installed_versions() -> str:
@@ -48,6 +55,7 @@ def kernels() -> SimpleNamespace:
             reason=f"mamba_ssm or causal_conv1d does not import ({type(e).__name__}: {e}; "
             f"{installed_versions()})"
         )
+    mamba3_mimo, mimo_reason = _mimo_kernel()
     return SimpleNamespace(
         reason=None,
         scan=selective_scan_fn,
@@ -58,7 +66,22 @@ def kernels() -> SimpleNamespace:
         conv_step=causal_conv1d_update,
         mamba3=mamba3_siso_combined,
         mamba3_step=mamba3_siso_step,
+        mamba3_mimo=mamba3_mimo,
+        mimo_reason=mimo_reason,
     )
+
+
+def _mimo_kernel():
+    """mamba_ssm's Mamba-3 MIMO kernel (TileLang, compiled at its first call) and None, or None and
+    why it does not import: apart from the rest, as mamba_ssm's own Mamba3 imports it."""
+    try:
+        from mamba_ssm.ops.tilelang.mamba3.mamba3_mimo import mamba3_mimo
+    except Exception as e:  # ImportError, or TileLang failing to load its library
+        return None, (
+            f"mamba_ssm's Mamba-3 MIMO kernel (TileLang) does not import ({type(e).__name__}: {e}; "
+            f"{installed_versions()})"
+        )
+    return mamba3_mimo, None
 
 
 def _why_not(u: torch.Tensor) -> str | None:
@@ -181,11 +204,13 @@ def _ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=F
     return kernels().step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
-def _siso_only(q: torch.Tensor, mimo_x) -> None:
-    if q.shape[-3] != 1 or mimo_x is not None:
+def _check_pairs(rotate_pairwise: bool, mimo: bool) -> None:
+    """mamba_ssm's kernels fix the rotary pairs: (2i, 2i+1) for SISO, (i, i + N/2) for MIMO."""
+    if rotate_pairwise == mimo:
         raise ValueError(
-            "the cuda backend runs Mamba-3 SISO on mamba_ssm's Triton kernels; its MIMO kernels (TileLang, "
-            "CuTe DSL) are not wired in: run MIMO models with scan_backend torch"
+            f"mamba_ssm's Mamba-3 {'MIMO' if mimo else 'SISO'} kernels rotate "
+            f"{'(i, i + N/2)' if mimo else '(2i, 2i+1)'} pairs, not those that rotate_pairwise="
+            f"{rotate_pairwise} asks for"
         )
 
 
@@ -208,9 +233,15 @@ def _mamba3(
     initial_states=None,
     return_final_states=False,
 ):
-    """mamba_ssm's mamba3_siso_combined, as its Mamba3 calls it (SISO pairs its rotary dimensions
-    (2i, 2i+1), as rotate_pairwise says); the rank dimension of q, k, the biases and the states is 1."""
-    _siso_only(q, mimo_x)
+    """mamba_ssm's mamba3_siso_combined, as its Mamba3 calls it; the rank dimension of q, k, the
+    biases and the states is 1. MIMO (``mimo_x`` given): its mamba3_mimo (``_mamba3_mimo``), which
+    takes no initial states: a chunk that continues a sequence runs seqarena's chunked form."""
+    _check_pairs(rotate_pairwise, mimo=mimo_x is not None)
+    if mimo_x is not None:
+        inputs = (q, k, x, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x, mimo_z, chunk_size)
+        if initial_states is not None:
+            return mamba3_chunk_scan_torch(*inputs, False, initial_states, return_final_states)
+        return _mamba3_mimo(*inputs, return_final_states)
     states = None
     if initial_states is not None:
         angle, ssm, k_state, x_state = initial_states
@@ -237,6 +268,53 @@ def _mamba3(
     return y.unsqueeze(2), (angle, ssm, last_k.unsqueeze(1), last_x)
 
 
+def _rotary_dim_divisor(d_state: int, angles: int) -> int:
+    """mamba3_mimo's ``rotary_dim_divisor``: 2 where the angles turn all N/2 pairs, 4 where they turn
+    N/4 (mamba_ssm's rope_fraction 1.0 and 0.5); it takes no other."""
+    for divisor in (2, 4):
+        if d_state == divisor * angles:
+            return divisor
+    raise ValueError(
+        f"mamba_ssm's Mamba-3 MIMO kernel rotates N/2 or N/4 pairs; d_state {d_state} with {angles} "
+        "rotary angles is neither"
+    )
+
+
+def _mamba3_mimo(
+    q, k, x, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x, mimo_z, chunk_size, return_state
+):
+    """mamba_ssm's TileLang mamba3_mimo, as its Mamba3 calls it with is_outproj_norm: MIMO_Out None,
+    so that it returns the output per rank, which the mixer contracts with mimo_o. That kernel gates
+    with Z only where it contracts, so z's gate, silu(z * mimo_z) per rank, is applied here."""
+    if kernels().mamba3_mimo is None:
+        raise RuntimeError(f"{kernels().mimo_reason}: run MIMO models with scan_backend torch")
+    out = kernels().mamba3_mimo(
+        Q=q.to(x.dtype),
+        K=k.to(x.dtype),
+        V=x,
+        ADT=adt.float(),
+        DT=dt.float(),
+        Trap=trap,
+        Q_bias=q_bias,
+        K_bias=k_bias,
+        MIMO_V=mimo_x,
+        MIMO_Z=mimo_z,
+        MIMO_Out=None,
+        Angles=angles.float(),
+        D=D,
+        Z=None,
+        chunk_size=chunk_size,
+        rotary_dim_divisor=_rotary_dim_divisor(q.shape[-1], angles.shape[-1]),
+        dtype=x.dtype,
+        return_state=return_state,
+    )
+    y = out[0] if return_state else out  # (batch, L, R, nheads, headdim)
+    if z is not None:
+        gate = F.silu(z.float().unsqueeze(2) * mimo_z.float().transpose(0, 1))  # (b, L, R, h, p)
+        y = (y.float() * gate).to(y.dtype)
+    return (y, tuple(out[1:5])) if return_state else y
+
+
 def _mamba3_step(
     states,
     q,
@@ -255,8 +333,13 @@ def _mamba3_step(
     rotate_pairwise=True,
 ):
     """mamba_ssm's Triton mamba3_siso_step (its Mamba3.step takes the CuTe DSL kernel, H100 only);
-    it returns new states, copied into ``states``."""
-    _siso_only(q, mimo_x)
+    it returns new states, copied into ``states``. MIMO: seqarena's step on these tensors, as
+    mamba_ssm's MIMO step is CuTe DSL only."""
+    _check_pairs(rotate_pairwise, mimo=mimo_x is not None)
+    if mimo_x is not None:
+        return mamba3_state_update_torch(
+            states, q, k, x, adt, dt, trap, q_bias, k_bias, angles, D, z, mimo_x, mimo_z, rotate_pairwise
+        )
     angle, ssm, k_state, x_state = states
     y, new = kernels().mamba3_step(
         q[:, 0],
