@@ -74,7 +74,8 @@ def test_the_two_envs_pin_the_same_version_of_every_package_they_share_but_torch
     shared = cpu.keys() & gpu.keys() - {"torch"}  # a CPU build, and the CUDA 13.0 build the kernels need
     assert {k: str(cpu[k]) for k in shared} == {k: str(gpu[k]) for k in shared}
     assert set(cpu) - set(gpu) == {"ninja"}  # from conda in the GPU env (the builds use it)
-    assert set(gpu) - set(cpu) == {"triton", "einops"}  # what mamba-ssm imports, within its bounds
+    # what mamba-ssm imports (tilelang and its apache-tvm-ffi: for Mamba-3 MIMO), within its bounds
+    assert set(gpu) - set(cpu) == {"triton", "einops", "tilelang", "apache-tvm-ffi"}
 
 
 def declared_requirements(setup_py: str) -> dict[str, Requirement]:
@@ -89,9 +90,9 @@ def test_the_gpu_envs_torch_triton_and_nvcc_satisfy_what_each_pinned_package_dec
     """torch's own Requires-Dist (fixtures/cuda_build/torch-<version>.requires.txt, from PyPI's
     metadata), mamba-ssm's and causal-conv1d's install_requires (their tags' setup.py): every
     package they name that the env installs is pinned within their bounds, and torch's CUDA major
-    is nvcc's. mamba-ssm's tilelang, apache-tvm-ffi and quack-kernels serve Mamba-3's MIMO and
-    CuTe kernels only, which it imports inside try/except ImportError: the env leaves them out
-    (tests/test_cuda_emulation.py imports mamba_ssm without them)."""
+    is nvcc's. mamba-ssm's quack-kernels serves its CuTe DSL kernels only, which it imports inside
+    try/except ImportError: the env leaves it out (tests/test_cuda_emulation.py imports mamba_ssm
+    without it)."""
     env = env_file("gpu")
     pins = {k: next(iter(r.specifier)).version for k, r in pip_pins(env).items()}
     conda = conda_pins(env)
@@ -108,7 +109,7 @@ def test_the_gpu_envs_torch_triton_and_nvcc_satisfy_what_each_pinned_package_dec
         == conda["cuda-version"].split(".")[0]
     )
 
-    not_installed = {"tilelang", "apache-tvm-ffi", "quack-kernels"}
+    not_installed = {"quack-kernels"}
     for setup_py in ("mamba_ssm-2.3.2.post1.setup.py", "causal_conv1d-1.6.1.post4.setup.py"):
         declared = declared_requirements(setup_py)
         assert declared.keys() - not_installed <= pins.keys(), (setup_py, declared.keys() - pins.keys())
