@@ -188,6 +188,25 @@ def test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel(emulated_cuda):
         mamba3_state_update(held, **step, rotate_pairwise=False, backend="cuda")
 
 
+@pytest.mark.parametrize("major,stages", [(9, {1, 2, 3}), (10, {1}), (12, {1})])
+def test_mamba3_siso_forward_is_never_pipelined_on_blackwell(major, stages, emulated_cuda, monkeypatch):
+    """mamba-ssm 2.3.2.post1's mamba3_siso_fwd_kernel corrupts its output on Blackwell at num_stages
+    > 1 (state-spaces/mamba #997, after the release): the backend prunes those configs there."""
+    import triton
+    from mamba_ssm.ops.triton.mamba3.mamba3_siso_fwd import mamba3_siso_fwd_kernel
+
+    from seqarena.ops import cuda
+
+    monkeypatch.setattr(
+        mamba3_siso_fwd_kernel, "configs", [triton.Config({}, num_stages=s) for s in (1, 2, 3)]
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    monkeypatch.setattr(cuda, "kernels", functools.cache(cuda.kernels.__wrapped__))
+    assert cuda.kernels().reason is None
+    assert {c.num_stages for c in mamba3_siso_fwd_kernel.configs} == stages
+
+
 def test_mamba3_mimo_on_cuda_runs_mamba_ssms_mimo_wrapper(emulated_cuda):
     """mamba3_mimo (its wrapper as it is, the TileLang kernels standing in) at rank 4, from the start
     to its final states, at a length past two chunks and no multiple of one; then a chunk that

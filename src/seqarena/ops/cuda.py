@@ -55,6 +55,8 @@ def kernels() -> SimpleNamespace:
             reason=f"mamba_ssm or causal_conv1d does not import ({type(e).__name__}: {e}; "
             f"{installed_versions()})"
         )
+    if torch.cuda.is_available():
+        _prune_for_blackwell(torch.cuda.get_device_capability()[0])
     mamba3_mimo, mimo_reason = _mimo_kernel()
     return SimpleNamespace(
         reason=None,
@@ -69,6 +71,17 @@ def kernels() -> SimpleNamespace:
         mamba3_mimo=mamba3_mimo,
         mimo_reason=mimo_reason,
     )
+
+
+def _prune_for_blackwell(major: int) -> None:
+    """mamba-ssm 2.3.2.post1's Mamba-3 SISO forward kernel corrupts its output, silently, on Blackwell
+    (compute capability 10.x and 12.x) wherever Triton pipelines it (num_stages > 1, with triton 3.5
+    to 3.7). Upstream pruned those configs from its autotuner after that release (state-spaces/mamba
+    #997, e9594ce); the same pruning here, for the pinned release. Elsewhere all stay."""
+    from mamba_ssm.ops.triton.mamba3.mamba3_siso_fwd import mamba3_siso_fwd_kernel
+
+    if major in (10, 12):
+        mamba3_siso_fwd_kernel.configs = [c for c in mamba3_siso_fwd_kernel.configs if c.num_stages == 1]
 
 
 def _mimo_kernel():
