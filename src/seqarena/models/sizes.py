@@ -19,8 +19,10 @@ ablation, S4 inside the Mamba block; ``models.mamba.LTIMixer``) at Mamba's sizes
 ``transformer_abs`` is Transformer++ with absolute sinusoidal positions instead of rotary ones
 (Table 11's MHA-Abs) at Transformer++'s sizes. ``mamba3`` and ``mamba3_mimo`` are Mamba-3 (SISO;
 MIMO at rank 4, the Mamba-3 paper's, arXiv 2603.15569) at the CPU sizes, with Mamba-2's widths,
-depths, state and head sizes. CPU sizes of the Mamba-2 families use d_state 32, headdim 32 and
-32-step chunks (the fastest chunk for a training step on a CPU: benchmarks/README.md).
+depths, state and head sizes; ``mamba3`` also at Mamba-2's paper sizes (ours, not the Mamba-3
+paper's configurations, which seqarena has no source for). CPU sizes of the Mamba-2 families use
+d_state 32, headdim 32 and 32-step chunks (the fastest chunk for a training step on a CPU:
+benchmarks/README.md).
 """
 
 import math
@@ -108,14 +110,21 @@ SIZES: dict[str, dict[str, Size]] = {
     },
 }
 
-# Mamba-3 (SISO, and MIMO at rank 4) at the CPU sizes, on Mamba-2's widths and depths: no paper
-# size yet (the Mamba-3 paper's configurations are not in seqarena.paper's data).
-for family, ssm_cfg in (("mamba3", MAMBA3_CPU), ("mamba3_mimo", MAMBA3_MIMO_CPU)):
-    SIZES[family] = {
-        size: Size({**SIZES["mamba2"][size].dims, "ssm_cfg": ssm_cfg}, SIZES["mamba2"][size].lr)
-        for size, spec in SIZES["mamba2"].items()
-        if spec.nominal_params is None
-    }
+# Mamba-3 on Mamba-2's widths, depths and rates: SISO and MIMO (rank 4) at the CPU sizes; SISO also
+# at Mamba-2's paper sizes with mamba_ssm's Mamba3 defaults (d_state 128, headdim 64, 64-step
+# chunks), within 5% of their parameters. These are ours: the Mamba-3 paper's configurations are
+# not in seqarena.paper's data. MIMO has no paper size: at rank 4 its B and C projections add 6-12%.
+SIZES["mamba3"] = {
+    size: Size({**spec.dims, "ssm_cfg": {"layer": "Mamba3"}}, spec.lr, spec.nominal_params)
+    if spec.nominal_params
+    else Size({**spec.dims, "ssm_cfg": MAMBA3_CPU}, spec.lr)
+    for size, spec in SIZES["mamba2"].items()
+}
+SIZES["mamba3_mimo"] = {
+    size: Size({**spec.dims, "ssm_cfg": MAMBA3_MIMO_CPU}, spec.lr)
+    for size, spec in SIZES["mamba2"].items()
+    if spec.nominal_params is None
+}
 # The paper's non-selective ablation (Table 1's S4 inside the Mamba block): Mamba's shapes and rates.
 SIZES["mamba_lti"] = {
     size: Size({**spec.dims, "ssm_cfg": {"layer": "MambaLTI"}}, spec.lr, spec.nominal_params)
