@@ -29,7 +29,8 @@ tensors, with these substitutions and nothing else:
 - **Mamba-3's TileLang MIMO kernels** (``mamba_ssm/ops/tilelang/mamba3/``: a GPU compiler, no
   interpreter) are modules of stand-ins. The forward computes mamba_ssm's own MIMO test reference
   (``mamba3_MIMO_chunk_ref``, which its tests hold the kernel to), gating with z only where it
-  contracts with mimo_o, as the kernel does; the backward is autograd of it. Their wrapper
+  contracts with mimo_o, as the kernel does, and enforcing the dtypes its tensors are declared
+  with; the backward is autograd of it. Their wrapper
   (``mamba3_mimo.py``, its autograd Function and Triton angle and decay kernels) runs as it is.
   Each stand-in takes the pinned module's argument list (tests/test_cuda_emulation.py checks it).
 - **Autocast:** CUDA's autocast cannot be enabled without CUDA, so CPU autocast stands in for it:
@@ -381,6 +382,11 @@ def tilelang_modules() -> dict[str, types.ModuleType]:
         threads=128,
         num_stages=0,
     ):
+        given = dict(q=q, k=k, v=v, z=z, trap=trap, q_bias=q_bias, k_bias=k_bias, mimo_v=mimo_v)
+        given |= dict(mimo_o=mimo_o, mimo_z=mimo_z, D=D, angles=angles, dA_cs=dA_cs, dt=dt)
+        for name, t in [(name, t) for name, t in given.items() if t is not None]:
+            declared = dtype if name in ("q", "k", "v", "z", "trap") else torch.float32  # its T.Tensor's
+            check(t.dtype == declared, f"{name} is {t.dtype}, the kernel declares {declared}")
         out, final_state, final_k = on_reference(
             q,
             k,

@@ -267,7 +267,7 @@ def test_the_env_self_check_passes_on_cuda(emulated_cuda):
     assert record["max_relative_error"] < TOLERANCE[torch.float32]
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "mamba3_mimo"])
 def test_a_bf16_autocast_training_step_runs_on_cuda_with_a_gpus_dtypes(arch, emulated_cuda, monkeypatch):
     """The interpreter's bfloat16 is not trusted for values: this checks that the step runs, that
     the kernels see the dtypes a GPU would (bf16 activations, float32 SSM parameters, which the

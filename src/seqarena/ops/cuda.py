@@ -302,19 +302,19 @@ def _mamba3_mimo(
     if kernels().mamba3_mimo is None:
         raise RuntimeError(f"{kernels().mimo_reason}: run MIMO models with scan_backend torch")
     out = kernels().mamba3_mimo(
-        Q=q.to(x.dtype),
+        Q=q.to(x.dtype),  # the kernel declares the activations in dtype, the rest in float32
         K=k.to(x.dtype),
         V=x,
         ADT=adt.float(),
         DT=dt.float(),
-        Trap=trap,
-        Q_bias=q_bias,
-        K_bias=k_bias,
-        MIMO_V=mimo_x,
-        MIMO_Z=mimo_z,
+        Trap=trap.to(x.dtype),
+        Q_bias=q_bias.float(),
+        K_bias=k_bias.float(),
+        MIMO_V=mimo_x.float(),
+        MIMO_Z=mimo_z.float(),
         MIMO_Out=None,
         Angles=angles.float(),
-        D=D,
+        D=None if D is None else D.float(),
         Z=None,
         chunk_size=chunk_size,
         rotary_dim_divisor=_rotary_dim_divisor(q.shape[-1], angles.shape[-1]),
