@@ -233,6 +233,22 @@ def test_mamba3_mimo_on_cuda_runs_mamba_ssms_mimo_wrapper(emulated_cuda):
         mamba3_chunk_scan(**inputs | dict(rotate_pairwise=True), chunk_size=16, backend="cuda")
 
 
+def test_the_mimo_kernels_rotary_divisor_is_mamba_ssms_for_every_state_size():
+    """mamba_ssm's Mamba3 passes rotary_dim_divisor = 2 / rope_fraction, and its kernel declares
+    d_state // divisor angles: ours, from the shapes alone, agree at every d_state."""
+    from seqarena.models.mamba3 import rope_angles
+    from seqarena.ops.cuda import _rotary_dim_divisor
+
+    for d_state in range(3, 260):
+        for rope_fraction in (0.5, 1.0):
+            angles = rope_angles(d_state, rope_fraction)
+            if angles:
+                assert _rotary_dim_divisor(d_state, angles) == int(2 / rope_fraction), d_state
+                assert angles == d_state // int(2 / rope_fraction)
+    with pytest.raises(ValueError, match="d_state 32 with 5 rotary angles is neither"):
+        _rotary_dim_divisor(32, 5)
+
+
 def test_without_tilelang_mimo_is_refused_on_cuda_naming_why_and_the_rest_runs(emulated_cuda, monkeypatch):
     """mamba_ssm's MIMO kernel imports apart from the rest, as mamba_ssm's own Mamba3 does: with the
     real TileLang modules (tilelang is not installed here) it does not, and only MIMO is refused."""

@@ -282,10 +282,10 @@ def _mamba3(
 
 
 def _rotary_dim_divisor(d_state: int, angles: int) -> int:
-    """mamba3_mimo's ``rotary_dim_divisor``: 2 where the angles turn all N/2 pairs, 4 where they turn
-    N/4 (mamba_ssm's rope_fraction 1.0 and 0.5); it takes no other."""
+    """mamba3_mimo's ``rotary_dim_divisor``: 2 where the angles turn N // 2 pairs, 4 where they turn
+    N // 4 (mamba_ssm's rope_fraction 1.0 and 0.5, its kernel's angle count); it takes no other."""
     for divisor in (2, 4):
-        if d_state == divisor * angles:
+        if angles == d_state // divisor:
             return divisor
     raise ValueError(
         f"mamba_ssm's Mamba-3 MIMO kernel rotates N/2 or N/4 pairs; d_state {d_state} with {angles} "
