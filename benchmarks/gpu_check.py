@@ -139,7 +139,9 @@ FAMILY_VOCAB, FAMILY_LENGTH, FAMILY_PREFILL = 61, 45, 40
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+    """||got - want|| / ||want||; inf where either holds a NaN, so that it counts as the worst."""
+    error = float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
+    return math.inf if math.isnan(error) else error
 
 
 def cuda_versus_torch(model_name: str, device: torch.device) -> dict[str, float]:
