@@ -25,7 +25,8 @@ tensors, with these substitutions and nothing else:
 - **Mamba-3's Triton kernels** compute cos, sin and tanh with PTX approximations
   (``cos.approx.f32`` and the like in inline assembly), which the interpreter cannot run: they
   are numpy's functions here. Its SISO wrapper casts its inputs to bfloat16, and its forward
-  keeps chunk states in bfloat16: float32 here, for the reason above.
+  keeps chunk states in bfloat16: float32 here, for the reason above. Its backward's Python asserts
+  that every tensor is on CUDA: while its four backward functions run, tensors say they are.
 - **Mamba-3's TileLang MIMO kernels** (``mamba_ssm/ops/tilelang/mamba3/``: a GPU compiler, no
   interpreter) are modules of stand-ins. The forward computes mamba_ssm's own MIMO test reference
   (``mamba3_MIMO_chunk_ref``, which its tests hold the kernel to), gating with z only where it
@@ -48,7 +49,7 @@ import os
 import sys
 import threading
 import types
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -536,6 +537,29 @@ class _TorchWithFloat32ForBfloat16(types.ModuleType):
         return torch.float32 if name == "bfloat16" else getattr(torch, name)
 
 
+@contextmanager
+def _tensors_saying_cuda():
+    saved = torch.Tensor.is_cuda
+    torch.Tensor.is_cuda = property(lambda self: True)
+    try:
+        yield
+    finally:
+        torch.Tensor.is_cuda = saved
+
+
+def _saying_cuda(fn):
+    """fn, its tensors saying they are on CUDA while it runs (for a Python check of is_cuda)."""
+
+    def run(*args, **kwargs):
+        with _tensors_saying_cuda():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+SISO_BACKWARD = ("compute_dzdo", "compute_dqkv", "compute_dqktheta", "compute_ddt_dtrap_dinput_states")
+
+
 def _cpu_autocast_for_cuda(is_autocast_enabled):
     def enabled(device_type=None):
         return is_autocast_enabled(device_type or "cpu")
@@ -595,7 +619,11 @@ def _emulated_extensions_and_kernels():
             _patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
             _patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
             _patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
+            ExitStack() as backward,
         ):
+            for name in SISO_BACKWARD:  # as mamba3_siso_combined imported them
+                original = getattr(mamba3_siso_combined, name)
+                backward.enter_context(_patched(mamba3_siso_combined, name, _saying_cuda(original)))
             yield
     finally:
         if old_interpret is None:

@@ -52,16 +52,17 @@ def run_on(backend, monkeypatch):
     monkeypatch.setenv(backends.BACKEND_ENV_VAR, backend)
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid", "mamba_lti", "mamba3_mimo"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid", "mamba_lti", "mamba3", "mamba3_mimo"])
 def test_every_family_on_cuda_matches_torch_forward_every_gradient_and_decoding(arch, emulated_cuda):
     """`make gpu-check`'s family comparison, here on CPU tensors in float32: logits, every
-    parameter's gradient, and a prefill with a cache then steps. (Mamba-3 SISO's backward asserts
-    CUDA tensors in Python: test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel holds its forward.)"""
+    parameter's gradient, and a prefill with a cache then steps. Mamba-3 SISO's decoding step
+    computes its output as a bfloat16 dot, which the interpreter gets wrong (cuda_emulation.py):
+    there only its states are held (test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel)."""
     errors = gpu_check.cuda_versus_torch(f"{arch}-tiny", torch.device("cpu"))
     grads = {name: error for name, error in errors.items() if name.startswith("grad ")}
     n_params = len(list(build_model(f"{arch}-tiny", vocab_size=gpu_check.FAMILY_VOCAB).parameters()))
     assert len(grads) == n_params
-    assert errors["logits"] < 1e-5 and errors["decoding"] < 1e-5, errors
+    assert errors["logits"] < 1e-5 and (arch == "mamba3" or errors["decoding"] < 1e-5), errors
     worst = max(grads, key=grads.get)
     assert grads[worst] < 1e-4, worst
 
@@ -140,10 +141,10 @@ def mamba3_inputs(length, heads=4, d_state=32, headdim=32, angles=8, rank=1, see
     return inputs
 
 
-def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel(emulated_cuda, monkeypatch):
-    """mamba3_siso_combined's forward from given states to its final ones, at a length past two
-    chunks and no multiple of one; and a Mamba-3 model's logits. (Its backward asserts CUDA tensors
-    in Python: the gradients are the torch backend's, which test_mamba3 holds against gradcheck.)"""
+def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernels_forward_and_backward(emulated_cuda):
+    """mamba3_siso_combined from given states to its final ones, at a length past two chunks and no
+    multiple of one: the output, the final states, and the gradient of every input and initial
+    state through its Triton backward."""
     inputs = mamba3_inputs(45)
     initial = (
         torch.rand(2, 4, 8) * 6,
@@ -151,18 +152,24 @@ def test_mamba3_siso_on_cuda_runs_mamba_ssms_triton_kernel(emulated_cuda, monkey
         torch.randn(2, 1, 4, 32),
         torch.randn(2, 4, 32),
     )
-    options = dict(chunk_size=16, initial_states=initial, return_final_states=True)
-    want, want_states = mamba3_chunk_scan(**inputs, **options, backend="torch")
-    got, states = mamba3_chunk_scan(**inputs, **options, backend="cuda")
+    said = {}
+    for backend in ("torch", "cuda"):
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        states = [t.clone().requires_grad_() for t in initial]
+        y, final = mamba3_chunk_scan(
+            **leaves, chunk_size=16, initial_states=states, return_final_states=True, backend=backend
+        )
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        grads = {k: v.grad for k, v in leaves.items()} | {
+            f"initial {i}": t.grad for i, t in enumerate(states)
+        }
+        said[backend] = y.detach(), [t.detach() for t in final], grads
+    (got, got_states, got_grads), (want, want_states, want_grads) = said["cuda"], said["torch"]
     assert relative_error(got, want) < 1e-4  # float32 sums in another order
-    for ours, theirs in zip(states, want_states, strict=True):
+    for ours, theirs in zip(got_states, want_states, strict=True):
         assert relative_error(ours, theirs) < 1e-4
-    torch.manual_seed(0)
-    model = build_model("mamba3-tiny", vocab_size=VOCAB).float()
-    ids = torch.randint(0, VOCAB, (2, 45))
-    with torch.no_grad():
-        logits = {backend: run_on(backend, monkeypatch) or model(ids) for backend in ("torch", "cuda")}
-    assert relative_error(logits["cuda"], logits["torch"]) < 1e-4
+    for name, want_grad in want_grads.items():
+        assert got_grads[name] is not None and relative_error(got_grads[name], want_grad) < 1e-4, name
 
 
 def test_mamba3_decoding_on_cuda_runs_mamba_ssms_step_kernel(emulated_cuda):
