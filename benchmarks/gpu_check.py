@@ -2,10 +2,10 @@
 
 1. builds causal-conv1d and mamba-ssm for this GPU's arch only (envs/gpu.post-deploy.sh, the
    conda env's own script), timed; the wheels are kept (--wheels) and reused by later runs;
-2. checks every scan backend (cuda, cpp, torch) against the float64 reference: scan and conv,
-   output and every gradient, float32 and bfloat16 inputs; then every family's tiny model on the
-   cuda backend against the torch backend, both on the GPU (logits, every gradient, decoding), so
-   that Mamba-3's Triton (SISO) and TileLang (MIMO) kernels run inside a model;
+2. checks every scan backend (cuda, cpp, torch) against the float64 reference: scan, SSD, conv
+   and Mamba-3 SISO, output and every gradient, float32 and bfloat16 inputs; then every family's
+   tiny model on the cuda backend against the torch backend, both on the GPU (logits, every
+   gradient, decoding), so that Mamba-3's Triton (SISO) and TileLang (MIMO) kernels run in a model;
 3. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, bf16, L 512..512K: the scan and the SSD
    against SDPA attention (FlashAttention-2 on a GPU) and the paper's PyTorch parallel scan and
    FFT convolution, inputs made on the device before timing, what runs out of memory left out;
@@ -117,7 +117,7 @@ def backend_rows() -> list[Row]:
             error = record["max_relative_error"]
             result = (
                 f"on {record['device']}: largest relative error {error:.1e} ({worst}; tolerances "
-                f"{limits}), scan, SSD and conv, outputs and all gradients"
+                f"{limits}), scan, SSD, conv and Mamba-3 SISO, outputs and all gradients"
             )
             rows.append(Row(label, "passed" if record["passed"] else "failed", result, record["seconds"]))
     return rows

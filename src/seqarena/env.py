@@ -23,6 +23,7 @@ from seqarena.device import DEVICE_ENV_VAR, compute_device
 from seqarena.files import atomic_write
 from seqarena.ops import backends, selective_scan, selective_scan_torch
 from seqarena.ops.conv import causal_conv1d_torch
+from seqarena.ops.mamba3 import mamba3_chunk_scan_torch
 from seqarena.ops.ssd import ssd_chunk_scan_torch
 from seqarena.options import option
 from seqarena.tracking import default_uri, git_commit, init_store
@@ -33,10 +34,14 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
 # mamba_ssm's Triton SSD (the cuda backend's) multiplies float32 inputs in TF32, a 10-bit mantissa;
 # its own tests allow a relative 1e-2 there, and so does this check, for that kernel in float32.
 TF32_KERNELS = {("cuda", "ssd")}
+# mamba_ssm's Mamba-3 SISO wrapper casts float32 inputs to bfloat16: bfloat16's tolerance there.
+BF16_KERNELS = {("cuda", "mamba3")}
 
 
 def tolerance(backend: str, op: str, dtype: torch.dtype) -> float:
-    """The largest relative error ``op`` (scan, ssd, conv) may show on ``backend`` in ``dtype``."""
+    """The largest relative error ``op`` (scan, ssd, conv, mamba3) may show on ``backend`` in ``dtype``."""
+    if (backend, op) in BF16_KERNELS:
+        return TOLERANCE[torch.bfloat16]
     if dtype == torch.float32 and (backend, op) in TF32_KERNELS:
         return 1e-2
     return TOLERANCE[dtype]
@@ -74,10 +79,10 @@ def _relative_errors(name: str, got, want, got_inputs: dict, want_inputs: dict) 
 
 def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
     """Scan (with z, D, delta bias, softplus; input-dependent B and C), Mamba-2's SSD (grouped B and
-    C, a length that is no multiple of the chunk) and causal conv on ``backend`` against the
-    float64 references: outputs and every gradient, largest relative error each.
-    ``dtype`` is that of the activations and the conv; the scan's A, D and delta bias stay float32
-    (Mamba's mixer casts them so)."""
+    C, a length that is no multiple of the chunk), causal conv and Mamba-3's SSM (SISO, with z and
+    D) on ``backend`` against the float64 references: outputs and every gradient, largest relative
+    error each. ``dtype`` is that of the activations and the conv; the scan's A, D and delta bias,
+    and Mamba-3's decays, angles, biases and D, stay float32 (the mixers cast them so)."""
     gen = torch.Generator().manual_seed(seed)
     batch, dim, state, length = 2, 8, 4, 37
 
@@ -121,7 +126,28 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
     got = backends.causal_conv1d(*conv_ours.values(), activation="silu", backend=backend)
     want = causal_conv1d_torch(*conv_inputs.values(), "silu")
     errors |= _relative_errors("conv", got, want, conv_ours, conv_inputs)
-    tolerances = {op: tolerance(backend, op, dtype) for op in ("scan", "ssd", "conv")}
+
+    nheads, d_state = 2, 16  # the Triton kernels' dot products need 16-wide operands
+    dt = (torch.rand(batch, nheads, length, generator=gen, dtype=torch.float64) * 0.5 + 0.05).requires_grad_()
+    mamba3_inputs = {
+        "q": rand(batch, length, 1, 1, d_state),
+        "k": rand(batch, length, 1, 1, d_state),
+        "x": rand(batch, length, nheads, d_state),
+        "adt": (-torch.rand(batch, nheads, length, generator=gen, dtype=torch.float64) * dt).detach(),
+        "dt": dt,
+        "trap": rand(batch, nheads, length),
+        "q_bias": rand(nheads, 1, d_state),
+        "k_bias": rand(nheads, 1, d_state),
+        "angles": rand(batch, length, nheads, d_state // 4),
+        "D": rand(nheads),
+        "z": rand(batch, length, nheads, d_state),
+    }
+    mamba3_inputs["adt"].requires_grad_()
+    mamba3_ours = _rounded(mamba3_inputs, ("adt", "dt", "q_bias", "k_bias", "angles", "D"), device, dtype)
+    got = backends.mamba3_chunk_scan(**mamba3_ours, chunk_size=16, backend=backend)
+    want = mamba3_chunk_scan_torch(**mamba3_inputs, chunk_size=16)
+    errors |= _relative_errors("mamba3", got, want, mamba3_ours, mamba3_inputs)
+    tolerances = {op: tolerance(backend, op, dtype) for op in ("scan", "ssd", "conv", "mamba3")}
     failed = sorted(name for name, error in errors.items() if error > tolerances[name.split("_")[0]])
     worst = max(errors.values())
     return {
