@@ -127,7 +127,7 @@ def backend_rows() -> list[Row]:
 # logits, gradients and decoding may show against the torch backend's in float32 on the same GPU:
 # 1e-2 where mamba_ssm's Triton and TileLang matmuls take float32 in TF32 (as the env's self-check
 # allows its SSD), 5e-2 where its Mamba-3 SISO wrapper computes in bfloat16 (bfloat16's own).
-FAMILIES = {
+FAMILY_TOLERANCES = {
     "mamba": 1e-2,
     "mamba2": 1e-2,
     "hybrid": 1e-2,
@@ -180,7 +180,7 @@ def family_rows(device: torch.device) -> list[Row]:
     if reason is not None:
         return [Row("families on cuda vs torch", "skipped", reason)]
     rows = []
-    for family, limit in FAMILIES.items():
+    for family, limit in FAMILY_TOLERANCES.items():
         label = f"family {family}-tiny on cuda vs torch (float32, L {FAMILY_LENGTH})"
         if family == "mamba3_mimo" and cuda.kernels().mamba3_mimo is None:
             rows.append(Row(label, "skipped", cuda.kernels().mimo_reason))

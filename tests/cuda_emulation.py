@@ -537,22 +537,16 @@ class _TorchWithFloat32ForBfloat16(types.ModuleType):
         return torch.float32 if name == "bfloat16" else getattr(torch, name)
 
 
-@contextmanager
-def _tensors_saying_cuda():
-    saved = torch.Tensor.is_cuda
-    torch.Tensor.is_cuda = property(lambda self: True)
-    try:
-        yield
-    finally:
-        torch.Tensor.is_cuda = saved
-
-
 def _saying_cuda(fn):
     """fn, its tensors saying they are on CUDA while it runs (for a Python check of is_cuda)."""
 
     def run(*args, **kwargs):
-        with _tensors_saying_cuda():
+        saved = torch.Tensor.is_cuda
+        torch.Tensor.is_cuda = property(lambda self: True)
+        try:
             return fn(*args, **kwargs)
+        finally:
+            torch.Tensor.is_cuda = saved
 
     return run
 

@@ -133,7 +133,9 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
         "q": rand(batch, length, 1, 1, d_state),
         "k": rand(batch, length, 1, 1, d_state),
         "x": rand(batch, length, nheads, d_state),
-        "adt": (-torch.rand(batch, nheads, length, generator=gen, dtype=torch.float64) * dt).detach(),
+        "adt": (
+            -torch.rand(batch, nheads, length, generator=gen, dtype=torch.float64) * dt.detach()
+        ).requires_grad_(),
         "dt": dt,
         "trap": rand(batch, nheads, length),
         "q_bias": rand(nheads, 1, d_state),
@@ -142,7 +144,6 @@ def self_check(backend: str, device: torch.device, seed: int = 0, dtype: torch.d
         "D": rand(nheads),
         "z": rand(batch, length, nheads, d_state),
     }
-    mamba3_inputs["adt"].requires_grad_()
     mamba3_ours = _rounded(mamba3_inputs, ("adt", "dt", "q_bias", "k_bias", "angles", "D"), device, dtype)
     got = backends.mamba3_chunk_scan(**mamba3_ours, chunk_size=16, backend=backend)
     want = mamba3_chunk_scan_torch(**mamba3_inputs, chunk_size=16)

@@ -115,9 +115,11 @@ SIZES: dict[str, dict[str, Size]] = {
 # chunks), within 5% of their parameters. These are ours: the Mamba-3 paper's configurations are
 # not in seqarena.paper's data. MIMO has no paper size: at rank 4 its B and C projections add 6-12%.
 SIZES["mamba3"] = {
-    size: Size({**spec.dims, "ssm_cfg": {"layer": "Mamba3"}}, spec.lr, spec.nominal_params)
-    if spec.nominal_params
-    else Size({**spec.dims, "ssm_cfg": MAMBA3_CPU}, spec.lr)
+    size: Size(
+        {**spec.dims, "ssm_cfg": {"layer": "Mamba3"} if spec.nominal_params else MAMBA3_CPU},
+        spec.lr,
+        spec.nominal_params,
+    )
     for size, spec in SIZES["mamba2"].items()
 }
 SIZES["mamba3_mimo"] = {
