@@ -13,7 +13,6 @@ from statistics import mean, stdev
 
 from snakemake_benchmark import wall_seconds
 
-from seqarena.models.families import family_name
 from seqarena.report import Results, collect
 
 
@@ -22,7 +21,7 @@ def trainings(r: Results) -> dict[str, list[tuple[dict, float]]]:
     repeats at other seeds; family by family, smallest first."""
     benchmarks = r.root / "benchmarks/train"  # Snakemake's benchmark files, as train.smk names them
     runs = {}
-    for model in sorted(r.train, key=lambda m: (family_name(m), r.train[m]["summary"]["parameters"])):
+    for model in r.models_by_family():
         repeats = sorted(r.train_seeds.get(model, []), key=lambda summary: summary["seed"])
         runs[model] = [(r.train[model]["summary"], wall_seconds(benchmarks / f"{model}.tsv"))]
         runs[model] += [(s, wall_seconds(benchmarks / model / f"seed{s['seed']}.tsv")) for s in repeats]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqarena.models import pretrained_id
+from seqarena.models.families import family_name
 
 
 @dataclass
@@ -21,6 +22,18 @@ class Results:
     synthetic: dict = field(default_factory=dict)  # (task, model) -> its runs, one per seed (by seed)
     scaling: dict | None = None  # scaling/fits.json
     missing: list = field(default_factory=list)  # what could not be shown, and why
+
+    def models_by_family(self) -> list[str]:
+        """The trained models, family by family, smallest first."""
+        return sorted(self.train, key=lambda m: (family_name(m), self.train[m]["summary"]["parameters"]))
+
+    def seed_runs(self, model: str) -> list[dict]:
+        """The summaries of a model's runs at every seed (its own run, if trained here, and its
+        repeats: train.seeds), by seed."""
+        runs = ([self.train[model]["summary"]] if model in self.train else []) + self.train_seeds.get(
+            model, []
+        )
+        return sorted(runs, key=lambda run: run.get("seed", 0))
 
 
 def collect(results_dir: str | Path) -> Results:

@@ -13,8 +13,7 @@ GAP = 1.05  # validation loss this far above training loss is worth a sentence
 
 def _losses(r: Results, model: str) -> list[float]:
     """The final validation loss of a model's own run and of its repeats at other seeds."""
-    runs = [r.train[model]["summary"]] + r.train_seeds.get(model, [])
-    return [run["final_val_loss"] for run in runs]
+    return [run["final_val_loss"] for run in r.seed_runs(model)]
 
 
 def _data(r: Results) -> str:
@@ -47,7 +46,7 @@ def _data(r: Results) -> str:
 def _loss_pairs(r: Results) -> str:
     """Each SSM model beside the Transformer++ the papers pair it with, by final validation loss."""
     lines, lower, single = [], 0, []
-    for model in sorted(r.train, key=lambda m: (family_name(m), r.train[m]["summary"]["parameters"])):
+    for model in r.models_by_family():
         family = family_name(model)
         if family not in FAMILIES or not FAMILIES[family].has_ssm_state:
             continue

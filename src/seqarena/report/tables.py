@@ -71,9 +71,8 @@ def seed_table(r: Results) -> list[dict]:
     """Each model's final validation loss over its training seeds (train.seeds: its own run and the
     repeats), so one lucky seed is not read as a difference between architectures."""
     rows = []
-    for model, repeats in sorted(r.train_seeds.items()):
-        runs = ([r.train[model]["summary"]] if model in r.train else []) + repeats
-        runs.sort(key=lambda run: run.get("seed", 0))
+    for model in sorted(r.train_seeds):
+        runs = r.seed_runs(model)
         losses = [run["final_val_loss"] for run in runs]
         mean, std = mean_std(losses)
         rows.append(
