@@ -5,11 +5,14 @@
 2. checks every scan backend (cuda, cpp, torch) against the float64 reference: scan, SSD, conv
    and Mamba-3 SISO, output and every gradient, float32 and bfloat16 inputs; then every family's
    tiny model on the cuda backend against the torch backend, both on the GPU (logits, every
-   gradient, decoding), so that Mamba-3's Triton (SISO) and TileLang (MIMO) kernels run in a model;
+   gradient, decoding, and decoding with each step one CUDA graph replay, as the generation rows
+   time it), so that Mamba-3's Triton (SISO) and TileLang (MIMO) kernels run in a model; and the
+   Transformers' graphed decoding against their forward;
 3. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, bf16, L 512..512K: the scan and the SSD
    against SDPA attention (FlashAttention-2 on a GPU) and the paper's PyTorch parallel scan and
    FFT convolution, inputs made on the device before timing, what runs out of memory left out;
-4. generation: prompt 2048, 128 new tokens, batch 1..64, Mamba vs Transformer++ of matched size;
+4. generation: prompt 2048, 128 new tokens, batch 1..64, Mamba vs Transformer++ of matched size,
+   each step one CUDA graph replay for both (mamba_ssm's cg=True);
 5. times a bf16-autocast training step of mamba-130m and transformer-125m at the paper's shape
    (sequences of 2048 tokens): tokens/s (the median after the warm-up steps), MFU, peak memory;
    eager, then compiled as config/paper.yaml trains.
@@ -42,6 +45,7 @@ from seqarena.bench import bench_generation, bench_kernels, bench_training
 from seqarena.env import backend_record
 from seqarena.files import atomic_write
 from seqarena.models import build_model
+from seqarena.models.base import Decoder
 from seqarena.ops import backends, cuda, use_backend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +139,8 @@ FAMILY_TOLERANCES = {
     "mamba3": 5e-2,
     "mamba3_mimo": 1e-2,
 }
+# A Transformer's steps against its forward, both SDPA on the GPU in float32 (TF32 where allowed).
+ATTENTION_GRAPH_TOLERANCE = 1e-2
 FAMILY_VOCAB, FAMILY_LENGTH, FAMILY_PREFILL = 61, 45, 40
 
 
@@ -144,17 +150,33 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return math.inf if math.isnan(error) else error
 
 
-def cuda_versus_torch(model_name: str, device: torch.device) -> dict[str, float]:
-    """A float32 model (its weights moved off their initialisation, so that every one matters) on
-    the cuda and the torch backend: the relative error of the logits, of each parameter's gradient
-    (``grad <name>``; inf where one backend gave none) and of decoding (a prefill with a cache, then
-    steps), past one 32-step chunk."""
+def family_model(model_name: str, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A float32 model, its weights moved off their initialisation so that every one matters, and
+    token ids (2, FAMILY_LENGTH) for it."""
     torch.manual_seed(0)
     model = build_model(model_name, vocab_size=FAMILY_VOCAB).float().to(device)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    ids = torch.randint(0, FAMILY_VOCAB, (2, FAMILY_LENGTH), device=device)
+    return model, torch.randint(0, FAMILY_VOCAB, (2, FAMILY_LENGTH), device=device)
+
+
+def decoded_logits(model, ids: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
+    """The logits of decoding ``ids`` through a cache: a prefill of FAMILY_PREFILL tokens, then a
+    step a token (each one CUDA graph replay with ``cuda_graph``, as the generation rows time it),
+    past one 32-step chunk."""
+    decoder = Decoder(model, ids.shape[0], ids.shape[1], cuda_graph=cuda_graph)
+    with torch.no_grad():
+        prefix = decoder.prefill(ids[:, :FAMILY_PREFILL])
+        steps = [decoder.step(ids[:, t]).clone() for t in range(FAMILY_PREFILL, ids.shape[1])]
+    return torch.cat([prefix, torch.stack(steps, 1)], 1)
+
+
+def cuda_versus_torch(model_name: str, device: torch.device) -> dict[str, float]:
+    """A family's model on the cuda and the torch backend: the relative error of the logits, of
+    each parameter's gradient (``grad <name>``; inf where one backend gave none) and of decoding;
+    on a GPU also of decoding with each step one CUDA graph replay (``decoding as CUDA graphs``)."""
+    model, ids = family_model(model_name, device)
     said = {}
     for backend in ("torch", "cuda"):
         with use_backend(backend):
@@ -162,17 +184,39 @@ def cuda_versus_torch(model_name: str, device: torch.device) -> dict[str, float]
             logits = model(ids)
             (logits * torch.linspace(-1, 1, logits.shape[-1], device=device)).sum().backward()
             grads = {n: p.grad for n, p in model.named_parameters()}
-            with torch.no_grad():
-                cache = model.allocate_cache(2, FAMILY_LENGTH)
-                prefix = model(ids[:, :FAMILY_PREFILL], cache=cache)
-                steps = [model.step(ids[:, t], cache) for t in range(FAMILY_PREFILL, FAMILY_LENGTH)]
-        said[backend] = logits.detach(), grads, torch.cat([prefix, torch.stack(steps, 1)], 1)
+            said[backend] = logits.detach(), grads, decoded_logits(model, ids)
     (logits, grads, decoded), (want_logits, want_grads, _) = said["cuda"], said["torch"]
     errors = {"logits": relative_error(logits, want_logits), "decoding": relative_error(decoded, want_logits)}
+    if device.type == "cuda":
+        with use_backend("cuda"):
+            errors["decoding as CUDA graphs"] = relative_error(decoded_logits(model, ids, True), want_logits)
     for name, want in want_grads.items():
         got = grads[name]
         errors[f"grad {name}"] = math.inf if got is None or want is None else relative_error(got, want)
     return errors
+
+
+def attention_graph_errors(model_name: str, device: torch.device) -> dict[str, float]:
+    """A Transformer's decoding, each step one CUDA graph replay, against its full forward."""
+    model, ids = family_model(model_name, device)
+    with torch.no_grad():
+        return {"decoding as CUDA graphs": relative_error(decoded_logits(model, ids, True), model(ids))}
+
+
+def family_row(label: str, limit: float, errors_of) -> Row:
+    """One family's row: its largest relative error against ``limit``, or the error that stopped it
+    (one family's failure leaves the others' rows)."""
+    start = time.perf_counter()
+    try:
+        errors = errors_of()
+    except Exception as e:
+        return Row(label, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - start)
+    worst = max(errors, key=errors.get)
+    grads = sum(name.startswith("grad ") for name in errors)
+    checked = [name for name in errors if not name.startswith("grad ")] + [f"{grads} gradients"] * (grads > 0)
+    said = f"largest relative error {errors[worst]:.1e} ({worst}; tolerance {limit:.0e})"
+    result = ", ".join([said, *checked])
+    return Row(label, "passed" if errors[worst] <= limit else "failed", result, time.perf_counter() - start)
 
 
 def family_rows(device: torch.device) -> list[Row]:
@@ -185,15 +229,11 @@ def family_rows(device: torch.device) -> list[Row]:
         if family == "mamba3_mimo" and cuda.kernels().mamba3_mimo is None:
             rows.append(Row(label, "skipped", cuda.kernels().mimo_reason))
             continue
-        start = time.perf_counter()
-        errors = cuda_versus_torch(f"{family}-tiny", device)
-        worst = max(errors, key=errors.get)
-        result = (
-            f"largest relative error {errors[worst]:.1e} ({worst}; tolerance {limit:.0e}), logits, "
-            f"{len(errors) - 2} gradients, decoding"
-        )
-        status = "passed" if errors[worst] <= limit else "failed"
-        rows.append(Row(label, status, result, time.perf_counter() - start))
+        rows.append(family_row(label, limit, functools.partial(cuda_versus_torch, f"{family}-tiny", device)))
+    for family in ("transformer", "transformer_abs"):
+        label = f"family {family}-tiny decoding as CUDA graphs vs its forward (float32, L {FAMILY_LENGTH})"
+        errors_of = functools.partial(attention_graph_errors, f"{family}-tiny", device)
+        rows.append(family_row(label, ATTENTION_GRAPH_TOLERANCE, errors_of))
     return rows
 
 
@@ -269,7 +309,8 @@ def generation_rows(gpu: bool) -> list[Row]:
             if ours["oom"] or theirs["oom"]
             else f"; Mamba {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x"
         )
-        setup = f"prompt {options['prompt_len']}, {options['new_tokens']} new"
+        graphs = ", a CUDA graph a step" if mamba["cuda_graph"] else ""
+        setup = f"prompt {options['prompt_len']}, {options['new_tokens']} new{graphs}"
         said_both = f"{said(ours, mamba['model'])}, {said(theirs, transformer['model'])}{ratio}"
         rows.append(Row(f"generation batch {ours['batch']} ({setup})", "measured", said_both))
     return rows

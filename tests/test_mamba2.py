@@ -195,7 +195,7 @@ def test_rotary_on_part_of_each_head_matches_llamas_rotation():
     model = Mamba(MambaConfig(d_model=64, n_layer=1, vocab_size=VOCAB, attn_layer_idx=[0], attn_cfg=attn))
     mha = model.backbone.layers[0].mixer
     q = torch.randn(2, 7, 2, 32, dtype=torch.float64)
-    got = mha._rotate(q, offset=5)
+    got = mha._rotate(q, torch.arange(5, 12))
     inv_freq = 1.0 / 500.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     angles = torch.outer(torch.arange(5, 12, dtype=torch.float64), inv_freq)
     cos, sin = torch.cat([angles.cos()] * 2, -1)[None], torch.cat([angles.sin()] * 2, -1)[None]

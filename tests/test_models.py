@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from mamba_ssm_reference import mamba_ssm_on_cpu
 from seqarena.models import (
@@ -19,6 +21,8 @@ from seqarena.models import (
     model_config,
     parse_model_id,
 )
+from seqarena.models.base import Decoder
+from seqarena.models.families import FAMILIES
 
 VOCAB = 61  # not a multiple of 8: the embedding pads to 64
 
@@ -104,6 +108,67 @@ def test_sampling_is_seeded_and_never_emits_padding_ids():
     assert int(a.max()) < VOCAB
     top1 = model.generate(prompt, 5, temperature=1.0, top_k=1)
     assert torch.equal(top1, model.generate(prompt, 5))
+
+
+class StepTrace(TorchDispatchMode):
+    """The ops a call runs, each with its outputs' shapes, and those that read a tensor's value on
+    the host (``.item()``, ``int()``, ``bool()``: a sync, which CUDA graph capture refuses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.host_reads = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.host_reads.append(func)
+        shapes = [tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.ops.append((str(func), shapes))
+        return out
+
+
+def python_state(cache) -> list:
+    """What of a cache Python sees: each tensor's identity, storage and shape, every other value."""
+    if isinstance(cache, torch.Tensor):
+        return [(id(cache), cache.data_ptr(), tuple(cache.shape))]
+    if dataclasses.is_dataclass(cache):
+        return [python_state(getattr(cache, f.name)) for f in dataclasses.fields(cache)]
+    if isinstance(cache, list | tuple):
+        return [python_state(c) for c in cache]
+    return [cache]
+
+
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_a_decoding_step_replays_as_a_cuda_graph_would(arch):
+    """What Decoder's CUDA graph needs of ``step``, which a replay reruns kernel for kernel: at
+    every position the same ops at the same shapes, no host read of a tensor's value, and all it
+    changes kept in the cache's own tensors (the position included), none replaced."""
+    model = tiny(arch, dtype=torch.float32)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    decoder = Decoder(model, 2, 12)
+    decoder.prefill(ids[:, :5])
+    before, traces = python_state(decoder.cache), []
+    for t in range(5, 9):
+        with StepTrace() as trace:
+            decoder.step(ids[:, t])
+        traces.append(trace)
+    assert all(trace.ops == traces[0].ops for trace in traces), arch
+    assert not [trace.host_reads for trace in traces if trace.host_reads], arch
+    assert python_state(decoder.cache) == before
+    assert int(decoder.cache.seqlen) == 9  # the position advanced, in its tensor
+
+
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_a_decoder_reused_from_a_cleared_cache_generates_as_a_fresh_one(arch):
+    """The decoder keeps its cache (and a CUDA graph) between calls: each call starts clean."""
+    model = tiny(arch, dtype=torch.float32)
+    first, second = torch.randint(0, VOCAB, (2, 2, 6))
+    decoder = Decoder(model, 2, 14)
+    decoder.generate(first, 8)
+    assert torch.equal(decoder.generate(second, 8), model.generate(second, 8))
+    assert torch.equal(decoder.generate(second[:, :3], 4), model.generate(second[:, :3], 4))
+    with pytest.raises(ValueError, match="batch 2, 6 \\+ 9 tokens: this decoder holds batch 2 up to 14"):
+        decoder.generate(second, 9)
 
 
 def expected_mamba_shapes(d_model, n_layer, vocab, d_state=16, d_conv=4, expand=2):
@@ -310,7 +375,7 @@ def test_tiny_model_overfits_one_batch(arch):
 def test_rotary_angles_stay_float32_in_a_bf16_model():
     """The independent oracle: theta^(-2i/d) * position in float64."""
     model = build_model("transformer-tiny", vocab_size=64).to(torch.bfloat16)
-    cos, sin = model.rotary(1000, 24, "cpu")
+    cos, sin = model.rotary(torch.arange(1000, 1024))
     head_dim = model.config.d_model // model.config.n_head
     positions = torch.arange(1000, 1024, dtype=torch.float64)
     inv_freq = model.config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)

@@ -415,13 +415,16 @@ def test_paper_sizes_are_set_beside_their_own_partners_not_the_nearest_name_or_s
         and matched_model("mamba-tiny", "hybrid") == "hybrid-tiny"
     )
 
-    bench = {"prompt_len": 2048, "new_tokens": 128, "device": "H100", "results": []}
+    bench = {"prompt_len": 2048, "new_tokens": 128, "device": "H100", "cuda_graph": True, "results": []}
     generation = {
         "mamba-130m": bench | {"results": [{"batch": 1, "oom": False, "tokens_per_s": 300.0}]},
         "transformer-125m": bench | {"results": [{"batch": 1, "oom": False, "tokens_per_s": 100.0}]},
     }
     notes = generation_notes(Results(tmp_path, generation=generation))
-    assert "**mamba-130m**: 3.00x at batch 1 the tokens/s of transformer-125m" in notes
+    assert (
+        "**mamba-130m**: 3.00x at batch 1 the tokens/s of transformer-125m (prompt 2048, 128 new "
+        "tokens, H100, a CUDA graph a step)" in notes
+    )
 
     train = {"mamba-1.4b": _summary(1_372_000_000), "mamba-2.8b": _summary(2_768_000_000)}
     rows = {row["model"]: row for row in recipe_table(Results(tmp_path, train=train))}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from seqarena.device import compute_device
 from seqarena.files import atomic_write
 from seqarena.models import build_model, from_pretrained, parse_model_id
-from seqarena.models.base import GPT_NEOX_VOCAB
+from seqarena.models.base import GPT_NEOX_VOCAB, Decoder, cache_tensors
 from seqarena.ops import available_backends, mamba3_chunk_scan, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
 from seqarena.options import Tracked, option
@@ -241,24 +241,29 @@ def load_model(model: str, vocab_size: int, device: torch.device):
 
 def cache_bytes(cache) -> int:
     """Bytes held by a decoding cache's tensors: a Mamba's fixed-size state, a Transformer's keys and
-    values (allocated for the whole sequence)."""
-    if isinstance(cache, torch.Tensor):
-        return cache.nbytes
-    if dataclasses.is_dataclass(cache):
-        return sum(cache_bytes(getattr(cache, f.name)) for f in dataclasses.fields(cache))
-    if isinstance(cache, list | tuple):
-        return sum(cache_bytes(c) for c in cache)
-    return 0
+    values (allocated for the whole sequence); not the position, a 0-d counter."""
+    return sum(t.nbytes for t in cache_tensors(cache) if t.dim() > 0)
+
+
+def _generation_ms(net, prompt, new_tokens, cuda_graph, repeats) -> float:
+    """The median ms of ``generate`` with one decoder, made (and its step captured) before the timed
+    calls and freed after."""
+    decoder = Decoder(net, prompt.shape[0], prompt.shape[1] + new_tokens, cuda_graph=cuda_graph)
+    return median_ms(lambda: decoder.generate(prompt, new_tokens), prompt.device, repeats)
 
 
 def bench_generation(
     model, prompt_len, new_tokens, batch_sizes, repeats=3, vocab_size=GPT_NEOX_VOCAB, device=None
 ):
     """Prompt processing + decoding with the model's cache, tokens/s per batch size; and the cache's
-    bytes per sequence at the final length (constant in length for Mamba, growing for a KV cache)."""
+    bytes per sequence at the final length (constant in length for Mamba, growing for a KV cache).
+    On a GPU, in bfloat16 and each step one CUDA graph replay, for every model alike, as mamba_ssm's
+    benchmark decodes (``cg=True``); the cache and the graph are made once per batch size, outside
+    the timed calls, as mamba_ssm keeps them between calls."""
     device = device or compute_device()
     net = load_model(model, vocab_size, device).eval()
-    if device.type == "cuda":
+    cuda_graph = device.type == "cuda"
+    if cuda_graph:
         net = net.to(torch.bfloat16)
     results = []
     for batch in batch_sizes:
@@ -266,7 +271,7 @@ def bench_generation(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            ms = median_ms(lambda prompt=prompt: net.generate(prompt, new_tokens), device, repeats)
+            ms = _generation_ms(net, prompt, new_tokens, cuda_graph, repeats)
         except torch.OutOfMemoryError:
             results.append({"batch": batch, "oom": True})
             torch.cuda.empty_cache()
@@ -286,6 +291,7 @@ def bench_generation(
         "device": device_name(device),
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
+        "cuda_graph": cuda_graph,
         "cache_bytes_per_sequence": cache_bytes(net.allocate_cache(1, prompt_len + new_tokens)),
         "results": results,
     }

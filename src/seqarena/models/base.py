@@ -2,13 +2,17 @@
 
 A model implements ``forward(input_ids, cache=None, num_last_tokens=0) -> logits``, ``allocate_cache(batch,
 max_seqlen)`` and ``step(tokens, cache) -> logits``; ``forward`` with a cache fills it
-(prefill), ``step`` consumes one token per sequence and advances it.
+(prefill), ``step`` consumes one token per sequence and advances it, in place and at fixed shapes
+(``Decoder`` may capture it as a CUDA graph).
 """
 
+import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -95,6 +99,75 @@ class LanguageModel(nn.Module):
     def step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
         raise NotImplementedError
 
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+        """Prompt (batch, L) -> (batch, L + max_new_tokens): ``Decoder.generate`` (its ``sampling``
+        arguments: temperature, top_k, generator) with a cache of that length."""
+        batch, length = input_ids.shape
+        return Decoder(self, batch, length + max_new_tokens).generate(input_ids, max_new_tokens, **sampling)
+
+
+def cache_tensors(cache) -> Iterator[torch.Tensor]:
+    """Every tensor of a decoding cache: a model's cache is a dataclass of tensors, lists of them
+    and layer caches."""
+    if isinstance(cache, torch.Tensor):
+        yield cache
+    elif dataclasses.is_dataclass(cache):
+        for f in dataclasses.fields(cache):
+            yield from cache_tensors(getattr(cache, f.name))
+    elif isinstance(cache, list | tuple):
+        for c in cache:
+            yield from cache_tensors(c)
+
+
+class Decoder:
+    """A model's decoding at one batch size and maximum length: its cache, allocated once, and its
+    step; with ``cuda_graph``, the step captured once as a CUDA graph and replayed a token at a
+    time, as mamba_ssm's generation does (``cg=True``): one launch a token, not one a kernel, the
+    launches that bound decoding at small batch.
+
+    A replay reruns the recorded kernels and nothing else, so a model's ``step`` keeps all it
+    changes in the cache's tensors, in place, at fixed shapes: the position too (a 0-d tensor),
+    and a key/value cache is attended whole, the positions past the current one masked."""
+
+    def __init__(self, model: LanguageModel, batch_size: int, max_seqlen: int, cuda_graph: bool = False):
+        self.model, self.batch_size, self.max_seqlen = model, batch_size, max_seqlen
+        self.cache = model.allocate_cache(batch_size, max_seqlen)
+        self.step = self._captured_step() if cuda_graph else partial(model.step, cache=self.cache)
+
+    def _clear(self) -> None:
+        for t in cache_tensors(self.cache):
+            t.zero_()
+
+    def _captured_step(self, warmups: int = 2):
+        """The step as a CUDA graph. Warmed up first on a side stream, as capture requires (Triton
+        autotunes and kernels load there); capturing records the kernels without running them."""
+        device = next(cache_tensors(self.cache)).device
+        tokens = torch.zeros(self.batch_size, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(warmups):
+                self.model.step(tokens, self.cache)
+                self._clear()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            logits = self.model.step(tokens, self.cache)
+
+        def replay(next_tokens: torch.Tensor) -> torch.Tensor:
+            tokens.copy_(next_tokens)
+            graph.replay()
+            return logits  # the graph's output buffer: read before the next replay
+
+        return replay
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, num_last_tokens: int = 0) -> torch.Tensor:
+        """The prompt's logits (``num_last_tokens``: the model's argument), its states filling the
+        cleared cache; then ``step`` consumes one token per sequence."""
+        self._clear()
+        return self.model(input_ids, cache=self.cache, num_last_tokens=num_last_tokens)
+
     @torch.no_grad()
     def generate(
         self,
@@ -104,25 +177,29 @@ class LanguageModel(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Prompt (batch, L) -> (batch, L + max_new_tokens), decoding with the model's cache.
+        """Prompt (batch, L) -> (batch, L + max_new_tokens).
 
         ``temperature`` 0 is greedy; otherwise sample from the softmax at that temperature,
         restricted to the ``top_k`` most likely tokens if given. Padding rows of the
         embedding (ids >= vocab_size) are never produced.
         """
         batch, length = input_ids.shape
-        cache = self.allocate_cache(batch, length + max_new_tokens)
-        logits = self(input_ids, cache=cache, num_last_tokens=1)[:, -1]
+        if batch != self.batch_size or length + max_new_tokens > self.max_seqlen:
+            raise ValueError(
+                f"batch {batch}, {length} + {max_new_tokens} tokens: this decoder holds batch "
+                f"{self.batch_size} up to {self.max_seqlen} tokens"
+            )
+        logits = self.prefill(input_ids, num_last_tokens=1)[:, -1]
         tokens = [input_ids]
         for i in range(max_new_tokens):
             next_token = self._pick(logits, temperature, top_k, generator)
             tokens.append(next_token[:, None])
             if i + 1 < max_new_tokens:
-                logits = self.step(next_token, cache)
+                logits = self.step(next_token)
         return torch.cat(tokens, dim=1)
 
     def _pick(self, logits, temperature, top_k, generator) -> torch.Tensor:
-        logits = logits[:, : self.config.vocab_size].float()
+        logits = logits[:, : self.model.config.vocab_size].float()
         if temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits / temperature

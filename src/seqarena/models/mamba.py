@@ -141,7 +141,7 @@ class MambaConfig:
 @dataclass
 class MambaCache:
     layers: list[MambaLayerCache | AttentionCache]
-    seqlen: int = 0
+    seqlen: torch.Tensor  # () int64: a tensor, so that a step captured as a CUDA graph advances it
 
 
 def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
@@ -551,7 +551,8 @@ class Mamba(LanguageModel):
         """SSM layers keep a fixed-size state; attention layers a key/value cache of max_seqlen."""
         w = self.lm_head.weight
         return MambaCache(
-            [layer.mixer.allocate_cache(batch_size, max_seqlen, w) for layer in self.backbone.layers]
+            [layer.mixer.allocate_cache(batch_size, max_seqlen, w) for layer in self.backbone.layers],
+            seqlen=torch.zeros((), dtype=torch.long, device=w.device),
         )
 
     def step(self, tokens: torch.Tensor, cache: MambaCache) -> torch.Tensor:

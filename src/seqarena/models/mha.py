@@ -65,7 +65,7 @@ class AttentionCache:
     keys: torch.Tensor  # (batch, max_seqlen, num_heads_kv, head_dim)
     values: torch.Tensor
     conv_state: torch.Tensor | None  # (batch, qkv channels, d_conv): the last d_conv conv inputs
-    seqlen: int = 0
+    seqlen: torch.Tensor  # () int64: a tensor, so that a step captured as a CUDA graph advances it
 
 
 class MHA(nn.Module):
@@ -101,11 +101,11 @@ class MHA(nn.Module):
             )
         self.out_proj = nn.Linear(self.head_dim * num_heads + self.mlp_dim // 2, d_model, bias=out_proj_bias)
 
-    def _rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
-        """Rotary embedding of x (batch, L, heads, head_dim) at positions offset.., on the first
+    def _rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of x (batch, L, heads, head_dim) at ``positions`` (L,), on the first
         rotary_emb_dim channels (halves paired, as Transformer++, or neighbours when interleaved)."""
         rd = self.rotary_emb_dim
-        cos, sin = (t[:, None] for t in rotary_angles(rd, self.rotary_emb_base, offset, x.shape[1], x.device))
+        cos, sin = (t[:, None] for t in rotary_angles(rd, self.rotary_emb_base, positions))
         rotated, rest = x[..., :rd], x[..., rd:]
         if self.rotary_emb_interleaved:
             x1, x2 = rotated[..., 0::2], rotated[..., 1::2]
@@ -123,8 +123,9 @@ class MHA(nn.Module):
         up, gate = mlp.chunk(2, dim=-1)
         return qkv, up * F.silu(gate)
 
-    def _attend(self, qkv, mlp, cache: AttentionCache | None, offset: int):
-        """qkv (batch, L, qkv_dim) after the conv -> the layer's output (batch, L, d_model)."""
+    def _heads(self, qkv, positions):
+        """q, k, v (batch, L, heads, head_dim) of qkv (batch, L, qkv_dim) after the conv, q and k
+        rotated at ``positions``."""
         q, k, v = qkv.split(
             [
                 self.num_heads * self.head_dim,
@@ -135,20 +136,16 @@ class MHA(nn.Module):
         )
         q, k, v = (t.unflatten(-1, (-1, self.head_dim)) for t in (q, k, v))
         if self.rotary_emb_dim > 0:
-            q, k = self._rotate(q, offset), self._rotate(k, offset)
-        if cache is not None:
-            end = offset + q.shape[1]
-            cache.keys[:, offset:end], cache.values[:, offset:end] = k, v
-            k, v = cache.keys[:, :end], cache.values[:, :end]
-            cache.seqlen = end
+            q, k = self._rotate(q, positions), self._rotate(k, positions)
+        return q, k, v
+
+    def _attend(self, q, k, v, mlp, **mask) -> torch.Tensor:
+        """q (batch, L, heads, head_dim) over k, v (batch, S, heads_kv, head_dim) -> the layer's
+        output (batch, L, d_model); ``mask``: scaled_dot_product_attention's is_causal or attn_mask."""
         repeats = self.num_heads // self.num_heads_kv
         k, v = k.repeat_interleave(repeats, dim=2), v.repeat_interleave(repeats, dim=2)
         context = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            is_causal=self.causal and offset == 0,  # a later query sees every cached key
-            scale=self.softmax_scale,
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=self.softmax_scale, **mask
         ).transpose(1, 2)
         context = context.flatten(-2)
         if mlp is not None:
@@ -163,18 +160,32 @@ class MHA(nn.Module):
             if cache is not None:
                 cache.conv_state.copy_(F.pad(qkv_t, (self.d_conv - qkv_t.shape[-1], 0)))
             qkv = causal_conv1d(qkv_t, self.conv1d.weight.squeeze(1), self.conv1d.bias).transpose(1, 2)
-        return self._attend(qkv, mlp, cache, offset=0)
+        length = qkv.shape[1]
+        q, k, v = self._heads(qkv, torch.arange(length, device=qkv.device))
+        if cache is not None:
+            cache.keys[:, :length], cache.values[:, :length] = k, v
+            cache.seqlen.fill_(length)
+        return self._attend(q, k, v, mlp, is_causal=self.causal)
 
     def step(self, hidden: torch.Tensor, cache: AttentionCache) -> torch.Tensor:
-        """hidden (batch, d_model) for one token; appends it to the cache."""
+        """hidden (batch, d_model) for one token; appends it to the cache and attends over the whole
+        cache, the positions past it masked (fixed shapes)."""
         qkv, mlp = self._project(hidden)
         if self.d_conv > 0:
             qkv = causal_conv1d_update(qkv, cache.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias)
-        out = self._attend(qkv[:, None], None if mlp is None else mlp[:, None], cache, offset=cache.seqlen)
+        position = cache.seqlen.view(1)
+        q, k, v = self._heads(qkv[:, None], position)
+        cache.keys.index_copy_(1, position, k)
+        cache.values.index_copy_(1, position, v)
+        seen = torch.arange(cache.keys.shape[1], device=hidden.device) <= cache.seqlen
+        mlp = None if mlp is None else mlp[:, None]
+        out = self._attend(q, cache.keys, cache.values, mlp, attn_mask=seen[None])  # (1, max_seqlen)
+        cache.seqlen += 1
         return out[:, 0]
 
     def allocate_cache(self, batch_size: int, max_seqlen: int, weight: torch.Tensor) -> AttentionCache:
         """Keys and values for max_seqlen positions: the memory that grows with the sequence."""
         shape = (batch_size, max_seqlen, self.num_heads_kv, self.head_dim)
         conv = weight.new_zeros(batch_size, self.qkv_dim, self.d_conv) if self.d_conv > 0 else None
-        return AttentionCache(weight.new_zeros(shape), weight.new_zeros(shape), conv)
+        position = torch.zeros((), dtype=torch.long, device=weight.device)
+        return AttentionCache(weight.new_zeros(shape), weight.new_zeros(shape), conv, position)

@@ -72,27 +72,23 @@ class TransformerConfig:
 class KVCache:
     keys: torch.Tensor  # (n_layer, batch, n_head, max_seqlen, head_dim)
     values: torch.Tensor
-    seqlen: int = 0
+    seqlen: torch.Tensor  # () int64: a tensor, so that a step captured as a CUDA graph advances it
 
 
-def rotary_angles(
-    dim: int, base: float, offset: int, length: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (length, dim / 2) of the rotary angles at positions offset .. offset + length - 1,
-    in float32 whatever the model's dtype: a bf16 frequency table is off by 0.45 rad at position 1023."""
-    exponents = torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim
-    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
-    angles = torch.outer(positions, base**-exponents)
+def rotary_angles(dim: int, base: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (len(positions), dim / 2) of the rotary angles at ``positions`` (int64), in
+    float32 whatever the model's dtype: a bf16 frequency table is off by 0.45 rad at position 1023."""
+    exponents = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim
+    angles = torch.outer(positions.float(), base**-exponents)
     return angles.cos(), angles.sin()
 
 
-def sinusoidal_positions(dim: int, offset: int, length: int, like: torch.Tensor) -> torch.Tensor:
-    """(length, dim) absolute encodings of positions offset .. offset + length - 1 (Vaswani et al.
-    2017): sin in the even features, cos in the odd, wavelengths 2 pi to 10000 * 2 pi. Computed in
-    float32 or wider (in bf16 a position past 256 is already rounded), returned in ``like``'s dtype."""
+def sinusoidal_positions(dim: int, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(len(positions), dim) absolute encodings of ``positions`` (Vaswani et al. 2017): sin in the
+    even features, cos in the odd, wavelengths 2 pi to 10000 * 2 pi. Computed in float32 or wider
+    (in bf16 a position past 256 is already rounded), returned in ``like``'s dtype."""
     compute = dict(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
-    positions = torch.arange(offset, offset + length, **compute)[:, None]
-    angles = positions * 10000.0 ** -(torch.arange(0, dim, 2, **compute) / dim)
+    angles = positions.to(**compute)[:, None] * 10000.0 ** -(torch.arange(0, dim, 2, **compute) / dim)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).to(like.dtype)
 
 
@@ -109,13 +105,19 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x, rotary, layer_cache=None, offset=0):
-        """x (batch, L, d_model); rotary (cos, sin), or None with absolute positions; layer_cache
-        (keys, values) receives this chunk at ``offset``."""
+    def _heads(self, x, rotary):
+        """q, k, v (batch, n_head, L, head_dim) of x (batch, L, d_model), q and k rotated."""
         batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).view(batch, length, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = rotate(q, *rotary), rotate(k, *rotary)
+        return q, k, v
+
+    def forward(self, x, rotary, layer_cache=None, offset=0):
+        """x (batch, L, d_model); rotary (cos, sin), or None with absolute positions; layer_cache
+        (keys, values) receives this chunk at ``offset``."""
+        batch, length, _ = x.shape
+        q, k, v = self._heads(x, rotary)
         if layer_cache is not None:
             keys, values = layer_cache
             keys[:, :, offset : offset + length] = k
@@ -127,6 +129,17 @@ class Attention(nn.Module):
             mask = torch.ones(length, offset + length, dtype=torch.bool, device=x.device).tril(offset)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1))
+
+    def step(self, x, rotary, layer_cache, position):
+        """x (batch, 1, d_model) at ``position`` (a () tensor): its key and value written there, the
+        query attending over the whole cache with the positions past it masked (fixed shapes)."""
+        q, k, v = self._heads(x, rotary)
+        keys, values = layer_cache
+        keys.index_copy_(2, position.view(1), k)
+        values.index_copy_(2, position.view(1), v)
+        seen = torch.arange(keys.shape[2], device=x.device) <= position
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen[None])  # (1, max_seqlen)
+        return self.out_proj(y.transpose(1, 2).reshape(x.shape[0], 1, -1))
 
 
 class MLP(nn.Module):
@@ -150,6 +163,10 @@ class Block(nn.Module):
 
     def forward(self, x, rotary, layer_cache=None, offset=0):
         x = x + self.attn(self.attn_norm(x), rotary, layer_cache, offset)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def step(self, x, rotary, layer_cache, position):
+        x = x + self.attn.step(self.attn_norm(x), rotary, layer_cache, position)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -182,13 +199,9 @@ class Transformer(LanguageModel):
         ``num_last_tokens`` > 0: logits of the last positions only (mamba_ssm's argument), as a
         prefill needs."""
         length = input_ids.shape[1]
-        offset = cache.seqlen if cache is not None else 0
-        x = self.embedding(input_ids)
-        if self.config.position == "rope":
-            rotary = self.rotary(offset, length, input_ids.device)
-        else:
-            rotary = None
-            x = x + sinusoidal_positions(self.config.d_model, offset, length, x)
+        offset = int(cache.seqlen) if cache is not None else 0
+        positions = torch.arange(offset, offset + length, device=input_ids.device)
+        x, rotary = self._embed(input_ids, positions)
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
             x = layer(x, rotary, layer_cache, offset)
@@ -196,9 +209,17 @@ class Transformer(LanguageModel):
             cache.seqlen += length
         return self.lm_head(self.norm_f(x[:, -num_last_tokens:]))
 
-    def rotary(self, offset: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed(self, input_ids, positions):
+        """The token embeddings (batch, L, d_model) and the rotary (cos, sin) at ``positions``; with
+        absolute positions, their encodings added and no rotary."""
+        x = self.embedding(input_ids)
+        if self.config.position == "rope":
+            return x, self.rotary(positions)
+        return x + sinusoidal_positions(self.config.d_model, positions, x), None
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         head_dim = self.config.d_model // self.config.n_head
-        return rotary_angles(head_dim, self.config.rope_theta, offset, length, device)
+        return rotary_angles(head_dim, self.config.rope_theta, positions)
 
     def mixer_flops_per_token(self, seq_len: int) -> float:
         """Attention scores and values, forward+backward (PaLM's 12 * n_layer * d_model * T)."""
@@ -208,8 +229,13 @@ class Transformer(LanguageModel):
         c = self.config
         shape = (c.n_layer, batch_size, c.n_head, max_seqlen, c.d_model // c.n_head)
         w = self.embedding.weight
-        return KVCache(keys=w.new_zeros(shape), values=w.new_zeros(shape))
+        position = torch.zeros((), dtype=torch.long, device=w.device)
+        return KVCache(keys=w.new_zeros(shape), values=w.new_zeros(shape), seqlen=position)
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """tokens (batch,) -> logits (batch, padded vocab); appends to the cache."""
-        return self(tokens[:, None], cache, num_last_tokens=1)[:, -1]
+        x, rotary = self._embed(tokens[:, None], cache.seqlen.view(1))
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, rotary, (cache.keys[i], cache.values[i]), cache.seqlen)
+        cache.seqlen += 1
+        return self.lm_head(self.norm_f(x))[:, -1]

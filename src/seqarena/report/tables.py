@@ -170,7 +170,8 @@ def generation_notes(r: Results) -> str:
         if ratios:
             slower |= any(ratio < 1 for _, ratio in ratios)
             each = ", ".join(f"{ratio:.2f}x at batch {batch}" for batch, ratio in ratios)
-            setup = f"prompt {data['prompt_len']}, {data['new_tokens']} new tokens, {data['device']}"
+            graphs = ", a CUDA graph a step" if data.get("cuda_graph") else ""
+            setup = f"prompt {data['prompt_len']}, {data['new_tokens']} new tokens, {data['device']}{graphs}"
             line = f"- **{model}**: {each} the tokens/s of {partner} ({setup})"
             ours, kv = data.get("cache_bytes_per_sequence"), other.get("cache_bytes_per_sequence")
             if ours and kv:  # files written before the field lack it
