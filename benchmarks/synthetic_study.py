@@ -9,12 +9,12 @@ mean over seeds, and each seed).
 """
 
 import argparse
-import json
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
 from snakemake_benchmark import wall_seconds
+
+from seqarena.report import collect
 
 
 def halfway_step(result: dict) -> str:
@@ -24,15 +24,20 @@ def halfway_step(result: dict) -> str:
     return next((str(point["step"]) for point in result["curve"] if point["accuracy"] > halfway), "never")
 
 
+def job_seconds(results: Path, run: dict) -> float:
+    """The wall time of the job that wrote ``run``, from its rule's benchmark file."""
+    seed = run["config"]["seed"]
+    return wall_seconds(results / "benchmarks/synthetic" / run["task"] / run["model"] / f"seed{seed}.tsv")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results/synthetic-cpu", type=Path)
     results = parser.parse_args().results
-    runs = defaultdict(list)  # (task, model) -> [(seed, result, wall seconds)]
-    for path in sorted(results.glob("synthetic/*/*/seed*.json")):
-        result = json.loads(path.read_text())
-        seconds = wall_seconds(results / "benchmarks" / path.relative_to(results).with_suffix(".tsv"))
-        runs[result["task"], result["model"]].append((result["config"]["seed"], result, seconds))
+    runs = {  # (task, model) -> [(seed, result, wall seconds)], by seed
+        (task, model): [(r["config"]["seed"], r, job_seconds(results, r)) for r in seeds]
+        for (task, model), seeds in collect(results).synthetic.items()
+    }
 
     header = "task | model | accuracy, mean ± std | per seed | chance | halfway at step | final loss | min"
     print(f"| {header} |\n|---|---|---|---|---:|---|---|---|")
