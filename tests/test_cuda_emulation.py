@@ -67,6 +67,33 @@ def test_every_family_on_cuda_matches_torch_forward_every_gradient_and_decoding(
     assert grads[worst] < 1e-4, worst
 
 
+def test_a_family_row_names_its_worst_error_against_its_tolerance_or_the_error_that_stopped_it():
+    """One family's row of `make gpu-check`: passed or failed by its largest error, which it names;
+    a family that raises (a CUDA graph that does not capture) fails its own row, not the section."""
+    errors = {
+        "logits": 2e-3,
+        "decoding": 1e-3,
+        "decoding as CUDA graphs": 3e-2,
+        "grad a": 1e-4,
+        "grad b": 0.0,
+    }
+    row = gpu_check.family_row("family x", 1e-2, lambda: errors)
+    assert row.status == "failed" and row.result == (
+        "largest relative error 3.0e-02 (decoding as CUDA graphs; tolerance 1e-02), logits, decoding, "
+        "decoding as CUDA graphs, 2 gradients"
+    )
+    assert gpu_check.family_row("family x", 5e-2, lambda: errors).status == "passed"
+
+    def capture_fails():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    row = gpu_check.family_row("family y", 1e-2, capture_fails)
+    assert (row.status, row.result) == (
+        "failed",
+        "RuntimeError: operation not permitted when stream is capturing",
+    )
+
+
 def test_mamba1_on_cuda_trains_through_mamba_ssms_fused_mamba_inner_fn(emulated_cuda, monkeypatch):
     """Without a cache, Mamba-1 takes mamba_ssm's fast path, as its own Mamba does: one call of
     mamba_inner_fn per layer, none of the composed scan."""
