@@ -94,27 +94,77 @@ def test_a_family_row_names_its_worst_error_against_its_tolerance_or_the_error_t
     )
 
 
+def count_calls(monkeypatch, **functions) -> dict[str, int]:
+    """How often each autograd Function (by the name given) is applied from here on."""
+    calls = dict.fromkeys(functions, 0)
+    for name, function in functions.items():
+
+        def counted(*args, name=name, apply=function.apply):
+            calls[name] += 1
+            return apply(*args)
+
+        monkeypatch.setattr(function, "apply", counted)
+    return calls
+
+
 def test_mamba1_on_cuda_trains_through_mamba_ssms_fused_mamba_inner_fn(emulated_cuda, monkeypatch):
     """Without a cache, Mamba-1 takes mamba_ssm's fast path, as its own Mamba does: one call of
     mamba_inner_fn per layer, none of the composed scan."""
-    from mamba_ssm.ops import selective_scan_interface
+    from mamba_ssm.ops import selective_scan_interface as interface
 
-    calls = {"inner": 0, "scan": 0}
-    inner, scan = selective_scan_interface.MambaInnerFn.apply, selective_scan_interface.SelectiveScanFn.apply
-
-    def counted(name, fn):
-        def call(*args):
-            calls[name] += 1
-            return fn(*args)
-
-        return call
-
-    monkeypatch.setattr(selective_scan_interface.MambaInnerFn, "apply", counted("inner", inner))
-    monkeypatch.setattr(selective_scan_interface.SelectiveScanFn, "apply", counted("scan", scan))
+    calls = count_calls(monkeypatch, inner=interface.MambaInnerFn, scan=interface.SelectiveScanFn)
     model = build_model("mamba-tiny", vocab_size=VOCAB)
     run_on("cuda", monkeypatch)
     model(torch.randint(0, VOCAB, (2, 16))).sum().backward()
     assert calls == {"inner": model.config.n_layer, "scan": 0}
+
+
+def test_mamba2_on_cuda_trains_through_mamba_ssms_fused_mixer(emulated_cuda, monkeypatch):
+    """Without a cache, Mamba-2 takes mamba_ssm's fast path, as its own Mamba2 does
+    (use_mem_eff_path): one call of mamba_split_conv1d_scan_combined per layer, none of the
+    composed SSD; with a cache (a prefill), the composed ops, as mamba_ssm's."""
+    from mamba_ssm.ops.triton.ssd_combined import MambaChunkScanCombinedFn, MambaSplitConv1dScanCombinedFn
+
+    calls = count_calls(monkeypatch, fused=MambaSplitConv1dScanCombinedFn, ssd=MambaChunkScanCombinedFn)
+    model = build_model("mamba2-tiny", vocab_size=VOCAB)
+    run_on("cuda", monkeypatch)
+    ids = torch.randint(0, VOCAB, (2, 16))
+    model(ids).sum().backward()
+    assert calls == {"fused": model.config.n_layer, "ssd": 0}
+    with torch.no_grad():
+        model(ids, cache=model.allocate_cache(2, 16))
+    assert calls == {"fused": model.config.n_layer, "ssd": model.config.n_layer}
+
+
+@pytest.mark.parametrize(
+    "ssm_cfg",
+    [
+        dict(rmsnorm=False, D_has_hdim=True, ngroups=2, dt_limit=(0.001, 0.1)),  # SiLU(z) in the SSD
+        dict(d_ssm=64, headdim=16, norm_before_gate=True),  # MLP channels beside the SSM
+    ],
+    ids=["no-rmsnorm", "mlp-channels"],
+)
+def test_mamba2s_fused_mixer_matches_the_torch_backend_at_every_option(ssm_cfg, emulated_cuda, monkeypatch):
+    """mamba_split_conv1d_scan_combined's other branches, which the tiny sizes do not take: the gate
+    in the SSD without a gated norm, D per channel, two groups, dt's limits, MLP channels beside the
+    SSM and the norm before the gate. Output and every gradient against the torch backend, float32."""
+    from seqarena.models import Mamba, MambaConfig
+
+    torch.manual_seed(3)
+    cfg = dict(layer="Mamba2", d_state=16, headdim=32, chunk_size=16) | ssm_cfg
+    model = Mamba(MambaConfig(d_model=64, n_layer=1, vocab_size=VOCAB, ssm_cfg=cfg))
+    ids = torch.randint(0, VOCAB, (2, 45))
+    said = {}
+    for backend in ("torch", "cuda"):
+        run_on(backend, monkeypatch)
+        model.zero_grad()
+        logits = model(ids)
+        (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        said[backend] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    (logits, grads), (want_logits, want_grads) = said["cuda"], said["torch"]
+    assert relative_error(logits, want_logits) < 1e-5
+    worst = max(want_grads, key=lambda n: relative_error(grads[n], want_grads[n]))
+    assert relative_error(grads[worst], want_grads[worst]) < 1e-4, worst
 
 
 def test_mamba2_decoding_with_a_dt_limit_runs_mamba_ssms_step_kernel(emulated_cuda):

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqarena.models.base import MambaLayerCache, dt_bias_init
-from seqarena.ops import causal_conv1d, causal_conv1d_update, ssd_chunk_scan, ssd_state_update
+from seqarena.ops import (
+    causal_conv1d,
+    causal_conv1d_update,
+    fused_mamba2_inner,
+    ssd_chunk_scan,
+    ssd_state_update,
+)
 
 # mamba_ssm.modules.mamba2.Mamba2's keyword arguments and defaults (those that shape the model).
 MAMBA2_DEFAULTS = dict(
@@ -167,11 +173,14 @@ class Mamba2Mixer(nn.Module):
             C.unflatten(-1, groups),
         )
 
+    def _D(self) -> torch.Tensor:
+        """D per head (nheads,), or per channel (nheads, headdim) with D_has_hdim."""
+        return self.D.unflatten(0, (self.nheads, self.headdim)) if self.D_has_hdim else self.D
+
     def _ssd_options(self, z):
-        """D (per head or per channel), the SiLU(z) gate when there is no gated norm, dt's bias,
-        softplus and limits."""
+        """D, the SiLU(z) gate when there is no gated norm, dt's bias, softplus and limits."""
         return dict(
-            D=self.D.unflatten(0, (self.nheads, self.headdim)) if self.D_has_hdim else self.D,
+            D=self._D(),
             z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
             dt_bias=self.dt_bias,
             dt_softplus=True,
@@ -187,9 +196,31 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(y)
 
     def forward(self, hidden: torch.Tensor, cache=None) -> torch.Tensor:
-        """hidden (batch, L, d_model); a cache, if given, receives the final conv and SSM state."""
-        batch, length, _ = hidden.shape
-        z0, x0, z, xBC, dt = self._split(self.in_proj(hidden), dim=-1)
+        """hidden (batch, L, d_model); a cache, if given, receives the final conv and SSM state.
+        Without a cache, one fused op where the backend has one (cuda: mamba_ssm's
+        mamba_split_conv1d_scan_combined, as its Mamba2's fast path), else op by op."""
+        zxbcdt = self.in_proj(hidden)
+        fused = fused_mamba2_inner(zxbcdt) if cache is None else None
+        if fused is not None:
+            return fused(
+                zxbcdt,
+                self.conv1d.weight.squeeze(1),
+                self.conv1d.bias,
+                self.dt_bias,
+                -torch.exp(self.A_log.float()),
+                self._D(),
+                chunk_size=self.chunk_size,
+                dt_limit=self.dt_limit,
+                headdim=self.headdim,
+                ngroups=self.ngroups,
+                rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
+                rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,
+                norm_before_gate=self.norm.norm_before_gate if self.rmsnorm else False,
+                out_proj_weight=self.out_proj.weight,
+                out_proj_bias=self.out_proj.bias,
+            )
+        length = hidden.shape[1]
+        z0, x0, z, xBC, dt = self._split(zxbcdt, dim=-1)
         xBC = xBC.transpose(1, 2)  # (batch, conv_dim, L): the conv kernels' layout
         if cache is not None:
             cache.conv_state.copy_(F.pad(xBC, (self.d_conv - length, 0)))

@@ -1,6 +1,6 @@
 """Kernel backends: each implements the selective scan, Mamba-2's SSD, Mamba-3's SSM, their
-decoding steps, and the causal conv, and may fuse Mamba-1's mixer of them into one op
-(``fused_mamba_inner``).
+decoding steps, and the causal conv, and may fuse Mamba-1's and Mamba-2's mixers of them into one op
+each (``fused_mamba_inner``, ``fused_mamba2_inner``).
 
 Backends, best first: ``cuda`` (mamba_ssm and causal_conv1d, on GPU tensors), ``cpp``
 (seqarena's C++ kernels, on CPU tensors) and ``torch`` (the readable references, anywhere).
@@ -44,6 +44,7 @@ class KernelBackend:
     why_not: Callable[[torch.Tensor], str | None]
     scan_continues: bool = True  # its scan takes an initial_state
     inner: Callable | None = None  # its fused_mamba_inner op; None: the mixer composes the ops
+    mamba2_inner: Callable | None = None  # its fused_mamba2_inner op; None: as above
 
 
 _BACKENDS: dict[str, KernelBackend] = {}
@@ -200,6 +201,21 @@ def fused_mamba_inner(u: torch.Tensor, backend: str | None = None) -> Callable |
     (bias and softplus in the scan), z's gate, out_proj. conv_weight is (d_inner, d_conv).
     """
     return _BACKENDS[resolve_backend(u, backend)].inner
+
+
+def fused_mamba2_inner(u: torch.Tensor, backend: str | None = None) -> Callable | None:
+    """The chosen backend's one op for Mamba-2's mixer after in_proj over whole sequences (mamba_ssm's
+    ``mamba_split_conv1d_scan_combined``, its Mamba2's ``use_mem_eff_path``), or None where it has
+    none and the mixer composes the conv, the SSD and the gated norm itself.
+
+    The op: (zxbcdt, conv_weight, conv_bias, dt_bias, A, D, *, chunk_size, dt_limit, headdim,
+    ngroups, rmsnorm_weight, rmsnorm_eps, norm_before_gate, out_proj_weight, out_proj_bias) -> out,
+    from in_proj's output zxbcdt (batch, L, channels) to the mixer's output (batch, L, d_model):
+    xBC convolved (+SiLU), the SSD (dt's bias and softplus in it), the gated RMSNorm with z (or
+    SiLU(z)'s gate without rmsnorm_weight), the MLP channels beside it, out_proj. conv_weight is
+    (channels, d_conv); D is (nheads,) or (nheads, headdim).
+    """
+    return _BACKENDS[resolve_backend(u, backend)].mamba2_inner
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):

@@ -1,6 +1,7 @@
 """The ``cuda`` backend: mamba_ssm's kernels (the fused selective scan and Mamba-1 mixer, the Triton
-SSD and decoding step, Mamba-3's Triton SISO kernels and its TileLang MIMO kernel) and causal_conv1d's
-conv, called as mamba_ssm's own modules call them, with every optional argument by keyword.
+SSD, fused Mamba-2 mixer and decoding step, Mamba-3's Triton SISO kernels and its TileLang MIMO
+kernel) and causal_conv1d's conv, called as mamba_ssm's own modules call them, with every optional
+argument by keyword.
 
 mamba-ssm and causal-conv1d import only where they were built with CUDA; their absence never breaks
 seqarena: the backend then says why it is unavailable (the import error and the installed
@@ -49,7 +50,10 @@ def kernels() -> SimpleNamespace:
         from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
         from mamba_ssm.ops.triton.mamba3.mamba3_siso_step import mamba3_siso_step
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops.triton.ssd_combined import (
+            mamba_chunk_scan_combined,
+            mamba_split_conv1d_scan_combined,
+        )
     except Exception as e:  # ImportError, or a CUDA/driver error raised while importing
         return SimpleNamespace(
             reason=f"mamba_ssm or causal_conv1d does not import ({type(e).__name__}: {e}; "
@@ -62,6 +66,7 @@ def kernels() -> SimpleNamespace:
         reason=None,
         scan=selective_scan_fn,
         inner=mamba_inner_fn,
+        mamba2_inner=mamba_split_conv1d_scan_combined,
         step=selective_state_update,
         ssd=mamba_chunk_scan_combined,
         conv=causal_conv1d_fn,
@@ -160,6 +165,46 @@ def _inner(
         D=D,
         delta_bias=delta_bias,
         delta_softplus=True,
+    )
+
+
+def _mamba2_inner(
+    zxbcdt,
+    conv_weight,
+    conv_bias,
+    dt_bias,
+    A,
+    D,
+    *,
+    chunk_size,
+    dt_limit,
+    headdim,
+    ngroups,
+    rmsnorm_weight,
+    rmsnorm_eps,
+    norm_before_gate,
+    out_proj_weight,
+    out_proj_bias,
+):
+    """mamba_ssm's mamba_split_conv1d_scan_combined, as its Mamba2's forward calls it without a cache
+    (``use_mem_eff_path``: the conv and the gated norm recomputed in the backward pass)."""
+    return kernels().mamba2_inner(
+        zxbcdt,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A,
+        D=D,
+        chunk_size=chunk_size,
+        dt_limit=tuple(dt_limit),
+        activation="silu",
+        rmsnorm_weight=rmsnorm_weight,
+        rmsnorm_eps=rmsnorm_eps,
+        outproj_weight=out_proj_weight,
+        outproj_bias=out_proj_bias,
+        headdim=None if D.dim() == 2 else headdim,
+        ngroups=ngroups,
+        norm_before_gate=norm_before_gate,
     )
 
 
@@ -406,5 +451,6 @@ register_backend(
         why_not=_why_not,
         scan_continues=False,
         inner=_inner,
+        mamba2_inner=_mamba2_inner,
     )
 )
