@@ -3,8 +3,9 @@
 Parameter for parameter mamba_ssm's ``Mamba2``: one ``in_proj`` gives z, x, B, C and dt at once;
 a causal conv runs over x, B and C together; each head has a scalar decay ``A_log`` and a
 ``dt_bias``; a gated RMSNorm replaces Mamba-1's SiLU(z) gate. The sequence mixing is
-``seqarena.ops.ssd_chunk_scan`` (matmuls within chunks, a recurrence across them); decoding
-advances a (nheads, headdim, d_state) state per sequence with ``ssd_state_update``.
+``seqarena.ops.ssd_chunk_scan`` (matmuls within chunks, a recurrence across them), or on a backend
+with a fused mixer (cuda, without a cache) the whole mixer as one op (``fused_mamba2_inner``);
+decoding advances a (nheads, headdim, d_state) state per sequence with ``ssd_state_update``.
 """
 
 import torch
