@@ -164,15 +164,18 @@ class Mamba2Mixer(nn.Module):
         """(x, dt, A, B, C) for the SSD from the conv's output (..., conv_dim), split into heads
         and groups; the same for a sequence (forward) and one token (step)."""
         x, B, C = xBC.split(self.xbc_sizes, dim=-1)
-        A = -torch.exp(self.A_log.float())
         groups = (self.ngroups, self.d_state)
         return (
             x.unflatten(-1, (self.nheads, self.headdim)),
             dt,
-            A,
+            self._A(),
             B.unflatten(-1, groups),
             C.unflatten(-1, groups),
         )
+
+    def _A(self) -> torch.Tensor:
+        """The per-head decay rates (nheads,), negative, in float32 (as mamba_ssm's Mamba2)."""
+        return -torch.exp(self.A_log.float())
 
     def _D(self) -> torch.Tensor:
         """D per head (nheads,), or per channel (nheads, headdim) with D_has_hdim."""
@@ -208,7 +211,7 @@ class Mamba2Mixer(nn.Module):
                 self.conv1d.weight.squeeze(1),
                 self.conv1d.bias,
                 self.dt_bias,
-                -torch.exp(self.A_log.float()),
+                self._A(),
                 self._D(),
                 chunk_size=self.chunk_size,
                 dt_limit=self.dt_limit,
