@@ -7,7 +7,9 @@
    tiny model on the cuda backend against the torch backend, both on the GPU (logits, every
    gradient, decoding, and decoding with each step one CUDA graph replay, as the generation rows
    time it), so that Mamba-3's Triton (SISO) and TileLang (MIMO) kernels run in a model; and the
-   Transformers' graphed decoding against their forward;
+   Transformers' graphed decoding against their forward; mamba_ssm's Triton kernels, every
+   autotuner config, are compiled on every core before each of these runs them
+   (seqarena.ops.triton_compile), not one after another at their first launch;
 3. the Fig. 8 kernel benchmark: batch 1, D 1024, N 16, bf16, L 512..512K: the scan and the SSD
    against SDPA attention (FlashAttention-2 on a GPU) and the paper's PyTorch parallel scan and
    FFT convolution, inputs made on the device before timing, what runs out of memory left out;
@@ -47,6 +49,7 @@ from seqarena.files import atomic_write
 from seqarena.models import build_model
 from seqarena.models.base import Decoder
 from seqarena.ops import backends, cuda, use_backend
+from seqarena.ops.triton_compile import compile_ahead
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,24 +175,34 @@ def decoded_logits(model, ids: torch.Tensor, cuda_graph: bool = False) -> torch.
     return torch.cat([prefix, torch.stack(steps, 1)], 1)
 
 
+def on_backend(backend: str, model, ids: torch.Tensor) -> tuple:
+    """The model's logits and each parameter's gradient on ``backend``."""
+    with use_backend(backend):
+        model.zero_grad()
+        logits = model(ids)
+        (logits * torch.linspace(-1, 1, logits.shape[-1], device=ids.device)).sum().backward()
+        return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def on_cuda(model, ids: torch.Tensor) -> tuple:
+    """The model's logits, each parameter's gradient and its decoded logits on the cuda backend."""
+    logits, grads = on_backend("cuda", model, ids)
+    with use_backend("cuda"):
+        return logits, grads, decoded_logits(model, ids)
+
+
 def cuda_versus_torch(model_name: str, device: torch.device) -> dict[str, float]:
     """A family's model on the cuda and the torch backend: the relative error of the logits, of
     each parameter's gradient (``grad <name>``; inf where one backend gave none) and of decoding;
     on a GPU also of decoding with each step one CUDA graph replay (``decoding as CUDA graphs``)."""
     model, ids = family_model(model_name, device)
-    said = {}
-    for backend in ("torch", "cuda"):
-        with use_backend(backend):
-            model.zero_grad()
-            logits = model(ids)
-            (logits * torch.linspace(-1, 1, logits.shape[-1], device=device)).sum().backward()
-            grads = {n: p.grad for n, p in model.named_parameters()}
-            said[backend] = logits.detach(), grads
-    (logits, grads), (want_logits, want_grads) = said["cuda"], said["torch"]
-    errors = {"logits": relative_error(logits, want_logits)}
-    with use_backend("cuda"):
-        errors["decoding"] = relative_error(decoded_logits(model, ids), want_logits)
-        if device.type == "cuda":
+    if device.type == "cuda":  # mamba_ssm's Triton kernels, compiled on every core before they run
+        compile_ahead(functools.partial(on_cuda, model, ids))
+    want_logits, want_grads = on_backend("torch", model, ids)
+    logits, grads, decoded = on_cuda(model, ids)
+    errors = {"logits": relative_error(logits, want_logits), "decoding": relative_error(decoded, want_logits)}
+    if device.type == "cuda":
+        with use_backend("cuda"):
             errors["decoding as CUDA graphs"] = relative_error(decoded_logits(model, ids, True), want_logits)
     for name, want in want_grads.items():
         got = grads[name]

@@ -39,6 +39,13 @@ tensors, with these substitutions and nothing else:
   and ``torch.get_autocast_gpu_dtype()`` gives the CPU's autocast dtype.
 - **seqarena's gate** ("the cuda backend runs on CUDA tensors") is lifted inside the context only.
 
+``cuda_backend_on_cpu("compiled for sm_90")`` keeps the stand-in extensions and the shims of CUDA
+but not the interpreter: the Triton kernels compile, for an H100 (sm_90, 132 multiprocessors), with
+Triton's own compiler and the ptxas it ships, through a Triton driver for a machine without a GPU.
+A launch compiles its kernel, then fails (nothing can run): only
+``seqarena.ops.triton_compile.compile_ahead``, which compiles and launches nothing, runs a workload
+there (tests/test_triton_compile.py, benchmarks/triton_compile_cpu.py).
+
 ``make oracle`` puts both packages' Python sources, triton and einops in
 $SEQARENA_MAMBA_SSM_REFERENCE (beside the venv, never in it); they are forgotten on exit.
 """
@@ -92,6 +99,10 @@ TILELANG_KERNELS = {
 }
 FORGOTTEN = {"mamba_ssm", "causal_conv1d", "selective_scan_cuda", "causal_conv1d_cuda"}
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# what torch.cuda.get_device_properties reports: 4 multiprocessors under the interpreter (small
+# grids), an H100's 132 where the kernels compile for one
+FOUR_MULTIPROCESSORS = types.SimpleNamespace(multi_processor_count=4, gcnArchName="")
+H100 = types.SimpleNamespace(multi_processor_count=132, gcnArchName="")
 
 
 class BindingCheckFailed(RuntimeError):
@@ -490,7 +501,7 @@ def _fill(module: types.ModuleType, **functions) -> None:
 
 
 @contextmanager
-def _patched(obj, name: str, value):
+def patched(obj, name: str, value):
     old = getattr(obj, name)
     setattr(obj, name, value)
     try:
@@ -562,14 +573,14 @@ def _cpu_autocast_for_cuda(is_autocast_enabled):
 
 
 @contextmanager
-def cuda_backend_on_cpu():
-    """seqarena's cuda backend, running mamba_ssm's and causal_conv1d's code on CPU tensors."""
+def cuda_backend_on_cpu(triton_kernels: str = "interpreted"):
+    """seqarena's cuda backend, running mamba_ssm's and causal_conv1d's code on CPU tensors, its
+    Triton kernels ``"interpreted"`` (they run; the module's docstring), or ``"compiled for sm_90"``
+    (they compile and never run: see ``_compiled_for_sm90``)."""
     from seqarena.ops import backends, cuda
 
-    with (
-        oracle_on_path(("mamba_ssm", "causal_conv1d", "triton"), FORGOTTEN),
-        _emulated_extensions_and_kernels(),
-    ):
+    kernels = {"interpreted": _interpreted_kernels, "compiled for sm_90": _compiled_for_sm90}[triton_kernels]
+    with oracle_on_path(("mamba_ssm", "causal_conv1d", "triton"), FORGOTTEN), kernels():
         saved_backend = backends._BACKENDS["cuda"]
         try:
             cuda.kernels.cache_clear()
@@ -583,44 +594,135 @@ def cuda_backend_on_cpu():
 
 
 @contextmanager
-def _emulated_extensions_and_kernels():
-    """The stand-in extensions in sys.modules and Triton's interpreter with its shims (the module's
-    docstring), while the packages' modules import and run."""
+def _interpreted_kernels():
+    """The stand-in extensions, and Triton's interpreter with its shims (the module's docstring)."""
     old_interpret = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated and when they run
     try:
-        # the packages import the extensions first; the stand-ins are filled in once their
-        # references (which live in those packages) have imported
-        for name in ("selective_scan_cuda", "causal_conv1d_cuda"):
-            sys.modules[name] = types.ModuleType(name)
-        sys.modules.update(tilelang_modules())
-        import triton.runtime.autotuner as autotuner
-        import triton.runtime.interpreter as interpreter
-        from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref, causal_conv1d_update_ref
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
-        from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined, mamba3_siso_fwd
+        with _stand_in_extensions(FOUR_MULTIPROCESSORS):
+            import triton.runtime.autotuner as autotuner
+            import triton.runtime.interpreter as interpreter
+            from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined, mamba3_siso_fwd
 
-        fill_causal_conv1d(sys.modules["causal_conv1d_cuda"], causal_conv1d_ref, causal_conv1d_update_ref)
-        fill_selective_scan(sys.modules["selective_scan_cuda"], selective_scan_ref)
-        properties = types.SimpleNamespace(multi_processor_count=4, gcnArchName="")
-        with (
-            _patched(torch.cuda, "device", lambda index: nullcontext()),
-            _patched(torch.cuda, "get_device_properties", lambda device=None: properties),
-            _patched(autotuner.Autotuner, "run", _first_config_only(autotuner.Autotuner.run)),
-            _patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
-            _patched(torch, "is_autocast_enabled", _cpu_autocast_for_cuda(torch.is_autocast_enabled)),
-            _patched(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cpu")),
-            _patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
-            _patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
-            _patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
-            ExitStack() as backward,
-        ):
-            for name in SISO_BACKWARD:  # as mamba3_siso_combined imported them
-                original = getattr(mamba3_siso_combined, name)
-                backward.enter_context(_patched(mamba3_siso_combined, name, _saying_cuda(original)))
-            yield
+            with (
+                patched(autotuner.Autotuner, "run", _first_config_only(autotuner.Autotuner.run)),
+                patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
+                patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
+                patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
+                patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
+            ):
+                yield
     finally:
         if old_interpret is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old_interpret
+
+
+@contextmanager
+def _compiled_for_sm90():
+    """The stand-in extensions, and Triton compiling for an H100 (sm_90), here, with its own
+    compiler and the ptxas it ships: a launch compiles its kernel for that GPU, then fails, since
+    nothing runs without one; ``seqarena.ops.triton_compile.compile_ahead`` only compiles."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    # Triton's interpreter, run earlier in this process, leaves triton.language patched once a
+    # kernel has called a jit function (triton 3.6's InterpretedFunction.__call__ patches and never
+    # restores), and then nothing compiles: Triton's Python imports afresh here (its library,
+    # which cannot load twice, is kept).
+    for name in [m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")]:
+        del sys.modules[name]
+    try:
+        with _stand_in_extensions(H100):
+            from triton.runtime.driver import driver
+
+            with patched(driver, "_active", _Sm90Driver()):  # what driver.set_active sets
+                yield
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+class _Sm90Driver:
+    """Triton's driver for a machine that compiles for sm_90 and has no GPU (stream and device 0)."""
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_benchmarker(self):  # the autotuner's timing: it launches
+        return lambda kernel_call, quantiles, **options: kernel_call()
+
+    def __getattr__(self, name):  # launcher_cls, utils: what a launch loads and runs a kernel with
+        raise RuntimeError(f"a Triton kernel was launched (driver.{name}): compiled for sm_90, nothing runs")
+
+
+@contextmanager
+def _stand_in_extensions(properties: types.SimpleNamespace):
+    """The stand-in extensions in sys.modules while the packages' modules import and run, and the
+    shims of CUDA that their Python asks for (the module's docstring); ``properties`` are the GPU's
+    that ``torch.cuda.get_device_properties`` reports."""
+    # the packages import the extensions first; the stand-ins are filled in once their
+    # references (which live in those packages) have imported
+    for name in ("selective_scan_cuda", "causal_conv1d_cuda"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules.update(tilelang_modules())
+    from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref, causal_conv1d_update_ref
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+    from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined
+
+    fill_causal_conv1d(sys.modules["causal_conv1d_cuda"], causal_conv1d_ref, causal_conv1d_update_ref)
+    fill_selective_scan(sys.modules["selective_scan_cuda"], selective_scan_ref)
+    with (
+        patched(torch.cuda, "device", lambda index: nullcontext()),
+        patched(torch.cuda, "get_device_properties", lambda device=None: properties),
+        patched(torch, "is_autocast_enabled", _cpu_autocast_for_cuda(torch.is_autocast_enabled)),
+        patched(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cpu")),
+        ExitStack() as backward,
+    ):
+        for name in SISO_BACKWARD:  # as mamba3_siso_combined imported them
+            original = getattr(mamba3_siso_combined, name)
+            backward.enter_context(patched(mamba3_siso_combined, name, _saying_cuda(original)))
+        yield
+
+
+class Compiles:
+    """Within it: each kernel that Triton compiles for the GPU (``kernels``: once per config and
+    specialization found in no cache, when ptxas runs) and the threads it compiled on; and each
+    launch that found its JIT cache without the kernel (``missed``: a compile begun, or joined
+    when one is under way)."""
+
+    def __init__(self):
+        self.kernels, self.threads, self.missed = [], set(), []
+        self._patches = ExitStack()
+
+    def __enter__(self):
+        from triton import knobs
+        from triton.backends.nvidia.compiler import CUDABackend
+
+        make_cubin = CUDABackend.make_cubin
+
+        def compiling(backend, src, metadata, *args):
+            self.kernels.append(metadata["name"])
+            self.threads.add(threading.get_ident())
+            return make_cubin(backend, src, metadata, *args)
+
+        def missed(**info):
+            self.missed.append(info["fn"].name)
+            return False  # go on and compile
+
+        self._patches.enter_context(patched(CUDABackend, "make_cubin", compiling))
+        self._patches.enter_context(patched(knobs.runtime, "jit_cache_hook", missed))
+        return self
+
+    def __exit__(self, *exc):
+        self._patches.close()

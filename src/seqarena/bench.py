@@ -25,6 +25,7 @@ from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import GPT_NEOX_VOCAB, Decoder, cache_tensors
 from seqarena.ops import available_backends, mamba3_chunk_scan, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
+from seqarena.ops.triton_compile import compile_ahead
 from seqarena.options import Tracked, option
 from seqarena.tracking import generation_metrics, kernel_metrics, log_stage, training_bench_metrics
 from seqarena.training import TokenData, TrainConfig, Trainer
@@ -52,24 +53,29 @@ def median_ms(fn, device: torch.device, repeats: int, budget_s: float = 5.0) -> 
     return statistics.median(times) * 1e3
 
 
-def _fwd_and_fwd_bwd(inputs: list[torch.Tensor], op, device, repeats):
+def _fwd_and_fwd_bwd(inputs: list[torch.Tensor], op, device, repeats, triton=False):
     """(forward ms, forward+backward ms) of op(*inputs), None where the device ran out of memory.
     The inputs, and the output's gradient, are made once, on the device, before anything is
-    timed: only the op is measured, every op alike."""
+    timed: only the op is measured, every op alike. An op that launches Triton kernels
+    (``triton``) has them compiled on every core first, on a GPU, as the warm-up would one by one."""
     leaves = [t for t in inputs if t.requires_grad]
 
     def forward():
         with torch.no_grad():
-            op(*inputs)
+            return op(*inputs)
 
     def forward_backward():
         torch.autograd.grad(op(*inputs), leaves, dout)
 
+    ahead = triton and device.type == "cuda"
     times = []
     try:
-        with torch.no_grad():
-            dout = torch.randn_like(op(*inputs))
+        if ahead:
+            compile_ahead(forward)
+        dout = torch.randn_like(forward())
         times.append(median_ms(forward, device, repeats))
+        if ahead:
+            compile_ahead(forward_backward)
         times.append(median_ms(forward_backward, device, repeats))
     except torch.OutOfMemoryError:
         if device.type == "cuda":
@@ -99,8 +105,8 @@ class KernelGrid:
     def random(self, gen, *shape, shift=0.0):
         return _random_input(gen, self.device, self.dtype, *shape, shift=shift)
 
-    def time(self, inputs, op):
-        return _fwd_and_fwd_bwd(inputs, op, self.device, self.repeats)
+    def time(self, inputs, op, triton=False):
+        return _fwd_and_fwd_bwd(inputs, op, self.device, self.repeats, triton)
 
 
 def _scan_timings(grid: KernelGrid, length: int, backends: list[str], gen):
@@ -140,7 +146,7 @@ def _ssd_timings(grid: KernelGrid, length: int, backends: list[str], gen):
         def ssd(x, dt, A, B, C, name=name):
             return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
 
-        yield "ssd", name, grid.time(inputs, ssd)
+        yield "ssd", name, grid.time(inputs, ssd, triton=name == "cuda")
 
 
 def _mamba3_timings(grid: KernelGrid, length: int, backends: list[str], gen):
@@ -169,7 +175,7 @@ def _mamba3_timings(grid: KernelGrid, length: int, backends: list[str], gen):
                 q, k, x, adt, dt, trap, q_bias, k_bias, angles, chunk_size=chunk, backend=name
             )
 
-        yield "mamba3", name, grid.time(inputs, mamba3)
+        yield "mamba3", name, grid.time(inputs, mamba3, triton=name == "cuda")
 
 
 def _attention_timings(grid: KernelGrid, length: int):

@@ -1,0 +1,84 @@
+"""Triton's compiles for an H100 (sm_90) in `make gpu-check`'s first GPU rows, on one core and on all.
+
+    python benchmarks/triton_compile_cpu.py          (after `make oracle`; about 10 minutes on 2 cores)
+
+No GPU is needed: mamba_ssm's kernels compile here for sm_90 with Triton's own compiler and the
+ptxas it ships, and none runs (tests/cuda_emulation.py, "compiled for sm_90"). Each workload is what
+a GPU row runs on the cuda backend: the env stage's self-check in float32 and bfloat16 (the backend
+rows, and the pipeline's kernels job), then each family's tiny model, forward, backward and decoding
+(the families rows), in that order, so that a kernel already built for an earlier one is not
+counted again. Per workload: how many kernels compile (every config its autotuner times), the
+seconds on one thread (as Triton's autotuner compiles at the first launch, one config after
+another) and on every core (``seqarena.ops.triton_compile.compile_ahead``), each from an empty
+Triton cache; one mode, then the other, in one run on the same machine.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
+
+from gpu_check import FAMILY_TOLERANCES, family_model, on_cuda  # noqa: E402
+
+from cuda_emulation import Compiles, cuda_backend_on_cpu  # noqa: E402
+from seqarena.env import self_check  # noqa: E402
+from seqarena.ops.triton_compile import compile_ahead  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def workloads() -> dict:
+    """Name: a function of no arguments, in the order the GPU rows run them."""
+    work = {
+        f"self-check {dtype}": lambda dtype=dtype: self_check("cuda", CPU, dtype=getattr(torch, dtype))
+        for dtype in ("float32", "bfloat16")
+    }
+    for family in FAMILY_TOLERANCES:
+        if family != "mamba3_mimo":  # TileLang, not Triton: no kernel of it compiles here
+            model = f"{family}-tiny"
+            work[f"family {model}"] = lambda model=model: on_cuda(*family_model(model, CPU))
+    return work
+
+
+def compile_all(workers: int) -> dict[str, tuple[int, float]]:
+    """(kernels compiled, seconds) per workload, from an empty Triton cache, on ``workers`` threads."""
+    said = {}
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        with cuda_backend_on_cpu("compiled for sm_90"):
+            for name, workload in workloads().items():
+                start = time.perf_counter()
+                with Compiles() as compiles:
+                    compile_ahead(workload, workers=workers)
+                said[name] = len(compiles.kernels), time.perf_counter() - start
+                kernels, seconds = said[name]
+                print(f"  {workers} thread(s), {name}: {kernels} kernels, {seconds:.1f} s", flush=True)
+    return said
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads for the parallel mode")
+    args = parser.parse_args()
+    one, every = compile_all(1), compile_all(args.workers)
+    print(f"\n| workload | kernels | 1 thread s | {args.workers} threads s | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (kernels, serial) in one.items():
+        parallel = every[name][1]
+        print(f"| {name} | {kernels} | {serial:.1f} | {parallel:.1f} | {serial / parallel:.2f}x |")
+    total = [sum(s for _, s in mode.values()) for mode in (one, every)]
+    kernels = sum(k for k, _ in one.values())
+    print(f"| all | {kernels} | {total[0]:.1f} | {total[1]:.1f} | {total[0] / total[1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""mamba_ssm's Triton kernels compiled ahead of their first launch, on every core.
+
+Triton compiles a kernel at its first launch, and its autotuner compiles every config it times, one
+after another, in the launching thread. mamba_ssm's SSD and Mamba-3 kernels are hundreds of
+compiles per shape and dtype (the self-check alone 480 for sm_90), which made the compiler, on one
+core, most of a GPU's first minutes (benchmarks/triton_compile_cpu.py measures it).
+``compile_ahead(workload)`` runs the workload once with each launch only compiling its kernel, and
+each autotuned launch every config its autotuner would time, the compiles spread over threads
+(Triton's own ``AsyncCompileMode``; its compiler releases the GIL). The workload's real run after it
+finds every kernel compiled, times the configs and launches as before. The first run's values are
+never computed: kernels do not run in it, so its outputs are whatever memory held.
+"""
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+
+def compile_ahead(workload: Callable[[], object], workers: int | None = None) -> None:
+    """Compile every Triton kernel (every autotuner config) that ``workload()`` launches, on
+    ``workers`` threads (all cores by default), without running one; return when all are built."""
+    import triton
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    launch = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        return launch(self, *args, grid=grid, warmup=True, **kwargs)
+
+    def compile_every_config(self, *args, **kwargs):
+        """Autotuner.run's configs, compiled; none chosen for later, since none is timed."""
+        self.nargs = dict(zip(self.arg_names, args, strict=False))  # as Autotuner.run
+        configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+        for config in configs:
+            self.fn.run(*args, **kwargs, **config.all_kwargs())
+        self.nargs = None
+        self.best_config = configs[0]  # what a launch leaves; mamba_ssm sizes buffers by it after one
+
+    # A compile that fails (a config past the GPU's registers) is left for the real run, whose
+    # autotuner meets the failure again and handles it. The patches hold process-wide while the
+    # workload runs (seqarena launches kernels from one thread).
+    with (
+        ThreadPoolExecutor(workers or os.cpu_count()) as pool,
+        _replaced(JITFunction, "run", compile_only),
+        _replaced(Autotuner, "run", compile_every_config),
+        triton.AsyncCompileMode(pool, ignore_errors=True),  # leaving it waits for every compile
+    ):
+        workload()
+
+
+@contextmanager
+def _replaced(owner, name: str, value):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)

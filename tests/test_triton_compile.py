@@ -1,0 +1,100 @@
+"""compile_ahead on mamba_ssm's own Triton kernels, compiled for an H100 (sm_90) on this CPU by
+Triton's compiler and ptxas (cuda_emulation.py, "compiled for sm_90"): every config that the
+autotuner would time is built, on worker threads, and nothing runs; the real launch after it then
+finds its kernel compiled."""
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from cuda_emulation import Compiles, cuda_backend_on_cpu, patched
+from seqarena.ops.triton_compile import compile_ahead
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def compiled_for_sm90(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # no kernel found built by an earlier run
+    with cuda_backend_on_cpu("compiled for sm_90"):
+        yield
+
+
+def test_compile_ahead_builds_every_config_on_threads_and_the_real_launch_finds_them(compiled_for_sm90):
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_cumsum_fwd_kernel
+
+    dt, A = torch.rand(2, 100, 8), -torch.rand(8)
+    state, x = torch.zeros(2, 8, 16, 4), torch.randn(2, 8, 16)
+    B, C = torch.randn(2, 1, 4), torch.randn(2, 1, 4)
+
+    def workload():
+        _chunk_cumsum_fwd(dt, A, chunk_size=32)  # autotuned: 7 configs
+        # heuristics, no autotuner; its dt_bias is not optional (a mamba_ssm bug)
+        step = dict(D=torch.randn(8, 16), dt_bias=torch.randn(8, 16))
+        selective_state_update(state, x, torch.rand(2, 8, 16), -torch.rand(8, 16, 4), B, C, **step)
+
+    configs = len(_chunk_cumsum_fwd_kernel.configs)
+    with Compiles() as compiles:
+        compile_ahead(workload, workers=2)
+    built = ["_chunk_cumsum_fwd_kernel"] * configs + ["_selective_scan_update_kernel"]
+    assert sorted(compiles.kernels) == sorted(built)
+    assert threading.get_ident() not in compiles.threads and len(compiles.threads) <= 2
+    assert _chunk_cumsum_fwd_kernel.cache == {}  # no config chosen: none was timed
+    assert state.abs().sum() == 0  # nothing ran
+
+    with Compiles() as compiles, pytest.raises(RuntimeError, match="was launched"):
+        workload()  # the real run: its autotuner's first config is found built, then launched
+    assert compiles.missed == []
+    with Compiles() as compiles:
+        compile_ahead(workload, workers=2)
+    assert compiles.missed == []  # every config built, the heuristic kernel too
+
+
+def test_a_config_that_fails_to_compile_is_left_to_the_real_run(compiled_for_sm90):
+    """A config that fails to compile fails in its worker; the others are built, and compile_ahead
+    returns: the real run meets the failure, as it would without compile_ahead (Triton's autotuner
+    skips a config that ptxas or the GPU's resources refuse)."""
+    import triton
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_cumsum_fwd_kernel
+
+    not_a_power_of_two = triton.Config({"BLOCK_SIZE_H": 3})  # tl.arange refuses it
+    configs = [*_chunk_cumsum_fwd_kernel.configs, not_a_power_of_two]
+    dt, A = torch.rand(2, 100, 8), -torch.rand(8)
+    with patched(_chunk_cumsum_fwd_kernel, "configs", configs):
+        with Compiles() as compiles:
+            compile_ahead(lambda: _chunk_cumsum_fwd(dt, A, chunk_size=32), workers=2)
+        with Compiles() as again:
+            compile_ahead(lambda: _chunk_cumsum_fwd(dt, A, chunk_size=32), workers=2)
+    assert len(compiles.missed) == len(configs) and len(compiles.kernels) == len(configs) - 1
+    assert again.missed == ["_chunk_cumsum_fwd_kernel"] and again.kernels == []  # the failed one, tried again
+
+
+def load_benchmark():
+    """benchmarks/triton_compile_cpu.py, whose workloads are the GPU rows' runs on the cuda backend."""
+    path = REPO / "benchmarks" / "triton_compile_cpu.py"
+    spec = importlib.util.spec_from_file_location("triton_compile_cpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_gpu_rows_workload_compiles_ahead_whole_and_launches_nothing(compiled_for_sm90):
+    """The self-check in both dtypes, then every family's forward, backward and decoding on the cuda
+    backend, each once through compile_ahead, all their kernels built for sm_90: none launches
+    (a launch fails here), none fails to compile (a second pass finds each built). The autotuners
+    keep their first config only, so that CI compiles tens of kernels, not the 800 that
+    benchmarks/triton_compile_cpu.py compiles and times."""
+    from triton.runtime.autotuner import Autotuner
+
+    with patched(Autotuner, "prune_configs", lambda self, kwargs: self.configs[:1]):
+        for name, workload in load_benchmark().workloads().items():
+            with Compiles() as compiles:
+                compile_ahead(workload, workers=2)
+            with Compiles() as again:
+                compile_ahead(workload, workers=2)
+            assert again.missed == [], (name, sorted(set(again.missed)))
+            assert compiles.kernels or name in ("family hybrid-tiny", "family mamba_lti-tiny"), name
