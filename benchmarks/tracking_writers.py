@@ -9,16 +9,15 @@ timings: rows expected, found, lost and duplicated, and writers that failed.
 """
 
 import argparse
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import free_port, mlflow_server, stop_server  # noqa: E402
 
 WRITER = """
 import sys, time
@@ -32,43 +31,6 @@ for first in range(0, points, batch):
     run.log_metrics(rows[first : first + batch])
 run.finish()
 """
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "4",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            return server, uri
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start") from None
-            time.sleep(0.5)
 
 
 def count(uri: str, writers: int, points: int) -> dict:
@@ -105,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        server, uri = start_server(folder) if args.server else (None, f"sqlite:///{folder / 'mlflow.db'}")
+        port = free_port()
+        server = mlflow_server(port, folder, workers=4) if args.server else None
+        uri = f"http://127.0.0.1:{port}" if server else f"sqlite:///{folder / 'mlflow.db'}"
         try:
             from seqarena.tracking import init_store
 
@@ -135,8 +99,7 @@ def main() -> None:
             }
         finally:
             if server:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
+                stop_server(server)
     print("| " + " | ".join(result) + " |")
     print("|" + "---|" * len(result))
     print("| " + " | ".join(str(v) for v in result.values()) + " |")

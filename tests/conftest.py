@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -80,6 +82,39 @@ def wait_until_serving(url: str, server: subprocess.Popen, timeout: float, what:
         except OSError:
             assert server.poll() is None and time.monotonic() < deadline, f"{what} did not start"
             time.sleep(0.5)
+
+
+def mlflow_server(port: int, folder: Path, workers: int = 1) -> subprocess.Popen:
+    """A real tracking server on loopback, serving once this returns; its sqlite store and its
+    artifacts in ``folder`` (also for benchmarks/tracking_writers.py)."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_until_serving(f"http://127.0.0.1:{port}/health", server, 120, "mlflow server")
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
 
 
 def write_multiple_choice_task(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, free_port, wait_until_serving
+from conftest import SHARED_DATA, free_port, mlflow_server, stop_server
 from seqarena.checkpoints import CheckpointStore
 from seqarena.data import Source, download, tokenize
 from seqarena.models import build_model, from_pretrained
@@ -249,38 +249,6 @@ uri, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))  # every process opens the run at the same moment
 ModelRun(uri, "seqarena", "race")
 """
-
-
-def mlflow_server(port: int, folder) -> subprocess.Popen:
-    """A real tracking server on loopback, its store and artifacts in ``folder``."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_until_serving(f"http://127.0.0.1:{port}/health", server, 120, "mlflow server")
-    return server
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
 
 
 def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
