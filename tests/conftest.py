@@ -1,5 +1,6 @@
 """Test-wide setup: no test may reach the network; shared data is read from ../shared/data."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -64,6 +65,14 @@ def _seed_and_clean_backend_env(monkeypatch):
     torch.manual_seed(0)
     monkeypatch.delenv("SEQARENA_SCAN_BACKEND", raising=False)
     monkeypatch.delenv("SEQARENA_DEVICE", raising=False)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

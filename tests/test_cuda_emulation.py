@@ -6,7 +6,6 @@ pinned packages' C++ bindings."""
 
 import ast
 import functools
-import importlib.util
 import json
 import re
 import sys
@@ -16,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_benchmark
 from cuda_emulation import BINDINGS, TILELANG, TILELANG_KERNELS, BindingCheckFailed, cuda_backend_on_cpu
 from mamba_ssm_reference import oracle_on_path
 from seqarena.models import build_model
 from seqarena.ops import backends, mamba3_chunk_scan, mamba3_state_update, ssd_state_update
 
 VOCAB = 61
-REPO = Path(__file__).resolve().parents[1]
 # The GPU env's source builds (envs/gpu.post-deploy.sh): the tarball and the file with the bindings.
 PINNED_SOURCES = {
     "selective_scan_cuda": ("mamba-2.3.2.post1", "csrc/selective_scan/selective_scan.cpp"),
@@ -30,15 +29,7 @@ PINNED_SOURCES = {
 }
 
 
-def load_gpu_check():
-    """benchmarks/gpu_check.py, whose family rows run the comparison of the first test on a GPU."""
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_gpu_check()
+gpu_check = load_benchmark("gpu_check")  # its family rows run the comparison of the first test on a GPU
 relative_error = gpu_check.relative_error
 
 

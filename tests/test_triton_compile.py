@@ -3,17 +3,14 @@ Triton's compiler and ptxas (cuda_emulation.py, "compiled for sm_90"): every con
 autotuner would time is built, on worker threads, and nothing runs; the real launch after it then
 finds its kernel compiled."""
 
-import importlib.util
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_benchmark
 from cuda_emulation import Compiles, cuda_backend_on_cpu, patched
 from seqarena.ops.triton_compile import compile_ahead
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -73,15 +70,6 @@ def test_a_config_that_fails_to_compile_is_left_to_the_real_run(compiled_for_sm9
     assert again.missed == ["_chunk_cumsum_fwd_kernel"] and again.kernels == []  # the failed one, tried again
 
 
-def load_benchmark():
-    """benchmarks/triton_compile_cpu.py, whose workloads are the GPU rows' runs on the cuda backend."""
-    path = REPO / "benchmarks" / "triton_compile_cpu.py"
-    spec = importlib.util.spec_from_file_location("triton_compile_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_each_gpu_rows_workload_compiles_ahead_whole_and_launches_nothing(compiled_for_sm90):
     """The self-check in both dtypes, then every family's forward, backward and decoding on the cuda
     backend, each once through compile_ahead, all their kernels built for sm_90: none launches
@@ -91,7 +79,7 @@ def test_each_gpu_rows_workload_compiles_ahead_whole_and_launches_nothing(compil
     from triton.runtime.autotuner import Autotuner
 
     with patched(Autotuner, "prune_configs", lambda self, kwargs: self.configs[:1]):
-        for name, workload in load_benchmark().workloads().items():
+        for name, workload in load_benchmark("triton_compile_cpu").workloads().items():
             with Compiles() as compiles:
                 compile_ahead(workload, workers=2)
             with Compiles() as again:
