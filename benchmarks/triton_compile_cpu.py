@@ -1,20 +1,25 @@
-"""Triton's compiles for an H100 (sm_90) in `make gpu-check`'s first GPU rows, on one core and on all.
+"""Triton's compiles for an H100 (sm_90) in `make gpu-check`'s GPU rows, on one core and on all.
 
-    python benchmarks/triton_compile_cpu.py          (after `make oracle`; about 10 minutes on 2 cores)
+    python benchmarks/triton_compile_cpu.py          (after `make oracle`; about 20 minutes on 2 cores)
 
 No GPU is needed: mamba_ssm's kernels compile here for sm_90 with Triton's own compiler and the
 ptxas it ships, and none runs (tests/cuda_emulation.py, "compiled for sm_90"). Each workload is what
-a GPU row runs on the cuda backend: the env stage's self-check in float32 and bfloat16 (the backend
-rows, and the pipeline's kernels job), then each family's tiny model, forward, backward and decoding
-(the families rows), in that order, so that a kernel already built for an earlier one is not
-counted again. Per workload: how many kernels compile (every config its autotuner times), the
-seconds on one thread (as Triton's autotuner compiles at the first launch, one config after
-another) and on every core (``seqarena.ops.triton_compile.compile_ahead``), each from an empty
-Triton cache; one mode, then the other, in one run on the same machine; and in each mode the
-launches that a second pass found without their kernel (a compile that failed: 0 expected).
+a GPU row runs on the cuda backend, in the order the rows run them, so that a kernel already built
+for an earlier one is not counted again: the env stage's self-check in float32 and bfloat16 (the
+backend rows, and the pipeline's kernels job); each family's tiny model, forward, backward and
+decoding (the families rows); the kernel rows' Triton ops, one length after another (the SSD and
+Mamba-3 SISO at the Fig. 8 shapes, forward and forward+backward as bench_kernels runs them on a
+GPU; their seconds include making the inputs on this CPU, which a GPU makes on the device).
+
+Per workload: how many kernels compile (every config its autotuner times), the seconds on one
+thread (as Triton's autotuner compiles at the first launch, one config after another) and on every
+core (``seqarena.ops.triton_compile.compile_ahead``), each from an empty Triton cache; one mode,
+then the other, in one run on the same machine; and in each mode the launches that a second pass
+found without their kernel (a compile that failed: 0 expected).
 """
 
 import argparse
+import inspect
 import os
 import sys
 import tempfile
@@ -26,9 +31,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 
-from gpu_check import FAMILY_TOLERANCES, family_model, on_cuda  # noqa: E402
+from gpu_check import FAMILY_TOLERANCES, SHAPES, family_model, on_cuda  # noqa: E402
 
 from cuda_emulation import Compiles, cuda_backend_on_cpu  # noqa: E402
+from seqarena.bench import ON_GPU, KernelGrid, _mamba3_timings, _ssd_timings, bench_kernels  # noqa: E402
 from seqarena.env import self_check  # noqa: E402
 from seqarena.ops.triton_compile import compile_ahead  # noqa: E402
 
@@ -45,7 +51,24 @@ def workloads() -> dict:
         if family != "mamba3_mimo":  # TileLang, not Triton: no kernel of it compiles here
             model = f"{family}-tiny"
             work[f"family {model}"] = lambda model=model: on_cuda(*family_model(model, CPU))
+    fig8, grid = SHAPES["kernels"][0], gpu_kernel_grid()
+    for length in fig8["lengths"]:
+
+        def triton_ops(length=length):
+            gen = torch.Generator().manual_seed(length)
+            for timings in (_ssd_timings, _mamba3_timings):
+                list(timings(grid, length, ["cuda"], gen))
+
+        work[f"kernels L {length}"] = triton_ops
     return work
+
+
+def gpu_kernel_grid() -> KernelGrid:
+    """The grid of `make gpu-check`'s kernel rows on a GPU (its shapes, bench_kernels' defaults for
+    the rest, bfloat16, mamba_ssm's chunks), on this CPU, each pass run once after its warm-up."""
+    fig8, defaults = SHAPES["kernels"][0], inspect.signature(bench_kernels).parameters
+    batch, ssd_state, head_dim = (defaults[k].default for k in ("batch", "ssd_state", "head_dim"))
+    return KernelGrid(batch, fig8["dim"], fig8["state"], ssd_state, head_dim, CPU, 1, *ON_GPU)
 
 
 def compile_all(workers: int) -> dict[str, tuple[int, float, int]]:

@@ -23,6 +23,9 @@ from seqarena.device import compute_device
 from seqarena.files import atomic_write
 from seqarena.models import build_model, from_pretrained, parse_model_id
 from seqarena.models.base import GPT_NEOX_VOCAB, Decoder, cache_tensors
+from seqarena.models.mamba2 import MAMBA2_DEFAULTS
+from seqarena.models.mamba3 import MAMBA3_DEFAULTS
+from seqarena.models.sizes import MAMBA2_CPU, MAMBA3_CPU
 from seqarena.ops import available_backends, mamba3_chunk_scan, selective_scan, ssd_chunk_scan
 from seqarena.ops.baselines import fft_conv, selective_scan_parallel
 from seqarena.ops.triton_compile import compile_ahead
@@ -89,6 +92,12 @@ def _random_input(gen, device, dtype, *shape, shift=0.0):
     return (torch.randn(*shape, generator=gen) + shift).to(device, dtype).requires_grad_()
 
 
+# The kernel grid's dtype, Mamba-2's chunk length and Mamba-3's: on a GPU bfloat16 and mamba_ssm's
+# defaults, on a CPU float32 and the CPU sizes' chunks.
+ON_GPU = torch.bfloat16, MAMBA2_DEFAULTS["chunk_size"], MAMBA3_DEFAULTS["chunk_size"]
+ON_CPU = torch.float32, MAMBA2_CPU["chunk_size"], MAMBA3_CPU["chunk_size"]
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelGrid:
     """The shape of one kernel comparison and where it runs (one sequence length at a time)."""
@@ -99,8 +108,10 @@ class KernelGrid:
     ssd_state: int  # Mamba-2's d_state
     head_dim: int
     device: torch.device
-    dtype: torch.dtype
     repeats: int
+    dtype: torch.dtype  # ON_GPU or ON_CPU, these three
+    ssd_chunk: int  # Mamba-2's chunk length
+    mamba3_chunk: int  # Mamba-3's
 
     def random(self, gen, *shape, shift=0.0):
         return _random_input(gen, self.device, self.dtype, *shape, shift=shift)
@@ -132,7 +143,7 @@ def _scan_timings(grid: KernelGrid, length: int, backends: list[str], gen):
 
 
 def _ssd_timings(grid: KernelGrid, length: int, backends: list[str], gen):
-    """(op, backend, times) of Mamba-2's SSD per backend: 256-step chunks on a GPU, 32 on a CPU."""
+    """(op, backend, times) of Mamba-2's SSD per backend, in chunks of ``grid.ssd_chunk`` steps."""
     heads, b, n = max(1, grid.dim // grid.head_dim), grid.batch, grid.ssd_state
     A = (-torch.rand(heads, generator=gen) - 0.5).to(grid.device).requires_grad_()
     inputs = [
@@ -140,18 +151,17 @@ def _ssd_timings(grid: KernelGrid, length: int, backends: list[str], gen):
         grid.random(gen, b, length, heads, shift=-2.0),
     ]
     inputs += [A, grid.random(gen, b, length, 1, n), grid.random(gen, b, length, 1, n)]
-    chunk = 256 if grid.device.type == "cuda" else 32
     for name in backends:
 
         def ssd(x, dt, A, B, C, name=name):
-            return ssd_chunk_scan(x, dt, A, B, C, chunk, dt_softplus=True, backend=name)
+            return ssd_chunk_scan(x, dt, A, B, C, grid.ssd_chunk, dt_softplus=True, backend=name)
 
         yield "ssd", name, grid.time(inputs, ssd, triton=name == "cuda")
 
 
 def _mamba3_timings(grid: KernelGrid, length: int, backends: list[str], gen):
-    """(op, backend, times) of Mamba-3's SISO SSM per backend, at the SSD's heads and state: 64-step
-    chunks on a GPU (mamba_ssm's default), 32 on a CPU; dt and A discretised inside, as its mixer does."""
+    """(op, backend, times) of Mamba-3's SISO SSM per backend, at the SSD's heads and state, in
+    chunks of ``grid.mamba3_chunk`` steps; dt and A discretised inside, as its mixer does."""
     heads, b, n = max(1, grid.dim // grid.head_dim), grid.batch, grid.ssd_state
     A = (-torch.rand(heads, generator=gen) - 0.5).to(grid.device).requires_grad_()
     inputs = [grid.random(gen, b, length, 1, 1, n), grid.random(gen, b, length, 1, 1, n)]  # C, B
@@ -165,14 +175,13 @@ def _mamba3_timings(grid: KernelGrid, length: int, backends: list[str], gen):
         grid.random(gen, b, length, heads, n // 4),
     ]  # trap, angles
     inputs += [grid.random(gen, heads, 1, n), grid.random(gen, heads, 1, n)]  # the biases
-    chunk = 64 if grid.device.type == "cuda" else 32
     for name in backends:
 
         def mamba3(q, k, x, dt, A, trap, angles, q_bias, k_bias, name=name):
             dt = F.softplus(dt.float())
             adt = dt * A[:, None]
             return mamba3_chunk_scan(
-                q, k, x, adt, dt, trap, q_bias, k_bias, angles, chunk_size=chunk, backend=name
+                q, k, x, adt, dt, trap, q_bias, k_bias, angles, chunk_size=grid.mamba3_chunk, backend=name
             )
 
         yield "mamba3", name, grid.time(inputs, mamba3, triton=name == "cuda")
@@ -199,8 +208,8 @@ def bench_kernels(
     FFT convolution, per sequence length. A measurement that runs out of device memory is left
     out. Each op's inputs are freed before the next op's are made (its generator has ended)."""
     device = device or compute_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    grid = KernelGrid(batch, dim, state, ssd_state, head_dim, device, dtype, repeats)
+    dtype_and_chunks = ON_GPU if device.type == "cuda" else ON_CPU
+    grid = KernelGrid(batch, dim, state, ssd_state, head_dim, device, repeats, *dtype_and_chunks)
     probe = torch.zeros(1, 1, 1, device=device)
     backends = backends or [b for b in available_backends(probe) if b != "torch"] or ["torch"]
     rows = []
@@ -220,7 +229,7 @@ def bench_kernels(
                 row |= {"state": {"scan": state, "ssd": ssd_state, "mamba3": ssd_state}.get(op, "")}
                 row |= {"seq_len": length}
                 row |= {"pass": name, "median_ms": round(ms, 4), "device": device_name(device)}
-                rows.append(row | {"dtype": str(dtype).removeprefix("torch.")})
+                rows.append(row | {"dtype": str(grid.dtype).removeprefix("torch.")})
     return rows
 
 
