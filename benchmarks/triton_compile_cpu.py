@@ -5,17 +5,19 @@
 No GPU is needed: mamba_ssm's kernels compile here for sm_90 with Triton's own compiler and the
 ptxas it ships, and none runs (tests/cuda_emulation.py, "compiled for sm_90"). Each workload is what
 a GPU row runs on the cuda backend, in the order the rows run them, so that a kernel already built
-for an earlier one is not counted again: the env stage's self-check in float32 and bfloat16 (the
-backend rows, and the pipeline's kernels job); each family's tiny model, forward, backward and
-decoding (the families rows); the kernel rows' Triton ops, one length after another (the SSD and
-Mamba-3 SISO at the Fig. 8 shapes, forward and forward+backward as bench_kernels runs them on a
-GPU; their seconds include making the inputs on this CPU, which a GPU makes on the device).
+for an earlier one is not counted again: the env stage's backend record (its self-check) in float32
+and bfloat16 (the backend rows, and the pipeline's kernels job); each family row's comparison of
+the tiny model on cuda and torch (forward, backward and decoding); these checks run each kernel in
+its first config, untimed (``seqarena.ops.triton_compile.untuned``). Then the kernel rows' Triton
+ops, one length after another (the SSD and Mamba-3 SISO at the Fig. 8 shapes, forward and
+forward+backward as bench_kernels runs them on a GPU, every config their autotuners time; their
+seconds include making the inputs on this CPU, which a GPU makes on the device).
 
-Per workload: how many kernels compile (every config its autotuner times), the seconds on one
-thread (as Triton's autotuner compiles at the first launch, one config after another) and on every
-core (``seqarena.ops.triton_compile.compile_ahead``), each from an empty Triton cache; one mode,
-then the other, in one run on the same machine; and in each mode the launches that a second pass
-found without their kernel (a compile that failed: 0 expected).
+Per workload: how many kernels compile (one per config and specialization), the seconds on one
+thread (as Triton compiles at the first launch, one config after another) and on every core
+(``seqarena.ops.triton_compile.compile_ahead``), each from an empty Triton cache; one mode, then the
+other, in one run on the same machine; and in each mode the launches that a second pass found
+without their kernel (a compile that failed: 0 expected).
 """
 
 import argparse
@@ -31,26 +33,27 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 
-from gpu_check import FAMILY_TOLERANCES, SHAPES, family_model, on_cuda  # noqa: E402
+from gpu_check import FAMILY_TOLERANCES, SHAPES, cuda_versus_torch  # noqa: E402
 
 from cuda_emulation import Compiles, cuda_backend_on_cpu  # noqa: E402
 from seqarena.bench import ON_GPU, KernelGrid, _mamba3_timings, _ssd_timings, bench_kernels  # noqa: E402
-from seqarena.env import self_check  # noqa: E402
+from seqarena.env import backend_record  # noqa: E402
 from seqarena.ops.triton_compile import compile_ahead  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 def workloads() -> dict:
-    """Name: a function of no arguments, in the order the GPU rows run them."""
+    """Name: a function of no arguments, in the order the GPU rows run them: the checks (they run
+    mamba_ssm's Triton kernels untuned), then the kernel rows' measurements."""
     work = {
-        f"self-check {dtype}": lambda dtype=dtype: self_check("cuda", CPU, dtype=getattr(torch, dtype))
+        f"self-check {dtype}": lambda dtype=dtype: backend_record("cuda", getattr(torch, dtype))
         for dtype in ("float32", "bfloat16")
     }
     for family in FAMILY_TOLERANCES:
         if family != "mamba3_mimo":  # TileLang, not Triton: no kernel of it compiles here
             model = f"{family}-tiny"
-            work[f"family {model}"] = lambda model=model: on_cuda(*family_model(model, CPU))
+            work[f"family {model}"] = lambda model=model: cuda_versus_torch(model, CPU)
     fig8, grid = SHAPES["kernels"][0], gpu_kernel_grid()
     for length in fig8["lengths"]:
 

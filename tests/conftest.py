@@ -67,12 +67,17 @@ def _seed_and_clean_backend_env(monkeypatch):
     monkeypatch.delenv("SEQARENA_DEVICE", raising=False)
 
 
-def load_benchmark(name: str):
-    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+def load_module(path: Path):
+    """The Python file at ``path`` as a module of its own, imported afresh on each call."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    return load_module(REPO / "benchmarks" / f"{name}.py")
 
 
 def free_port() -> int:

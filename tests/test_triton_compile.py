@@ -1,16 +1,16 @@
 """compile_ahead on mamba_ssm's own Triton kernels, compiled for an H100 (sm_90) on this CPU by
 Triton's compiler and ptxas (cuda_emulation.py, "compiled for sm_90"): every config that the
 autotuner would time is built, on worker threads, and nothing runs; the real launch after it then
-finds its kernel compiled."""
+finds its kernel compiled. And untuned, as checks run: the first config that compiles, untimed."""
 
 import threading
 
 import pytest
 import torch
 
-from conftest import load_benchmark
+from conftest import REPO, load_benchmark, load_module
 from cuda_emulation import Compiles, cuda_backend_on_cpu, patched
-from seqarena.ops.triton_compile import compile_ahead
+from seqarena.ops.triton_compile import compile_ahead, untuned
 
 
 @pytest.fixture
@@ -71,18 +71,16 @@ def test_a_config_that_fails_to_compile_is_left_to_the_real_run(compiled_for_sm9
 
 
 def test_each_gpu_rows_workload_compiles_ahead_whole_and_launches_nothing(compiled_for_sm90):
-    """The self-check in both dtypes, every family's forward, backward and decoding on the cuda
-    backend, then the kernel rows' SSD and Mamba-3 at the Fig. 8 shapes (bfloat16, mamba_ssm's
-    chunks; the shortest length), each once through compile_ahead, all their kernels built for
-    sm_90: none launches (a launch fails here), none fails to compile (a second pass finds each
-    built). The autotuners keep their first config only, so that CI compiles tens of kernels, not
-    the 1252 that benchmarks/triton_compile_cpu.py compiles and times."""
-    from triton.runtime.autotuner import Autotuner
-
+    """The backend record in both dtypes, every family row's comparison on the cuda backend, then
+    the kernel rows' SSD and Mamba-3 at the Fig. 8 shapes (bfloat16, mamba_ssm's chunks; the
+    shortest length), each once through compile_ahead, all their kernels built for sm_90: none
+    launches (a launch fails here), none fails to compile (a second pass finds each built). The
+    kernel rows run untuned too, as the checks do, so that CI compiles tens of kernels, not the
+    hundreds that benchmarks/triton_compile_cpu.py compiles and times."""
     work = load_benchmark("triton_compile_cpu").workloads()
     shortest = min((name for name in work if name.startswith("kernels L ")), key=lambda n: int(n.split()[-1]))
     work = {name: w for name, w in work.items() if not name.startswith("kernels L ") or name == shortest}
-    with patched(Autotuner, "prune_configs", lambda self, kwargs: self.configs[:1]):
+    with untuned():
         for name, workload in work.items():
             with Compiles() as compiles:
                 compile_ahead(workload, workers=2)
@@ -90,3 +88,38 @@ def test_each_gpu_rows_workload_compiles_ahead_whole_and_launches_nothing(compil
                 compile_ahead(workload, workers=2)
             assert again.missed == [], (name, sorted(set(again.missed)))
             assert compiles.kernels or name in ("family hybrid-tiny", "family mamba_lti-tiny"), name
+
+
+def test_untuned_runs_the_first_config_built_ahead_and_times_none(compiled_for_sm90):
+    """A check's run: compile_ahead builds the first of an autotuner's configs only, and the run
+    launches it, found built, without the benchmarker that times configs; the autotuner keeps its
+    configs and no choice, so that a run outside times them."""
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_cumsum_fwd_kernel
+    from triton.runtime.driver import driver
+
+    dt, A = torch.rand(2, 100, 8), -torch.rand(8)
+    configs, timed = list(_chunk_cumsum_fwd_kernel.configs), []
+    benchmarker = driver.active.get_benchmarker
+    with patched(driver.active, "get_benchmarker", lambda: timed.append(True) or benchmarker()):
+        with untuned():
+            with Compiles() as compiles:
+                compile_ahead(lambda: _chunk_cumsum_fwd(dt, A, chunk_size=32), workers=2)
+            assert compiles.kernels == ["_chunk_cumsum_fwd_kernel"]
+            with Compiles() as compiles, pytest.raises(RuntimeError, match="was launched"):
+                _chunk_cumsum_fwd(dt, A, chunk_size=32)
+            assert compiles.missed == [] and timed == []
+            assert _chunk_cumsum_fwd_kernel.best_config is configs[0]
+        assert _chunk_cumsum_fwd_kernel.configs == configs and _chunk_cumsum_fwd_kernel.cache == {}
+        with pytest.raises(RuntimeError, match="was launched"):
+            _chunk_cumsum_fwd(dt, A, chunk_size=32)  # tuned: the first config timed is launched
+        assert timed == [True]
+
+
+def test_untuned_passes_over_a_config_that_cannot_compile_and_runs_the_next_ones_pre_hook(compiled_for_sm90):
+    """As the autotuner skips a config that the compiler or the GPU's resources refuse."""
+    kernels = load_module(REPO / "tests/fixtures/triton_first_config.py")
+    out = torch.full((10,), float("nan"))
+    with untuned(), pytest.raises(RuntimeError, match="was launched"):
+        kernels.add_one[(2,)](out, 10)
+    assert kernels.HOOKS == [4, 8] and kernels.add_one.best_config.kwargs == {"BLOCK": 8}
+    assert out.eq(0).all()  # the second config's pre-hook, before its launch

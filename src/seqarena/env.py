@@ -7,6 +7,7 @@ where tracking goes. A backend that cannot run here (no GPU, no mamba_ssm build)
 recorded with its reason, not raised: a CPU machine is a supported machine.
 """
 
+import functools
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ from seqarena.ops import backends, selective_scan, selective_scan_torch
 from seqarena.ops.conv import causal_conv1d_torch
 from seqarena.ops.mamba3 import mamba3_chunk_scan_torch
 from seqarena.ops.ssd import ssd_chunk_scan_torch
-from seqarena.ops.triton_compile import compile_ahead
+from seqarena.ops.triton_compile import as_check
 from seqarena.options import option
 from seqarena.tracking import default_uri, git_commit, init_store
 
@@ -168,9 +169,8 @@ def backend_record(name: str, dtype: torch.dtype = torch.float32) -> dict:
     if reason is not None:
         return {"available": False, "reason": reason}
     start = time.perf_counter()  # the first call of the cpp backend includes its compilation
-    if device.type == "cuda":  # mamba_ssm's Triton kernels, compiled on every core, then run
-        compile_ahead(lambda: self_check(name, device, dtype=dtype))
-    check = self_check(name, device, dtype=dtype)
+    run_check = functools.partial(self_check, name, device, dtype=dtype)
+    check = as_check(run_check, device) if name == "cuda" else run_check()  # its Triton kernels untuned
     return {"available": True, "device": str(device), **check, "seconds": time.perf_counter() - start}
 
 

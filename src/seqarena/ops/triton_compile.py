@@ -9,12 +9,20 @@ each autotuned launch every config its autotuner would time, the compiles spread
 (Triton's own ``AsyncCompileMode``; its compiler releases the GIL). The workload's real run after it
 finds every kernel compiled, times the configs and launches as before. The first run's values are
 never computed: kernels do not run in it, so its outputs are whatever memory held.
+
+A check of values (the env stage's self-check, `make gpu-check`'s family rows) runs each autotuned
+kernel in its first config, untimed (``untuned``): every config computes the same function, and the
+autotuner's timing costs a GPU at least 125 ms a config (``triton.testing.do_bench``'s warm-up and
+repeats), a compile each too, for a choice that only a measurement needs.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from unittest import mock
+
+import torch
 
 
 def compile_ahead(workload: Callable[[], object], workers: int | None = None) -> None:
@@ -48,3 +56,52 @@ def compile_ahead(workload: Callable[[], object], workers: int | None = None) ->
         triton.AsyncCompileMode(pool, ignore_errors=True),  # leaving it waits for every compile
     ):
         workload()
+
+
+@contextmanager
+def untuned() -> Iterator[None]:
+    """While it holds, each autotuned Triton kernel runs the first config its autotuner keeps after
+    pruning that this GPU can run (a config past its registers or shared memory fails, as it fails
+    the autotuner's timing, and the next is tried), with that config's pre-hook (which may zero a
+    buffer the kernel adds into), untimed. The autotuner remembers no choice: a run outside still
+    times every config. compile_ahead, entered inside, compiles the first config only."""
+    from triton.compiler.errors import CompileTimeAssertionFailure
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    prune = Autotuner.prune_configs
+
+    def first_config(self, kwargs):
+        return prune(self, kwargs)[:1]
+
+    def run_first_config(self, *args, **kwargs):
+        """Autotuner.run as it runs a choice already made, the choice the first config that runs."""
+        self.nargs = dict(zip(self.arg_names, args, strict=False))  # what pruning reads
+        try:
+            configs = prune(self, kwargs) if len(self.configs) > 1 else self.configs
+            for config in configs:
+                self.best_config = config
+                if config.pre_hook is not None:
+                    config.pre_hook({**self.nargs, **kwargs, **config.all_kwargs()})
+                try:
+                    return self.fn.run(*args, **kwargs, **config.all_kwargs())
+                except (OutOfResources, CompileTimeAssertionFailure, PTXASError):
+                    if config is configs[-1]:
+                        raise
+        finally:
+            self.nargs = None
+
+    with (
+        mock.patch.object(Autotuner, "prune_configs", first_config),
+        mock.patch.object(Autotuner, "run", run_first_config),
+    ):
+        yield
+
+
+def as_check(workload: Callable[[], object], device: torch.device):
+    """``workload()``, a check of values on the cuda backend: mamba_ssm's Triton kernels untuned,
+    and on a GPU compiled ahead on every core."""
+    with untuned():
+        if device.type == "cuda":
+            compile_ahead(workload)
+        return workload()
