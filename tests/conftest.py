@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -67,9 +68,10 @@ def _seed_and_clean_backend_env(monkeypatch):
     monkeypatch.delenv("SEQARENA_DEVICE", raising=False)
 
 
-def load_module(path: Path):
-    """The Python file at ``path`` as a module of its own, imported afresh on each call."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+def load_module(path: Path, name: str | None = None) -> types.ModuleType:
+    """The Python file at ``path`` as a module of its own (named ``name``, else after the file),
+    imported afresh on each call."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

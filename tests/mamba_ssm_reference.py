@@ -8,7 +8,6 @@ then swapped for its own pure-PyTorch references (``selective_scan_ref``,
 forward end to end. mamba_ssm is imported inside ``mamba_ssm_on_cpu`` and forgotten after.
 """
 
-import importlib.util
 import os
 import sys
 import types
@@ -18,6 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch.nn.functional as F
+
+from conftest import load_module
 
 ENV_VAR = "SEQARENA_MAMBA_SSM_REFERENCE"
 DEFAULT = Path(__file__).resolve().parents[1] / ".venv" / "mamba-ssm-reference"
@@ -103,10 +104,7 @@ MAMBA3_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mamba3"
 
 def load_fixture(name: str, module_name: str | None = None) -> types.ModuleType:
     """A vendored file of tests/fixtures/mamba3 (its README says whence), imported as a module."""
-    spec = importlib.util.spec_from_file_location(module_name or name, MAMBA3_FIXTURES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(MAMBA3_FIXTURES / f"{name}.py", module_name)
 
 
 def _siso_kernel(reference):
