@@ -596,27 +596,19 @@ def cuda_backend_on_cpu(triton_kernels: str = "interpreted"):
 @contextmanager
 def _interpreted_kernels():
     """The stand-in extensions, and Triton's interpreter with its shims (the module's docstring)."""
-    old_interpret = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated and when they run
-    try:
-        with _stand_in_extensions(FOUR_MULTIPROCESSORS):
-            import triton.runtime.autotuner as autotuner
-            import triton.runtime.interpreter as interpreter
-            from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined, mamba3_siso_fwd
+    with _triton_imported_afresh(interpret=True), _stand_in_extensions(FOUR_MULTIPROCESSORS):
+        import triton.runtime.autotuner as autotuner
+        import triton.runtime.interpreter as interpreter
+        from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined, mamba3_siso_fwd
 
-            with (
-                patched(autotuner.Autotuner, "run", _first_config_only(autotuner.Autotuner.run)),
-                patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
-                patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
-                patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
-                patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
-            ):
-                yield
-    finally:
-        if old_interpret is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old_interpret
+        with (
+            patched(autotuner.Autotuner, "run", _first_config_only(autotuner.Autotuner.run)),
+            patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
+            patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
+            patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
+            patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
+        ):
+            yield
 
 
 @contextmanager
@@ -624,22 +616,39 @@ def _compiled_for_sm90():
     """The stand-in extensions, and Triton compiling for an H100 (sm_90), here, with its own
     compiler and the ptxas it ships: a launch compiles its kernel for that GPU, then fails, since
     nothing runs without one; ``seqarena.ops.triton_compile.compile_ahead`` only compiles."""
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    # Triton's interpreter, run earlier in this process, leaves triton.language patched once a
-    # kernel has called a jit function (triton 3.6's InterpretedFunction.__call__ patches and never
-    # restores), and then nothing compiles: Triton's Python imports afresh here (its library,
-    # which cannot load twice, is kept).
-    for name in [m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")]:
-        del sys.modules[name]
-    try:
-        with _stand_in_extensions(H100):
-            from triton.runtime.driver import driver
+    with _triton_imported_afresh(interpret=False), _stand_in_extensions(H100):
+        from triton.runtime.driver import driver
 
-            with patched(driver, "_active", _Sm90Driver()):  # what driver.set_active sets
-                yield
+        with patched(driver, "_active", _Sm90Driver()):  # what driver.set_active sets
+            yield
+
+
+@contextmanager
+def _triton_imported_afresh(interpret: bool):
+    """Triton's Python imported afresh, interpreting kernels or compiling them (TRITON_INTERPRET,
+    read when a kernel is decorated and when it runs); on exit the modules and the variable from
+    before come back. Triton decides at import whether its own jit functions (tl.cdiv and the
+    like) are interpreted, and its interpreter leaves triton.language patched once a kernel has
+    called one (triton 3.6's InterpretedFunction.__call__ patches and never restores): so neither
+    mode runs on modules that the other, or an earlier plain import, has made. Triton's library,
+    which cannot load twice, is kept."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    before = {name: sys.modules.pop(name) for name in _triton_python_modules()}
+    try:
+        yield
     finally:
+        for name in _triton_python_modules():
+            del sys.modules[name]
+        sys.modules.update(before)
+        os.environ.pop("TRITON_INTERPRET", None)
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
+
+
+def _triton_python_modules() -> list[str]:
+    return [m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")]
 
 
 class _Sm90Driver:
