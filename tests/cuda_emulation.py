@@ -18,8 +18,10 @@ tensors, with these substitutions and nothing else:
   under Triton's interpreter (``TRITON_INTERPRET=1``), with these shims: ``torch.cuda.device(i)``
   is a no-op (CPU tensors have no index), ``torch.cuda.get_device_properties`` reports 4
   multiprocessors (they size some grids), the autotuner takes each kernel's first config
-  instead of timing them all, and the interpreter's scalars convert to int through ``.item()``
-  (numpy 2.4 refuses ``int()`` of the one-element arrays that triton 3.6's interpreter holds).
+  instead of timing them all, the interpreter's scalars convert to int through ``.item()``
+  (numpy 2.4 refuses ``int()`` of the one-element arrays that triton 3.6's interpreter holds),
+  and it skips the integer-overflow checks that only Triton's debug mode asserts (off, as on a
+  GPU by default; a compiled kernel drops them, the interpreter would compute them for nothing).
   The interpreter's bfloat16 is not to be trusted (a kernel run in bfloat16 was off by 1e10
   here, right in float32), so values are compared in float32 only.
 - **Mamba-3's Triton kernels** compute cos, sin and tanh with PTX approximations
@@ -601,10 +603,15 @@ def _interpreted_kernels():
         import triton.runtime.interpreter as interpreter
         from mamba_ssm.ops.triton.mamba3 import mamba3_siso_combined, mamba3_siso_fwd
 
+        # Triton checks integer overflow only in debug mode (off here, as on a GPU by default): a
+        # compiled kernel drops the check's int64 arithmetic, which the interpreter would compute
+        # eagerly, then throw away (over half of its time in the SSD's kernels)
+        unchecked = dataclasses.replace(interpreter.interpreter_builder.options, sanitize_overflow=False)
         with (
             patched(autotuner.Autotuner, "run", _first_config_only(autotuner.Autotuner.run)),
             patched(interpreter, "_patch_lang_tensor", _index_by_item(interpreter._patch_lang_tensor)),
             patched(interpreter.InterpreterBuilder, "create_inline_asm", _inline_asm_as_numpy),
+            patched(interpreter.interpreter_builder, "options", unchecked),
             patched(mamba3_siso_combined, "torch", _TorchWithFloat32ForBfloat16("torch")),
             patched(mamba3_siso_fwd, "torch", _TorchWithFloat32ForBfloat16("torch")),
         ):
