@@ -10,7 +10,9 @@ and bfloat16 (the backend rows, and the pipeline's kernels job); each family row
 the tiny model on cuda and torch (forward, backward and decoding); these checks run each kernel in
 its first config, untimed (``seqarena.ops.triton_compile.untuned``). Then the kernel rows' Triton
 ops, one length after another (the SSD and Mamba-3 SISO at the Fig. 8 shapes, forward and
-forward+backward as bench_kernels runs them on a GPU, every config their autotuners time; their
+forward+backward as bench_kernels runs them on a GPU, every config their autotuners time, or at a
+length after the first the config they chose at the one before (a GPU's timed run chooses one
+between lengths: here a run that chooses without launching, tests/cuda_emulation.py); their
 seconds include making the inputs on this CPU, which a GPU makes on the device).
 
 Per workload: how many kernels compile (one per config and specialization), the seconds on one
@@ -35,7 +37,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 
 from gpu_check import FAMILY_TOLERANCES, SHAPES, cuda_versus_torch  # noqa: E402
 
-from cuda_emulation import Compiles, cuda_backend_on_cpu  # noqa: E402
+from cuda_emulation import Compiles, cuda_backend_on_cpu, tuned_without_a_gpu  # noqa: E402
 from seqarena.bench import ON_GPU, KernelGrid, _mamba3_timings, _ssd_timings, bench_kernels  # noqa: E402
 from seqarena.env import backend_record  # noqa: E402
 from seqarena.ops.triton_compile import compile_ahead  # noqa: E402
@@ -89,6 +91,9 @@ def compile_all(workers: int) -> dict[str, tuple[int, float, int]]:
                 with Compiles() as again:
                     compile_ahead(workload, workers=workers)
                 said[name] = len(compiles.kernels), seconds, len(again.missed)
+                if name.startswith("kernels L "):  # a GPU's timed run, which chooses each config
+                    with tuned_without_a_gpu():
+                        workload()
                 print(f"  {workers} thread(s), {name}: {said[name]}", flush=True)
     return said
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, load_benchmark, load_module
-from cuda_emulation import Compiles, cuda_backend_on_cpu, patched
+from cuda_emulation import Compiles, cuda_backend_on_cpu, patched, tuned_without_a_gpu
 from seqarena.ops.triton_compile import compile_ahead, untuned
 
 
@@ -49,6 +49,31 @@ def test_compile_ahead_builds_every_config_on_threads_and_the_real_launch_finds_
     with Compiles() as compiles:
         compile_ahead(workload, workers=2)
     assert compiles.missed == []  # every config built, the heuristic kernel too
+
+
+def test_where_the_autotuner_has_chosen_compile_ahead_builds_the_choice_only(compiled_for_sm90):
+    """The kernel rows' lengths after the first: each autotuner has chosen a config for its key (the
+    chunk size and heads, never the length), and a length that Triton specializes anew (128,
+    divisible by 16, after 100) needs that config compiled again, not every one; a check there
+    runs the choice too."""
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_cumsum_fwd_kernel
+
+    configs, A = _chunk_cumsum_fwd_kernel.configs, -torch.rand(8)
+    with tuned_without_a_gpu():
+        _chunk_cumsum_fwd(torch.rand(2, 100, 8), A, chunk_size=32)
+    assert list(_chunk_cumsum_fwd_kernel.cache.values()) == [configs[-1]]
+
+    dt = torch.rand(2, 128, 8)
+    with Compiles() as compiles:
+        compile_ahead(lambda: _chunk_cumsum_fwd(dt, A, chunk_size=32), workers=2)
+    assert compiles.kernels == ["_chunk_cumsum_fwd_kernel"]
+    with Compiles() as compiles, pytest.raises(RuntimeError, match="was launched"):
+        _chunk_cumsum_fwd(dt, A, chunk_size=32)  # tuned: the choice, found built, launched
+    assert compiles.missed == []
+    _chunk_cumsum_fwd_kernel.best_config = None
+    with untuned(), pytest.raises(RuntimeError, match="was launched"):
+        _chunk_cumsum_fwd(dt, A, chunk_size=32)
+    assert _chunk_cumsum_fwd_kernel.best_config is configs[-1]
 
 
 def test_a_config_that_fails_to_compile_is_left_to_the_real_run(compiled_for_sm90):

@@ -5,7 +5,9 @@ after another, in the launching thread. mamba_ssm's SSD and Mamba-3 kernels are 
 compiles per shape and dtype (the self-check alone 480 for sm_90), which made the compiler, on one
 core, most of a GPU's first minutes (benchmarks/triton_compile_cpu.py measures it).
 ``compile_ahead(workload)`` runs the workload once with each launch only compiling its kernel, and
-each autotuned launch every config its autotuner would time, the compiles spread over threads
+each autotuned launch every config its autotuner would time (or, where it has chosen one for these
+arguments' key, at another length, that one: a new length may need new kernels, but only of the
+configs that run), the compiles spread over threads
 (Triton's own ``AsyncCompileMode``; its compiler releases the GIL). The workload's real run after it
 finds every kernel compiled, times the configs and launches as before. The first run's values are
 never computed: kernels do not run in it, so its outputs are whatever memory held.
@@ -16,6 +18,7 @@ autotuner's timing costs a GPU at least 125 ms a config (``triton.testing.do_ben
 repeats), a compile each too, for a choice that only a measurement needs.
 """
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +29,8 @@ import torch
 
 
 def compile_ahead(workload: Callable[[], object], workers: int | None = None) -> None:
-    """Compile every Triton kernel (every autotuner config) that ``workload()`` launches, on
-    ``workers`` threads (all cores by default), without running one; return when all are built."""
+    """Compile every Triton kernel that ``workload()`` launches (each config an autotuner would run),
+    on ``workers`` threads (all cores by default), without running one; return when all are built."""
     import triton
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
@@ -38,9 +41,11 @@ def compile_ahead(workload: Callable[[], object], workers: int | None = None) ->
         return launch(self, *args, grid=grid, warmup=True, **kwargs)
 
     def compile_every_config(self, *args, **kwargs):
-        """Autotuner.run's configs, compiled; none chosen for later, since none is timed."""
+        """The configs Autotuner.run would compile, compiled: the one it chose earlier for these
+        arguments' key (at another length, which may specialize anew), else every one it would
+        time; none chosen for later, since none is timed."""
         self.nargs = dict(zip(self.arg_names, args, strict=False))  # as Autotuner.run
-        configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+        configs = configs_to_run(self, kwargs, self.prune_configs)
         for config in configs:
             self.fn.run(*args, **kwargs, **config.all_kwargs())
         self.nargs = None
@@ -58,13 +63,27 @@ def compile_ahead(workload: Callable[[], object], workers: int | None = None) ->
         workload()
 
 
+def configs_to_run(autotuner, kwargs: dict, prune: Callable[[dict], list]) -> list:
+    """The configs a Triton autotuner's run would compile for the arguments in ``autotuner.nargs``
+    and ``kwargs``: the one it chose earlier for their key (the values of its ``key`` arguments,
+    then every tensor argument's dtype), else those ``prune`` keeps for it to time."""
+    if len(autotuner.configs) == 1:
+        return autotuner.configs
+    given = {k: v for k, v in {**autotuner.nargs, **kwargs}.items() if k in autotuner.arg_names}
+    key = [given[name] for name in autotuner.keys if name in given]
+    key += [str(v.dtype) for v in given.values() if hasattr(v, "dtype")]
+    chosen = autotuner.cache.get(tuple(key))
+    return [chosen] if chosen is not None else prune(kwargs)
+
+
 @contextmanager
 def untuned() -> Iterator[None]:
     """While it holds, each autotuned Triton kernel runs the first config its autotuner keeps after
     pruning that this GPU can run (a config past its registers or shared memory fails, as it fails
     the autotuner's timing, and the next is tried), with that config's pre-hook (which may zero a
-    buffer the kernel adds into), untimed. The autotuner remembers no choice: a run outside still
-    times every config. compile_ahead, entered inside, compiles the first config only."""
+    buffer the kernel adds into), untimed; where a tuned run chose a config for these arguments'
+    key, that one. The autotuner remembers no choice from it: a run outside still times every
+    config. compile_ahead, entered inside, compiles the config it runs only."""
     from triton.compiler.errors import CompileTimeAssertionFailure
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.errors import OutOfResources, PTXASError
@@ -78,7 +97,7 @@ def untuned() -> Iterator[None]:
         """Autotuner.run as it runs a choice already made, the choice the first config that runs."""
         self.nargs = dict(zip(self.arg_names, args, strict=False))  # what pruning reads
         try:
-            configs = prune(self, kwargs) if len(self.configs) > 1 else self.configs
+            configs = configs_to_run(self, kwargs, functools.partial(prune, self))
             for config in configs:
                 self.best_config = config
                 if config.pre_hook is not None:
