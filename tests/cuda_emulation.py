@@ -44,9 +44,12 @@ tensors, with these substitutions and nothing else:
 ``cuda_backend_on_cpu("compiled for sm_90")`` keeps the stand-in extensions and the shims of CUDA
 but not the interpreter: the Triton kernels compile, for an H100 (sm_90, 132 multiprocessors), with
 Triton's own compiler and the ptxas it ships, through a Triton driver for a machine without a GPU.
-A launch compiles its kernel, then fails (nothing can run): only
+A launch compiles its kernel, checks the shared memory it needs against an H100's (227 KiB;
+Triton's OutOfResources, as on the GPU), then fails (nothing can run): only
 ``seqarena.ops.triton_compile.compile_ahead``, which compiles and launches nothing, runs a workload
-there (tests/test_triton_compile.py, benchmarks/triton_compile_cpu.py).
+there (tests/test_triton_compile.py, benchmarks/triton_compile_cpu.py), or, within
+``launches_doing_nothing``, a workload whose launches return without running once they pass that
+check (its values are garbage; which kernels it compiles and launches are the GPU's).
 
 ``make oracle`` puts both packages' Python sources, triton and einops in
 $SEQARENA_MAMBA_SSM_REFERENCE (beside the venv, never in it); they are forgotten on exit.
@@ -105,6 +108,7 @@ INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # grids), an H100's 132 where the kernels compile for one
 FOUR_MULTIPROCESSORS = types.SimpleNamespace(multi_processor_count=4, gcnArchName="")
 H100 = types.SimpleNamespace(multi_processor_count=132, gcnArchName="")
+H100_SHARED_MEMORY = 227 * 1024  # bytes a block may have (opt-in), what Triton checks a launch against
 
 
 class BindingCheckFailed(RuntimeError):
@@ -678,8 +682,42 @@ class _Sm90Driver:
     def get_benchmarker(self):  # the autotuner's timing: it launches
         return lambda kernel_call, quantiles, **options: kernel_call()
 
-    def __getattr__(self, name):  # launcher_cls, utils: what a launch loads and runs a kernel with
+    def launcher_cls(self, src, metadata):
+        """A launch's first step; the launcher is never called: loading the kernel fails first."""
+
+    @property
+    def utils(self):
+        return _Sm90Utils()
+
+    def __getattr__(self, name):
         raise RuntimeError(f"a Triton kernel was launched (driver.{name}): compiled for sm_90, nothing runs")
+
+
+class _Sm90Utils:
+    """What a launch loads a kernel with: an H100's shared memory per block (H100_SHARED_MEMORY), which
+    Triton checks the kernel's need against first (OutOfResources, as on the GPU); then loading the
+    kernel fails, since nothing runs."""
+
+    def get_device_properties(self, device):
+        return {"max_shared_mem": H100_SHARED_MEMORY}
+
+    def load_binary(self, name, kernel, shared, device):
+        raise RuntimeError(
+            "a Triton kernel was launched (driver.utils.load_binary): compiled for sm_90, nothing runs"
+        )
+
+
+@contextmanager
+def launches_doing_nothing():
+    """In the compiled-for-sm_90 mode: a launch that passes Triton's checks of the GPU's resources
+    returns without running, so that a workload runs through as on a GPU, but for its values (its
+    outputs hold whatever memory held)."""
+    loaded = None, None, 0, 0, 1024  # module, function, registers, spills, an H100's threads a block
+    with (
+        patched(_Sm90Utils, "load_binary", lambda self, *args: loaded),
+        patched(_Sm90Driver, "launcher_cls", lambda self, src, metadata: lambda *args: None),
+    ):
+        yield
 
 
 @contextmanager
@@ -713,12 +751,13 @@ def _stand_in_extensions(properties: types.SimpleNamespace):
 
 class Compiles:
     """Within it: each kernel that Triton compiles for the GPU (``kernels``: once per config and
-    specialization found in no cache, when ptxas runs) and the threads it compiled on; and each
-    launch that found its JIT cache without the kernel (``missed``: a compile begun, or joined
+    specialization found in no cache, when ptxas runs), those of them that need more shared memory
+    than an H100 has (``past_h100``: refused at their launch) and the threads it compiled on; and
+    each launch that found its JIT cache without the kernel (``missed``: a compile begun, or joined
     when one is under way)."""
 
     def __init__(self):
-        self.kernels, self.threads, self.missed = [], set(), []
+        self.kernels, self.past_h100, self.threads, self.missed = [], [], set(), []
         self._patches = ExitStack()
 
     def __enter__(self):
@@ -729,6 +768,8 @@ class Compiles:
 
         def compiling(backend, src, metadata, *args):
             self.kernels.append(metadata["name"])
+            if metadata["shared"] > H100_SHARED_MEMORY:  # Triton's own count, made before ptxas runs
+                self.past_h100.append(metadata["name"])
             self.threads.add(threading.get_ident())
             return make_cubin(backend, src, metadata, *args)
 

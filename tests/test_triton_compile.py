@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, load_benchmark, load_module
-from cuda_emulation import Compiles, cuda_backend_on_cpu, patched, tuned_without_a_gpu
+from cuda_emulation import Compiles, cuda_backend_on_cpu, launches_doing_nothing, patched, tuned_without_a_gpu
 from seqarena.ops.triton_compile import compile_ahead, untuned
 
 
@@ -95,24 +95,31 @@ def test_a_config_that_fails_to_compile_is_left_to_the_real_run(compiled_for_sm9
     assert again.missed == ["_chunk_cumsum_fwd_kernel"] and again.kernels == []  # the failed one, tried again
 
 
-def test_each_gpu_rows_workload_compiles_ahead_whole_and_launches_nothing(compiled_for_sm90):
+def test_each_gpu_rows_workload_compiles_ahead_whole_then_runs_within_an_h100s_resources(compiled_for_sm90):
     """The backend record in both dtypes, every family row's comparison on the cuda backend, then
     the kernel rows' SSD and Mamba-3 at the Fig. 8 shapes (bfloat16, mamba_ssm's chunks; the
-    shortest length), each once through compile_ahead, all their kernels built for sm_90: none
-    launches (a launch fails here), none fails to compile (a second pass finds each built). The
-    kernel rows run untuned too, as the checks do, so that CI compiles tens of kernels, not the
-    hundreds that benchmarks/triton_compile_cpu.py compiles and times."""
+    shortest length), each once through compile_ahead, all their kernels built for sm_90, then run,
+    each launch doing nothing once Triton has checked it against an H100's resources. The run finds
+    every kernel built but where the config built ahead needs more shared memory than an H100 has
+    (the first config of several of the SSD's float32 kernels): Triton refuses it at its launch, and
+    untuned passes over it for the next, compiled then; a compile that failed ahead would be missed
+    too. The kernel rows run untuned too, as the checks do, so that CI compiles tens of kernels,
+    not the hundreds that benchmarks/triton_compile_cpu.py compiles and times."""
     work = load_benchmark("triton_compile_cpu").workloads()
     shortest = min((name for name in work if name.startswith("kernels L ")), key=lambda n: int(n.split()[-1]))
     work = {name: w for name, w in work.items() if not name.startswith("kernels L ") or name == shortest}
-    with untuned():
+    passed_over = {}
+    with untuned(), launches_doing_nothing():
         for name, workload in work.items():
-            with Compiles() as compiles:
+            with Compiles() as ahead:
                 compile_ahead(workload, workers=2)
-            with Compiles() as again:
-                compile_ahead(workload, workers=2)
-            assert again.missed == [], (name, sorted(set(again.missed)))
-            assert compiles.kernels or name in ("family hybrid-tiny", "family mamba_lti-tiny"), name
+            with Compiles() as run:
+                workload()
+            assert sorted(run.missed) == sorted(ahead.past_h100), name
+            assert ahead.kernels or name in ("family hybrid-tiny", "family mamba_lti-tiny"), name
+            passed_over[name] = len(run.missed)
+    assert passed_over["self-check float32"] and passed_over["family mamba2-tiny"], passed_over
+    assert not passed_over["self-check bfloat16"] and not passed_over[shortest], passed_over
 
 
 def test_untuned_runs_the_first_config_built_ahead_and_times_none(compiled_for_sm90):
@@ -148,3 +155,14 @@ def test_untuned_passes_over_a_config_that_cannot_compile_and_runs_the_next_ones
         kernels.add_one[(2,)](out, 10)
     assert kernels.HOOKS == [4, 8] and kernels.add_one.best_config.kwargs == {"BLOCK": 8}
     assert out.eq(0).all()  # the second config's pre-hook, before its launch
+
+
+def test_untuned_passes_over_a_config_past_the_gpus_shared_memory(compiled_for_sm90):
+    """A config that compiles but needs more shared memory than the GPU has: Triton refuses it at
+    its launch (OutOfResources), and untuned runs the next, as the autotuner's timing skips it."""
+    kernels = load_module(REPO / "tests/fixtures/triton_first_config.py")
+    x = torch.randn(256, 256)
+    out = torch.full_like(x, float("nan"))
+    with untuned(), pytest.raises(RuntimeError, match="was launched"):
+        kernels.matmul[lambda meta: (256 // meta["BLOCK"],) * 2](x, x, out, 256)
+    assert kernels.HOOKS == [128, 16] and kernels.matmul.best_config.kwargs == {"BLOCK": 16}

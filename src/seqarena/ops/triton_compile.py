@@ -19,6 +19,7 @@ repeats), a compile each too, for a choice that only a measurement needs.
 """
 
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,8 +89,9 @@ def untuned() -> Iterator[None]:
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.errors import OutOfResources, PTXASError
 
-    prune = Autotuner.prune_configs
+    prune = inspect.unwrap(Autotuner.prune_configs)  # the autotuner's own, in an untuned inside another
 
+    @functools.wraps(prune)
     def first_config(self, kwargs):
         return prune(self, kwargs)[:1]
 
