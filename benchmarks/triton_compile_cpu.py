@@ -12,7 +12,7 @@ its first config, untimed (``seqarena.ops.triton_compile.untuned``). Then the ke
 ops, one length after another (the SSD and Mamba-3 SISO at the Fig. 8 shapes, forward and
 forward+backward as bench_kernels runs them on a GPU, every config their autotuners time, or at a
 length after the first the config they chose at the one before (a GPU's timed run chooses one
-between lengths: here a run that chooses without launching, tests/cuda_emulation.py); their
+between lengths: here a run that chooses and runs nothing, tests/cuda_emulation.py); their
 seconds include making the inputs on this CPU, which a GPU makes on the device).
 
 Per workload: how many kernels compile (one per config and specialization), the seconds on one
