@@ -21,9 +21,10 @@
 
 On a machine without CUDA the GPU parts are skipped, each saying why, and the rest runs at tiny
 sizes so that every path stays exercised (CI runs this mode). Writes gpu-check.md (the table
-that benchmarks/README.md quotes), gpu-check.json, build.log and errors.log (a failed section's
-traceback) under --out; exits non-zero when a check fails. On a GPU where the cuda backend does not
-run, the Mamba rows are not measured (they would time the Python-loop reference), and fail.
+that benchmarks/README.md quotes) and gpu-check.json after each row, so a run cut short keeps
+every row it measured, and build.log and errors.log (a failed section's traceback) under
+--out; exits non-zero when a check fails. On a GPU where the cuda backend does not run, the Mamba
+rows are not measured (they would time the Python-loop reference), and fail.
     make gpu-check  (python benchmarks/gpu_check.py [--out results/gpu-check] [--wheels DIR] [--only ...])
 """
 
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,14 +112,13 @@ def build_kernels(out: Path, wheels: Path) -> Row:
     return Row(f"build kernels for sm_{major}{minor}", "passed", "; ".join(said), seconds)
 
 
-def backend_rows() -> list[Row]:
-    rows = []
+def backend_rows() -> Iterator[Row]:
     for name in backends.backend_names():
         for dtype in (torch.float32, torch.bfloat16):
             label = f"backend {name} {str(dtype).removeprefix('torch.')} vs float64 reference"
             record = backend_record(name, dtype)
             if not record["available"]:
-                rows.append(Row(label, "skipped", record["reason"]))
+                yield Row(label, "skipped", record["reason"])
                 continue
             worst = max(record["errors"], key=record["errors"].get)
             limits = ", ".join(f"{op} {limit:.0e}" for op, limit in record["tolerances"].items())
@@ -126,8 +127,7 @@ def backend_rows() -> list[Row]:
                 f"on {record['device']}: largest relative error {error:.1e} ({worst}; tolerances "
                 f"{limits}), scan, SSD, conv and Mamba-3 SISO, outputs and all gradients"
             )
-            rows.append(Row(label, "passed" if record["passed"] else "failed", result, record["seconds"]))
-    return rows
+            yield Row(label, "passed" if record["passed"] else "failed", result, record["seconds"])
 
 
 # Every family whose mixer runs on the cuda backend, and the largest relative error its cuda
@@ -231,57 +231,55 @@ def family_row(label: str, limit: float, errors_of) -> Row:
     return Row(label, "passed" if errors[worst] <= limit else "failed", result, time.perf_counter() - start)
 
 
-def family_rows(device: torch.device) -> list[Row]:
+def family_rows(device: torch.device) -> Iterator[Row]:
     reason = backends._BACKENDS["cuda"].why_not(torch.empty(0, device=device))
     if reason is not None:
-        return [Row("families on cuda vs torch", "skipped", reason)]
-    rows = []
+        yield Row("families on cuda vs torch", "skipped", reason)
+        return
     for family, limit in FAMILY_TOLERANCES.items():
         label = f"family {family}-tiny on cuda vs torch (float32, L {FAMILY_LENGTH})"
         if family == "mamba3_mimo" and cuda.kernels().mamba3_mimo is None:
-            rows.append(Row(label, "skipped", cuda.kernels().mimo_reason))
+            yield Row(label, "skipped", cuda.kernels().mimo_reason)
             continue
-        rows.append(family_row(label, limit, functools.partial(cuda_versus_torch, f"{family}-tiny", device)))
+        yield family_row(label, limit, functools.partial(cuda_versus_torch, f"{family}-tiny", device))
     for family in ("transformer", "transformer_abs"):
         label = f"family {family}-tiny decoding as CUDA graphs vs its forward (float32, L {FAMILY_LENGTH})"
         errors_of = functools.partial(attention_graph_errors, f"{family}-tiny", device)
-        rows.append(family_row(label, ATTENTION_GRAPH_TOLERANCE, errors_of))
-    return rows
+        yield family_row(label, ATTENTION_GRAPH_TOLERANCE, errors_of)
 
 
 def gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def training_rows(gpu: bool, compile: bool) -> list[Row]:
-    rows, options = [], {**shape("train", gpu), "compile": compile}
+def training_rows(gpu: bool, compile: bool) -> Iterator[Row]:
+    options = {**shape("train", gpu), "compile": compile}
     for model in shape("train_models", gpu):
         start = time.perf_counter()
         result = bench_training(model, **options)
         mfu = "n/a" if result["mfu"] is None else f"{result['mfu']:.1%}"
-        rows.append(
-            Row(
-                f"train step {model} (L {options['seq_len']}, micro-batch {options['micro_batch']}"
-                f"{', bf16 autocast' if gpu else ', float32'}{', compiled' if options['compile'] else ''}; "
-                f"median of {options['steps'] - options['warmup_steps']} steps)",
-                "measured",
-                f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak memory "
-                f"{gib(result['peak_memory_bytes'])}, scan backend {result['scan_backend'] or 'none'}",
-                time.perf_counter() - start,
-            )
+        yield Row(
+            f"train step {model} (L {options['seq_len']}, micro-batch {options['micro_batch']}"
+            f"{', bf16 autocast' if gpu else ', float32'}{', compiled' if options['compile'] else ''}; "
+            f"median of {options['steps'] - options['warmup_steps']} steps)",
+            "measured",
+            f"{result['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak memory "
+            f"{gib(result['peak_memory_bytes'])}, scan backend {result['scan_backend'] or 'none'}",
+            time.perf_counter() - start,
         )
-    return rows
 
 
 def versus(ms: float, attention: float | None) -> str:
     return f" ({ms / attention:.2f}x attention)" if attention else ""
 
 
-def kernel_rows(gpu: bool) -> list[Row]:
+def kernel_rows(gpu: bool) -> Iterator[Row]:
+    """A length at a time, the shortest first: a run cut short keeps the lengths it measured."""
     options = shape("kernels", gpu)
-    table = bench_kernels(**options)
-    rows = []
-    for length in options["lengths"]:
+    for length in sorted(options["lengths"]):
+        start = time.perf_counter()
+        table = bench_kernels(**{**options, "lengths": [length]})
+        seconds = time.perf_counter() - start
         for phase in ("fwd", "fwd+bwd"):
             found = {
                 (r["op"], r["backend"]): r["median_ms"]
@@ -295,20 +293,17 @@ def kernel_rows(gpu: bool) -> list[Row]:
                 if op != "attention"
             ]
             said.append("attention (SDPA) " + (f"{attention:.3f} ms" if attention else "out of memory"))
-            rows.append(
-                Row(
-                    f"kernels {phase} L {length} (batch 1, D {options['dim']}, N {options['state']})",
-                    "measured",
-                    "; ".join(said),
-                )
+            yield Row(
+                f"kernels {phase} L {length} (batch 1, D {options['dim']}, N {options['state']})",
+                "measured",
+                "; ".join(said),
+                seconds if phase == "fwd" else None,  # one timing of both passes
             )
-    return rows
 
 
-def generation_rows(gpu: bool) -> list[Row]:
+def generation_rows(gpu: bool) -> Iterator[Row]:
     options = shape("generation", gpu)
     mamba, transformer = (bench_generation(m, **options) for m in shape("generation_models", gpu))
-    rows = []
     for ours, theirs in zip(mamba["results"], transformer["results"], strict=True):
 
         def said(r, name):
@@ -324,19 +319,19 @@ def generation_rows(gpu: bool) -> list[Row]:
         graphs = ", a CUDA graph a step" if mamba["cuda_graph"] else ""
         setup = f"prompt {options['prompt_len']}, {options['new_tokens']} new{graphs}"
         said_both = f"{said(ours, mamba['model'])}, {said(theirs, transformer['model'])}{ratio}"
-        rows.append(Row(f"generation batch {ours['batch']} ({setup})", "measured", said_both))
-    return rows
+        yield Row(f"generation batch {ours['batch']} ({setup})", "measured", said_both)
 
 
-def guarded(section: str, rows_of, log: Path) -> list[Row]:
-    """A section's rows, or one failed row naming the error (the traceback goes to ``log``), so that
-    one broken part still leaves the others' measurements."""
+def guarded(section: str, rows_of: Callable[[], Iterator[Row]], log: Path) -> Iterator[Row]:
+    """A section's rows as each is measured, then, where it broke, one failed row naming the error
+    (the traceback goes to ``log``): one broken part still leaves the rows before it and the other
+    sections' measurements."""
     try:
-        return rows_of()
+        yield from rows_of()
     except Exception as e:
         with open(log, "a") as f:
             f.write(f"--- {section}\n{traceback.format_exc()}\n")
-        return [Row(section, "failed", f"{type(e).__name__}: {e} ({log.name})")]
+        yield Row(section, "failed", f"{type(e).__name__}: {e} ({log.name})")
 
 
 def cuda_backend_missing(gpu: bool) -> str | None:
@@ -403,16 +398,18 @@ def main() -> None:
     log = args.out / "errors.log"
     rows = []
 
-    def add(new_rows: list[Row]) -> None:
-        """Rows in, and the table written: a run cut short still leaves what it measured."""
-        rows.extend(new_rows)
+    def add(row: Row) -> None:
+        """A row in, and the table written: a run cut short still leaves every row it measured."""
+        rows.append(row)
         write_table(rows, gpu, args.command, args.out)
+        seconds = "" if row.seconds is None else f" ({row.seconds:.1f} s)"
+        print(f"gpu-check: {row.status}: {row.check}{seconds}", flush=True)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         # the C++ kernels (the cpp backend) compile, about a minute, while the CUDA ones build
         cpp_ready = pool.submit(backends._BACKENDS["cpp"].why_not, torch.empty(0))
         if "build" in args.only:
-            add([build_kernels(args.out, args.wheels)])
+            add(build_kernels(args.out, args.wheels))
         cpp_ready.result()
     sections = {
         "backends": backend_rows,
@@ -425,9 +422,10 @@ def main() -> None:
     missing = cuda_backend_missing(gpu)
     for section in [s for s in SECTIONS if s in args.only and s in sections]:
         if missing and section != "backends":
-            add([Row(section, "failed", f"not measured: the cuda backend is unavailable ({missing})")])
+            add(Row(section, "failed", f"not measured: the cuda backend is unavailable ({missing})"))
         elif section != "training-compiled" or gpu:  # a CPU run checks the paths, not compilation
-            add(guarded(section, sections[section], log))
+            for row in guarded(section, sections[section], log):
+                add(row)
     print((args.out / "gpu-check.md").read_text())
     failed = [r.check for r in rows if r.status == "failed"]
     if failed:

@@ -1,5 +1,6 @@
 """`make gpu-check` in its CPU mode: the GPU parts skipped, saying so; every other part measured."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -58,3 +59,42 @@ def test_make_gpu_check_on_a_cpu_skips_the_gpu_parts_saying_why_and_measures_the
     generation = [r for name, r in rows.items() if name.startswith("generation batch")]
     assert len(generation) == 2 and all(re.search(r"Mamba \d+\.\d+x$", r["result"]) for r in generation)
     assert all(f"| {name} |" in table for name in rows)
+
+
+def test_a_gpu_check_cut_short_leaves_every_row_it_measured(tmp_path):
+    """A lease's time limit kills the check mid-section: the kernel rows of the lengths it
+    finished are in the table, not lost with the lengths it did not reach."""
+    check = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--only", "kernels", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        said = check.stdout.readline()
+        assert said.startswith("gpu-check: measured: kernels fwd L 256"), said
+    finally:
+        check.terminate()
+        check.communicate(timeout=60)
+    assert check.returncode == -15  # killed, as `timeout` kills it
+    rows = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert rows[0]["check"].startswith("kernels fwd L 256") and rows[0]["status"] == "measured"
+    assert "attention (SDPA)" in rows[0]["result"] and rows[0]["seconds"] > 0
+    assert all(" L 256 " in r["check"] for r in rows[:2]) and len(rows) < 4
+
+
+def test_a_section_that_breaks_keeps_the_rows_before_it_and_names_the_error(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+
+    def rows():
+        yield gpu_check.Row("kernels fwd L 512", "measured", "scan cuda 0.1 ms")
+        raise torch.OutOfMemoryError("CUDA out of memory at L 1024")
+
+    log = tmp_path / "errors.log"
+    got = list(gpu_check.guarded("kernels", rows, log))
+    assert got == [
+        gpu_check.Row("kernels fwd L 512", "measured", "scan cuda 0.1 ms"),
+        gpu_check.Row("kernels", "failed", "OutOfMemoryError: CUDA out of memory at L 1024 (errors.log)"),
+    ]
+    assert "--- kernels\nTraceback" in log.read_text() and "in rows" in log.read_text()
