@@ -8,7 +8,8 @@ a GPU row runs on the cuda backend, in the order the rows run them, so that a ke
 for an earlier one is not counted again: the env stage's backend record (its self-check) in float32
 and bfloat16 (the backend rows, and the pipeline's kernels job); each family row's comparison of
 the tiny model on cuda and torch (forward, backward and decoding); these checks run each kernel in
-its first config, untimed (``seqarena.ops.triton_compile.untuned``). Then the kernel rows' Triton
+its first config, untimed (``seqarena.ops.triton_compile.untuned``), or where an H100 refuses that
+one, the next, compiled ahead in a second pass, as on the GPU. Then the kernel rows' Triton
 ops, one length after another (the SSD and Mamba-3 SISO at the Fig. 8 shapes, forward and
 forward+backward as bench_kernels runs them on a GPU, every config their autotuners time, or at a
 length after the first the config they chose at the one before (a GPU's timed run chooses one
@@ -28,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ from gpu_check import FAMILY_TOLERANCES, SHAPES, cuda_versus_torch  # noqa: E402
 from cuda_emulation import Compiles, cuda_backend_on_cpu, tuned_without_a_gpu  # noqa: E402
 from seqarena.bench import ON_GPU, KernelGrid, _mamba3_timings, _ssd_timings, bench_kernels  # noqa: E402
 from seqarena.env import backend_record  # noqa: E402
-from seqarena.ops.triton_compile import compile_ahead  # noqa: E402
+from seqarena.ops.triton_compile import compile_ahead, untuned  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -68,6 +70,12 @@ def workloads() -> dict:
     return work
 
 
+def as_on_the_gpu(name: str):
+    """Where workload ``name`` compiles ahead on a GPU: the checks within untuned (as_check), the
+    kernel rows outside it."""
+    return nullcontext() if name.startswith("kernels L ") else untuned()
+
+
 def gpu_kernel_grid() -> KernelGrid:
     """The grid of `make gpu-check`'s kernel rows on a GPU (its shapes, bench_kernels' defaults for
     the rest, bfloat16, mamba_ssm's chunks), on this CPU, each pass run once after its warm-up."""
@@ -85,10 +93,10 @@ def compile_all(workers: int) -> dict[str, tuple[int, float, int]]:
         with cuda_backend_on_cpu("compiled for sm_90"):
             for name, workload in workloads().items():
                 start = time.perf_counter()
-                with Compiles() as compiles:
+                with as_on_the_gpu(name), Compiles() as compiles:
                     compile_ahead(workload, workers=workers)
                 seconds = time.perf_counter() - start
-                with Compiles() as again:
+                with as_on_the_gpu(name), Compiles() as again:
                     compile_ahead(workload, workers=workers)
                 said[name] = len(compiles.kernels), seconds, len(again.missed)
                 if name.startswith("kernels L "):  # a GPU's timed run, which chooses each config
