@@ -405,6 +405,7 @@ def main() -> None:
         seconds = "" if row.seconds is None else f" ({row.seconds:.1f} s)"
         print(f"gpu-check: {row.status}: {row.check}{seconds}", flush=True)
 
+    write_table(rows, gpu, args.command, args.out)  # the device and software, before any row
     with ThreadPoolExecutor(max_workers=1) as pool:
         # the C++ kernels (the cpp backend) compile, about a minute, while the CUDA ones build
         cpp_ready = pool.submit(backends._BACKENDS["cpp"].why_not, torch.empty(0))
