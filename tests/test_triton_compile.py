@@ -56,8 +56,8 @@ def test_compile_ahead_parses_one_kernel_at_a_time(compiled_for_sm90):
     """CPython 3.11.7 (this machine's, and the GPU env's pin) corrupts an ast.parse that overlaps
     another (python/cpython#106905): before compile_ahead parsed one kernel at a time, a compile on
     one worker failed now and then beside another's parse ("SystemError: AST constructor recursion
-    depth mismatch"), and the real run compiled that kernel itself, or, where the main thread's
-    parse was the one hit, the workload failed."""
+    depth mismatch"), and the real run compiled that kernel itself; where the main thread's parse
+    were the one hit, the workload would fail."""
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_cumsum_fwd_kernel
     from triton.runtime.jit import JITCallable
 
