@@ -284,10 +284,11 @@ def test_remote_tracking_server_receives_the_run(shakespeare, tmp_path):
 
 
 def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_nothing(shakespeare, tmp_path):
-    """The server is stopped after a few steps and started again (training paused meanwhile, so
-    it cannot finish first): the steps logged while it was away wait in the journal and arrive,
-    once each. Then it goes away again until training ends, and `seqarena tracking sync` sends
-    the rest and ends the run."""
+    """The server is stopped after a few steps and, once training has found it gone, started again
+    (training paused meanwhile, so it cannot finish first): the steps logged while it was away
+    wait in the journal and arrive, once each. Then, once they have, it goes away again (training
+    paused again) until training ends, and `seqarena tracking sync` sends the rest and ends the
+    run."""
     from mlflow.tracking import MlflowClient
 
     port = free_port()
@@ -300,21 +301,28 @@ def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_noth
         "train", *cli_args(cfg), env=impatient, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
-    def wait_for(rows):
+    def wait_for(done):
         deadline = time.monotonic() + 300
-        while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= rows):
+        while not done():
             assert job.poll() is None and time.monotonic() < deadline, "training ended too soon"
             time.sleep(0.02)
 
-    wait_for(4)
+    def journaled_steps() -> set[int]:
+        lines = journal.read_text().splitlines() if journal.is_file() else []
+        return {json.loads(line)["row"][2] for line in lines if line.endswith("}")}  # not one half-written
+
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and len(metrics(out)) >= 4)
     stop_server(server)
-    wait_for(12)
+    # a second checkpoint's steps joined the first's in the journal: training found the server gone
+    # (the journal alone may be a send caught in flight, which would go out once training resumes)
+    wait_for(lambda: len(journaled_steps()) > cfg.ckpt_interval)
     job.send_signal(signal.SIGSTOP)
-    assert journal.is_file()  # the steps since the server went away
     server = mlflow_server(port, tmp_path)
     job.send_signal(signal.SIGCONT)
-    wait_for(24)
+    wait_for(lambda: not journal.exists())  # sent, the server answering again
+    job.send_signal(signal.SIGSTOP)
     stop_server(server)
+    job.send_signal(signal.SIGCONT)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr[-3000:]
     assert "does not answer" in stderr and "answers again" in stderr and "tracking sync" in stderr
