@@ -1,6 +1,5 @@
 """`make gpu-check` in its CPU mode: the GPU parts skipped, saying so; every other part measured."""
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -9,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,9 +84,7 @@ def test_a_gpu_check_cut_short_leaves_every_row_it_measured(tmp_path):
 
 
 def test_a_section_that_breaks_keeps_the_rows_before_it_and_names_the_error(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_benchmark("gpu_check")
 
     def rows():
         yield gpu_check.Row("kernels fwd L 512", "measured", "scan cuda 0.1 ms")
