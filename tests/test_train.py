@@ -317,6 +317,7 @@ def test_a_tracking_server_that_goes_away_mid_training_loses_and_duplicates_noth
     # (the journal alone may be a send caught in flight, which would go out once training resumes)
     wait_for(lambda: len(journaled_steps()) > cfg.ckpt_interval)
     job.send_signal(signal.SIGSTOP)
+    assert journal.is_file()  # the steps since the server went away
     server = mlflow_server(port, tmp_path)
     job.send_signal(signal.SIGCONT)
     wait_for(lambda: not journal.exists())  # sent, the server answering again
