@@ -82,14 +82,17 @@ slurm:
 # checks, so it runs beside the rest of the suite; its report is printed after the rest's.
 PYTEST := SEQARENA_MAMBA_SSM_REFERENCE="$(abspath $(MAMBA_SSM_REFERENCE))" $(BIN)/pytest
 
+# A green run removes the tests' temporary folders (the rehearsal's alone is about 0.7 GB); a red
+# one keeps them for a look, and names them.
 test: lint slurm oracle
-	@cluster_log=$$(mktemp); \
-	$(PYTEST) -m cluster --basetemp="$$(mktemp -d)" > "$$cluster_log" 2>&1 & cluster=$$!; \
+	@cluster_log=$$(mktemp); cluster_tmp=$$(mktemp -d); rest_tmp=$$(mktemp -d); \
+	$(PYTEST) -m cluster --basetemp="$$cluster_tmp" > "$$cluster_log" 2>&1 & cluster=$$!; \
 	trap 'kill $$cluster 2>/dev/null' INT TERM; \
-	$(PYTEST) -m "not cluster" --basetemp="$$(mktemp -d)"; rest=$$?; \
+	$(PYTEST) -m "not cluster" --basetemp="$$rest_tmp"; rest=$$?; \
 	wait $$cluster; slurm=$$?; \
 	echo "--- tests/cluster (run beside the rest) ---"; cat "$$cluster_log"; rm -f "$$cluster_log"; \
-	test $$rest = 0 && test $$slurm = 0
+	if test $$rest = 0 && test $$slurm = 0; then rm -rf "$$cluster_tmp" "$$rest_tmp"; \
+	else echo "the tests' files are kept: $$rest_tmp (the rest), $$cluster_tmp (tests/cluster)"; exit 1; fi
 
 # The GPU acceptance run: kernels built for this GPU, backends checked, training, kernel and
 # generation benchmarks, one table in $(GPU_CHECK_OUT)/gpu-check.md. On a CUDA machine, give the
