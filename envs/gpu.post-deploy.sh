@@ -74,8 +74,9 @@ build() {
     echo "built $dist $version for sm_${ARCHS//;/, sm_} in $SECONDS s (MAX_JOBS=$MAX_JOBS)"
 }
 
-# Both packages build at once, each into its own log (printed after): causal-conv1d's three large
-# translation units keep few cores busy, so mamba-ssm's build fits beside it. Then both install.
+# Both packages build at once, each into its own log (printed after): neither has enough translation
+# units alone to keep 16 cores busy to the end (mamba-ssm 9, causal-conv1d 23 once split), and
+# each nvcc needs at most about 1 GiB (benchmarks/README.md). Then both install.
 pids=()
 for pinned in "${PINNED[@]}"; do
     read -r name dist repo version <<<"$pinned"
