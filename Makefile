@@ -7,7 +7,7 @@ CONFIG ?= config/config.yaml
 BIN := $(VENV)/bin
 
 GPU_CHECK_OUT ?= results/gpu-check
-GPU_CHECK_ARGS ?=  # e.g. --only build, then --only backends,kernels,generation,training
+GPU_CHECK_ARGS ?=  # e.g. --only build,backends,families, then --only build,kernels,generation,training
 
 # The tests' oracle: mamba_ssm's and causal_conv1d's own Python modules (and the triton and einops
 # they import), put beside the venv rather than in it, so that seqarena never sees a mamba_ssm
