@@ -302,9 +302,16 @@ def kernel_rows(gpu: bool) -> Iterator[Row]:
 
 
 def generation_rows(gpu: bool) -> Iterator[Row]:
+    """A batch size at a time, the smallest first, both models at each: a run cut short keeps the
+    batch sizes it measured (each call builds the model again, seconds beside its decoding)."""
     options = shape("generation", gpu)
-    mamba, transformer = (bench_generation(m, **options) for m in shape("generation_models", gpu))
-    for ours, theirs in zip(mamba["results"], transformer["results"], strict=True):
+    for batch in sorted(options["batch_sizes"]):
+        start = time.perf_counter()
+        mamba, transformer = (
+            bench_generation(m, **{**options, "batch_sizes": [batch]})
+            for m in shape("generation_models", gpu)
+        )
+        (ours,), (theirs,) = mamba["results"], transformer["results"]
 
         def said(r, name):
             if r["oom"]:
@@ -319,7 +326,7 @@ def generation_rows(gpu: bool) -> Iterator[Row]:
         graphs = ", a CUDA graph a step" if mamba["cuda_graph"] else ""
         setup = f"prompt {options['prompt_len']}, {options['new_tokens']} new{graphs}"
         said_both = f"{said(ours, mamba['model'])}, {said(theirs, transformer['model'])}{ratio}"
-        yield Row(f"generation batch {ours['batch']} ({setup})", "measured", said_both)
+        yield Row(f"generation batch {batch} ({setup})", "measured", said_both, time.perf_counter() - start)
 
 
 def guarded(section: str, rows_of: Callable[[], Iterator[Row]], log: Path) -> Iterator[Row]:
