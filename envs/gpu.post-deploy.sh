@@ -9,7 +9,10 @@
 # (causal-conv1d-<version>.tar.gz, mamba-<version>.tar.gz, as GitHub's archive links name them)
 # for hosts without network, or to build again without downloading; missing ones are fetched.
 # `SEQARENA_CUDA_FETCH_ONLY=1 SEQARENA_CUDA_SOURCES=DIR bash envs/gpu.post-deploy.sh`, on a
-# networked machine, only fills DIR (for an air-gapped GPU box: `make gpu-check-offline`).
+# networked machine, only fills DIR (for an air-gapped GPU box: `make gpu-check-offline`): the
+# tarballs, and in DIR/wheels the wheels of this env's tilelang and apache-tvm-ffi (Mamba-3 MIMO's
+# TileLang kernels; a CUDA torch image lacks them) for the box's Python, SEQARENA_BOX_PYTHON
+# (default 3.12), downloaded with PYTHON's pip.
 # SEQARENA_CUDA_WHEELS names a folder that keeps the built wheels, one subfolder per torch build
 # and arch list: a later run (another env, `make gpu-check`) installs them instead of compiling.
 # PYTHON (default: python) is the interpreter to install into.
@@ -48,6 +51,12 @@ if [[ -n "${SEQARENA_CUDA_FETCH_ONLY:-}" ]]; then
         read -r name dist repo version <<<"$pinned"
         tarball_of "$name" "$repo" "$version"
     done
+    mapfile -t pins < <(grep -oE '(tilelang|apache-tvm-ffi)==[^ ]+' "$(dirname "$0")/gpu.yaml")
+    [[ ${#pins[@]} == 2 ]] || { echo "envs/gpu.yaml pins tilelang and apache-tvm-ffi: found '${pins[*]}'" >&2; exit 1; }
+    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+        --python-version "${SEQARENA_BOX_PYTHON:-3.12}" --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 -d "$SOURCES/wheels" "${pins[@]}"
+    ls "$SOURCES"/*.tar.gz "$SOURCES"/wheels/*.whl
     exit 0
 fi
 
