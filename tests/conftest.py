@@ -32,6 +32,13 @@ KERNEL_ROWS = (
 )
 
 
+def pytest_collection_modifyitems(items):
+    """The pipeline tests first: the longest file by minutes (one Snakemake run after another), which
+    `make test`'s workers, given a file at a time in this order, would otherwise start well into the
+    run, to finish long after the rest."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
