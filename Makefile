@@ -80,8 +80,9 @@ slurm:
 
 # The SLURM rehearsal (tests/cluster) spends much of its time waiting on the SLURM plugin's status
 # checks, so it runs beside the rest of the suite; its report is printed after the rest's. The rest
-# runs in TEST_WORKERS processes, a test file to each (its module fixtures run once), as CI's two
-# cores allow: one alone left the second core mostly idle (benchmarks/README.md, the suite's time).
+# runs in TEST_WORKERS processes, a test file to each (its module fixtures run once), each torch
+# on one thread (two workers of two threads each on CI's two cores spent a quarter more CPU for
+# nothing): one process alone left the second core mostly idle (benchmarks/README.md, the suite).
 PYTEST := SEQARENA_MAMBA_SSM_REFERENCE="$(abspath $(MAMBA_SSM_REFERENCE))" $(BIN)/pytest
 TEST_WORKERS ?= 2
 
@@ -91,7 +92,7 @@ test: lint slurm oracle
 	@cluster_log=$$(mktemp); cluster_tmp=$$(mktemp -d); rest_tmp=$$(mktemp -d); \
 	$(PYTEST) -m cluster --basetemp="$$cluster_tmp" > "$$cluster_log" 2>&1 & cluster=$$!; \
 	trap 'kill $$cluster 2>/dev/null' INT TERM; \
-	$(PYTEST) -m "not cluster" -n $(TEST_WORKERS) --dist loadfile --basetemp="$$rest_tmp"; rest=$$?; \
+	OMP_NUM_THREADS=1 $(PYTEST) -m "not cluster" -n $(TEST_WORKERS) --dist loadfile --basetemp="$$rest_tmp"; rest=$$?; \
 	wait $$cluster; slurm=$$?; \
 	echo "--- tests/cluster (run beside the rest) ---"; cat "$$cluster_log"; rm -f "$$cluster_log"; \
 	if test $$rest = 0 && test $$slurm = 0; then rm -rf "$$cluster_tmp" "$$rest_tmp"; \
