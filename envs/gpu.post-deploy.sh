@@ -56,7 +56,7 @@ if [[ -n "${SEQARENA_CUDA_FETCH_ONLY:-}" ]]; then
     "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --implementation cp \
         --python-version "${SEQARENA_BOX_PYTHON:-3.12}" --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 -d "$SOURCES/wheels" "${pins[@]}"
-    ls "$SOURCES"/*.tar.gz "$SOURCES"/wheels/*.whl
+    ls "$SOURCES"/wheels/*.whl  # the tarballs were named above, by tarball_of
     exit 0
 fi
 
