@@ -216,7 +216,8 @@ def test_log_axes_are_labelled_at_the_measured_values_in_plain_numbers(full_resu
     generation = report.generation(r).axes[0]
     assert labels(generation, "x") == ["1", "2"]  # the batch sizes, not 10^0 and 2x10^0
     assert not any("times" in t or "^" in t for t in labels(generation, "y"))
-    assert labels(report.kernels(r).axes[0], "x") == sorted({row["seq_len"] for row in r.kernels}, key=int)
+    for panel in report.kernels(r).axes:
+        assert labels(panel, "x") == sorted({row["seq_len"] for row in r.kernels}, key=int)
     from seqarena.report.figures import _compact
 
     assert [_compact(v) for v in (2.11e12, 5e13, 2.5e21)] == ["2.11T", "50T", "2.5Z"]  # a ladder's FLOPs
@@ -228,6 +229,27 @@ def test_log_axes_are_labelled_at_the_measured_values_in_plain_numbers(full_resu
     assert [ax.get_title() for ax in panels] == ["induction_heads", "at the training length"]
     assert [t.get_text() for t in panels[1].get_xticklabels()] == sorted(tasks - {"induction_heads"})
     assert labels(panels[0], "x") == ["16", "64"]
+
+
+def test_kernel_figure_sets_the_forward_pass_beside_forward_backward_each_op_one_colour(full_results):
+    """Twelve series in one panel repeated matplotlib's ten colours: attention and the SSD looked alike."""
+    from seqarena import report
+
+    r = report.collect(full_results)
+    panels = report.kernels(r).axes
+    assert [ax.get_title() for ax in panels] == ["forward", "forward + backward"]
+    ops = {f"{row['op']} ({row['backend']})" for row in r.kernels}
+    assert len(ops) > 5  # the scan, SSD and Mamba-3 per backend, attention, both baselines
+    colours = [{line.get_label(): line.get_color() for line in panel.get_lines()} for panel in panels]
+    assert set(colours[0]) == set(colours[1]) == ops
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == len(ops)
+    for panel, name in zip(panels, ("fwd", "fwd+bwd"), strict=True):
+        for line in panel.get_lines():
+            rows = [row for row in r.kernels if f"{row['op']} ({row['backend']})" == line.get_label()]
+            expected = sorted(
+                (int(row["seq_len"]), float(row["median_ms"])) for row in rows if row["pass"] == name
+            )
+            assert list(zip(line.get_xdata(), line.get_ydata(), strict=True)) == expected
 
 
 def test_table3_takes_the_papers_metric_per_task_and_averages_all_six(tmp_path):

@@ -211,24 +211,31 @@ def generation(r: Results):
 
 
 def kernels(r: Results):
-    """Mamba-1's scan and Mamba-2's SSD per backend, causal attention and the paper's baselines (the
-    PyTorch parallel scan, the FFT convolution): time against sequence length, log-log."""
+    """Mamba-1's scan, Mamba-2's SSD and Mamba-3's SSM per backend, causal attention and the paper's
+    baselines (the PyTorch parallel scan, the FFT convolution): time against sequence length,
+    log-log, the forward pass and forward+backward side by side, each op its own colour in both."""
     if not r.kernels:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict[str, list] = {}
+    passes = {"fwd": "forward", "fwd+bwd": "forward + backward"}
+    series: dict[tuple[str, str], list] = {}
     for row in r.kernels:
-        series.setdefault(f"{row['op']} ({row['backend']}) {row['pass']}", []).append(
+        series.setdefault((f"{row['op']} ({row['backend']})", row["pass"]), []).append(
             (int(row["seq_len"]), float(row["median_ms"]))
         )
-    for name, points in sorted(series.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="ms")
-    _log_axis(ax.xaxis, at=[int(row["seq_len"]) for row in r.kernels])
-    _log_axis(ax.yaxis)
-    ax.set_title("Scan and SSD vs attention and the paper's baselines")
-    ax.legend(fontsize=7)
+    ops = sorted({op for op, _ in series})
+    palette = plt.get_cmap("tab10" if len(ops) <= 10 else "tab20").colors
+    fig, axes = plt.subplots(1, len(passes), figsize=(9, 4), sharey=True)
+    for ax, (key, title) in zip(axes, passes.items(), strict=True):
+        for i, op in enumerate(ops):
+            points = sorted(series.get((op, key), []))
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=palette[i], label=op)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length", title=title)
+        _log_axis(ax.xaxis, at=[int(row["seq_len"]) for row in r.kernels])
+        _log_axis(ax.yaxis)
+    axes[0].set_ylabel("ms")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Mamba's scans (Mamba-1, Mamba-2's SSD, Mamba-3) vs attention and the paper's baselines")
     fig.tight_layout()
     return fig
 
@@ -308,7 +315,9 @@ def _train_caption(r: Results) -> str:
 
 def _kernels_caption(r: Results) -> str:
     devices = sorted({row["device"] for row in r.kernels})
-    return f"Median times on {', '.join(devices) or '?'}: forward and forward+backward."
+    return (
+        f"Median times on {', '.join(devices) or '?'}: the forward pass (left) and forward+backward (right)."
+    )
 
 
 @dataclass(frozen=True)
