@@ -138,3 +138,39 @@ def test_the_reports_notes_state_each_law_and_multiplier_with_its_interval(tmp_p
     one_law = [ladder(family, TRUE["mamba"], rng=rng, noise=0.01) for family in ("mamba", "transformer")]
     same = fit_scaling(one_law[0] + one_law[1])
     assert "not distinguishable at this budget" in scaling_notes(Results(tmp_path, scaling=same))
+
+
+def test_the_scaling_figure_draws_each_law_and_says_where_a_family_has_none(tmp_path):
+    from seqarena.report import Results
+    from seqarena.report.figures import scaling
+
+    rng = np.random.default_rng(2)
+    points = ladder("mamba", TRUE["mamba"], rng=rng, seeds=(0,)) + ladder(
+        "transformer", TRUE["transformer"], sizes=(1e6, 3e6), seeds=(0,), rng=rng
+    )
+    summaries = {
+        p.model: {
+            "summary": {
+                "model": p.model,
+                "parameters": p.parameters,
+                "tokens": p.tokens,
+                "flops_per_token": p.flops / p.tokens,
+                "final_val_loss": p.loss,
+            }
+        }
+        for p in points
+    }
+    fits = fit_scaling(points)
+    assert fits["families"]["transformer"]["fit"] is None  # two sizes
+    figure = scaling(Results(tmp_path, train=summaries, scaling=fits))
+    assert figure._suptitle.get_text().endswith("(lines: fitted laws; bands: their 95% intervals)")
+    for panel, axis in zip(figure.axes, ("flops", "parameters"), strict=True):
+        legend = [text.get_text() for text in panel.get_legend().get_texts()]
+        assert legend == ["mamba", "transformer (no law: 2 sizes)"]
+        law = fits["families"]["mamba"][axis]["curve"]
+        (curve,) = [line for line in panel.get_lines() if line.get_linestyle() == "-"]
+        assert list(curve.get_xdata()) == law["x"] and list(curve.get_ydata()) == law["loss"]
+        assert len(panel.collections) == 1  # mamba's band; none for the transformer
+    unfitted = {model: s for model, s in summaries.items() if model.startswith("transformer")}
+    figure = scaling(Results(tmp_path, train=unfitted, scaling=fit_scaling(points[5:])))
+    assert "no law fitted" in figure._suptitle.get_text()

@@ -158,7 +158,7 @@ def loss_curves(r: Results):
 def scaling(r: Results):
     """Figure 4's shape: final validation loss against training FLOPs and against parameters
     (log-log), every trained model and seed as a point, and per family with a fit its law (line)
-    and the law's bootstrap interval (band)."""
+    and the law's bootstrap interval (band); a family without one says so in the legend."""
     if not r.train:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -166,15 +166,19 @@ def scaling(r: Results):
         s for runs in r.train_seeds.values() for s in runs
     ]
     families = (r.scaling or {}).get("families", {})
+    fitted = False
     for arch in sorted({family_name(s["model"]) for s in summaries}):
         mine = [s for s in summaries if family_name(s["model"]) == arch]
-        for ax, axis in zip(axes, ("flops", "parameters"), strict=True):
+        sizes = len({s["model"] for s in mine})
+        laws = {axis: families.get(arch, {}).get(axis) for axis in ("flops", "parameters")}
+        label = arch if any(laws.values()) else f"{arch} (no law: {sizes} size{'s' * (sizes != 1)})"
+        for ax, (axis, law) in zip(axes, laws.items(), strict=True):
             xs = [s["flops_per_token"] * s["tokens"] if axis == "flops" else s["parameters"] for s in mine]
             (dots,) = ax.plot(
-                xs, [s["final_val_loss"] for s in mine], "o", label=arch, color=FAMILY_COLOURS[arch]
+                xs, [s["final_val_loss"] for s in mine], "o", label=label, color=FAMILY_COLOURS[arch]
             )
-            law = families.get(arch, {}).get(axis)
             if law:
+                fitted = True
                 curve = law["curve"]
                 ax.plot(curve["x"], curve["loss"], "-", color=dots.get_color())
                 low, high = zip(*curve["interval"], strict=True)
@@ -184,7 +188,13 @@ def scaling(r: Results):
         _log_axis(ax.xaxis)
         _log_axis(ax.yaxis)
         ax.legend()
-    fig.suptitle("Scaling: final validation loss (lines: fitted laws; bands: their 95% intervals)")
+    if fitted:
+        level = r.scaling["level"]
+        fig.suptitle(
+            f"Scaling: final validation loss (lines: fitted laws; bands: their {level:.0%} intervals)"
+        )
+    else:
+        fig.suptitle("Scaling: final validation loss (no law fitted: a law needs three sizes of a family)")
     fig.tight_layout()
     return fig
 
@@ -265,7 +275,7 @@ def synthetic(r: Results):
                 [p[1] for p in points],
                 "-",
                 color=colors[model],
-                label=f"{model} ({len(runs)} seeds)",
+                label=f"{model} ({len(runs)} seed{'s' * (len(runs) != 1)})",
             )
             seeds = [
                 (int(k), v) for run in runs for k, v in run["accuracy_by_length"].items() if v is not None
