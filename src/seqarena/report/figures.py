@@ -15,8 +15,10 @@ import numpy as np
 from seqarena.files import atomic_write
 from seqarena.models import parse_model_id
 from seqarena.models.families import family_name
+from seqarena.report.format import counted
 from seqarena.report.results import Results, collect
 from seqarena.report.tables import by_length, mean_std
+from seqarena.scaling import MIN_SIZES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -171,7 +173,7 @@ def scaling(r: Results):
         mine = [s for s in summaries if family_name(s["model"]) == arch]
         sizes = len({s["model"] for s in mine})
         laws = {axis: families.get(arch, {}).get(axis) for axis in ("flops", "parameters")}
-        label = arch if any(laws.values()) else f"{arch} (no law: {sizes} size{'s' * (sizes != 1)})"
+        label = arch if any(laws.values()) else f"{arch} (no law: {counted(sizes, 'size')})"
         for ax, (axis, law) in zip(axes, laws.items(), strict=True):
             xs = [s["flops_per_token"] * s["tokens"] if axis == "flops" else s["parameters"] for s in mine]
             (dots,) = ax.plot(
@@ -194,7 +196,9 @@ def scaling(r: Results):
             f"Scaling: final validation loss (lines: fitted laws; bands: their {level:.0%} intervals)"
         )
     else:
-        fig.suptitle("Scaling: final validation loss (no law fitted: a law needs three sizes of a family)")
+        fig.suptitle(
+            f"Scaling: final validation loss (no law fitted: a law needs {MIN_SIZES} sizes of a family)"
+        )
     fig.tight_layout()
     return fig
 
@@ -275,7 +279,7 @@ def synthetic(r: Results):
                 [p[1] for p in points],
                 "-",
                 color=colors[model],
-                label=f"{model} ({len(runs)} seed{'s' * (len(runs) != 1)})",
+                label=f"{model} ({counted(len(runs), 'seed')})",
             )
             seeds = [
                 (int(k), v) for run in runs for k, v in run["accuracy_by_length"].items() if v is not None
@@ -347,7 +351,7 @@ FIGURES = {
         "results/train/*/summary.json and results/scaling/fits.json",
         lambda r: (
             "Final validation loss against training FLOPs (FLOPs per token x tokens) and against parameters; "
-            "a family with three sizes or more has its fitted law L = E + A x^-alpha and its interval."
+            f"a family with {MIN_SIZES} sizes or more has its fitted law L = E + A x^-alpha and its interval."
         ),
     ),
     "generation": Figure(

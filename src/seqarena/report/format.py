@@ -30,6 +30,11 @@ def cell(value) -> str:
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun in its number: 1 seed, 2 seeds."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def styled(rows: list[dict], caption: str = ""):
     """The rows as a pandas Styler: cells formatted by ``cell``, numbers right-aligned, no index,
     ``caption`` above; None for no rows (the caller says what is missing)."""
